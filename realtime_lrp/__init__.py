@@ -1,0 +1,22 @@
+"""Real-time Layer-wise Relevance Propagation for VGG image classifiers.
+
+The heavy names are imported lazily so that ``rtlrp --help`` does not pay for torch.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["LRP", "LRPResult", "load_model", "__version__"]
+
+_LAZY = {
+    "LRP": "realtime_lrp.engine",
+    "LRPResult": "realtime_lrp.engine",
+    "load_model": "realtime_lrp.models",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'realtime_lrp' has no attribute {name!r}")
