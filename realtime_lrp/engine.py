@@ -1,0 +1,161 @@
+"""The LRP engine: one forward pass, then relevance sent back layer by layer.
+
+``LRP`` is built once per model (rule weights precomputed in the model's dtype) and called
+on every frame. The backward pass is a list of explicit tensor operations, with no
+autograd graph, in fp32, fp16 or bf16 on CPU or CUDA.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from realtime_lrp.filter import FilterMode, RelevanceFilter
+from realtime_lrp.layers import PARAM_KINDS, POOL_KINDS, Layer, canonical_layers
+from realtime_lrp.presets import PRESETS
+from realtime_lrp.rules import Propagator
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Target = Union[None, int, str, Sequence[int], Tensor]
+
+
+@dataclass
+class LRPResult:
+    """Relevance maps (N, H, W) in fp32, the logits (N, classes) and the explained class (N,)."""
+
+    relevance: Tensor
+    logits: Tensor
+    target: Tensor
+
+
+@dataclass
+class _Step:
+    layer: Layer
+    weight: Union[Tensor, None]
+    bias: Union[Tensor, None]
+    propagate: Union[Propagator, None]
+
+
+def pixel_bounds(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
+    """Normalised bounds of pixels in [0, 1]: ``((0 - mean) / std, (1 - mean) / std)``."""
+    m = torch.as_tensor(mean, dtype=torch.float32)
+    s = torch.as_tensor(std, dtype=torch.float32)
+    return (0 - m) / s, (1 - m) / s
+
+
+class LRP:
+    """Layer-wise Relevance Propagation for a VGG, with an optional top-k relevance filter.
+
+    ``model`` is any torchvision VGG (batch norm is folded) or this project's VGGs, on the
+    device and in the dtype it will run in. ``mean``/``std`` give the pixel bounds of the
+    z^B rule (ImageNet's by default for 3-channel models). ``top_k`` in (0, 1) keeps that
+    fraction of relevance before each conv, linear and pool layer; 0 or 1 turn it off.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        preset: str = "epsilon-plus-flat",
+        top_k: float = 0.0,
+        filter_mode: FilterMode = "signed",
+        mean: Union[Sequence[float], None] = None,
+        std: Union[Sequence[float], None] = None,
+    ):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        self.preset = PRESETS[preset]
+        self.filter = RelevanceFilter(top_k, filter_mode)
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        layers = canonical_layers(model)
+        first = next(i for i, layer in enumerate(layers) if layer.kind in PARAM_KINDS)
+        self.in_channels = layers[first].weight.shape[1] * layers[first].conv_args.get("groups", 1)
+        if mean is None and self.in_channels == 3:
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        bounds = pixel_bounds(mean, std) if mean is not None else (None, None)
+        self.steps = []
+        for i, layer in enumerate(layers):
+            propagate = None
+            if layer.kind in PARAM_KINDS + POOL_KINDS:
+                rule = self.preset.rule_for(layer.kind, i == first, bounds)
+                propagate = rule.bind(layer, self.dtype)
+            weight = None if layer.weight is None else layer.weight.to(self.device, self.dtype)
+            bias = None if layer.bias is None else layer.bias.to(self.device, self.dtype)
+            self.steps.append(_Step(layer, weight, bias, propagate))
+
+    @property
+    def signed(self) -> bool:
+        """Whether the preset's maps are signed (diverging colour map) or positive-only."""
+        return self.preset.signed
+
+    @property
+    def top_k(self) -> float:
+        return self.filter.top_k
+
+    @top_k.setter
+    def top_k(self, value: float) -> None:
+        self.filter = RelevanceFilter(value, self.filter.mode)
+
+    def __call__(self, x: Tensor, target: Target = None) -> LRPResult:
+        """Explain ``x`` (N, C, H, W): the top-1 class, given classes, or ``"softmax"``."""
+        self._check_input(x)
+        with torch.inference_mode():
+            return self._explain(x, target)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.dtype != self.dtype or x.device != self.device:
+            raise ValueError(f"input is {x.dtype} on {x.device}, the model is {self.dtype} on {self.device}")
+
+    def _explain(self, x: Tensor, target: Target) -> LRPResult:
+        saved = []
+        a = x
+        for step in self.steps:
+            out, aux = step.layer.forward(a, step.weight, step.bias)
+            saved.append((a, out, aux))
+            a = out
+        logits = a.float()
+        relevance, explained = initial_relevance(logits, target)
+        log_scale = torch.zeros(x.shape[0], device=x.device)
+        for step, (a, out, aux) in zip(reversed(self.steps), reversed(saved)):
+            if step.propagate is None:
+                relevance = relevance.reshape(a.shape) if step.layer.kind == "flatten" else relevance
+                continue
+            if self.filter.active:
+                relevance = self.filter(relevance)
+            relevance, log_factor = step.propagate(a, out, aux, relevance)
+            if log_factor is not None:
+                log_scale = log_scale + log_factor
+        maps = relevance.sum(1) * torch.exp(log_scale).view(-1, 1, 1)
+        return LRPResult(maps, logits, explained)
+
+
+def initial_relevance(logits: Tensor, target: Target) -> tuple[Tensor, Tensor]:
+    """Relevance at the output and the explained class per sample.
+
+    ``None``: the top-1 class, one-hot times its logit; an int or one class per sample:
+    those classes; ``"softmax"``: the softmax over all classes.
+    """
+    n, classes = logits.shape
+    if isinstance(target, str):
+        if target != "softmax":
+            raise ValueError(f"target must be None, a class index or 'softmax', got {target!r}")
+        return torch.softmax(logits, dim=1), logits.argmax(1)
+    if target is None:
+        chosen = logits.argmax(1)
+    else:
+        chosen = torch.as_tensor(target).to(logits.device, torch.long).flatten()
+        if chosen.numel() == 1:
+            chosen = chosen.expand(n)
+        if chosen.numel() != n:
+            raise ValueError(f"got {chosen.numel()} targets for a batch of {n}")
+        if not isinstance(target, Tensor) or target.device.type == "cpu":
+            if int(chosen.min()) < 0 or int(chosen.max()) >= classes:
+                raise ValueError(f"target class out of range: the model has {classes} classes")
+    index = chosen.view(-1, 1)
+    return torch.zeros_like(logits).scatter_(1, index, logits.gather(1, index)), chosen

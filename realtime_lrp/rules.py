@@ -1,0 +1,320 @@
+"""LRP rules: how relevance at a layer's output is sent back to its input.
+
+Every rule is a small class whose ``bind(layer, dtype)`` precomputes what the rule needs
+once (W+, W + gamma W+, ...) and returns a propagator, a callable
+``(a, out, aux, R) -> (R_in, log_scale)``. Propagators use explicit convolution,
+conv-transpose, matrix and pooling-backward calls, never autograd, so a whole pass can be
+captured in a CUDA graph.
+
+Mixed precision: the heavy products run in the model's dtype (fp16, bf16 or fp32), while
+relevance, denominators and stabilisers stay in fp32, so a stabiliser of 1e-6 behaves the
+same in every dtype. Before the quotient ``s = R / z`` is cast to the compute dtype it is
+scaled per sample so that its largest magnitude is a power of two chosen from the layer's
+weights (the largest value the product can reach stays below 2**14). The propagator
+returns the log of the factor it removed; the engine restores it at the end, so fp16 maps
+equal fp32 maps up to rounding.
+
+The linear rules follow one pattern: groups of terms ``(input, weight, bias)``; each group
+has the denominator ``z = sum(input @ weight + bias)`` and contributes
+``input * weight^T (R / stabilise(z))`` to the input relevance.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from realtime_lrp.layers import Layer
+
+Propagator = Callable[[Tensor, Tensor, Union[Tensor, None], Tensor], tuple[Tensor, Union[Tensor, None]]]
+
+_TINY = 1e-30
+
+
+def stabilise(z: Tensor, eps: float, signed: bool) -> Tensor:
+    """``z + eps * sign(z)`` with sign(0) = +1 (zennit's convention), or ``z + eps``."""
+    if not signed:
+        return z + eps
+    return z + eps * torch.where(z >= 0, 1.0, -1.0)
+
+
+@dataclass
+class _Term:
+    source: Union[str, Tensor]
+    weight: Tensor
+    bias: Union[Tensor, None]
+
+
+class _ZPropagator:
+    """Generic z-rule for conv and linear layers, built from groups of terms."""
+
+    def __init__(self, layer: Layer, groups: list[tuple[list[_Term], Union[str, None]]], eps: float, signed: bool, dtype: torch.dtype):
+        self.layer = layer
+        self.eps = eps
+        self.signed = signed
+        self.dtype = dtype
+        self.groups = [
+            (
+                [_Term(t.source if isinstance(t.source, str) else t.source.to(dtype), t.weight.to(dtype), t.bias) for t in terms],
+                mask,
+            )
+            for terms, mask in groups
+        ]
+        bound = max(_column_bound(t.weight) for terms, _ in groups for t in terms)
+        self.log_target = math.floor(math.log2(2.0**14 / max(bound, _TINY)))
+        self.target = 2.0**self.log_target
+        self.bias_shape = (1, -1, 1, 1) if layer.kind == "conv" else (1, -1)
+
+    def _input(self, source: Union[str, Tensor], a: Tensor) -> Tensor:
+        if isinstance(source, Tensor):
+            return source.expand_as(a)
+        if source == "id":
+            return a
+        if source == "pos":
+            return a.clamp(min=0)
+        if source == "neg":
+            return a.clamp(max=0)
+        return torch.ones_like(a)
+
+    def _transpose(self, s: Tensor, weight: Tensor, shape: torch.Size) -> Tensor:
+        if self.layer.kind == "conv":
+            return torch.nn.grad.conv2d_input(shape, weight, s, **self.layer.conv_args)
+        return s @ weight
+
+    def __call__(self, a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, Tensor]:
+        inputs = {}
+        quotients = []
+        for terms, mask in self.groups:
+            z = 0.0
+            for t in terms:
+                key = t.source if isinstance(t.source, str) else id(t.source)
+                if key not in inputs:
+                    inputs[key] = self._input(t.source, a)
+                zt = self.layer.forward(inputs[key], t.weight)[0].float()
+                z = z + (zt if t.bias is None else zt + t.bias.view(self.bias_shape))
+            s = R / stabilise(z, self.eps, self.signed)
+            if mask == "pos":
+                s = s * (out > 0)
+            elif mask == "neg":
+                s = s * (out < 0)
+            quotients.append(s)
+        peak = torch.stack([s.flatten(1).abs().amax(1) for s in quotients]).amax(0).clamp_min(_TINY)
+        factor = (self.target / peak).view((-1,) + (1,) * (R.dim() - 1))
+        r_in = None
+        for (terms, _), s in zip(self.groups, quotients):
+            scaled = (s * factor).to(self.dtype)
+            for t in terms:
+                key = t.source if isinstance(t.source, str) else id(t.source)
+                contribution = inputs[key].float() * self._transpose(scaled, t.weight, a.shape).float()
+                r_in = contribution if r_in is None else r_in + contribution
+        return r_in, torch.log(peak) - self.log_target * math.log(2.0)
+
+
+def _column_bound(weight: Tensor) -> float:
+    """Largest sum of |weights| that feeds one input unit in the transposed product."""
+    dims = (0,) + tuple(range(2, weight.dim()))
+    return float(weight.float().abs().sum(dim=dims).max())
+
+
+def _split(weight: Tensor) -> tuple[Tensor, Tensor]:
+    return weight.clamp(min=0), weight.clamp(max=0)
+
+
+class Rule:
+    """Base class: a rule binds to one canonical layer and returns its propagator."""
+
+    kinds: tuple[str, ...] = ()
+
+    def bind(self, layer: Layer, dtype: torch.dtype) -> Propagator:
+        raise NotImplementedError
+
+    def _check(self, layer: Layer) -> None:
+        if layer.kind not in self.kinds:
+            raise ValueError(f"rule {type(self).__name__} does not apply to layer '{layer.name}' ({layer.kind})")
+
+
+class Epsilon(Rule):
+    """LRP-epsilon: ``R_in = a * W^T (R / (z + eps sign z))`` with the bias kept in z."""
+
+    kinds = ("conv", "linear")
+
+    def __init__(self, epsilon: float = 1e-6):
+        self.epsilon = epsilon
+
+    def bind(self, layer: Layer, dtype: torch.dtype) -> Propagator:
+        self._check(layer)
+        return _ZPropagator(layer, [([_Term("id", layer.weight, layer.bias)], None)], self.epsilon, True, dtype)
+
+
+class ZPlus(Rule):
+    """z+ (alpha=1, beta=0): positive weights for positive inputs, negative for negative.
+
+    The positive part of the bias stays in the denominator unless ``zero_bias``.
+    ``ones_input`` propagates on an all-ones input (the first layer of
+    PyTorchRelevancePropagation), ``signed_stabilizer=False`` adds eps instead of
+    eps * sign(z).
+    """
+
+    kinds = ("conv", "linear")
+
+    def __init__(self, stabilizer: float = 1e-6, zero_bias: bool = False, signed_stabilizer: bool = True, ones_input: bool = False):
+        self.stabilizer = stabilizer
+        self.zero_bias = zero_bias
+        self.signed_stabilizer = signed_stabilizer
+        self.ones_input = ones_input
+
+    def bind(self, layer: Layer, dtype: torch.dtype) -> Propagator:
+        self._check(layer)
+        w_pos, w_neg = _split(layer.weight)
+        bias = None if self.zero_bias or layer.bias is None else layer.bias.clamp(min=0)
+        if self.ones_input:
+            terms = [_Term("ones", w_pos, bias)]
+        elif layer.nonneg_input:
+            terms = [_Term("id", w_pos, bias)]
+        else:
+            terms = [_Term("pos", w_pos, bias), _Term("neg", w_neg, None)]
+        return _ZPropagator(layer, [(terms, None)], self.stabilizer, self.signed_stabilizer, dtype)
+
+
+class Gamma(Rule):
+    """Generalised LRP-gamma: ``W + gamma W+`` where z > 0 and ``W + gamma W-`` where z < 0."""
+
+    kinds = ("conv", "linear")
+
+    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6):
+        self.gamma = gamma
+        self.stabilizer = stabilizer
+
+    def bind(self, layer: Layer, dtype: torch.dtype) -> Propagator:
+        self._check(layer)
+        w, b, g = layer.weight, layer.bias, self.gamma
+        w_up = w + g * w.clamp(min=0)
+        w_down = w + g * w.clamp(max=0)
+        b_up = None if b is None else b + g * b.clamp(min=0)
+        b_down = None if b is None else b + g * b.clamp(max=0)
+        if layer.nonneg_input:
+            groups = [([_Term("id", w_up, b_up)], "pos"), ([_Term("id", w_down, b_down)], "neg")]
+        else:
+            groups = [
+                ([_Term("pos", w_up, b_up), _Term("neg", w_down, None)], "pos"),
+                ([_Term("pos", w_down, b_down), _Term("neg", w_up, None)], "neg"),
+            ]
+        return _ZPropagator(layer, groups, self.stabilizer, True, dtype)
+
+
+class Flat(Rule):
+    """Flat: relevance spread uniformly over each receptive field (weights and input set to one)."""
+
+    kinds = ("conv", "linear")
+
+    def __init__(self, stabilizer: float = 1e-6):
+        self.stabilizer = stabilizer
+
+    def bind(self, layer: Layer, dtype: torch.dtype) -> Propagator:
+        self._check(layer)
+        return _ZPropagator(layer, [([_Term("ones", torch.ones_like(layer.weight), None)], None)], self.stabilizer, True, dtype)
+
+
+class ZBox(Rule):
+    """z^B for pixel layers bounded by ``low`` and ``high`` (per-channel tensors or floats)."""
+
+    kinds = ("conv", "linear")
+
+    def __init__(self, low: Union[Tensor, float], high: Union[Tensor, float], stabilizer: float = 1e-6):
+        self.low = low
+        self.high = high
+        self.stabilizer = stabilizer
+
+    def _bound(self, value: Union[Tensor, float], layer: Layer) -> Tensor:
+        channels = layer.weight.shape[1] * (layer.conv_args.get("groups", 1))
+        value = torch.as_tensor(value, dtype=torch.float32).flatten()
+        if value.numel() not in (1, channels):
+            raise ValueError(f"ZBox bounds have {value.numel()} values, layer '{layer.name}' has {channels} input channels")
+        shape = (1, -1, 1, 1) if layer.kind == "conv" else (1, -1)
+        return value.expand(channels).reshape(shape).to(layer.weight.device)
+
+    def bind(self, layer: Layer, dtype: torch.dtype) -> Propagator:
+        self._check(layer)
+        w_pos, w_neg = _split(layer.weight)
+        terms = [
+            _Term("id", layer.weight, None),
+            _Term(self._bound(self.low, layer), -w_pos, None),
+            _Term(self._bound(self.high, layer), -w_neg, None),
+        ]
+        return _ZPropagator(layer, [(terms, None)], self.stabilizer, True, dtype)
+
+
+class WinnerTakeAll(Rule):
+    """Max-pool by its gradient: each output's relevance goes to the input that won the max."""
+
+    kinds = ("maxpool",)
+
+    def bind(self, layer: Layer, dtype: torch.dtype) -> Propagator:
+        self._check(layer)
+
+        def propagate(a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, None]:
+            n, c = a.shape[:2]
+            r_in = R.new_zeros(n, c, a.shape[2] * a.shape[3])
+            r_in.scatter_add_(2, aux.flatten(2), R.flatten(2))
+            return r_in.view(a.shape), None
+
+        return propagate
+
+
+def _pool_backward(layer: Layer, s: Tensor, a: Tensor, kernel_size: Union[int, None]) -> Tensor:
+    if kernel_size is not None:
+        return torch.ops.aten.avg_pool2d_backward(s, a, [kernel_size] * 2, [kernel_size] * 2, [0, 0], False, True, None)
+    if layer.kind == "adaptive_avgpool":
+        return torch.ops.aten._adaptive_avg_pool2d_backward(s, a)
+    m = layer.module
+    k = list(torch.nn.modules.utils._pair(m.kernel_size))
+    stride = list(torch.nn.modules.utils._pair(m.stride if m.stride is not None else m.kernel_size))
+    pad = list(torch.nn.modules.utils._pair(m.padding))
+    return torch.ops.aten.avg_pool2d_backward(s, a, k, stride, pad, m.ceil_mode, m.count_include_pad, m.divisor_override)
+
+
+class Norm(Rule):
+    """z-rule for parameter-free average pools: ``R_in = a * pool^T (R / stabilise(pool(a)))``."""
+
+    kinds = ("avgpool", "adaptive_avgpool")
+
+    def __init__(self, stabilizer: float = 1e-6, signed_stabilizer: bool = True):
+        self.stabilizer = stabilizer
+        self.signed_stabilizer = signed_stabilizer
+
+    def bind(self, layer: Layer, dtype: torch.dtype) -> Propagator:
+        self._check(layer)
+        return _pool_propagator(layer, None, self.stabilizer, self.signed_stabilizer)
+
+
+class AvgPoolZ(Rule):
+    """A max-pool propagated as a ``kernel_size`` average pool by the z-rule (PyTorchRelevancePropagation)."""
+
+    kinds = ("maxpool",)
+
+    def __init__(self, kernel_size: int = 2, stabilizer: float = 1e-5):
+        self.kernel_size = kernel_size
+        self.stabilizer = stabilizer
+
+    def bind(self, layer: Layer, dtype: torch.dtype) -> Propagator:
+        self._check(layer)
+        return _pool_propagator(layer, self.kernel_size, self.stabilizer, False)
+
+
+def _pool_propagator(layer: Layer, kernel_size: Union[int, None], eps: float, signed: bool) -> Propagator:
+    def propagate(a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, None]:
+        a32 = a.float()
+        z = out.float() if kernel_size is None else F.avg_pool2d(a32, kernel_size)
+        if z.shape != R.shape:
+            raise ValueError(
+                f"layer '{layer.name}': a {kernel_size}x{kernel_size} average pool gives {tuple(z.shape)}, "
+                f"the layer's output is {tuple(R.shape)}"
+            )
+        s = R / stabilise(z, eps, signed)
+        return a32 * _pool_backward(layer, s, a32, kernel_size), None
+
+    return propagate
