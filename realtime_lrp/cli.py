@@ -148,6 +148,106 @@ def video_command(src: Path, out: Path, batch: int, **options: object) -> None:
                   f" in {result.seconds:.1f} s ({speed:.1f} frames/s)")
 
 
+@cli.command("explain")
+@click.argument("images", metavar="IMAGE...", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the PNGs (created if missing).")
+@click.option("--display-size", default=256, show_default=True, type=click.IntRange(min=0),
+              help="Images whose short side is smaller are enlarged (sharp pixels) for the PNGs; 0 keeps sizes.")
+@click.option("--sheet", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write all overlays tiled into this one PNG.")
+@processing_options
+def explain_command(images: tuple[Path, ...], out: Path, display_size: int, sheet: Path | None,
+                    **options: object) -> None:
+    """Write STEM_overlay.png and STEM_heatmap.png (and STEM_side.png with --layout side) per image."""
+    import math
+    import sys
+
+    import cv2
+
+    from realtime_lrp.processor import ProcessingError
+    from realtime_lrp.render import contact_sheet
+
+    console = _console()
+    frames = []
+    for path in images:
+        if not path.is_file():
+            raise click.ClickException(f"{path}: no such file")
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise click.ClickException(f"cannot read {path}: not an image, or corrupt")
+        frames.append(frame)
+    if sheet is not None and sheet.suffix.lower() != ".png":
+        raise click.ClickException(f"--sheet must be a .png file, got {sheet.name}")
+    try:
+        processor = build_processor(options, console)
+        layouts = ["overlay", "heatmap"] + (["side"] if processor.layout == "side" else [])
+        out.mkdir(parents=True, exist_ok=True)
+        overlays, stems = [], set()
+        for i, (path, frame) in enumerate(zip(images, frames)):
+            relevance, preds = processor.explain([frame])
+            scales = processor.scales(relevance, stable=False)
+            short = min(frame.shape[:2])
+            if display_size and short < display_size:
+                k = math.ceil(display_size / short)
+                frame = cv2.resize(frame, None, fx=k, fy=k, interpolation=cv2.INTER_NEAREST)
+            stem = path.stem if path.stem not in stems else f"{path.stem}_{i}"
+            stems.add(stem)
+            written = []
+            for layout in layouts:
+                picture = processor.render([frame], relevance, preds, scales, layout)[0]
+                target = out / f"{stem}_{layout}.png"
+                if not cv2.imwrite(str(target), picture):
+                    raise click.ClickException(f"cannot write {target}")
+                written.append(target.name)
+                if layout == "overlay":
+                    overlays.append(picture)
+            console.print(f"{path}: {preds[0].label} -> {', '.join(written)}")
+        if sheet is not None:
+            sheet.parent.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(sheet), contact_sheet(overlays)):
+                raise click.ClickException(f"cannot write {sheet}")
+            console.print(f"sheet of {len(overlays)} overlays -> {sheet}")
+    except ProcessingError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        console.print("Interrupted: the PNGs listed above are complete.")
+        sys.exit(130)
+
+
+@cli.command("sample")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--size", default=256, show_default=True, type=click.IntRange(min=32),
+              help="Width and height of the square frames.")
+@click.option("--fps", default=24.0, show_default=True, type=click.FloatRange(min=1))
+@click.option("--seconds", default=1.5, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds each item is shown.")
+@click.option("--items", default=10, show_default=True, type=click.IntRange(1, 20),
+              help="How many clothing items (one per class first, then a second of each).")
+@click.option("--stills", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Also save the items as PNGs in this folder (input for rtlrp explain).")
+def sample_command(out: Path, size: int, fps: float, seconds: float, items: int, stills: Path | None) -> None:
+    """Write a demo video of Fashion-MNIST test items for the shipped model."""
+    import cv2
+
+    from realtime_lrp.sample import CLASSES, load_items, write_sample
+    from realtime_lrp.writer import WriterError, codec_for
+
+    try:
+        codec_for(out)
+        frames = write_sample(out, size=size, fps=fps, seconds_per_item=seconds, count=items)
+    except WriterError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Wrote {frames} frames ({size}x{size}, {fps:g} fps) to {out}")
+    if stills is not None:
+        stills.mkdir(parents=True, exist_ok=True)
+        for i, (image, label) in enumerate(load_items()[:items]):
+            name = CLASSES[label].lower().replace("/", "-").replace(" ", "-")
+            cv2.imwrite(str(stills / f"{i:02d}_{name}.png"), image)
+        click.echo(f"Wrote {items} item images to {stills}")
+
+
 def main() -> None:
     """Entry point of the ``rtlrp`` console script."""
     cli()

@@ -222,5 +222,5 @@ class FrameProcessor:
         from realtime_lrp.preprocess import parse_size
 
         size = options.pop("size", None)
-        model, card = load_model(weights, device="cpu")
+        model, card = load_model(weights, device="cpu", notify=notice or (lambda _msg: None))
         return cls(model, card, size=parse_size(size), notice=notice, **options)

@@ -214,3 +214,19 @@ def output_size(frame_size: tuple[int, int], layout: str) -> tuple[int, int]:
     """(width, height) of a rendered frame for an input of ``frame_size`` (width, height)."""
     w, h = frame_size
     return (2 * w, h) if layout == "side" else (w, h)
+
+
+def contact_sheet(images: Sequence[np.ndarray], columns: int = 5, gap: int = 4) -> np.ndarray:
+    """Tile BGR images into one picture, ``columns`` per row, each cell the size of the largest."""
+    if not images:
+        raise ValueError("no images for the sheet")
+    images = [_to_bgr(im) for im in images]
+    ch = max(im.shape[0] for im in images)
+    cw = max(im.shape[1] for im in images)
+    cols = min(columns, len(images))
+    rows = -(-len(images) // cols)
+    sheet = np.full((rows * ch + (rows - 1) * gap, cols * cw + (cols - 1) * gap, 3), 255, np.uint8)
+    for i, im in enumerate(images):
+        y, x = (i // cols) * (ch + gap), (i % cols) * (cw + gap)
+        sheet[y:y + im.shape[0], x:x + im.shape[1]] = im
+    return sheet
