@@ -1,0 +1,79 @@
+"""Helpers for the video, render and explain tests: tiny models and real video files."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from realtime_lrp.models import build_vgg
+
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def tiny_card(channels: int = 1, size: int = 32) -> dict:
+    """A model card for :func:`tiny_model` (Fashion-MNIST-like: 10 classes)."""
+    return {
+        "arch": "vgg11_bn", "width": 1 / 16, "hidden": 16, "pool": 1, "num_classes": 10,
+        "classes": list(CLASSES), "input_size": [size, size], "input_channels": channels,
+        "mean": [0.3] * channels, "std": [0.35] * channels, "dataset": "test",
+        "test_accuracy": None, "command": None, "sha256": None, "format": "realtime_lrp-v1",
+    }
+
+
+def tiny_model(channels: int = 1, seed: int = 0) -> torch.nn.Module:
+    """A random VGG11-BN at 1/16 width: fast enough for many frames on a busy CPU."""
+    torch.manual_seed(seed)
+    return build_vgg("vgg11_bn", 10, channels, width=1 / 16, hidden=16, pool=1).eval()
+
+
+def model_file(folder: Path, channels: int = 1, size: int = 32, seed: int = 0) -> Path:
+    """Save :func:`tiny_model` with its card beside it, the way exported models are stored."""
+    path = folder / "tiny.pt"
+    torch.save(tiny_model(channels, seed).state_dict(), path)
+    card = tiny_card(channels, size)
+    card["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    path.with_suffix(".json").write_text(json.dumps(card))
+    return path
+
+
+def frame_for(index: int, size: tuple[int, int]) -> np.ndarray:
+    """A distinct BGR frame per index: a bright block moving across a gradient."""
+    w, h = size
+    frame = np.zeros((h, w, 3), np.uint8)
+    frame[:, :, 0] = np.linspace(0, 120, w, dtype=np.uint8)[None, :]
+    frame[:, :, 1] = (index * 37) % 200
+    x = (index * 5) % max(1, w - 12)
+    frame[h // 4: h // 4 + 12, x:x + 12] = 255
+    return frame
+
+
+def write_video(path: Path, count: int, size: tuple[int, int], fps: float,
+                fourcc: str = "mp4v", api: int = cv2.CAP_FFMPEG) -> list[np.ndarray]:
+    """Write ``count`` distinct frames with OpenCV; returns the frames written."""
+    writer = cv2.VideoWriter(str(path), api, cv2.VideoWriter_fourcc(*fourcc), fps, size)
+    assert writer.isOpened(), f"OpenCV cannot write {path}"
+    frames = [frame_for(i, size) for i in range(count)]
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return frames
+
+
+def read_video(path: Path) -> tuple[list[np.ndarray], float]:
+    """All frames of a video and its fps, read back with OpenCV."""
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), f"OpenCV cannot open {path}"
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames, fps

@@ -1,0 +1,77 @@
+"""``rtlrp explain`` on still images: PNG heatmaps, overlays, a sheet, and clear errors."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from media import frame_for, model_file
+from realtime_lrp.cli import cli
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return model_file(tmp_path_factory.mktemp("model"))
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_explain_writes_overlay_and_heatmap(tmp_path, weights):
+    a, b = tmp_path / "shirt.png", tmp_path / "odd.jpg"
+    cv2.imwrite(str(a), frame_for(3, (61, 45)))
+    cv2.imwrite(str(b), frame_for(8, (33, 27)))
+    out = tmp_path / "explained"
+    result = run("explain", a, b, "--out", out, "--weights", weights, "--display-size", "0", "--device", "cpu",
+                 "--sheet", tmp_path / "sheet.png")
+    assert result.exit_code == 0, result.output
+    for stem, shape in (("shirt", (45, 61, 3)), ("odd", (27, 33, 3))):
+        overlay = cv2.imread(str(out / f"{stem}_overlay.png"))
+        heatmap = cv2.imread(str(out / f"{stem}_heatmap.png"))
+        assert overlay.shape == heatmap.shape == shape
+        assert not np.array_equal(overlay, heatmap)
+    assert sorted(p.name for p in out.iterdir()) == ["odd_heatmap.png", "odd_overlay.png",
+                                                      "shirt_heatmap.png", "shirt_overlay.png"]
+    assert cv2.imread(str(tmp_path / "sheet.png")) is not None
+    assert "%" in result.output  # the predicted class and its probability are reported
+
+
+def test_explain_enlarges_small_images_and_side_layout(tmp_path, weights):
+    img = tmp_path / "tiny.png"
+    cv2.imwrite(str(img), frame_for(1, (28, 28)))
+    out = tmp_path / "out"
+    result = run("explain", img, "--out", out, "--weights", weights, "--layout", "side", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert cv2.imread(str(out / "tiny_overlay.png")).shape == (280, 280, 3)
+    assert cv2.imread(str(out / "tiny_side.png")).shape == (280, 560, 3)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    (b"", "not an image, or corrupt"),
+    (b"\x89PNG broken " * 20, "not an image, or corrupt"),
+])
+def test_explain_bad_image_is_one_line(tmp_path, weights, content, message):
+    good, bad = tmp_path / "good.png", tmp_path / "bad.png"
+    cv2.imwrite(str(good), frame_for(0, (40, 40)))
+    if content is not None:
+        bad.write_bytes(content)
+    out = tmp_path / "out"
+    result = run("explain", good, bad, "--out", out, "--weights", weights)
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()  # nothing half-done: images are checked before any is written
+
+
+def test_explain_bad_option_values(tmp_path, weights):
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), frame_for(0, (40, 40)))
+    result = run("explain", img, "--out", tmp_path / "o", "--weights", weights, "--cmap", "rainbowz")
+    assert result.exit_code == 2 and "unknown colour map" in result.output
+    result = run("explain", img, "--out", tmp_path / "o", "--weights", weights, "--target", "Spaceship")
+    assert result.exit_code == 1 and "unknown target" in result.output
+    result = run("explain", img, "--out", tmp_path / "o", "--weights", weights, "--size", "4")
+    assert result.exit_code == 2 and "too small" in result.output
