@@ -248,6 +248,110 @@ def sample_command(out: Path, size: int, fps: float, seconds: float, items: int,
         click.echo(f"Wrote {items} item images to {stills}")
 
 
+@cli.command("webcam")
+@click.option("--camera", default="0", show_default=True, metavar="SOURCE",
+              help="Camera index, device path (/dev/video0), video file or stream URL (rtsp://, http://).")
+@click.option("--record", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Record what is shown, in real time (.mp4, .m4v, .mov: mp4v; .avi: MJPG; .mkv: XVID).")
+@click.option("--no-window", is_flag=True, help="Run headless: live stats in the terminal, no window.")
+@click.option("--snapshot-dir", default="snapshots", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Where key s saves PNG snapshots.")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None,
+              help="Stop after this many processed frames (automation, tests).")
+@click.option("--pace/--no-pace", default=True, show_default=True,
+              help="Play a video file at its own frame rate, like a camera (files only).")
+@processing_options
+def webcam_command(camera: str, record: Path | None, no_window: bool, snapshot_dir: Path,
+                   max_frames: int | None, pace: bool, **options: object) -> None:
+    """Live LRP heatmaps from a camera: keys q/ESC quit, space pause, s snapshot, +/- top-k, c colours, l layout."""
+    import sys
+
+    from realtime_lrp.capture import CameraError, LiveSource, parse_camera
+    from realtime_lrp.display import open_display
+    from realtime_lrp.live import LiveLoop
+    from realtime_lrp.writer import WriterError, codec_for
+
+    console = _console()
+    notice = lambda msg: console.print(msg, style="yellow")  # noqa: E731
+    try:
+        spec = parse_camera(camera)
+        if record is not None:
+            codec_for(record)
+    except (CameraError, WriterError) as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        processor = build_processor(options, console)
+        source = LiveSource(spec, pace=pace if spec.kind == "file" else False).open()
+    except CameraError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        console.print("Interrupted before the first frame: nothing recorded.")
+        sys.exit(130)
+    try:
+        display = open_display(f"rtlrp - {spec}", not no_window, console, notice)
+        summary = LiveLoop(source, processor, display, record=record, snapshot_dir=snapshot_dir,
+                           max_frames=max_frames, notice=notice).run()
+    except KeyboardInterrupt:
+        console.print("Interrupted before the first frame: nothing recorded.")
+        sys.exit(130)
+    finally:
+        source.close()
+    if record is not None:
+        if summary.recorded_frames:
+            console.print(f"Recorded {summary.recorded_frames} frames to {record} (closed and playable).")
+        else:
+            console.print(f"Nothing was shown, so nothing was recorded to {record}.")
+    console.print(f"{summary.frames} frames processed in {summary.seconds:.1f} s ({summary.fps:.1f} FPS),"
+                  f" {summary.skipped} camera frames skipped; ended: {summary.reason}.", soft_wrap=True)
+    if summary.error:
+        raise click.ClickException(summary.error)
+    if summary.interrupted:
+        sys.exit(130)
+
+
+WEIGHTS_HELP = ("Model: auto (ImageNet VGG16 if cached or downloadable, else the shipped "
+                "Fashion-MNIST model), imagenet[:ARCH], shipped, or a weight file (.pt).")
+
+
+def weights_option(func):
+    """Reusable ``--weights`` option (default ``auto``); pass its value to :func:`load_weights`."""
+    return click.option("--weights", default="auto", show_default=True, metavar="auto|imagenet|shipped|PATH",
+                        help=WEIGHTS_HELP)(func)
+
+
+def load_weights(weights: str, device: str = "cpu"):
+    """``load_model`` for a command: notices on stderr, any weights problem as a one-line error."""
+    from realtime_lrp.models import WeightsError, load_model
+
+    try:
+        return load_model(weights, device=device, notify=lambda msg: click.echo(msg, err=True))
+    except WeightsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command("export")
+@click.argument("source", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Weight file to write, e.g. weights/NAME.pt; the card goes to NAME.json beside it.")
+@click.option("--measure/--no-measure", default=True, show_default=True,
+              help="Measure test_accuracy on the exported fp16 weights (else the checkpoint's value).")
+def export_command(source: Path, out: Path, measure: bool) -> None:
+    """Export a training run as fp16 weights plus a JSON model card."""
+    from realtime_lrp.data import DataError
+    from realtime_lrp.export import export
+    from realtime_lrp.models import WeightsError
+    from realtime_lrp.training import TrainingError
+
+    try:
+        card = export(source, out, measure=measure)
+    except (TrainingError, DataError, WeightsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    acc = card["test_accuracy"]
+    click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {card['arch']}, "
+               f"{card['num_classes']} classes) and {out.with_suffix('.json')}; test accuracy "
+               + (f"{acc:.2%}" if acc is not None else "not measured"))
+
+
 def main() -> None:
     """Entry point of the ``rtlrp`` console script."""
     cli()
