@@ -10,7 +10,7 @@ Mixed precision: the heavy products run in the model's dtype (fp16, bf16 or fp32
 relevance, denominators and stabilisers stay in fp32, so a stabiliser of 1e-6 behaves the
 same in every dtype. Before the quotient ``s = R / z`` is cast to the compute dtype it is
 scaled per sample so that its largest magnitude is a power of two chosen from the layer's
-weights (the largest value the product can reach stays below 2**14). The propagator
+weights: at most 2**14, and small enough that the transposed product stays below 2**14. The propagator
 returns the log of the factor it removed; the engine restores it at the end, so fp16 maps
 equal fp32 maps up to rounding.
 
@@ -65,7 +65,7 @@ class _ZPropagator:
             for terms, mask in groups
         ]
         bound = max(_column_bound(t.weight) for terms, _ in groups for t in terms)
-        self.log_target = math.floor(math.log2(2.0**14 / max(bound, _TINY)))
+        self.log_target = min(14, math.floor(math.log2(2.0**14 / max(bound, _TINY))))
         self.target = 2.0**self.log_target
         self.bias_shape = (1, -1, 1, 1) if layer.kind == "conv" else (1, -1)
 
