@@ -138,15 +138,19 @@ def process_video(src: str | Path, dst: str | Path, processor: FrameProcessor, b
     """Explain every frame of ``src`` into ``dst``, keeping fps, frame count and frame size.
 
     ``progress`` is an optional ``rich.progress.Progress`` (started by the caller); it gets
-    one task advanced per frame written. Errors in any stage are re-raised here after the
+    one task advanced per frame explained. Errors in any stage are re-raised here after the
     output is closed; Ctrl-C returns a result with ``interrupted=True``. The output file
     only appears once the first frame is done, so a bad input leaves none.
     """
     notice = notice or (lambda _msg: None)
     cap, info, first = open_video(src)
+    try:
+        writer = VideoWriter(dst, info.fps, processor.output_size(info.size), notice=notice)
+    except BaseException:
+        cap.release()
+        raise
     if info.fps_guessed:
         notice(f"{src} does not say its frame rate: writing at {DEFAULT_FPS:g} fps")
-    writer = VideoWriter(dst, info.fps, processor.output_size(info.size), notice=notice)
     stop = threading.Event()
     frames_in: queue.Queue = queue.Queue(maxsize=2 * batch + 2)
     frames_out: queue.Queue = queue.Queue(maxsize=2 * batch + 2)
