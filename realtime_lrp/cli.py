@@ -6,10 +6,18 @@ and ``rtlrp --version`` stay fast.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
 
 from realtime_lrp.presets import PRESET_NAMES
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from realtime_lrp.processor import FrameProcessor
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,7 +59,7 @@ def _check_size(ctx: click.Context, param: click.Parameter, value: str | None) -
     return value
 
 
-def processing_options(func):
+def processing_options(func: F) -> F:
     """Options shared by ``video``, ``explain`` and ``webcam``: model, LRP method, rendering, device.
 
     The command receives them as keyword arguments ``weights, preset, top_k, target, size,
@@ -85,7 +93,7 @@ def processing_options(func):
     return func
 
 
-def build_processor(options: dict, console):
+def build_processor(options: dict[str, Any], console: Console) -> FrameProcessor:
     """A ``FrameProcessor`` from ``processing_options``; bad weights or options → one-line error."""
     from realtime_lrp.models import WeightsError
     from realtime_lrp.processor import FrameProcessor
@@ -96,7 +104,7 @@ def build_processor(options: dict, console):
         raise click.ClickException(str(exc)) from None
 
 
-def _console():
+def _console() -> Console:
     from rich.console import Console
 
     return Console(stderr=True, highlight=False)
