@@ -36,6 +36,79 @@ def presets_command() -> None:
         click.echo(f"{name:20s} {preset.description}  [{preset.reference}]")
 
 
+def _size(text: str) -> list[int]:
+    """``32`` → [32, 32]; ``64x48`` (width x height) → [48, 64]."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not N or WxH") from None
+    if len(values) not in (1, 2) or min(values) < 8:
+        raise click.BadParameter(f"{text!r} is not N or WxH with sides of at least 8 pixels")
+    return [values[0], values[0]] if len(values) == 1 else [values[1], values[0]]
+
+
+@cli.command("train")
+@click.option("--arch", default="vgg11_bn", show_default=True,
+              type=click.Choice(["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn",
+                                 "vgg19", "vgg19_bn"]), help="torchvision VGG architecture.")
+@click.option("--dataset", default="fashion-mnist", show_default=True,
+              help="fashion-mnist, cifar10 or imagefolder:PATH (PATH/train and PATH/val).")
+@click.option("--epochs", default=12, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=2),
+              help="Per process.")
+@click.option("--lr", default=0.1, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Peak learning rate of the one-cycle schedule (SGD, Nesterov momentum).")
+@click.option("--weight-decay", default=5e-4, show_default=True, type=click.FloatRange(min=0))
+@click.option("--label-smoothing", default=0.0, show_default=True,
+              type=click.FloatRange(0, 1, max_open=True))
+@click.option("--width", default=0.25, show_default=True,
+              type=click.FloatRange(min=0, min_open=True), help="Scale of the conv channel counts.")
+@click.option("--hidden", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Width of the two hidden Linear layers (torchvision: 4096).")
+@click.option("--pool", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Output size of the adaptive average pool (torchvision: 7).")
+@click.option("--input-size", default=None, metavar="N|WxH",
+              help="Training resolution; default 32 (fashion-mnist, cifar10) or 224.")
+@click.option("--augment/--no-augment", default=True, show_default=True,
+              help="Random crop with padding and horizontal flip.")
+@click.option("--amp", is_flag=True, help="Mixed precision: fp16 + GradScaler on CUDA, bf16 on CPU.")
+@click.option("--amp-dtype", type=click.Choice(["fp16", "bf16"]), default=None,
+              help="Autocast dtype (implies --amp).")
+@click.option("--out", default="runs/train", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
+@click.option("--resume", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Checkpoint file or run directory to continue from.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--max-steps", default=None, type=click.IntRange(min=1),
+              help="Stop after this many optimizer steps in total (quick runs).")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Data-loading processes for imagefolder data.")
+def train_command(**options: object) -> None:
+    """Train a VGG (mixed precision with --amp; DDP under torchrun)."""
+    import shlex
+    import sys
+
+    from realtime_lrp.data import DataError
+    from realtime_lrp.models import WeightsError
+    from realtime_lrp.training import TrainConfig, TrainingError, TrainingInterrupted, main
+
+    size = options.pop("input_size")
+    options["input_size"] = _size(size) if size else (
+        [224, 224] if str(options["dataset"]).startswith("imagefolder:") else [32, 32])
+    options["out"] = str(options["out"])
+    options["resume"] = str(options["resume"]) if options["resume"] else None
+    config = TrainConfig(**options, command=shlex.join(["rtlrp", *sys.argv[1:]]))
+    try:
+        main(config)
+    except TrainingInterrupted as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(130)
+    except (TrainingError, DataError, WeightsError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _check_cmap(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
@@ -323,8 +396,8 @@ WEIGHTS_HELP = ("Model: auto (ImageNet VGG16 if cached or downloadable, else the
 
 def weights_option(func):
     """Reusable ``--weights`` option (default ``auto``); pass its value to :func:`load_weights`."""
-    return click.option("--weights", default="auto", show_default=True, metavar="auto|imagenet|shipped|PATH",
-                        help=WEIGHTS_HELP)(func)
+    return click.option("--weights", default="auto", show_default=True,
+                        metavar="auto|imagenet|shipped|PATH", help=WEIGHTS_HELP)(func)
 
 
 def load_weights(weights: str, device: str = "cpu"):

@@ -1,0 +1,337 @@
+"""VGG architectures, model cards and safe weight loading.
+
+``load_model`` resolves ``imagenet``, ``auto``, ``shipped`` or a path to an eval-mode
+model plus its model card (a dict). Weight files are only ever read with
+``torch.load(..., weights_only=True)``, so no arbitrary object is unpickled.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+CARD_FORMAT = "realtime_lrp-v1"
+SHIPPED_NAME = "fashion_mnist_vgg11_bn"
+
+_CONFIGS: dict[str, list[int | str]] = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [
+        64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+        512, 512, 512, 512, "M", 512, 512, 512, 512, "M",
+    ],
+}
+ARCHS: tuple[str, ...] = tuple(
+    name for base in _CONFIGS for name in (base, f"{base}_bn")
+)
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+class WeightsError(ValueError):
+    """A weight file or model name that cannot be loaded; the message is one line."""
+
+
+class VGG(nn.Module):
+    """torchvision's VGG layout (``features`` / ``avgpool`` / ``classifier``), resizable."""
+
+    def __init__(self, features: nn.Sequential, channels: int, num_classes: int,
+                 hidden: int, pool: int) -> None:
+        super().__init__()
+        self.features = features
+        self.avgpool = nn.AdaptiveAvgPool2d((pool, pool))
+        self.classifier = nn.Sequential(
+            nn.Linear(channels * pool * pool, hidden),
+            nn.ReLU(True),
+            nn.Dropout(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(True),
+            nn.Dropout(),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def _init_weights(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def build_vgg(arch: str, num_classes: int = 1000, in_channels: int = 3, width: float = 1.0,
+              hidden: int = 4096, pool: int = 7) -> VGG:
+    """Build a VGG; with the defaults its state dict matches torchvision's exactly."""
+    base, _, suffix = arch.partition("_")
+    if base not in _CONFIGS or suffix not in ("", "bn"):
+        raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for item in _CONFIGS[base]:
+        if item == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            continue
+        out = max(1, round(int(item) * width))
+        layers.append(nn.Conv2d(channels, out, kernel_size=3, padding=1))
+        if suffix == "bn":
+            layers.append(nn.BatchNorm2d(out))
+        layers.append(nn.ReLU(True))
+        channels = out
+    model = VGG(nn.Sequential(*layers), channels, num_classes, hidden, pool)
+    _init_weights(model)
+    return model
+
+
+CARD_FIELDS = ("arch", "width", "hidden", "pool", "num_classes", "classes", "input_size",
+               "input_channels", "mean", "std", "dataset", "test_accuracy", "command",
+               "sha256", "format")
+
+
+def weights_dir() -> Path:
+    """Where the shipped weights live: ``$RTLRP_WEIGHTS_DIR``, else the repository's ``weights/``."""
+    override = os.environ.get("RTLRP_WEIGHTS_DIR")
+    return Path(override) if override else Path(__file__).resolve().parent.parent / "weights"
+
+
+def shipped_weights() -> Path:
+    """Path of the shipped Fashion-MNIST model's weight file."""
+    return weights_dir() / f"{SHIPPED_NAME}.pt"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def validate_card(card: Any, source: str = "model card") -> dict[str, Any]:
+    """Check a card's fields and types; raise WeightsError naming the first problem."""
+    if not isinstance(card, dict):
+        raise WeightsError(f"{source} is not a JSON object")
+    missing = [k for k in CARD_FIELDS if k not in card]
+    if missing:
+        raise WeightsError(f"{source} lacks field(s): {', '.join(missing)}")
+    channels = card["input_channels"]
+    checks = {
+        "arch": card["arch"] in ARCHS,
+        "num_classes": isinstance(card["num_classes"], int) and card["num_classes"] > 0,
+        "classes": isinstance(card["classes"], list) and len(card["classes"]) == card["num_classes"],
+        "input_size": isinstance(card["input_size"], list) and len(card["input_size"]) == 2
+        and all(isinstance(v, int) and v > 0 for v in card["input_size"]),
+        "input_channels": isinstance(channels, int) and channels > 0,
+        "mean": isinstance(card["mean"], list) and len(card["mean"]) == channels,
+        "std": isinstance(card["std"], list) and len(card["std"]) == channels
+        and all(isinstance(v, (int, float)) and v > 0 for v in card["std"]),
+        "width": isinstance(card["width"], (int, float)) and card["width"] > 0,
+        "hidden": isinstance(card["hidden"], int) and card["hidden"] > 0,
+        "pool": isinstance(card["pool"], int) and card["pool"] > 0,
+    }
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        raise WeightsError(f"{source} has an invalid {bad[0]!r} field")
+    return card
+
+
+def read_card(path: Path) -> dict[str, Any]:
+    """Read and validate the JSON model card at ``path``."""
+    try:
+        card = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"cannot read model card {path}: {type(exc).__name__}") from None
+    return validate_card(card, f"model card {path}")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a state dict (or a training checkpoint's model) safely with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weight file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt, truncated or unsafe files
+        raise WeightsError(f"{path} is not a readable weight file (corrupt, truncated or not "
+                           f"a plain state dict: {type(exc).__name__})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not obj or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise WeightsError(f"{path} does not hold a state dict of tensors")
+    return obj
+
+
+def infer_architecture(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Recover arch, width, hidden, pool, class and channel counts from VGG state-dict shapes."""
+    convs = sorted((int(k.split(".")[1]), v) for k, v in state.items()
+                   if k.startswith("features.") and k.endswith(".weight") and v.ndim == 4)
+    head = [state.get(f"classifier.{i}.weight") for i in (0, 3, 6)]
+    if not convs or any(w is None or w.ndim != 2 for w in head):
+        raise WeightsError("the weights are not a torchvision-style VGG "
+                           "(features.*/classifier.* keys missing)")
+    depth = {8: "vgg11", 10: "vgg13", 13: "vgg16", 16: "vgg19"}.get(len(convs))
+    if depth is None:
+        raise WeightsError(f"the weights have {len(convs)} conv layers, which matches no VGG")
+    batch_norm = any(k.endswith("running_mean") for k in state)
+    last = convs[-1][1].shape[0]
+    pool = round((head[0].shape[1] / last) ** 0.5)
+    return {
+        "arch": f"{depth}_bn" if batch_norm else depth,
+        "width": convs[0][1].shape[0] / 64, "hidden": int(head[0].shape[0]), "pool": pool,
+        "num_classes": int(head[2].shape[0]), "input_channels": int(convs[0][1].shape[1]),
+    }
+
+
+def _build_from(card: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    model = build_vgg(card["arch"], card["num_classes"], card["input_channels"], card["width"],
+                      card["hidden"], card["pool"])
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key not in state:
+            raise WeightsError(f"{source} does not fit {card['arch']} with {card['num_classes']} "
+                               f"classes: missing {key}")
+        if state[key].shape != tensor.shape:
+            raise WeightsError(f"{source} does not fit {card['arch']} with {card['num_classes']} "
+                               f"classes: {key} is {tuple(state[key].shape)}, "
+                               f"expected {tuple(tensor.shape)}")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise WeightsError(f"{source} does not fit {card['arch']}: unexpected key {extra[0]}")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    return model
+
+
+def _plain_card(info: dict[str, Any], path: Path) -> dict[str, Any]:
+    from torchvision.models import VGG16_Weights
+
+    imagenet = info["num_classes"] == 1000 and info["input_channels"] == 3
+    return {
+        **info,
+        "classes": list(VGG16_Weights.IMAGENET1K_V1.meta["categories"]) if imagenet
+        else [str(i) for i in range(info["num_classes"])],
+        "input_size": [224, 224],
+        "mean": list(IMAGENET_MEAN) if info["input_channels"] == 3 else [0.5] * info["input_channels"],
+        "std": list(IMAGENET_STD) if info["input_channels"] == 3 else [0.5] * info["input_channels"],
+        "dataset": "unknown (plain state dict without a model card)",
+        "test_accuracy": None, "command": None, "sha256": sha256_file(path), "format": "state_dict",
+    }
+
+
+def load_weights_file(path: Path, arch: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Load an exported model (card ``NAME.json`` beside it) or a plain torchvision state dict."""
+    path = Path(path)
+    card_path = path.with_suffix(".json")
+    card = read_card(card_path) if card_path.is_file() and path.is_file() else None
+    state = read_state_dict(path)
+    if card is not None:
+        if card["sha256"] != sha256_file(path):
+            raise WeightsError(f"{path} does not match the sha256 in {card_path} (corrupt or replaced)")
+    else:
+        card = _plain_card(infer_architecture(state), path)
+    if arch is not None and arch != card["arch"]:
+        raise WeightsError(f"{path} holds {card['arch']} weights, not {arch}")
+    return _build_from(card, state, str(path)), card
+
+
+def _imagenet_weights(arch: str) -> Any:
+    from torchvision.models import get_model_weights
+
+    if arch not in ARCHS:
+        raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    return get_model_weights(arch).IMAGENET1K_V1
+
+
+def imagenet_cache_file(arch: str = "vgg16") -> Path:
+    """Where torchvision keeps the ImageNet weights of ``arch`` in the torch hub cache."""
+    url = _imagenet_weights(arch).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def download(url: str, dest: Path, timeout: float = 10.0) -> None:
+    """Fetch ``url`` into ``dest`` (atomically); every socket wait is bounded by ``timeout``."""
+    import urllib.request
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as fh:
+        for block in iter(lambda: response.read(1 << 20), b""):
+            fh.write(block)
+    os.replace(tmp, dest)
+
+
+def load_imagenet(arch: str = "vgg16", timeout: float = 10.0) -> tuple[nn.Module, dict[str, Any]]:
+    """torchvision's ImageNet VGG, downloaded once to the torch cache; WeightsError offline."""
+    from torchvision import models as tv_models
+
+    weights = _imagenet_weights(arch)
+    cached = imagenet_cache_file(arch)
+    if not cached.is_file():
+        try:
+            download(weights.url, cached, timeout)
+        except OSError as exc:
+            raise WeightsError(
+                f"ImageNet {arch} weights are not cached in {cached.parent} and the download "
+                f"failed ({type(exc).__name__}); connect once to fetch them, or use "
+                f"--weights shipped or --weights PATH") from None
+    try:
+        model = getattr(tv_models, arch)(weights=weights)
+    except Exception as exc:  # a corrupt cache file surfaces as one of many torch errors
+        raise WeightsError(f"cannot load cached ImageNet weights {cached}: "
+                           f"{type(exc).__name__}; delete the file to download it again") from None
+    metric = weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
+    card = {
+        "arch": arch, "width": 1.0, "hidden": 4096, "pool": 7, "num_classes": 1000,
+        "classes": list(weights.meta["categories"]), "input_size": [224, 224],
+        "input_channels": 3, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+        "dataset": "imagenet", "test_accuracy": metric / 100 if metric is not None else None,
+        "command": None, "sha256": None, "format": "torchvision", "weights": str(weights),
+    }
+    return model, card
+
+
+def _notify_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def load_model(name_or_path: str | Path = "auto", device: str | torch.device = "cpu",
+               arch: str | None = None,
+               notify: Callable[[str], None] = _notify_stderr) -> tuple[nn.Module, dict[str, Any]]:
+    """Return ``(model, card)``: an eval-mode fp32 VGG on ``device`` and its model card.
+
+    ``name_or_path``: ``auto`` (ImageNet VGG16 if cached or downloadable, else the shipped
+    model, announced through ``notify``), ``imagenet`` (or ``imagenet:vgg19_bn`` etc.),
+    ``shipped``, or a path to an exported ``.pt`` (card beside it) or a plain state dict.
+    """
+    name = str(name_or_path)
+    if name == "auto":
+        try:
+            model, card = load_imagenet(arch or "vgg16", timeout=5.0)
+            notify(f"weights: auto -> ImageNet {card['arch']} (torchvision, {card['weights']})")
+        except WeightsError as exc:
+            model, card = load_weights_file(shipped_weights())
+            notify(f"weights: auto -> shipped {SHIPPED_NAME} ({card['dataset']}, "
+                   f"{len(card['classes'])} classes); ImageNet unavailable: {exc}")
+    elif name == "imagenet" or name.startswith("imagenet:"):
+        model, card = load_imagenet(name.partition(":")[2] or arch or "vgg16")
+    elif name == "shipped":
+        model, card = load_weights_file(shipped_weights(), arch)
+    else:
+        model, card = load_weights_file(Path(name).expanduser(), arch)
+    if card["arch"] not in ARCHS:
+        raise WeightsError(f"unknown architecture {card['arch']!r}")
+    return model.float().to(device).eval(), card

@@ -1,0 +1,157 @@
+"""``rtlrp train``: few-step CPU runs (fp32 and bf16 AMP), resume, Ctrl-C, and DDP with gloo."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from realtime_lrp.cli import cli
+from realtime_lrp.data import DataError, fashion_mnist_dir, load_datasets, read_idx_gz
+from realtime_lrp.training import augment, load_checkpoint
+from tiny_data import TINY, make_imagefolder
+
+needs_fashion_mnist = pytest.mark.skipif(
+    fashion_mnist_dir() is None,
+    reason="Fashion-MNIST files absent: install the Debian package dataset-fashion-mnist "
+           "(or set RTLRP_FASHION_MNIST_DIR)")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_imagefolder(tmp_path_factory.mktemp("data"))
+
+
+def _train(folder: Path, out: Path, *extra: str) -> dict:
+    result = CliRunner().invoke(cli, ["train", "--dataset", f"imagefolder:{folder}", *TINY,
+                                      "--out", str(out), *extra])
+    assert result.exit_code == 0, result.output
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return json.loads(lines[-1])
+
+
+@pytest.mark.parametrize("amp, precision", [(False, "float32"), (True, "bfloat16")])
+def test_few_steps_on_cpu(folder: Path, tmp_path: Path, amp: bool, precision: str) -> None:
+    line = _train(folder, tmp_path, "--max-steps", "3", *(["--amp"] if amp else []))
+    assert line["step"] == 3 and line["precision"] == precision and line["world_size"] == 1
+    assert 0.0 <= line["test_acc"] <= 1.0 and line["images_per_s"] > 0
+    ckpt = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert set(ckpt) >= {"model", "optimizer", "lr_scheduler", "scaler", "epoch", "args"}
+    assert ckpt["args"]["amp"] is amp and ckpt["step"] == 3
+    assert all(v.dtype != torch.bfloat16 for v in ckpt["model"].values()), "fp32 master weights"
+
+
+def test_full_epochs_append_one_metrics_line_each(folder: Path, tmp_path: Path) -> None:
+    _train(folder, tmp_path, "--epochs", "2")
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2] and [x["step"] for x in lines] == [4, 8]
+    assert not any(x["partial"] for x in lines)
+    assert load_checkpoint(tmp_path)["epoch"] == 2
+
+
+def test_resume_continues_from_the_saved_step(folder: Path, tmp_path: Path) -> None:
+    straight, first = tmp_path / "straight", tmp_path / "split"
+    _train(folder, straight, "--epochs", "3", "--max-steps", "6")
+    _train(folder, first, "--epochs", "3", "--max-steps", "2")
+    saved = load_checkpoint(first)
+    assert (saved["step"], saved["epoch"], saved["epoch_step"]) == (2, 0, 2)
+    result = CliRunner().invoke(cli, ["train", "--resume", str(first), "--max-steps", "6"])
+    assert result.exit_code == 0, result.output
+    a, b = load_checkpoint(straight), load_checkpoint(first)
+    assert a["step"] == b["step"] == 6 and a["epoch"] == b["epoch"] == 1
+    torch.testing.assert_close(b["model"], a["model"])
+    torch.testing.assert_close(b["optimizer"]["state"], a["optimizer"]["state"])
+    assert b["lr_scheduler"]["last_epoch"] == a["lr_scheduler"]["last_epoch"] == 6
+
+
+def test_bad_settings_are_one_line_errors(folder: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    for args in (["--dataset", "mnist-typo"], ["--dataset", f"imagefolder:{tmp_path}/none"],
+                 ["--dataset", f"imagefolder:{folder}", "--amp-dtype", "fp16", "--device", "cpu"]):
+        result = runner.invoke(cli, ["train", *args, "--out", str(tmp_path / "x")])
+        assert result.exit_code == 1, result.output
+        assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    result = runner.invoke(cli, ["train", "--resume", str(bad)])
+    assert result.exit_code == 1 and "cannot read checkpoint" in result.stderr
+
+
+def test_augment_keeps_shape_and_content(folder: Path) -> None:
+    images = torch.rand(6, 1, 32, 32)
+    out = augment(images)
+    assert out.shape == images.shape
+    assert not torch.equal(out, images)
+    assert out.sum() <= images.sum() + 1e-3, "crops only drop pixels or add zero padding"
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+
+
+def test_ctrl_c_writes_a_checkpoint_that_resume_continues(folder: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "realtime_lrp.cli", "train", "--dataset", f"imagefolder:{folder}",
+           *TINY, "--epochs", "100000", "--out", str(tmp_path)]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    saved = load_checkpoint(tmp_path)["step"]
+    assert saved >= 4
+    result = CliRunner().invoke(cli, ["train", "--resume", str(tmp_path),
+                                      "--max-steps", str(saved + 2)])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(tmp_path)["step"] == saved + 2
+
+
+def test_ddp_two_cpu_processes_with_gloo(folder: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "realtime_lrp.cli", "train", "--dataset", f"imagefolder:{folder}", *TINY,
+           "--epochs", "2", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # 16 images over 2 ranks with batch 4: 2 steps per epoch; rank 0 alone writes.
+    assert [(x["epoch"], x["step"], x["world_size"]) for x in lines] == [(1, 2, 2), (2, 4, 2)]
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt["world_size"] == 2 and ckpt["step"] == 4
+    assert not any(k.startswith("module.") for k in ckpt["model"]), "saved unwrapped"
+
+
+def test_truncated_idx_file_is_a_data_error(tmp_path: Path) -> None:
+    import gzip
+
+    path = tmp_path / "x-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as fh:
+        fh.write(bytes([0, 0, 8, 3]) + (10).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+                 + b"\0" * 100)
+    with pytest.raises(DataError, match="truncated"):
+        read_idx_gz(path)
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_files_load_and_train(tmp_path: Path) -> None:
+    train, test, info = load_datasets("fashion-mnist", [32, 32])
+    assert (len(train), len(test), len(info.classes)) == (60000, 10000, 10)
+    assert train.images.shape[1:] == (1, 32, 32) and info.input_channels == 1
+    assert 0.2 < info.mean[0] < 0.4 and 0.25 < info.std[0] < 0.45
+    raw = read_idx_gz(fashion_mnist_dir() / "t10k-labels-idx1-ubyte.gz")
+    assert torch.equal(test.labels, torch.from_numpy(raw.astype("int64")))
+    result = CliRunner().invoke(cli, ["train", "--dataset", "fashion-mnist", "--width", "0.0625",
+                                      "--hidden", "16", "--batch-size", "64", "--amp",
+                                      "--max-steps", "2", "--device", "cpu", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["step"] == 2 and line["precision"] == "bfloat16"
