@@ -347,6 +347,8 @@ def webcam_command(camera: str, record: Path | None, no_window: bool, snapshot_d
     """Live LRP heatmaps from a camera: keys q/ESC quit, space pause, s snapshot, +/- top-k, c colours, l layout."""
     import sys
 
+    import numpy as np
+
     from realtime_lrp.capture import CameraError, LiveSource, parse_camera
     from realtime_lrp.display import open_display
     from realtime_lrp.live import LiveLoop
@@ -362,26 +364,32 @@ def webcam_command(camera: str, record: Path | None, no_window: bool, snapshot_d
         raise click.ClickException(str(exc)) from None
     try:
         processor = build_processor(options, console)
-        source = LiveSource(spec, pace=pace if spec.kind == "file" else False).open()
-    except CameraError as exc:
-        raise click.ClickException(str(exc)) from None
+        h, w = processor.size
+        processor.explain([np.zeros((h, w, 3), np.uint8)])  # first-call set-up, before the camera runs
+        display = open_display(f"rtlrp - {spec}", not no_window, console, notice)
     except KeyboardInterrupt:
         console.print("Interrupted before the first frame: nothing recorded.")
         sys.exit(130)
     try:
-        display = open_display(f"rtlrp - {spec}", not no_window, console, notice)
-        summary = LiveLoop(source, processor, display, record=record, snapshot_dir=snapshot_dir,
-                           max_frames=max_frames, notice=notice).run()
+        source = LiveSource(spec, pace=pace if spec.kind == "file" else False).open()
+    except CameraError as exc:
+        display.close()
+        raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
+        display.close()
         console.print("Interrupted before the first frame: nothing recorded.")
         sys.exit(130)
+    try:
+        summary = LiveLoop(source, processor, display, record=record, snapshot_dir=snapshot_dir,
+                           max_frames=max_frames, notice=notice).run()
     finally:
         source.close()
     if record is not None:
         if summary.recorded_frames:
-            console.print(f"Recorded {summary.recorded_frames} frames to {record} (closed and playable).")
+            console.print(f"Recorded {summary.recorded_frames} frames to {record} (closed and playable).",
+                          soft_wrap=True)
         else:
-            console.print(f"Nothing was shown, so nothing was recorded to {record}.")
+            console.print(f"Nothing was shown, so nothing was recorded to {record}.", soft_wrap=True)
     console.print(f"{summary.frames} frames processed in {summary.seconds:.1f} s ({summary.fps:.1f} FPS),"
                   f" {summary.skipped} camera frames skipped; ended: {summary.reason}.", soft_wrap=True)
     if summary.error:

@@ -1,0 +1,360 @@
+"""The webcam loop, its displays and ``rtlrp webcam``, with real clips as the camera.
+
+The camera is a real video file behind the capture-factory seam (``PluggableCamera``);
+the window is a scripted :class:`Display` that records what it is shown and presses keys.
+Everything else (capture thread, FrameProcessor, recording, snapshots) is the real thing.
+"""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+from media import model_file, tiny_card, tiny_model
+from realtime_lrp.capture import LiveSource
+from realtime_lrp.cli import cli
+from realtime_lrp.display import HeadlessDisplay, LiveStats, WindowDisplay, display_problem
+from realtime_lrp.live import FpsMeter, LiveLoop, LiveRecorder, fit_frame
+from realtime_lrp.processor import FrameProcessor
+from realtime_lrp.writer import VideoWriter
+
+FPS = 29.97
+SIZE = (97, 75)  # odd sizes, as cameras and files may have
+
+
+def write_clip(path: Path, frames: int, fps: float = FPS, size: tuple[int, int] = SIZE) -> Path:
+    """A real clip: a gradient with a bright block that moves with the frame index.
+
+    Written with the project's writer, so an ``.avi`` keeps odd sizes and fractional fps.
+    """
+    w, h = size
+    with VideoWriter(path, fps, size) as writer:
+        for i in range(frames):
+            frame = np.zeros((h, w, 3), np.uint8)
+            frame[:, :, 0] = np.linspace(0, 150, w, dtype=np.uint8)[None, :]
+            frame[:, :, 1] = 10 + 20 * (i % 12)
+            x = (3 * i) % (w - 16)
+            frame[20:36, x:x + 16] = 255
+            writer.write(frame)
+    return path
+
+
+def read_video(path: Path) -> tuple[list[np.ndarray], float]:
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), f"{path} is not playable"
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames, fps
+
+
+class PluggableCamera:
+    """Capture factory for a "camera" that plays a real clip while plugged in, then nothing."""
+
+    def __init__(self, clip: Path, opens_that_work: int = 1) -> None:
+        self.clip = clip
+        self.opens_that_work = opens_that_work
+        self.calls = 0
+
+    def __call__(self, target: object) -> cv2.VideoCapture:
+        self.calls += 1
+        return cv2.VideoCapture(str(self.clip)) if self.calls <= self.opens_that_work else cv2.VideoCapture()
+
+
+class ScriptedDisplay:
+    """A Display that keeps what it is shown; ``keys[n]`` are pressed after the n-th show."""
+
+    def __init__(self, keys: dict[int, str] | None = None, close_after: int | None = None,
+                 interrupt_after: int | None = None) -> None:
+        self.keys = keys or {}
+        self.close_after = close_after
+        self.interrupt_after = interrupt_after
+        self.frames: list[np.ndarray] = []
+        self.stats: list[LiveStats] = []
+        self.pending: list[str] = []
+        self.closed = False
+        self.close_calls = 0
+
+    def show(self, frame: np.ndarray, stats: LiveStats) -> None:
+        self.frames.append(frame.copy())
+        self.stats.append(stats)
+        self.pending.extend(self.keys.get(len(self.frames), ""))
+        if self.close_after is not None and len(self.frames) >= self.close_after:
+            self.closed = True  # the user closed the window
+
+    def poll_key(self, wait_ms: int = 1) -> int | None:
+        if self.interrupt_after is not None and len(self.frames) >= self.interrupt_after:
+            raise KeyboardInterrupt
+        return ord(self.pending.pop(0)) if self.pending else None
+
+    def close(self) -> None:
+        self.close_calls += 1
+
+
+@pytest.fixture
+def processor() -> FrameProcessor:
+    processor = FrameProcessor(tiny_model(3), tiny_card(3), device="cpu")
+    processor.explain([np.zeros((SIZE[1], SIZE[0], 3), np.uint8)])  # warm up before the camera runs
+    return processor
+
+
+@pytest.fixture
+def clip(tmp_path: Path) -> Path:
+    """Ten seconds of "camera": the loop tests stop long before it runs out, even on a busy CPU."""
+    return write_clip(tmp_path / "camera.avi", 300)
+
+
+def camera_source(clip: Path, opens_that_work: int = 1, **kwargs) -> LiveSource:
+    """Camera 0, played from ``clip`` at its frame rate like a real camera."""
+    options = dict(pace=True, max_failed_reads=3, retry_delay=0.01, reconnect_attempts=1, reconnect_delay=0.01)
+    options.update(kwargs)
+    return LiveSource("0", PluggableCamera(clip, opens_that_work), **options).open()
+
+
+# -- units ----------------------------------------------------------------------------------
+def test_fps_meter_counts_processed_frames_over_a_window() -> None:
+    meter = FpsMeter(window=5)
+    assert meter.fps == 0.0
+    for t in (0.0, 0.1, 0.2, 0.3, 0.4):
+        meter.tick(t)
+    assert meter.fps == pytest.approx(10.0)
+    for t in (0.6, 0.8, 1.0, 1.2):  # the window forgets the older, faster frames
+        meter.tick(t)
+    assert meter.fps == pytest.approx(5.0)
+    meter.reset()
+    meter.tick(50.0)
+    assert meter.fps == 0.0
+
+
+def test_recorder_writes_each_frame_for_its_time_on_screen(tmp_path: Path) -> None:
+    out = tmp_path / "rec.avi"
+    recorder = LiveRecorder(out, fps=10.0)
+    dark, light, grey = (np.full((48, 64, 3), v, np.uint8) for v in (20, 230, 120))
+    recorder.show(dark, 100.0)
+    recorder.show(light, 100.5)  # dark was on screen 0.5 s: 5 frames
+    recorder.pause(100.8)         # light 0.3 s before the pause
+    recorder.resume(107.8)        # 7 s paused: left out
+    recorder.show(grey, 108.0)    # light 0.2 s more
+    recorder.close(108.3)         # grey 0.3 s
+    frames, fps = read_video(out)
+    assert fps == pytest.approx(10.0)
+    levels = [round(float(f.mean()) / 10) * 10 for f in frames]
+    assert levels == [20] * 5 + [230] * 5 + [120] * 3
+
+
+def test_fit_frame_keeps_aspect_on_black() -> None:
+    wide = np.full((50, 200, 3), 200, np.uint8)
+    fitted = fit_frame(wide, (100, 100))
+    assert fitted.shape == (100, 100, 3)
+    assert fitted[50, 50].tolist() == [200, 200, 200] and fitted[5, 50].tolist() == [0, 0, 0]
+
+
+def test_headless_display_prints_stats_without_a_terminal() -> None:
+    buffer = io.StringIO()
+    display = HeadlessDisplay(Console(file=buffer, width=200), interval=0.0)
+    stats = LiveStats(source="camera 0", fps=12.5, frames=7, skipped=3, label="Coat  91.0%", top_k=0.02,
+                      cmap="hot", layout="overlay", recording="out.mp4")
+    display.show(np.zeros((4, 4, 3), np.uint8), stats)
+    display.close()
+    text = buffer.getvalue()
+    assert "12.5 FPS" in text and "frames 7" in text and "skipped 3" in text
+    assert "Coat  91.0%" in text and "REC out.mp4" in text
+    assert display.poll_key() is None and not display.closed
+
+
+# -- the loop over a file-backed camera -------------------------------------------------------
+def test_loop_shows_each_new_frame_once_with_label_and_fps(clip: Path, processor: FrameProcessor) -> None:
+    source = camera_source(clip)
+    display = ScriptedDisplay()
+    try:
+        summary = LiveLoop(source, processor, display, max_frames=6).run()
+    finally:
+        source.close()
+    assert summary.reason == "max frames", summary.error
+    assert summary.frames == 6 == len(display.frames)
+    assert [s.frames for s in display.stats] == [1, 2, 3, 4, 5, 6], "FPS counts processed frames"
+    assert all(f.shape == (SIZE[1], SIZE[0], 3) for f in display.frames)
+    assert all(s.label.endswith("%") and s.label.split()[0] for s in display.stats)
+    assert display.stats[0].fps == 0.0 and display.stats[-1].fps > 0
+    assert display.close_calls == 1
+
+
+def test_keys_change_layout_cmap_topk_pause_and_snapshot(tmp_path: Path, clip: Path,
+                                                         processor: FrameProcessor) -> None:
+    source = camera_source(clip)
+    cmap0, top_k0 = processor.cmap, processor.top_k
+    # One key per loop turn, as waitKey delivers them. Show n+1 is the first after keys[n].
+    # Space after show 5 pauses (show 6 is the still frame); s, -, l act on it; space resumes.
+    display = ScriptedDisplay({2: "l", 3: "c", 4: "+", 5: " ", 6: "s", 7: "-", 8: "l", 9: " ", 11: "q"})
+    try:
+        summary = LiveLoop(source, processor, display, snapshot_dir=tmp_path / "shots").run()
+    finally:
+        source.close()
+    stats = display.stats
+    assert summary.reason == "quit" and len(stats) == 11, summary.error
+    assert stats[2].layout == "side" and display.frames[2].shape[1] == 2 * SIZE[0]
+    assert stats[3].cmap != cmap0
+    assert stats[4].top_k == pytest.approx(2 * top_k0)
+    paused = [s for s in stats if s.paused]
+    assert [s.paused for s in stats[5:9]] == [True] * 4 and len(paused) == 4
+    assert len({s.frames for s in paused}) == 1, "no new frame while paused"
+    assert paused[-1].layout == "heatmap" and paused[-1].top_k == pytest.approx(top_k0)
+    assert not stats[-1].paused and stats[-1].frames > paused[0].frames, "space resumes"
+    assert len(summary.snapshots) == 1
+    saved = cv2.imread(str(summary.snapshots[0]))
+    assert summary.snapshots[0].suffix == ".png"
+    assert np.array_equal(saved, display.frames[5]), "the snapshot is the frame on screen"
+
+
+def test_closing_the_window_ends_the_loop_and_closes_the_recording(tmp_path: Path, clip: Path,
+                                                                   processor: FrameProcessor) -> None:
+    out = tmp_path / "rec.mp4"
+    source = camera_source(clip)
+    display = ScriptedDisplay(keys={2: "l"}, close_after=5)
+    try:
+        summary = LiveLoop(source, processor, display, record=out).run()
+    finally:
+        source.close()
+    assert summary.reason == "window closed" and summary.frames == 5, summary.error
+    frames, fps = read_video(out)
+    assert fps == pytest.approx(FPS, abs=0.01)
+    assert len(frames) == summary.recorded_frames >= 1
+    assert {f.shape for f in frames} == {(SIZE[1] + 1, SIZE[0] + 1, 3)}, "one size (padded to even by .mp4)"
+
+
+def test_unplugged_camera_mid_run_keeps_a_playable_recording(tmp_path: Path, processor: FrameProcessor) -> None:
+    out = tmp_path / "rec.avi"
+    clip = write_clip(tmp_path / "short.avi", 20)
+    source = camera_source(clip, opens_that_work=1)  # the reconnect finds no camera
+    display = ScriptedDisplay()
+    try:
+        summary = LiveLoop(source, processor, display, record=out).run()
+    finally:
+        source.close()
+    assert summary.reason == "error"
+    assert "camera 0 stopped delivering frames (unplugged?)" in summary.error
+    assert summary.frames == len(display.frames) > 0
+    frames, _ = read_video(out)
+    assert len(frames) == summary.recorded_frames >= 1
+    assert frames[0].shape == (SIZE[1], SIZE[0], 3)
+    assert display.close_calls == 1
+
+
+def test_ctrl_c_in_the_loop_closes_the_recording(tmp_path: Path, clip: Path, processor: FrameProcessor) -> None:
+    out = tmp_path / "rec.mp4"
+    source = camera_source(clip)
+    try:
+        summary = LiveLoop(source, processor, ScriptedDisplay(interrupt_after=3), record=out).run()
+    finally:
+        source.close()
+    assert summary.interrupted and summary.frames == 3
+    frames, _ = read_video(out)
+    assert len(frames) == summary.recorded_frames >= 1
+
+
+@pytest.mark.skipif(display_problem() is not None, reason="needs a display (run under Xvfb)")
+def test_real_window_counts_as_closed_only_after_it_was_seen_open() -> None:
+    display = WindowDisplay("rtlrp test window")
+    assert display.poll_key(1) is None and not display.closed, "not yet shown is not closed"
+    display.show(np.full((60, 80, 3), 90, np.uint8), LiveStats(source="test"))
+    for _ in range(20):
+        display.poll_key(5)
+    assert not display.closed
+    cv2.destroyWindow(display.title)  # what the window manager's close button amounts to
+    display.poll_key(5)
+    assert display.closed
+    display.close()
+
+
+# -- rtlrp webcam -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return model_file(tmp_path_factory.mktemp("model"), channels=1)
+
+
+def webcam(*args: object, env: dict | None = None):
+    result = CliRunner().invoke(cli, ["webcam", *map(str, args)], env=env)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def test_webcam_headless_on_a_file_records_a_playable_video(tmp_path: Path, clip: Path, weights: Path) -> None:
+    out = tmp_path / "out.avi"
+    result = webcam("--camera", clip, "--weights", weights, "--device", "cpu", "--no-window",
+                    "--record", out, "--max-frames", 4)
+    assert result.exit_code == 0, result.output
+    assert "FPS" in result.stderr and "4 frames processed" in result.stderr
+    assert f"to {out}" in result.stderr and "closed and playable" in result.stderr
+    frames, fps = read_video(out)
+    assert frames and fps == pytest.approx(FPS, abs=0.01)
+    assert frames[0].shape == (SIZE[1], SIZE[0], 3), ".avi keeps the odd size"
+
+
+@pytest.mark.parametrize("env, reason", [
+    ({"DISPLAY": None, "WAYLAND_DISPLAY": None}, "no display found"),
+    ({"DISPLAY": ":87", "WAYLAND_DISPLAY": None}, "cannot open a window on :87"),
+])
+def test_no_display_falls_back_to_headless(clip: Path, weights: Path, env: dict, reason: str) -> None:
+    if sys.platform != "linux":
+        pytest.skip("display variables are a Linux (X11/Wayland) matter")
+    result = webcam("--camera", clip, "--weights", weights, "--device", "cpu", "--max-frames", 2, env=env)
+    assert result.exit_code == 0, result.output
+    assert reason in result.stderr and "running headless" in result.stderr
+    assert "2 frames processed" in result.stderr
+
+
+def test_absent_camera_is_one_clear_line(weights: Path) -> None:
+    result = webcam("--camera", "63", "--weights", weights, "--device", "cpu", "--no-window")
+    assert result.exit_code == 1
+    assert "Error: cannot open camera 63: no camera found" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_bad_camera_argument_and_record_extension(tmp_path: Path, clip: Path, weights: Path) -> None:
+    result = webcam("--camera", tmp_path / "nope.mp4", "--weights", weights, "--no-window")
+    assert result.exit_code == 1 and "no such camera index, device, video file or stream URL" in result.stderr
+    result = webcam("--camera", clip, "--weights", weights, "--no-window", "--record", tmp_path / "x.gif")
+    assert result.exit_code == 1 and "cannot write '.gif' video" in result.stderr
+    assert not (tmp_path / "x.gif").exists()
+
+
+def test_sigint_closes_the_recording_and_exits_130(tmp_path: Path, weights: Path) -> None:
+    src = write_clip(tmp_path / "long.mp4", 600, fps=30.0, size=(80, 60))
+    out = tmp_path / "rec.mp4"
+    rtlrp = Path(sys.executable).with_name("rtlrp")
+    entry = [str(rtlrp)] if rtlrp.exists() else [sys.executable, "-m", "realtime_lrp.cli"]
+    cmd = [*entry, "webcam", "--camera", str(src), "--weights", str(weights), "--device", "cpu",
+           "--no-window", "--record", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "DISPLAY"})
+    try:
+        deadline = time.monotonic() + 120
+        while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "ended: interrupted" in stderr and "closed and playable" in stderr
+    assert "Traceback" not in stderr
+    frames, fps = read_video(out)
+    assert frames and fps == pytest.approx(30.0)
