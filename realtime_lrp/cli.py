@@ -48,6 +48,33 @@ def _size(text: str) -> list[int]:
     return [values[0], values[0]] if len(values) == 1 else [values[1], values[0]]
 
 
+def _command_line(ctx: click.Context) -> str:
+    """The command as the user gave it: ``rtlrp NAME`` plus the options set on the command line.
+
+    Under torchrun it is prefixed with the launcher, so a model card records how to rerun it.
+    """
+    import os
+    import shlex
+
+    from click.core import ParameterSource
+
+    words = ["rtlrp", str(ctx.info_name)]
+    local_world = os.environ.get("LOCAL_WORLD_SIZE")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and local_world:
+        words = ["torchrun", "--nproc_per_node", local_world, "-m", "realtime_lrp.cli", words[1]]
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name) is not ParameterSource.COMMANDLINE:
+            continue
+        value = ctx.params[param.name]
+        if isinstance(param, click.Option) and param.is_flag:
+            words.append(param.opts[0] if value else param.secondary_opts[0])
+        elif isinstance(param, click.Option):
+            words += [param.opts[0], str(value)]
+        else:
+            words.append(str(value))
+    return shlex.join(words)
+
+
 @cli.command("train")
 @click.option("--arch", default="vgg11_bn", show_default=True,
               type=click.Choice(["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn",
@@ -85,9 +112,9 @@ def _size(text: str) -> list[int]:
               help="Stop after this many optimizer steps in total (quick runs).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=0),
               help="Data-loading processes for imagefolder data.")
-def train_command(**options: object) -> None:
+@click.pass_context
+def train_command(ctx: click.Context, **options: object) -> None:
     """Train a VGG (mixed precision with --amp; DDP under torchrun)."""
-    import shlex
     import sys
 
     from realtime_lrp.data import DataError
@@ -99,7 +126,7 @@ def train_command(**options: object) -> None:
         [224, 224] if str(options["dataset"]).startswith("imagefolder:") else [32, 32])
     options["out"] = str(options["out"])
     options["resume"] = str(options["resume"]) if options["resume"] else None
-    config = TrainConfig(**options, command=shlex.join(["rtlrp", *sys.argv[1:]]))
+    config = TrainConfig(**options, command=_command_line(ctx))
     try:
         main(config)
     except TrainingInterrupted as exc:
