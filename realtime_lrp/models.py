@@ -102,7 +102,7 @@ CARD_FIELDS = ("arch", "width", "hidden", "pool", "num_classes", "classes", "inp
 
 
 def weights_dir() -> Path:
-    """Where the shipped weights live: ``$RTLRP_WEIGHTS_DIR``, else the repository's ``weights/``."""
+    """The shipped weights' folder: ``$RTLRP_WEIGHTS_DIR``, else the repository's ``weights/``."""
     override = os.environ.get("RTLRP_WEIGHTS_DIR")
     return Path(override) if override else Path(__file__).resolve().parent.parent / "weights"
 
@@ -240,7 +240,8 @@ def load_weights_file(path: Path, arch: str | None = None) -> tuple[nn.Module, d
     state = read_state_dict(path)
     if card is not None:
         if card["sha256"] != sha256_file(path):
-            raise WeightsError(f"{path} does not match the sha256 in {card_path} (corrupt or replaced)")
+            raise WeightsError(f"{path} does not match the sha256 in {card_path} "
+                               "(corrupt or replaced)")
     else:
         card = _plain_card(infer_architecture(state), path)
     if arch is not None and arch != card["arch"]:
@@ -323,9 +324,13 @@ def load_model(name_or_path: str | Path = "auto", device: str | torch.device = "
             model, card = load_imagenet(arch or "vgg16", timeout=5.0)
             notify(f"weights: auto -> ImageNet {card['arch']} (torchvision, {card['weights']})")
         except WeightsError as exc:
+            if not shipped_weights().is_file():
+                raise WeightsError(f"{exc}; the shipped model {shipped_weights()} is missing "
+                                   "too") from None
             model, card = load_weights_file(shipped_weights())
             notify(f"weights: auto -> shipped {SHIPPED_NAME} ({card['dataset']}, "
-                   f"{len(card['classes'])} classes); ImageNet unavailable: {exc}")
+                   f"{len(card['classes'])} classes); ImageNet VGG16 is not cached and could "
+                   "not be downloaded")
     elif name == "imagenet" or name.startswith("imagenet:"):
         model, card = load_imagenet(name.partition(":")[2] or arch or "vgg16")
     elif name == "shipped":

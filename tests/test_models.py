@@ -169,6 +169,14 @@ def test_auto_falls_back_to_shipped_offline(monkeypatch: pytest.MonkeyPatch, tmp
     assert len(notices) == 1 and "shipped" in notices[0] and "\n" not in notices[0]
 
 
+def test_auto_without_imagenet_or_shipped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _offline(monkeypatch, tmp_path)
+    monkeypatch.setenv("RTLRP_WEIGHTS_DIR", str(tmp_path / "empty"))
+    with pytest.raises(WeightsError, match="missing too") as info:
+        load_model("auto")
+    assert "\n" not in str(info.value)
+
+
 def test_weights_option_reports_one_line(tmp_path: Path) -> None:
     import click
 
