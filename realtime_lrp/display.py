@@ -44,9 +44,10 @@ class LiveStats:
 
 
 class Display(Protocol):
-    """A place to show rendered frames and read keys from."""
+    """A place to show rendered frames and read keys from; ``interactive`` if it has keys."""
 
     closed: bool
+    interactive: bool
 
     def show(self, frame: np.ndarray, stats: LiveStats) -> None: ...
 
@@ -91,6 +92,7 @@ class WindowDisplay:
         self.max_size = max_size
         self.min_side = min_side
         self.closed = False
+        self.interactive = True
         self._seen_open = False
         self._size: tuple[int, int] | None = None
         cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
@@ -154,6 +156,7 @@ class HeadlessDisplay:
     """No window: live stats in the terminal (one updating line), or a line every ``interval`` s in a log."""
 
     closed = False
+    interactive = False
 
     def __init__(self, console: Console | None = None, interval: float = 2.0) -> None:
         self.console = console or Console()

@@ -220,7 +220,9 @@ class LiveLoop:
         self.paused = False
         self._last: tuple[np.ndarray, np.ndarray, Prediction, float] | None = None  # frame, relevance, pred, scale
         self._shown: np.ndarray | None = None
-        self._message: tuple[str, float] | None = (KEY_HELP, time.monotonic() + 2 * message_seconds)
+        self._message: tuple[str, float] | None = None
+        if display.interactive:
+            self._message = (KEY_HELP, time.monotonic() + 2 * message_seconds)
 
     def run(self) -> LiveSummary:
         """Loop until the end; closes the recording and the display whatever happens."""

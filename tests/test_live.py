@@ -79,6 +79,8 @@ class PluggableCamera:
 class ScriptedDisplay:
     """A Display that keeps what it is shown; ``keys[n]`` are pressed after the n-th show."""
 
+    interactive = True
+
     def __init__(self, keys: dict[int, str] | None = None, close_after: int | None = None,
                  interrupt_after: int | None = None) -> None:
         self.keys = keys or {}
