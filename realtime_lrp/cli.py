@@ -387,6 +387,9 @@ def webcam_command(camera: str, record: Path | None, no_window: bool, snapshot_d
         spec = parse_camera(camera)
         if record is not None:
             codec_for(record)
+            folder = next((f for f in record.absolute().parents if f.exists()), None)
+            if folder is not None and not folder.is_dir():
+                raise WriterError(f"cannot record to {record}: {folder} is not a folder")
     except (CameraError, WriterError) as exc:
         raise click.ClickException(str(exc)) from None
     try:
@@ -416,7 +419,7 @@ def webcam_command(camera: str, record: Path | None, no_window: bool, snapshot_d
             console.print(f"Recorded {summary.recorded_frames} frames to {record} (closed and playable).",
                           soft_wrap=True)
         else:
-            console.print(f"Nothing was shown, so nothing was recorded to {record}.", soft_wrap=True)
+            console.print(f"No frame was recorded, so {record} was not created.", soft_wrap=True)
     console.print(f"{summary.frames} frames processed in {summary.seconds:.1f} s ({summary.fps:.1f} FPS),"
                   f" {summary.skipped} camera frames skipped; ended: {summary.reason}.", soft_wrap=True)
     if summary.error:

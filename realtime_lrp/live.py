@@ -125,16 +125,20 @@ class LiveRecorder:
         """Write the last frame for its time on screen and close the file; idempotent."""
         if self._writer is None:
             return
-        if self._frame is not None:
-            self._flush(self._paused_at if self._paused_at is not None else now, at_least_once=True)
-            self._frame = None
-        self._writer.close()
+        try:
+            if self._frame is not None:
+                frame, self._frame = self._frame, None
+                self._flush(self._paused_at if self._paused_at is not None else now, at_least_once=True, frame=frame)
+        finally:
+            self._writer.close()
 
-    def _flush(self, now: float, at_least_once: bool) -> None:
+    def _flush(self, now: float, at_least_once: bool, frame: np.ndarray | None = None) -> None:
+        """Write the frame on screen (``frame`` or the current one) until the file reaches ``now``."""
+        frame = self._frame if frame is None else frame
         due = round((now - self._start) * self.fps)
         repeats = max(due - self._writer.frames, 1 if at_least_once else 0)
         for _ in range(repeats):
-            self._writer.write(self._frame)
+            self._writer.write(frame)
 
 
 def draw_status(image: np.ndarray, fps: float, paused: bool = False, recording: bool = False,
@@ -236,14 +240,21 @@ class LiveLoop:
         except (CameraError, ProcessingError, WriterError) as exc:
             self.summary.error = str(exc)
             self.summary.reason = "error"
+        except OSError as exc:  # the recording's folder cannot be created, the disk is full, ...
+            self.summary.error = f"cannot write {exc.filename or self.recorder.path}: {exc.strerror or exc}"
+            self.summary.reason = "error"
         finally:
             self.summary.seconds = time.monotonic() - start
             self.summary.skipped = self.source.skipped
             try:
                 if self.recorder is not None:
                     self.recorder.close(time.monotonic())
-                    self.summary.recorded_frames = self.recorder.frames
+            except (WriterError, OSError) as exc:
+                self.summary.error = self.summary.error or str(exc)
+                self.summary.reason = "error"
             finally:
+                if self.recorder is not None:
+                    self.summary.recorded_frames = self.recorder.frames
                 self.display.close()
         return self.summary
 
@@ -329,10 +340,14 @@ class LiveLoop:
         """Save the frame on screen as a PNG in ``snapshot_dir``; the message to show."""
         if self._shown is None:
             return "no frame to save yet"
-        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = self.snapshot_dir / f"rtlrp-{stamp}-{self.summary.frames:06d}.png"
-        if not cv2.imwrite(str(path), self._shown):
+        try:
+            self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+            saved = cv2.imwrite(str(path), self._shown)
+        except (OSError, cv2.error):
+            saved = False
+        if not saved:
             self.notice(f"could not write snapshot {path}")
             return "snapshot failed"
         self.summary.snapshots.append(path)

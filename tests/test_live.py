@@ -333,6 +333,22 @@ def test_bad_camera_argument_and_record_extension(tmp_path: Path, clip: Path, we
     result = webcam("--camera", clip, "--weights", weights, "--no-window", "--record", tmp_path / "x.gif")
     assert result.exit_code == 1 and "cannot write '.gif' video" in result.stderr
     assert not (tmp_path / "x.gif").exists()
+    result = webcam("--camera", clip, "--weights", weights, "--no-window", "--record", clip / "rec.mp4")
+    assert result.exit_code == 1 and f"{clip} is not a folder" in result.stderr
+
+
+def test_unwritable_recording_ends_the_loop_with_one_message(tmp_path: Path, clip: Path,
+                                                             processor: FrameProcessor) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the recording's folder should be")
+    source = camera_source(clip)
+    display = ScriptedDisplay()
+    try:
+        summary = LiveLoop(source, processor, display, record=blocker / "sub" / "rec.mp4").run()
+    finally:
+        source.close()
+    assert summary.reason == "error" and summary.error.startswith("cannot write")
+    assert summary.recorded_frames == 0 and display.close_calls == 1
 
 
 def test_sigint_closes_the_recording_and_exits_130(tmp_path: Path, weights: Path) -> None:
