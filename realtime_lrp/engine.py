@@ -103,7 +103,7 @@ class LRP:
     def __call__(self, x: Tensor, target: Target = None) -> LRPResult:
         """Explain ``x`` (N, C, H, W): the top-1 class, given classes, or ``"softmax"``."""
         self._check_input(x)
-        with torch.inference_mode():
+        with torch.no_grad():
             return self._explain(x, target)
 
     def _check_input(self, x: Tensor) -> None:

@@ -1,0 +1,283 @@
+"""The LRP engine against zennit, against an independent slow z+ reference, and its invariants."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from realtime_lrp import LRP
+from realtime_lrp.engine import IMAGENET_MEAN, IMAGENET_STD, pixel_bounds
+from realtime_lrp.filter import RelevanceFilter
+from realtime_lrp.layers import UnsupportedModelError
+
+
+def vgg(bn: bool, classes: int = 5, seed: int = 0, cfg=(8, "M", 16, "M", 16, 16, "M"), hidden: int = 64) -> nn.Module:
+    """A small torchvision VGG (same module layout) with random weights and BN statistics."""
+    torch.manual_seed(seed)
+    features = torchvision.models.vgg.make_layers(list(cfg), batch_norm=bn)
+    model = torchvision.models.VGG(features, num_classes=classes)
+    channels = [c for c in cfg if c != "M"][-1]
+    model.classifier[0] = nn.Linear(channels * 49, hidden)
+    model.classifier[3] = nn.Linear(hidden, hidden)
+    model.classifier[6] = nn.Linear(hidden, classes)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.1)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.1)
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.bias.data.normal_(0, 0.05)
+    return model.eval()
+
+
+def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """max |ours - ref| / max |ref| per sample."""
+    return (ours - ref).flatten(1).abs().amax(1) / ref.flatten(1).abs().amax(1)
+
+
+def zennit_map(model: nn.Module, x: torch.Tensor, preset: str) -> torch.Tensor:
+    composites = pytest.importorskip("zennit.composites")
+    canonizers = pytest.importorskip("zennit.torchvision")
+    if preset == "epsilon-plus-flat":
+        composite = composites.EpsilonPlusFlat(canonizers=[canonizers.VGGCanonizer()])
+    else:
+        low, high = pixel_bounds(IMAGENET_MEAN, IMAGENET_STD)
+        composite = composites.EpsilonGammaBox(
+            low=low.view(1, 3, 1, 1), high=high.view(1, 3, 1, 1), canonizers=[canonizers.VGGCanonizer()]
+        )
+    model = copy.deepcopy(model)
+    x = x.clone().requires_grad_()
+    with composite.context(model) as modified:
+        out = modified(x)
+        target = out.argmax(1, keepdim=True)
+        grad_output = torch.zeros_like(out).scatter_(1, target, out.gather(1, target))
+        (attribution,) = torch.autograd.grad(out, x, grad_output)
+    return attribution.sum(1)
+
+
+@pytest.mark.parametrize("preset", ["epsilon-plus-flat", "epsilon-gamma-box"])
+@pytest.mark.parametrize("bn", [False, True])
+@pytest.mark.parametrize("size", [(32, 32), (40, 72), (75, 50)])
+def test_equals_zennit(preset: str, bn: bool, size: tuple[int, int]) -> None:
+    model = vgg(bn)
+    x = torch.randn(3, 3, *size)
+    ref = zennit_map(model, x, preset)
+    result = LRP(model, preset=preset)(x)
+    assert result.relevance.shape == (3, *size) and result.relevance.dtype == torch.float32
+    assert torch.equal(result.target, model(x).argmax(1))
+    assert (relative_error(result.relevance, ref) <= 1e-4).all()
+
+
+def test_equals_zennit_on_torchvision_vgg11_bn() -> None:
+    torch.manual_seed(1)
+    model = torchvision.models.vgg11_bn(num_classes=7).eval()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 48, 80)
+    for preset in ("epsilon-plus-flat", "epsilon-gamma-box"):
+        ref = zennit_map(model, x, preset)
+        assert (relative_error(LRP(model, preset=preset)(x).relevance, ref) <= 1e-4).all()
+
+
+def topk_scatter(relevance: torch.Tensor, top_k: float) -> torch.Tensor:
+    """The reference filter: topk values scattered into zeros."""
+    flat = relevance.flatten(1)
+    k = max(1, int(top_k * flat.shape[1]))
+    top = flat.topk(k, dim=1)
+    return torch.zeros_like(flat).scatter_(1, top.indices, top.values).view_as(relevance)
+
+
+def slow_zplus(model: nn.Module, x: torch.Tensor, top_k: float, target) -> torch.Tensor:
+    """PyTorchRelevancePropagation's rules, one autograd 'gradient trick' per layer."""
+    layers = list(model.features) + [model.avgpool, nn.Flatten()] + list(model.classifier)
+    inputs = []
+    a = x
+    with torch.no_grad():
+        for layer in layers:
+            inputs.append(a)
+            a = layer(a)
+    relevance = torch.softmax(a, 1) if target == "softmax" else torch.zeros_like(a).scatter_(
+        1, a.argmax(1, keepdim=True), a.max(1, keepdim=True).values
+    )
+    inputs[0] = torch.ones_like(inputs[0])
+    for layer, a in zip(reversed(layers), reversed(inputs)):
+        if isinstance(layer, nn.Flatten):
+            relevance = relevance.view(a.shape)
+            continue
+        if not isinstance(layer, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AdaptiveAvgPool2d)):
+            continue
+        if 0 < top_k < 1:
+            relevance = topk_scatter(relevance, top_k)
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            layer = copy.deepcopy(layer)
+            layer.weight.data.clamp_(min=0)
+            layer.bias.data.zero_()
+        elif isinstance(layer, nn.MaxPool2d):
+            layer = nn.AvgPool2d(2)
+        a = a.detach().requires_grad_()
+        z = layer(a) + 1e-5
+        (z * (relevance / z).detach()).sum().backward()
+        relevance = (a * a.grad).detach()
+    return relevance.sum(1)
+
+
+@pytest.mark.parametrize("top_k", [0.0, 0.05])
+@pytest.mark.parametrize("target", [None, "softmax"])
+def test_zplus_matches_slow_reference(top_k: float, target) -> None:
+    model = vgg(False, seed=3)
+    x = torch.randn(2, 3, 36, 52)
+    ref = slow_zplus(model, x, top_k, target)
+    ours = LRP(model, preset="zplus", top_k=top_k)(x, target=target).relevance
+    assert (relative_error(ours, ref) <= 1e-4).all()
+
+
+def zero_biases(model: nn.Module) -> nn.Module:
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.bias.data.zero_()
+    return model
+
+
+@pytest.mark.parametrize("preset", ["epsilon-plus-flat", "epsilon-gamma-box", "zplus"])
+def test_conservation_without_biases(preset: str) -> None:
+    model = zero_biases(vgg(False, seed=5))
+    x = torch.randn(4, 3, 32, 48)
+    result = LRP(model, preset=preset)(x)
+    logit = result.logits.gather(1, result.target[:, None]).squeeze(1)
+    torch.testing.assert_close(result.relevance.sum((1, 2)), logit, rtol=1e-3, atol=0)
+
+
+def test_conservation_fails_with_biases() -> None:
+    """The check above can fail: with biases, relevance leaks to them."""
+    model = vgg(False, seed=5)
+    result = LRP(model)(torch.randn(4, 3, 32, 48))
+    logit = result.logits.gather(1, result.target[:, None]).squeeze(1)
+    assert not torch.allclose(result.relevance.sum((1, 2)), logit, rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("preset", ["epsilon-plus-flat", "epsilon-gamma-box", "zplus"])
+@pytest.mark.parametrize("top_k", [0.0, 0.02])
+def test_batch_independence(preset: str, top_k: float) -> None:
+    model = vgg(True, seed=7)
+    x = torch.randn(3, 3, 40, 40)
+    lrp = LRP(model, preset=preset, top_k=top_k)
+    batch = lrp(x).relevance
+    for i in range(3):
+        alone = lrp(x[i : i + 1]).relevance
+        torch.testing.assert_close(batch[i : i + 1], alone, rtol=1e-4, atol=1e-4 * float(alone.abs().max()))
+
+
+def test_targets() -> None:
+    model = vgg(False)
+    x = torch.randn(2, 3, 32, 32)
+    lrp = LRP(model)
+    given = lrp(x, target=3)
+    assert given.target.tolist() == [3, 3]
+    per_sample = lrp(x, target=torch.tensor([1, 4]))
+    assert per_sample.target.tolist() == [1, 4]
+    assert not torch.allclose(given.relevance[1], per_sample.relevance[1])
+    assert torch.allclose(given.relevance[0], lrp(x[:1], target=[3]).relevance[0])
+    with pytest.raises(ValueError, match="out of range"):
+        lrp(x, target=5)
+    with pytest.raises(ValueError, match="softmax"):
+        lrp(x, target="max")
+
+
+def test_filter_changes_map_and_keeps_top_values() -> None:
+    model = vgg(False, seed=2)
+    x = torch.randn(1, 3, 48, 48)
+    plain = LRP(model, preset="zplus")(x).relevance
+    filtered = LRP(model, preset="zplus", top_k=0.02)(x).relevance
+    assert (filtered != 0).sum() < (plain != 0).sum()
+
+
+@pytest.mark.parametrize("mode", ["signed", "magnitude"])
+def test_filter_equals_topk_scatter(mode: str) -> None:
+    torch.manual_seed(0)
+    r = torch.randn(3, 8, 9, 11)
+    r[:, :2] = 0.0
+    r[1] = r[1].clamp(min=0)
+    filt = RelevanceFilter(0.1, mode)
+    key = r.abs() if mode == "magnitude" else r
+    flat_key = key.flatten(1)
+    k = int(0.1 * flat_key.shape[1])
+    keep = torch.zeros_like(flat_key, dtype=torch.bool).scatter_(1, flat_key.topk(k, 1).indices, True)
+    assert torch.equal(filt(r), (r.flatten(1) * keep).view_as(r))
+    assert torch.equal(RelevanceFilter(1.0)(r), r) or not RelevanceFilter(1.0).active
+    assert not RelevanceFilter(0.0).active and not RelevanceFilter(1.0).active
+    with pytest.raises(ValueError):
+        RelevanceFilter(1.5)
+
+
+def test_filter_keeps_all_ties_at_threshold() -> None:
+    r = torch.tensor([[5.0, 3.0, 3.0, 3.0, 1.0, 0.0, -1.0, -2.0, -3.0, -4.0]])
+    assert RelevanceFilter(0.2)(r).tolist() == [[5.0, 3.0, 3.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
+
+
+def test_unsupported_layer_is_named() -> None:
+    model = vgg(False)
+    model.features[1] = nn.GELU()
+    with pytest.raises(UnsupportedModelError, match=r"'features\.1' \(GELU\)"):
+        LRP(model)
+
+
+def test_non_vgg_model_is_refused() -> None:
+    with pytest.raises(UnsupportedModelError, match="not VGG-shaped"):
+        LRP(torchvision.models.resnet18(num_classes=3))
+
+
+def test_wrong_input_is_refused() -> None:
+    lrp = LRP(vgg(False))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        lrp(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="float16"):
+        lrp(torch.randn(1, 3, 32, 32).half())
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a.flatten().double(), b.flatten().double()]))[0, 1])
+
+
+@pytest.mark.parametrize("preset", ["epsilon-plus-flat", "epsilon-gamma-box", "zplus"])
+@pytest.mark.parametrize("top_k", [0.0, 0.02])
+@pytest.mark.parametrize("dtype, bounds", [(torch.float16, (0.999, 0.995)), (torch.bfloat16, (0.9, 0.9))])
+def test_low_precision_on_cpu_is_finite_and_close(preset: str, top_k: float, dtype: torch.dtype, bounds: tuple) -> None:
+    """fp16 and bf16 run on the CPU too: the scaled propagation keeps maps finite and close to fp32.
+
+    The filter's selection flips at near-ties when rounding moves values, so filtered maps
+    get a looser bound; bf16 keeps only 8 bits of mantissa.
+    """
+    model = vgg(True, seed=11)
+    x = torch.randn(2, 3, 64, 64)
+    ref = LRP(model, preset=preset, top_k=top_k)(x).relevance
+    low = LRP(copy.deepcopy(model).to(dtype), preset=preset, top_k=top_k)(x.to(dtype)).relevance
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    bound = bounds[0] if top_k == 0 else bounds[1]
+    for i in range(2):
+        assert pearson(low[i], ref[i]) >= bound
+
+
+def vgg16_pair(dtype: torch.dtype) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    model = torchvision.models.vgg16(num_classes=1000).eval()
+    low = copy.deepcopy(model).to("cuda", dtype).to(memory_format=torch.channels_last)
+    return model.cuda(), low
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("size", [224, 640])
+@pytest.mark.parametrize("top_k", [0.0, 0.02])
+@pytest.mark.parametrize("preset", ["epsilon-plus-flat", "zplus"])
+def test_fp16_matches_fp32_on_cuda(size: int, top_k: float, preset: str) -> None:
+    model, half = vgg16_pair(torch.float16)
+    x = torch.randn(2, 3, size, size, device="cuda")
+    ref = LRP(model, preset=preset, top_k=top_k)(x).relevance
+    low = LRP(half, preset=preset, top_k=top_k)(x.half().contiguous(memory_format=torch.channels_last)).relevance
+    assert torch.isfinite(low).all() and low.abs().sum() > 0
+    for i in range(2):
+        assert pearson(low[i], ref[i]) >= 0.999
