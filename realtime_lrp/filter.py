@@ -8,14 +8,80 @@ the filter is one selection and one masked multiply.
 At ties the two differ: values equal to the k-th largest are all kept, where ``topk``
 keeps an arbitrary subset of them. Ties at zero change nothing; other ties appear only
 where a frame has identical regions, and keeping all of them keeps the map symmetric.
+
+Two exact ways find the k-th largest value (:func:`kth_largest`): ``topk`` (fast on the
+CPU), and a radix select that counts the 32 bits of each value's order-preserving integer
+form in two 16-bit passes with ``scatter_add``/``cumsum``. The radix select has no host
+synchronisation and no data-dependent shapes, so it can live inside a CUDA graph, and it
+never gathers the k kept values. ``method="auto"`` takes ``topk`` on the CPU and the
+radix select on CUDA.
 """
 from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 FilterMode = Literal["signed", "magnitude"]
+SelectMethod = Literal["auto", "topk", "radix"]
+SELECT_METHODS: tuple[str, ...] = ("auto", "topk", "radix")
+
+_DIGIT_BITS = 16
+_BINS = 1 << _DIGIT_BITS
+
+
+def _sortable(values: Tensor) -> Tensor:
+    """fp32 → int32 whose signed order is the values' order (-0.0 is made +0.0 first)."""
+    bits = (values + 0.0).view(torch.int32)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+def _unsortable(keys: Tensor) -> Tensor:
+    """The inverse of :func:`_sortable` (the mapping is its own inverse)."""
+    return (keys ^ ((keys >> 31) & 0x7FFFFFFF)).view(torch.float32)
+
+
+def _radix_kth_largest(values: Tensor, k: int) -> Tensor:
+    """Per row of ``values`` (N, M) fp32, the k-th largest value, exactly, as (N, 1)."""
+    keys = _sortable(values.contiguous())
+    n = keys.shape[0]
+    remaining = torch.full((n, 1), k, dtype=torch.int32, device=keys.device)
+    prefix = None
+    for shift in (_DIGIT_BITS, 0):
+        if prefix is None:
+            digit = (keys >> shift) + _BINS // 2  # the top digit is signed: shift it to [0, BINS)
+            counts = torch.ones_like(digit)
+        else:
+            digit = (keys >> shift) & (_BINS - 1)
+            counts = ((keys >> (shift + _DIGIT_BITS)) == prefix).to(torch.int32)
+        hist = torch.zeros(n, _BINS, dtype=torch.int32, device=keys.device)
+        hist.scatter_add_(1, digit.long(), counts)
+        at_least = hist.flip(1).cumsum(1, dtype=torch.int32).flip(1)  # values with digit >= b
+        chosen = (at_least >= remaining).sum(1, keepdim=True, dtype=torch.int32) - 1
+        above = at_least.gather(1, chosen.long()) - hist.gather(1, chosen.long())
+        remaining = remaining - above
+        top = chosen - _BINS // 2 if prefix is None else chosen
+        prefix = top if prefix is None else (prefix << _DIGIT_BITS) | top
+    return _unsortable(prefix)
+
+
+def kth_largest(values: Tensor, k: int, method: SelectMethod = "auto") -> Tensor:
+    """The k-th largest value of each row of ``values`` (N, M), as (N, 1) in fp32.
+
+    ``method`` is ``topk``, ``radix`` (capturable in a CUDA graph) or ``auto`` (topk on
+    the CPU, radix elsewhere). Both are exact; values must not be NaN.
+    """
+    if method not in SELECT_METHODS:
+        raise ValueError(f"select method must be one of {', '.join(SELECT_METHODS)}, got {method!r}")
+    if not 1 <= k <= values.shape[1]:
+        raise ValueError(f"k={k} is outside [1, {values.shape[1]}]")
+    values = values.float()
+    if method == "auto":
+        method = "topk" if values.device.type == "cpu" else "radix"
+    if method == "topk":
+        return values.topk(k, dim=1, sorted=False).values.amin(1, keepdim=True)
+    return _radix_kth_largest(values, k)
 
 
 class RelevanceFilter:
@@ -23,16 +89,20 @@ class RelevanceFilter:
 
     ``mode="signed"`` ranks values (the reference behaviour, which drops negative
     relevance first); ``"magnitude"`` ranks |values|, keeping strong evidence of either
-    sign, which suits signed presets.
+    sign, which suits signed presets. ``method`` picks how the threshold is found (see
+    :func:`kth_largest`); every method keeps the same values.
     """
 
-    def __init__(self, top_k: float, mode: FilterMode = "signed"):
+    def __init__(self, top_k: float, mode: FilterMode = "signed", method: SelectMethod = "auto"):
         if not 0.0 <= top_k <= 1.0:
             raise ValueError(f"top_k must be in [0, 1], got {top_k}")
         if mode not in ("signed", "magnitude"):
             raise ValueError(f"filter mode must be 'signed' or 'magnitude', got {mode!r}")
+        if method not in SELECT_METHODS:
+            raise ValueError(f"select method must be one of {', '.join(SELECT_METHODS)}, got {method!r}")
         self.top_k = top_k
         self.mode = mode
+        self.method = method
 
     @property
     def active(self) -> bool:
@@ -43,5 +113,5 @@ class RelevanceFilter:
         flat = relevance.flatten(1)
         k = max(1, int(self.top_k * flat.shape[1]))
         key = flat.abs() if self.mode == "magnitude" else flat
-        threshold = key.topk(k, dim=1, sorted=False).values.amin(1, keepdim=True)
+        threshold = kth_largest(key, k, self.method)
         return (flat * (key >= threshold)).view_as(relevance)
