@@ -115,9 +115,11 @@ def engine_call(lrp: LRP, x: torch.Tensor, graph: bool, notice: Notice | None = 
                         name="LRP call")
 
 
-def zennit_call(model: nn.Module, preset: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def zennit_call(model: nn.Module, preset: str, mean: Sequence[float] = IMAGENET_MEAN,
+                std: Sequence[float] = IMAGENET_STD) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """zennit's composite for ``preset`` as ``x -> relevance (N, H, W)``, or None (not installed,
-    or no equivalent). The caller enters the returned object's ``context`` (a context manager)."""
+    or no equivalent). ``mean``/``std`` give epsilon-gamma-box's pixel bounds. The caller
+    enters the returned object's ``context()`` and sets ``modified`` to what it yields."""
     try:
         from zennit import composites
         from zennit.torchvision import VGGCanonizer
@@ -127,7 +129,7 @@ def zennit_call(model: nn.Module, preset: str) -> Callable[[torch.Tensor], torch
         composite = composites.EpsilonPlusFlat(canonizers=[VGGCanonizer()])
     elif preset == "epsilon-gamma-box":
         param = next(model.parameters())
-        low, high = (b.view(1, 3, 1, 1).to(param.device, param.dtype) for b in pixel_bounds(IMAGENET_MEAN, IMAGENET_STD))
+        low, high = (b.view(1, -1, 1, 1).to(param.device, param.dtype) for b in pixel_bounds(mean, std))
         composite = composites.EpsilonGammaBox(low=low, high=high, canonizers=[VGGCanonizer()])
     else:
         return None
@@ -202,7 +204,7 @@ def bench_model(model: nn.Module, card: Mapping[str, Any], config: BenchConfig,
     pipeline_dtype = torch.float16 if device.type == "cuda" else torch.float32
     rows = []
     for preset in config.presets:
-        zennit = zennit_call(model, preset) if config.zennit else None
+        zennit = zennit_call(model, preset, card["mean"], card["std"]) if config.zennit else None
         for size in config.sizes:
             for batch in config.batches:
                 generator = torch.Generator().manual_seed(size * 1000 + batch)

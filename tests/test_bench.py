@@ -1,0 +1,157 @@
+"""rtlrp bench: rows, ratios, the zennit reference, the video stages, and its errors."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from media import model_file, tiny_card, tiny_model, write_video
+from realtime_lrp import bench
+from realtime_lrp.cli import cli
+from realtime_lrp.engine import LRP
+from realtime_lrp.fast import FastProcessor
+from realtime_lrp.processor import FrameProcessor
+
+REQUIRED = ("size", "batch", "dtype", "top_k", "preset", "engine_ms", "floor_ms", "zennit_ms")
+
+
+def run(*args: object):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def quick(**overrides) -> bench.BenchConfig:
+    options = dict(sizes=(32,), batches=(1,), top_ks=(0.0, 0.05), presets=("epsilon-plus-flat",),
+                   device="cpu", repeats=2, warmup=0)
+    options.update(overrides)
+    return bench.BenchConfig(**options)
+
+
+def test_rows_have_the_keys_and_consistent_ratios() -> None:
+    seen = []
+    rows = bench.bench_model(tiny_model(3), tiny_card(3), quick(batches=(1, 2)), on_row=seen.append)
+    assert seen == rows and len(rows) == 4
+    assert {(r["batch"], r["top_k"]) for r in rows} == {(1, 0.0), (1, 0.05), (2, 0.0), (2, 0.05)}
+    for r in rows:
+        assert set(REQUIRED) <= set(r)
+        assert r["dtype"] == "fp32" and r["device"] == "cpu" and r["graph"] is False
+        assert r["engine_ms"] > 0 and r["floor_ms"] > 0 and r["zennit_ms"] > 0 and r["pass_ms"] > 0
+        assert r["peak_mem_mib"] is None
+        assert r["engine_over_floor"] == pytest.approx(r["engine_ms"] / r["floor_ms"])
+        assert r["zennit_over_engine"] == pytest.approx(r["zennit_ms"] / r["engine_ms"])
+        assert r["engine_fps"] == pytest.approx(1000 * r["batch"] / r["engine_ms"])
+    json.dumps(rows)
+
+
+def test_zennit_is_null_without_an_equivalent_or_without_zennit(monkeypatch) -> None:
+    rows = bench.bench_model(tiny_model(3), tiny_card(3), quick(presets=("zplus",), top_ks=(0.0,),
+                                                                  frame_pass=False))
+    assert rows[0]["zennit_ms"] is None and rows[0]["zennit_over_engine"] is None
+    monkeypatch.setitem(sys.modules, "zennit", None)  # import zennit now raises ImportError
+    assert bench.zennit_call(tiny_model(3), "epsilon-plus-flat") is None
+
+
+@pytest.mark.parametrize("preset", ["epsilon-plus-flat", "epsilon-gamma-box"])
+def test_zennit_call_is_the_equivalent_preset(preset: str) -> None:
+    """What the bench times for zennit explains the same thing as the engine."""
+    card = tiny_card(3)
+    model = tiny_model(3)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ours = LRP(model, preset=preset, mean=card["mean"], std=card["std"])(x).relevance
+    call = bench.zennit_call(model, preset, card["mean"], card["std"])
+    with call.context() as modified:
+        call.modified = modified
+        theirs = call(x).detach()
+    error = (ours - theirs).flatten(1).abs().amax(1) / theirs.flatten(1).abs().amax(1)
+    assert (error < 1e-3).all(), error
+
+
+def test_floor_is_the_input_gradient_of_the_top_logit() -> None:
+    model = tiny_model(3)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    grad = bench.floor_call(model, x, graph=False)()
+    ref = x.clone().requires_grad_(True)
+    logits = model(ref)
+    logits[0, logits.argmax()].backward()
+    torch.testing.assert_close(grad, ref.grad)
+
+
+def test_time_ms_interleaves_and_counts_calls() -> None:
+    order = []
+    ms = bench.time_ms({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                       torch.device("cpu"), repeats=3, warmup=1)
+    assert order == ["a", "b"] * 4
+    assert set(ms) == {"a", "b"} and all(v >= 0 for v in ms.values())
+
+
+def test_cli_table_and_json(tmp_path) -> None:
+    weights = model_file(tmp_path, channels=3)
+    out = tmp_path / "rows.json"
+    result = run("bench", "--weights", weights, "--device", "cpu", "--sizes", "32", "--batch", "1",
+                 "--top-k", "0,0.05", "--repeats", "1", "--warmup", "0", "--json", out)
+    assert result.exit_code == 0, result.output
+    assert "LRP/floor" in result.output and "zennit/LRP" in result.output
+    payload = json.loads(out.read_text())
+    assert [r["top_k"] for r in payload["rows"]] == [0.0, 0.05]
+    assert all(set(REQUIRED) <= set(r) for r in payload["rows"])
+    assert payload["environment"]["torch"] == torch.__version__ and payload["video"] is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback when CUDA is missing")
+def test_cli_without_cuda_falls_back_to_the_cpu(tmp_path) -> None:
+    weights = model_file(tmp_path, channels=1)
+    result = run("bench", "--weights", weights, "--device", "cuda", "--sizes", "32", "--top-k", "0",
+                 "--repeats", "1", "--warmup", "0", "--no-zennit", "--no-frame-pass")
+    assert result.exit_code == 0, result.output
+    assert "CUDA is not available" in result.output and "fp32" in result.output
+
+
+def test_video_stages_and_end_to_end(tmp_path) -> None:
+    src = tmp_path / "clip.mp4"
+    write_video(src, 12, (46, 38), 29.97)
+    fast = FastProcessor(FrameProcessor(tiny_model(1), tiny_card(1), device="cpu", top_k=0.05))
+    result = bench.bench_video(src, fast, batch=2, keep=6)
+    assert result.frames == 12 and result.size == (46, 38)
+    assert min(result.decode_fps, result.process_fps, result.encode_fps, result.end_to_end_fps) > 0
+    assert result.overlap == pytest.approx(result.end_to_end_fps / min(
+        result.decode_fps, result.process_fps, result.encode_fps))
+    assert result.as_dict()["slowest_stage"] in ("decode", "process", "encode")
+
+
+def test_cli_video(tmp_path) -> None:
+    src = tmp_path / "clip.mp4"
+    write_video(src, 8, (46, 38), 12.5)
+    weights = model_file(tmp_path, channels=1)
+    out = tmp_path / "video.json"
+    result = run("bench", "--weights", weights, "--device", "cpu", "--video", src, "--frames", "4",
+                 "--top-k", "0.05", "--plain", "--json", out)
+    assert result.exit_code == 0, result.output
+    for stage in ("decode alone", "process alone", "encode alone", "end to end"):
+        assert stage in result.output
+    video = json.loads(out.read_text())["video"]
+    assert video["frames"] == 8 and video["processor"] == "FrameProcessor"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--video", "missing.mp4"], "no such file"),
+    (["--preset", "nonsense"], "unknown preset"),
+    (["--top-k", "2"], "top-k"),
+    (["--sizes", "a,b"], "comma-separated"),
+])
+def test_cli_errors_are_one_line(tmp_path, args, message) -> None:
+    weights = model_file(tmp_path, channels=1)
+    args = [str(tmp_path / a) if a.endswith(".mp4") else a for a in args]
+    result = run("bench", "--weights", weights, "--device", "cpu", *args)
+    assert result.exit_code in (1, 2)
+    assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_rows_use_graphs_fp16_and_report_memory() -> None:
+    rows = bench.bench_model(tiny_model(3), tiny_card(3), quick(device="cuda", repeats=3, warmup=1))
+    for r in rows:
+        assert r["dtype"] == "fp16" and r["graph"] is True
+        assert r["peak_mem_mib"] > 0 and r["pass_ms"] > 0
