@@ -207,7 +207,7 @@ def build_processor(options: dict[str, Any], console: Console) -> FrameProcessor
 def _console() -> Console:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @cli.command("video")
