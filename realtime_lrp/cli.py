@@ -95,6 +95,8 @@ def _command_line(ctx: click.Context) -> str:
               help="Width of the two hidden Linear layers (torchvision: 4096).")
 @click.option("--pool", default=1, show_default=True, type=click.IntRange(min=1),
               help="Output size of the adaptive average pool (torchvision: 7).")
+@click.option("--dropout", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Dropout of the two hidden Linear layers (training only).")
 @click.option("--input-size", default=None, metavar="N|WxH",
               help="Training resolution; default 32 (fashion-mnist, cifar10) or 224.")
 @click.option("--augment/--no-augment", default=True, show_default=True,

@@ -44,17 +44,17 @@ class VGG(nn.Module):
     """torchvision's VGG layout (``features`` / ``avgpool`` / ``classifier``), resizable."""
 
     def __init__(self, features: nn.Sequential, channels: int, num_classes: int,
-                 hidden: int, pool: int) -> None:
+                 hidden: int, pool: int, dropout: float = 0.5) -> None:
         super().__init__()
         self.features = features
         self.avgpool = nn.AdaptiveAvgPool2d((pool, pool))
         self.classifier = nn.Sequential(
             nn.Linear(channels * pool * pool, hidden),
             nn.ReLU(True),
-            nn.Dropout(),
+            nn.Dropout(p=dropout),
             nn.Linear(hidden, hidden),
             nn.ReLU(True),
-            nn.Dropout(),
+            nn.Dropout(p=dropout),
             nn.Linear(hidden, num_classes),
         )
 
@@ -74,8 +74,11 @@ def _init_weights(model: nn.Module) -> None:
 
 
 def build_vgg(arch: str, num_classes: int = 1000, in_channels: int = 3, width: float = 1.0,
-              hidden: int = 4096, pool: int = 7) -> VGG:
-    """Build a VGG; with the defaults its state dict matches torchvision's exactly."""
+              hidden: int = 4096, pool: int = 7, dropout: float = 0.5) -> VGG:
+    """Build a VGG; with the defaults its state dict matches torchvision's exactly.
+
+    ``dropout`` (torchvision's ``dropout`` argument) only matters in training.
+    """
     base, _, suffix = arch.partition("_")
     if base not in _CONFIGS or suffix not in ("", "bn"):
         raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
@@ -91,7 +94,7 @@ def build_vgg(arch: str, num_classes: int = 1000, in_channels: int = 3, width: f
             layers.append(nn.BatchNorm2d(out))
         layers.append(nn.ReLU(True))
         channels = out
-    model = VGG(nn.Sequential(*layers), channels, num_classes, hidden, pool)
+    model = VGG(nn.Sequential(*layers), channels, num_classes, hidden, pool, dropout)
     _init_weights(model)
     return model
 

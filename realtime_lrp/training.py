@@ -57,6 +57,7 @@ class TrainConfig:
     width: float = 0.25
     hidden: int = 256
     pool: int = 1
+    dropout: float = 0.5
     input_size: list[int] = field(default_factory=lambda: [32, 32])
     augment: bool = True
     out: str = "runs/train"
@@ -146,9 +147,9 @@ def init_distributed(device: str) -> Dist:
 
 
 def augment(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random crop with zero padding of 1/8 of the size, and random horizontal flip."""
+    """Random crop with zero padding of 1/16 of the size, and random horizontal flip."""
     n, _, h, w = images.shape
-    pad = max(1, h // 8)
+    pad = max(1, h // 16)
     padded = F.pad(images, (pad, pad, pad, pad))
     dev = images.device
     oy = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator)
@@ -325,7 +326,7 @@ def main(config: TrainConfig) -> dict[str, Any]:
     if ckpt is not None:
         info.mean, info.std = list(ckpt["meta"]["mean"]), list(ckpt["meta"]["std"])
     model = build_vgg(config.arch, len(info.classes), info.input_channels, config.width,
-                      config.hidden, config.pool)
+                      config.hidden, config.pool, config.dropout)
     model = model.to(env.device, memory_format=torch.channels_last)
     sampler = DistributedSampler(train_set, num_replicas=env.world, rank=env.rank, shuffle=True,
                                  seed=config.seed, drop_last=True)
