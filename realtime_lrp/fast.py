@@ -7,7 +7,8 @@ precomputed), coloured and blended on the device, and downloaded into a pinned h
 buffer. On CUDA the pass is captured once in a CUDA graph (:class:`CapturedCall`) and
 replayed per batch, so a frame costs one host-to-device copy, one graph launch and one
 device-to-host copy. On the CPU the same code runs eagerly, so the CPU tests exercise it.
-If capture fails the pass runs eagerly and ``notice`` says so.
+If the copies cannot be captured, the graph holds the device part alone and the copies run
+around it; if nothing can be captured the pass runs eagerly. ``notice`` says which.
 
 The colour scale is the stream's running scale of :class:`realtime_lrp.render.StableScale`
 (an EMA of the 99.5th percentile of ``|R|``, frames folded in order), kept on the device so
@@ -40,16 +41,18 @@ class CapturedCall:
     outputs are static too (overwritten by the next call). ``graph=False`` forces eager
     calls; a capture that fails falls back to eager and sends one line to ``notice``
     (``graphed`` says which it is). ``fn`` runs ``warmup`` times on a side stream before
-    capture, as CUDA graphs require.
+    capture, as CUDA graphs require. ``device`` says where ``fn`` runs when every input is a
+    host tensor (a pass that starts with an upload); by default, the inputs' device.
     """
 
     def __init__(self, fn: Callable[..., Any], inputs: Sequence[Tensor], graph: bool = True,
-                 warmup: int = 2, notice: Notice | None = None, name: str = "pass") -> None:
+                 warmup: int = 2, notice: Notice | None = None, name: str = "pass",
+                 device: torch.device | None = None) -> None:
         self.fn = fn
         self.inputs = list(inputs)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.outputs: Any = None
-        cuda = any(t.is_cuda for t in self.inputs)
+        cuda = device.type == "cuda" if device is not None else any(t.is_cuda for t in self.inputs)
         if graph and cuda:
             try:
                 self._capture(warmup)
@@ -127,6 +130,13 @@ class _DeviceScale:
         self.seen.zero_()
         self.value.fill_(1.0)
 
+    def state(self) -> tuple[Tensor, Tensor]:
+        return self.value.clone(), self.seen.clone()
+
+    def restore(self, state: tuple[Tensor, Tensor]) -> None:
+        self.value.copy_(state[0])
+        self.seen.copy_(state[1])
+
     def update(self, relevance: Tensor) -> Tensor:
         """Fold in (N, h, w) maps in order; the scale each frame gets, (N,)."""
         a = relevance.flatten(1).abs()
@@ -150,7 +160,7 @@ class _FramePass:
         p = owner.processor
         device = owner.device
         pin = device.type == "cuda"
-        self.host_in = torch.empty((n, h, w, 3), dtype=torch.uint8, pin_memory=pin)
+        self.host_in = torch.zeros((n, h, w, 3), dtype=torch.uint8, pin_memory=pin)
         self.layout = p.layout
         out_w = 2 * w if self.layout == "side" else w
         self.host_out = torch.empty((n, h, out_w, 3), dtype=torch.uint8, pin_memory=pin)
@@ -162,8 +172,9 @@ class _FramePass:
         self.centered = cmap.centered
         self.lut = torch.from_numpy(cmap.lut).to(device)
         self.target = owner.static_target(n)
-        self.call = CapturedCall(self._run, [self.host_in], graph=owner.graph, notice=owner.notice,
-                                 name=f"{n}x{w}x{h} frame pass")
+        state = owner.scale.state()  # capture warms up on these (blank) buffers: keep the stream's scale
+        self._build(owner.graph, owner.notice, f"{n}x{w}x{h} frame pass")
+        owner.scale.restore(state)
 
     def _preprocess(self, frames: Tensor) -> Tensor:
         p = self.owner.processor
@@ -185,16 +196,13 @@ class _FramePass:
         return self.lut[(v * 255.0).round().clamp(0, 255).long()]
 
     @torch.no_grad()
-    def _run(self, host_in: Tensor) -> None:
+    def _compute(self, frame: Tensor) -> tuple[Tensor, Tensor]:
+        """Device part: uint8 frames (N, H, W, 3) → rendered frames and (top-1, probability, explained)."""
         owner = self.owner
-        self.dev_in.copy_(host_in, non_blocking=True)
-        x = self._preprocess(self.dev_in)
-        result = owner.lrp(x, target=self.target)
+        result = owner.lrp(self._preprocess(frame), target=self.target)
         relevance = torch.nan_to_num(result.relevance.float(), nan=0.0, posinf=0.0, neginf=0.0)
         scale = owner.scale.update(relevance)
-        probs = torch.softmax(result.logits.float(), dim=1)
-        top_p, top_i = probs.max(dim=1)
-        frame = self.dev_in
+        top_p, top_i = torch.softmax(result.logits.float(), dim=1).max(dim=1)
         r = F.interpolate(relevance[:, None], size=frame.shape[1:3], mode="bilinear", align_corners=False)[:, 0]
         heat = self._colour(r, scale)
         if self.layout == "overlay":
@@ -205,14 +213,42 @@ class _FramePass:
             out = torch.cat([frame, heat], dim=2)
         else:
             out = heat
+        return out, torch.stack([top_i.float(), top_p, result.target.float()])
+
+    def _upload(self, host_in: Tensor) -> None:
+        self.dev_in.copy_(host_in, non_blocking=True)
+
+    def _download(self, out: Tensor, preds: Tensor) -> None:
         self.host_out.copy_(out, non_blocking=True)
-        preds = torch.stack([top_i.float(), top_p, result.target.float()])
         self.host_pred.copy_(preds, non_blocking=True)
+
+    def _run(self, host_in: Tensor) -> None:
+        """The whole pass: upload, device part, download."""
+        self._upload(host_in)
+        self._download(*self._compute(self.dev_in))
+
+    def _build(self, graph: bool, notice: Notice | None, name: str) -> None:
+        """Capture the whole pass; if that fails, the device part alone with the copies outside."""
+        failures: list[str] = []
+        self.copies_outside = False
+        self.call = CapturedCall(self._run, [self.host_in], graph=graph, notice=failures.append, name=name,
+                                 device=self.dev_in.device)
+        if failures:
+            self.copies_outside = True
+            self.call = CapturedCall(self._compute, [self.dev_in], graph=graph, notice=failures.append,
+                                     name=f"{name} without its copies")
+            if notice is not None:
+                notice(failures[-1] if not self.call.graphed else
+                       f"{failures[0]}; the copies now run outside the graph")
 
     def __call__(self, frames: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[tuple[int, float, int]]]:
         for i, frame in enumerate(frames):
             self.host_in[i].numpy()[...] = frame
-        self.call()
+        if self.copies_outside:
+            self._upload(self.host_in)
+            self._download(*self.call())
+        else:
+            self.call()
         if self.dev_in.is_cuda:
             torch.cuda.current_stream().synchronize()
         out = self.host_out.numpy()

@@ -230,3 +230,18 @@ def test_cuda_fast_path_is_close_to_the_cpu() -> None:
     plain = FrameProcessor(tiny_model(3), card, device="cpu", top_k=0.0).process(frames)[0]
     for x, y in zip(rendered, plain):
         assert np.abs(x.astype(int) - y.astype(int)).mean() < 2.0
+
+
+def test_pass_with_copies_outside_the_graph_renders_the_same() -> None:
+    """The fallback used when a graph cannot hold the copies: upload, device part, download."""
+    _, whole = processors(3, top_k=0.05)
+    _, split = processors(3, top_k=0.05)
+    frames = [frame_for(i, (32, 32)) for i in range(2)]
+    expected, _ = whole.process(frames)
+    split.process(frames[:1] * 2)
+    split.reset()
+    (pass_,) = split._passes.values()
+    pass_.copies_outside = True
+    pass_.call = CapturedCall(pass_._compute, [pass_.dev_in])
+    rendered, _ = split.process(frames)
+    assert all(np.array_equal(a, b) for a, b in zip(expected, rendered))
