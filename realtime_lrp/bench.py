@@ -379,12 +379,13 @@ def video_table(result: VideoBench) -> Any:
     from rich.table import Table
 
     w, h = result.size
-    table = Table(title=f"rtlrp bench --video: {result.frames} frames, {w}x{h}, {result.processor}")
+    table = Table(title=f"rtlrp bench --video ({w}x{h}, {result.frames} frames)",
+                  caption=f"processing: {result.processor}")
     table.add_column("stage")
     table.add_column("FPS", justify="right")
     for name, fps in (("decode alone", result.decode_fps), ("process alone", result.process_fps),
                       ("encode alone", result.encode_fps), ("end to end", result.end_to_end_fps)):
-        table.add_row(name, f"{fps:.1f}")
+        table.add_row(name, f"{fps:.1f}" if fps >= 10 else f"{fps:.2f}")
     table.add_row(f"end to end / slowest ({result.slowest_stage})", f"{result.overlap:.2f}")
     return table
 
