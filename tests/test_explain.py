@@ -75,3 +75,21 @@ def test_explain_bad_option_values(tmp_path, weights):
     assert result.exit_code == 1 and "unknown target" in result.output
     result = run("explain", img, "--out", tmp_path / "o", "--weights", weights, "--size", "4")
     assert result.exit_code == 2 and "too small" in result.output
+
+
+def test_explain_with_the_shipped_model_on_cpu(tmp_path):
+    from realtime_lrp.models import shipped_weights
+
+    if not shipped_weights().is_file():
+        pytest.skip("the shipped weights are not in weights/")
+    sample = run("sample", tmp_path / "demo.mp4", "--size", "32", "--seconds", "0.1", "--stills", tmp_path / "items")
+    assert sample.exit_code == 0, sample.output
+    items = sorted((tmp_path / "items").glob("*.png"))
+    result = run("explain", *items, "--out", tmp_path / "out", "--weights", "shipped", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    lines = [line for line in result.output.splitlines() if "->" in line]
+    assert len(lines) == 10
+    correct = sum(f": {name}  " in line for name, line in zip(names, lines))
+    assert correct >= 8  # a 93.6% model on ten real test items
+    assert len(list((tmp_path / "out").glob("*_overlay.png"))) == 10
