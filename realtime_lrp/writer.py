@@ -85,7 +85,10 @@ class VideoWriter:
         self.file_size = (w + w % 2, h + h % 2) if self._pad else self.size
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise WriterError(f"cannot create the folder for {self.path}: {error.strerror}") from None
         fourcc = cv2.VideoWriter_fourcc(*self.fourcc)
         api = cv2.CAP_OPENCV_MJPEG if self._native_mjpeg else cv2.CAP_FFMPEG
         writer = cv2.VideoWriter(str(self.path), api, fourcc, self.fps, self.file_size)

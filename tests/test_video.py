@@ -141,6 +141,8 @@ def test_bad_output_and_weights_are_clear_errors(tmp_path, weights):
     assert result.exit_code == 1 and "cannot write '.webm' video" in result.output
     result = run("video", src, "--out", src, "--weights", weights)
     assert result.exit_code == 1 and "must differ from the input" in result.output
+    result = run("video", src, "--out", src / "sub" / "o.mp4", "--weights", weights)
+    assert result.exit_code == 1 and "cannot create the folder" in result.output
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"garbage")
     result = run("video", src, "--out", tmp_path / "o.mp4", "--weights", broken)
