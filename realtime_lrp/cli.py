@@ -520,10 +520,12 @@ def _csv(cast):
 @click.option("--frames", type=click.IntRange(min=1), default=120, show_default=True,
               help="With --video: frames held in memory for the process and encode stages.")
 @click.option("--plain", is_flag=True, help="With --video: use the plain FrameProcessor, not the fast path.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch; 1 gives steadier numbers on a machine shared with other work.")
 def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[float], preset: list[str],
                   dtype: str | None, arch: str, weights: str | None, repeats: int | None, warmup: int | None,
                   graph: bool, zennit: bool, frame_pass: bool, select: str, json_path: Path | None,
-                  video: Path | None, frames: int, plain: bool) -> None:
+                  video: Path | None, frames: int, plain: bool, threads: int | None) -> None:
     """Time the LRP engine against the floor (forward + input gradient) and zennit."""
     import json
     import sys
@@ -550,6 +552,8 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
         device = "cpu"
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if threads is not None:
+        torch.set_num_threads(threads)
     if device == "cpu" and dtype == "fp16":
         raise click.BadParameter("fp16 is CUDA-only here; use fp32 or bf16 on the CPU", param_hint="--dtype")
     if weights is not None:

@@ -125,8 +125,13 @@ def test_cli_video(tmp_path) -> None:
     write_video(src, 8, (46, 38), 12.5)
     weights = model_file(tmp_path, channels=1)
     out = tmp_path / "video.json"
-    result = run("bench", "--weights", weights, "--device", "cpu", "--video", src, "--frames", "4",
-                 "--top-k", "0.05", "--plain", "--json", out)
+    threads = torch.get_num_threads()
+    try:
+        result = run("bench", "--weights", weights, "--device", "cpu", "--video", src, "--frames", "4",
+                     "--top-k", "0.05", "--plain", "--threads", "1", "--json", out)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
     for stage in ("decode alone", "process alone", "encode alone", "end to end"):
         assert stage in result.output
