@@ -240,6 +240,10 @@ def video_command(src: Path, out: Path, batch: int, **options: object) -> None:
     except KeyboardInterrupt:
         console.print("Interrupted before the first frame: no output written.")
         sys.exit(130)
+    if processor.device.type == "cuda":
+        from realtime_lrp.fast import FastProcessor
+
+        processor = FastProcessor(processor, notice=lambda msg: console.print(msg, style="yellow"))
     try:
         with video_progress(console) as progress:
             result = process_video(src, out, processor, batch=batch, progress=progress,
