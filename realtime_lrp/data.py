@@ -64,11 +64,6 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return (images - m) / s
 
 
-def preprocess(images: torch.Tensor, card: dict[str, Any]) -> torch.Tensor:
-    """Apply a model card's preprocessing to float images in [0, 1], shape (N, C, H, W)."""
-    return normalize(resize(images.float(), card["input_size"]), card["mean"], card["std"])
-
-
 def read_idx_gz(path: Path) -> np.ndarray:
     """Read a gzipped IDX file (the MNIST format) into a uint8 array."""
     try:
