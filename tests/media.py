@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import hashlib
+import signal
+import subprocess
+import sys
+import time
 import json
 from pathlib import Path
 
@@ -77,3 +81,22 @@ def read_video(path: Path) -> tuple[list[np.ndarray], float]:
         frames.append(frame)
     cap.release()
     return frames, fps
+
+
+def interrupt_rtlrp(args: list[str], out: Path, env: dict | None = None) -> tuple[int, str]:
+    """Run ``rtlrp ARGS`` in a subprocess, send SIGINT once OUT exists; its exit code and stderr."""
+    rtlrp = Path(sys.executable).with_name("rtlrp")
+    entry = [str(rtlrp)] if rtlrp.exists() else [sys.executable, "-m", "realtime_lrp.cli"]
+    proc = subprocess.Popen([*entry, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, stderr

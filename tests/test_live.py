@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import io
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -20,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from media import model_file, tiny_card, tiny_model
+from media import interrupt_rtlrp, model_file, read_video, tiny_card, tiny_model
 from realtime_lrp.capture import LiveSource
 from realtime_lrp.cli import cli
 from realtime_lrp.display import HeadlessDisplay, LiveStats, WindowDisplay, display_problem
@@ -47,20 +44,6 @@ def write_clip(path: Path, frames: int, fps: float = FPS, size: tuple[int, int] 
             frame[20:36, x:x + 16] = 255
             writer.write(frame)
     return path
-
-
-def read_video(path: Path) -> tuple[list[np.ndarray], float]:
-    cap = cv2.VideoCapture(str(path))
-    assert cap.isOpened(), f"{path} is not playable"
-    fps = cap.get(cv2.CAP_PROP_FPS)
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    return frames, fps
 
 
 class PluggableCamera:
@@ -354,24 +337,9 @@ def test_unwritable_recording_ends_the_loop_with_one_message(tmp_path: Path, cli
 def test_sigint_closes_the_recording_and_exits_130(tmp_path: Path, weights: Path) -> None:
     src = write_clip(tmp_path / "long.mp4", 600, fps=30.0, size=(80, 60))
     out = tmp_path / "rec.mp4"
-    rtlrp = Path(sys.executable).with_name("rtlrp")
-    entry = [str(rtlrp)] if rtlrp.exists() else [sys.executable, "-m", "realtime_lrp.cli"]
-    cmd = [*entry, "webcam", "--camera", str(src), "--weights", str(weights), "--device", "cpu",
-           "--no-window", "--record", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={k: v for k, v in os.environ.items() if k != "DISPLAY"})
-    try:
-        deadline = time.monotonic() + 120
-        while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be interrupted"
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, stderr
+    args = ["webcam", "--camera", str(src), "--weights", str(weights), "--device", "cpu", "--no-window", "--record", str(out)]
+    returncode, stderr = interrupt_rtlrp(args, out, env={k: v for k, v in os.environ.items() if k != "DISPLAY"})
+    assert returncode == 130, stderr
     assert "ended: interrupted" in stderr and "closed and playable" in stderr
     assert "Traceback" not in stderr
     frames, fps = read_video(out)

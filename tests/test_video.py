@@ -1,18 +1,13 @@
 """``rtlrp video`` and ``rtlrp sample`` on real files written and read back by OpenCV."""
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from media import model_file, read_video, tiny_card, tiny_model, write_video
+from media import interrupt_rtlrp, model_file, read_video, tiny_card, tiny_model, write_video
 from realtime_lrp.cli import cli
 from realtime_lrp.processor import FrameProcessor, ProcessingError
 from realtime_lrp.video import PartialOutput, process_video
@@ -41,7 +36,7 @@ def nearest_input(out: np.ndarray, inputs: list[np.ndarray]) -> int:
 ])
 def test_video_keeps_fps_count_size_and_order(tmp_path, weights, size, fps, ext, layout, batch):
     src = tmp_path / "in.mp4"
-    frames = write_video(src, 13, size, fps)
+    write_video(src, 13, size, fps)
     out = tmp_path / f"out{ext}"
     result = run("video", src, "--out", out, "--weights", weights, "--layout", layout, "--batch", batch,
                  "--device", "cpu", "--top-k", "0.05")
@@ -154,23 +149,9 @@ def test_sigint_leaves_a_readable_file(tmp_path, weights):
     src = tmp_path / "long.mp4"
     write_video(src, 1500, (80, 60), 30.0)
     out = tmp_path / "out.mp4"
-    rtlrp = Path(sys.executable).with_name("rtlrp")
-    entry = [str(rtlrp)] if rtlrp.exists() else [sys.executable, "-m", "realtime_lrp.cli"]
-    cmd = [*entry, "video", str(src), "--out", str(out),
-           "--weights", str(weights), "--size", "96", "--device", "cpu"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be interrupted"
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, stderr
+    args = ["video", str(src), "--out", str(out), "--weights", str(weights), "--size", "96", "--device", "cpu"]
+    returncode, stderr = interrupt_rtlrp(args, out)
+    assert returncode == 130, stderr
     assert "Interrupted" in stderr and "Traceback" not in stderr
     written, fps = read_video(out)
     assert 0 < len(written) < 1500
