@@ -161,6 +161,16 @@ def _check_size(ctx: click.Context, param: click.Parameter, value: str | None) -
     return value
 
 
+WEIGHTS_HELP = ("Model: auto (ImageNet VGG16 if cached or downloadable, else the shipped "
+                "Fashion-MNIST model), imagenet[:ARCH], shipped, or a weight file (.pt).")
+
+
+def weights_option(func):
+    """Reusable ``--weights`` option (default ``auto``); pass its value to :func:`load_weights`."""
+    return click.option("--weights", default="auto", show_default=True,
+                        metavar="auto|imagenet|shipped|PATH", help=WEIGHTS_HELP)(func)
+
+
 def processing_options(func: F) -> F:
     """Options shared by ``video``, ``explain`` and ``webcam``: model, LRP method, rendering, device.
 
@@ -169,9 +179,7 @@ def processing_options(func: F) -> F:
     (see :func:`build_processor`).
     """
     options = [
-        click.option("--weights", default="auto", show_default=True,
-                     help="Model: auto (ImageNet VGG16 if cached, else the shipped model), imagenet,"
-                          " shipped, or a weight file."),
+        weights_option,
         click.option("--preset", type=click.Choice(PRESET_NAMES), default="epsilon-plus-flat",
                      show_default=True, help="LRP rule preset (see rtlrp presets)."),
         click.option("--top-k", type=click.FloatRange(0, 1), default=0.02, show_default=True,
@@ -432,16 +440,6 @@ def webcam_command(camera: str, record: Path | None, no_window: bool, snapshot_d
         raise click.ClickException(summary.error)
     if summary.interrupted:
         sys.exit(130)
-
-
-WEIGHTS_HELP = ("Model: auto (ImageNet VGG16 if cached or downloadable, else the shipped "
-                "Fashion-MNIST model), imagenet[:ARCH], shipped, or a weight file (.pt).")
-
-
-def weights_option(func):
-    """Reusable ``--weights`` option (default ``auto``); pass its value to :func:`load_weights`."""
-    return click.option("--weights", default="auto", show_default=True,
-                        metavar="auto|imagenet|shipped|PATH", help=WEIGHTS_HELP)(func)
 
 
 def load_weights(weights: str, device: str = "cpu"):
