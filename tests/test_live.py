@@ -330,7 +330,7 @@ def test_unwritable_recording_ends_the_loop_with_one_message(tmp_path: Path, cli
         summary = LiveLoop(source, processor, display, record=blocker / "sub" / "rec.mp4").run()
     finally:
         source.close()
-    assert summary.reason == "error" and summary.error.startswith("cannot write")
+    assert summary.reason == "error" and summary.error.startswith("cannot create the folder for")
     assert summary.recorded_frames == 0 and display.close_calls == 1
 
 
