@@ -98,7 +98,7 @@ class LRP:
 
     @top_k.setter
     def top_k(self, value: float) -> None:
-        self.filter = RelevanceFilter(value, self.filter.mode)
+        self.filter = RelevanceFilter(value, self.filter.mode, self.filter.method)
 
     def __call__(self, x: Tensor, target: Target = None) -> LRPResult:
         """Explain ``x`` (N, C, H, W): the top-1 class, given classes, or ``"softmax"``."""

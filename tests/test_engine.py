@@ -214,6 +214,13 @@ def test_filter_equals_topk_scatter(mode: str) -> None:
         RelevanceFilter(1.5)
 
 
+def test_changing_top_k_keeps_the_filter_mode_and_method() -> None:
+    lrp = LRP(vgg(False), top_k=0.02, filter_mode="magnitude")
+    lrp.filter.method = "radix"
+    lrp.top_k = 0.1
+    assert (lrp.filter.top_k, lrp.filter.mode, lrp.filter.method) == (0.1, "magnitude", "radix")
+
+
 def test_filter_keeps_all_ties_at_threshold() -> None:
     r = torch.tensor([[5.0, 3.0, 3.0, 3.0, 1.0, 0.0, -1.0, -2.0, -3.0, -4.0]])
     assert RelevanceFilter(0.2)(r).tolist() == [[5.0, 3.0, 3.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
