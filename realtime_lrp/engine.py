@@ -83,7 +83,7 @@ class LRP:
             if layer.kind in PARAM_KINDS + POOL_KINDS:
                 rule = self.preset.rule_for(layer.kind, i == first, bounds)
                 propagate = rule.bind(layer, self.dtype)
-            weight = None if layer.weight is None else layer.weight.to(self.device, self.dtype)
+            weight = layer.weight_in(self.dtype)
             bias = None if layer.bias is None else layer.bias.to(self.device, self.dtype)
             self.steps.append(_Step(layer, weight, bias, propagate))
 

@@ -42,6 +42,11 @@ def _unsortable(keys: Tensor) -> Tensor:
     return (keys ^ ((keys >> 31) & 0x7FFFFFFF)).view(torch.float32)
 
 
+def _check_method(method: str) -> None:
+    if method not in SELECT_METHODS:
+        raise ValueError(f"select method must be one of {', '.join(SELECT_METHODS)}, got {method!r}")
+
+
 def _radix_kth_largest(values: Tensor, k: int) -> Tensor:
     """Per row of ``values`` (N, M) fp32, the k-th largest value, exactly, as (N, 1)."""
     keys = _sortable(values.contiguous())
@@ -72,8 +77,7 @@ def kth_largest(values: Tensor, k: int, method: SelectMethod = "auto") -> Tensor
     ``method`` is ``topk``, ``radix`` (capturable in a CUDA graph) or ``auto`` (topk on
     the CPU, radix elsewhere). Both are exact; values must not be NaN.
     """
-    if method not in SELECT_METHODS:
-        raise ValueError(f"select method must be one of {', '.join(SELECT_METHODS)}, got {method!r}")
+    _check_method(method)
     if not 1 <= k <= values.shape[1]:
         raise ValueError(f"k={k} is outside [1, {values.shape[1]}]")
     values = values.float()
@@ -98,8 +102,7 @@ class RelevanceFilter:
             raise ValueError(f"top_k must be in [0, 1], got {top_k}")
         if mode not in ("signed", "magnitude"):
             raise ValueError(f"filter mode must be 'signed' or 'magnitude', got {mode!r}")
-        if method not in SELECT_METHODS:
-            raise ValueError(f"select method must be one of {', '.join(SELECT_METHODS)}, got {method!r}")
+        _check_method(method)
         self.top_k = top_k
         self.mode = mode
         self.method = method

@@ -33,6 +33,16 @@ class Layer:
     weight: Tensor | None = None
     bias: Tensor | None = None
     conv_args: dict = field(default_factory=dict)
+    _casts: dict = field(default_factory=dict, repr=False)
+
+    def weight_in(self, dtype: torch.dtype) -> Tensor | None:
+        """The weight in ``dtype``, cast once: the forward pass and rules that use the
+        unmodified weight (epsilon, z^B) share one copy instead of two."""
+        if self.weight is None:
+            return None
+        if dtype not in self._casts:
+            self._casts[dtype] = self.weight.to(dtype)
+        return self._casts[dtype]
 
     def forward(self, a: Tensor, weight: Tensor | None = None, bias: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Output of the layer for input ``a`` and, for max-pools, the argmax indices."""

@@ -59,7 +59,7 @@ class _ZPropagator:
         self.dtype = dtype
         self.groups = [
             (
-                [_Term(t.source if isinstance(t.source, str) else t.source.to(dtype), t.weight.to(dtype), t.bias) for t in terms],
+                [_Term(t.source if isinstance(t.source, str) else t.source.to(dtype), self._cast(t.weight), t.bias) for t in terms],
                 mask,
             )
             for terms, mask in groups
@@ -68,6 +68,9 @@ class _ZPropagator:
         self.log_target = min(14, math.floor(math.log2(2.0**14 / max(bound, _TINY))))
         self.target = 2.0**self.log_target
         self.bias_shape = (1, -1, 1, 1) if layer.kind == "conv" else (1, -1)
+
+    def _cast(self, weight: Tensor) -> Tensor:
+        return self.layer.weight_in(self.dtype) if weight is self.layer.weight else weight.to(self.dtype)
 
     def _input(self, source: Union[str, Tensor], a: Tensor) -> Tensor:
         if isinstance(source, Tensor):
