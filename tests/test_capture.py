@@ -152,19 +152,25 @@ def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
         LiveSource(str(bad)).open()
 
 
-def test_unplugged_mid_run_raises_after_bounded_reconnects(clip: Path) -> None:
-    camera = PluggableCamera(clip, opens_that_work=1)
-    source = LiveSource("0", camera, max_failed_reads=3, retry_delay=0.01,
-                        reconnect_attempts=2, reconnect_delay=0.01).open()
+def read_until_camera_error(source: LiveSource, match: str | None = None) -> list:
+    """Every frame ``source`` delivers until it raises ``CameraError`` (which must happen); closes it."""
     frames = []
     try:
-        with pytest.raises(CameraError, match=r"camera 0 stopped delivering frames \(unplugged\?\)"):
+        with pytest.raises(CameraError, match=match):
             while True:
                 frame = source.read(timeout=10)
                 assert frame is not None
                 frames.append(frame)
     finally:
         source.close()
+    return frames
+
+
+def test_unplugged_mid_run_raises_after_bounded_reconnects(clip: Path) -> None:
+    camera = PluggableCamera(clip, opens_that_work=1)
+    source = LiveSource("0", camera, max_failed_reads=3, retry_delay=0.01,
+                        reconnect_attempts=2, reconnect_delay=0.01).open()
+    frames = read_until_camera_error(source, match=r"camera 0 stopped delivering frames \(unplugged\?\)")
     assert frames, "frames before the unplug were delivered"
     assert len(camera.calls) == 3, "one open plus exactly two reconnect attempts"
     assert camera.calls == [0, 0, 0]
@@ -174,15 +180,7 @@ def test_reconnect_resumes_the_stream(clip: Path) -> None:
     camera = PluggableCamera(clip, opens_that_work=2)
     source = LiveSource("0", camera, max_failed_reads=2, retry_delay=0.01,
                         reconnect_attempts=1, reconnect_delay=0.01).open()
-    frames = []
-    try:
-        with pytest.raises(CameraError):
-            while True:
-                frame = source.read(timeout=10)
-                assert frame is not None
-                frames.append(frame)
-    finally:
-        source.close()
+    frames = read_until_camera_error(source)
     assert source.reconnects == 1
     assert [f.seq for f in frames] == sorted({f.seq for f in frames})
     assert frames[-1].seq > 9, "frames after the reconnect carry on the sequence"
