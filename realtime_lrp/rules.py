@@ -48,6 +48,11 @@ class _Term:
     weight: Tensor
     bias: Union[Tensor, None]
 
+    @property
+    def key(self) -> Union[str, int]:
+        """Identifies the term's input, so terms on the same input share it."""
+        return self.source if isinstance(self.source, str) else id(self.source)
+
 
 class _ZPropagator:
     """Generic z-rule for conv and linear layers, built from groups of terms."""
@@ -94,10 +99,9 @@ class _ZPropagator:
         for terms, mask in self.groups:
             z = 0.0
             for t in terms:
-                key = t.source if isinstance(t.source, str) else id(t.source)
-                if key not in inputs:
-                    inputs[key] = self._input(t.source, a)
-                zt = self.layer.forward(inputs[key], t.weight)[0].float()
+                if t.key not in inputs:
+                    inputs[t.key] = self._input(t.source, a)
+                zt = self.layer.forward(inputs[t.key], t.weight)[0].float()
                 z = z + (zt if t.bias is None else zt + t.bias.view(self.bias_shape))
             s = R / stabilise(z, self.eps, self.signed)
             if mask == "pos":
@@ -111,8 +115,7 @@ class _ZPropagator:
         for (terms, _), s in zip(self.groups, quotients):
             scaled = (s * factor).to(self.dtype)
             for t in terms:
-                key = t.source if isinstance(t.source, str) else id(t.source)
-                contribution = inputs[key].float() * self._transpose(scaled, t.weight, a.shape).float()
+                contribution = inputs[t.key].float() * self._transpose(scaled, t.weight, a.shape).float()
                 r_in = contribution if r_in is None else r_in + contribution
         return r_in, torch.log(peak) - self.log_target * math.log(2.0)
 
