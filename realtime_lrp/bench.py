@@ -291,23 +291,17 @@ class VideoBench:
 
 def _decode(path: Path, keep: int) -> tuple[int, float, list[np.ndarray]]:
     """Decode the whole file: (frames, seconds, the first ``keep`` frames)."""
-    from realtime_lrp.video import open_video
+    from realtime_lrp.reader import VideoReader
 
-    cap, _info, first = open_video(path)
-    kept = [first]
-    count = 1
-    start = time.perf_counter()
-    try:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
+    kept: list[np.ndarray] = []
+    count = 0
+    with VideoReader(path) as reader:
+        start = time.perf_counter()
+        for frame in reader.frames():
             count += 1
             if len(kept) < keep:
-                kept.append(frame)
-    finally:
-        cap.release()
-    return count, time.perf_counter() - start, kept
+                kept.append(frame.image)
+        return count, time.perf_counter() - start, kept
 
 
 def bench_video(path: str | Path, processor: Any, batch: int = 1, keep: int = 120,
@@ -316,16 +310,17 @@ def bench_video(path: str | Path, processor: Any, batch: int = 1, keep: int = 12
 
     Decode reads the whole file; processing and encode run on its first ``keep`` frames
     (held in memory, so they time the stage, not the disk); end to end is
-    :func:`realtime_lrp.video.process_video` on the whole file into a temporary .avi.
+    :func:`realtime_lrp.video.process_video` on the whole file into a temporary H.264 .mp4.
     ``processor`` is a ``FrameProcessor`` or a ``FastProcessor``.
     """
-    from realtime_lrp.video import open_video, process_video
+    from realtime_lrp.reader import VideoReader
+    from realtime_lrp.video import process_video
     from realtime_lrp.writer import VideoWriter
 
-    cap, info, _first = open_video(path)
-    cap.release()
+    with VideoReader(path) as reader:
+        info = reader.info
     count, seconds, frames = _decode(Path(path), keep)
-    decode_fps = (count - 1) / seconds if seconds > 0 and count > 1 else float("inf")
+    decode_fps = count / seconds if seconds > 0 else float("inf")
     device = getattr(processor, "device", torch.device("cpu"))
     processor.process(frames[:batch])  # build (and capture) the pass before timing
     _sync(device)
@@ -339,7 +334,7 @@ def bench_video(path: str | Path, processor: Any, batch: int = 1, keep: int = 12
     with tempfile.TemporaryDirectory() as tmp:
         out_size = (rendered[0].shape[1], rendered[0].shape[0])
         start = time.perf_counter()
-        with VideoWriter(Path(tmp) / "encode.avi", info.fps, out_size) as writer:
+        with VideoWriter(Path(tmp) / "encode.mp4", info.rate, out_size) as writer:
             for frame in rendered:
                 writer.write(frame)
         encode_fps = len(rendered) / (time.perf_counter() - start)
@@ -347,7 +342,7 @@ def bench_video(path: str | Path, processor: Any, batch: int = 1, keep: int = 12
             processor.reset()
         else:
             processor.scale.reset()
-        result = process_video(path, Path(tmp) / "pipeline.avi", processor, batch=batch, notice=notice)
+        result = process_video(path, Path(tmp) / "pipeline.mp4", processor, batch=batch, notice=notice)
     end_to_end_fps = result.frames / result.seconds
     return VideoBench(result.frames, info.size, decode_fps, process_fps, encode_fps, end_to_end_fps,
                       type(processor).__name__)

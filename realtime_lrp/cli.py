@@ -1,10 +1,17 @@
-"""The ``rtlrp`` command line.
+"""The ``rtlrp`` command line: it parses options and reports; each command's work lives in its module.
 
 Each command imports torch, OpenCV and the engine inside its body, so ``rtlrp --help``
-and ``rtlrp --version`` stay fast.
+and ``rtlrp --version`` stay fast. :func:`main` is the one top-level handler: signals
+end a run with 130 / 143 / 129, and anything a command did not turn into a clear error
+becomes one line naming what failed (``--debug`` or ``RTLRP_DEBUG=1`` shows the traceback).
+
+Exit codes: 0 done, 1 error, 2 usage error, 3 done but the input ended before the frames
+it announced, 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
@@ -20,10 +27,19 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_debug = {"on": os.environ.get("RTLRP_DEBUG", "") not in ("", "0")}
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    _debug["on"] = _debug["on"] or value
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="realtime-lrp", prog_name="rtlrp")
+@click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+              help="Show the full traceback of an unexpected error (also RTLRP_DEBUG=1).")
 def cli() -> None:
-    """Real-time LRP heatmaps for VGG image classifiers."""
+    """Real-time LRP heatmaps for image classifiers."""
 
 
 @cli.command("presets")
@@ -117,8 +133,6 @@ def _command_line(ctx: click.Context) -> str:
 @click.pass_context
 def train_command(ctx: click.Context, **options: object) -> None:
     """Train a VGG (mixed precision with --amp; DDP under torchrun)."""
-    import sys
-
     from realtime_lrp.data import DataError
     from realtime_lrp.models import WeightsError
     from realtime_lrp.training import TrainConfig, TrainingError, TrainingInterrupted, main
@@ -129,11 +143,13 @@ def train_command(ctx: click.Context, **options: object) -> None:
     options["out"] = str(options["out"])
     options["resume"] = str(options["resume"]) if options["resume"] else None
     config = TrainConfig(**options, command=_command_line(ctx))
+    explicit = [p.name for p in ctx.command.params
+                if ctx.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
     try:
-        main(config)
+        main(config, explicit)
     except TrainingInterrupted as exc:
         click.echo(str(exc), err=True)
-        sys.exit(130)
+        sys.exit(128 + exc.signum)
     except (TrainingError, DataError, WeightsError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -220,54 +236,82 @@ def _console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def codec_options(func: F) -> F:
+    """``--codec`` and ``--crf``, shared by ``video`` and ``webcam --record``."""
+    func = click.option("--crf", type=click.IntRange(0, 63), default=None,
+                        help="Quality of h264/hevc/vp9 (lower is better and larger); default 23 / 28 / 33.")(func)
+    return click.option("--codec", type=click.Choice(["h264", "hevc", "vp9", "mjpeg", "h264_nvenc"]), default=None,
+                        help="Encoder; default by extension: .mp4/.mov/.m4v/.mkv h264, .webm vp9, .avi mjpeg"
+                             " (keeps odd sizes). h264_nvenc falls back to h264 without an NVIDIA driver.")(func)
+
+
+def check_output(out: Path, src: Path | None = None, codec: str | None = None) -> None:
+    """Refuse an output that cannot be written, or that is the input, before any work starts."""
+    from realtime_lrp.atomic import OutputError, check_writable, same_file
+    from realtime_lrp.writer import WriterError, codec_for
+
+    try:
+        codec_for(out, codec)
+        if src is not None and (same_file(out, src) or out.absolute() == src.absolute()):
+            raise WriterError(f"--out {out} is the input file itself")
+        check_writable(out)
+    except (WriterError, OutputError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @cli.command("video")
 @click.argument("src", metavar="IN", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Output video; the extension picks the codec (.mp4, .m4v, .mov: mp4v; .avi: MJPG; .mkv: XVID).")
+              help="Output video (.mp4 by default H.264; see --codec). It appears only when complete.")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1),
               help="Frames explained together (throughput on a GPU).")
+@codec_options
 @processing_options
-def video_command(src: Path, out: Path, batch: int, **options: object) -> None:
-    """Explain every frame of video IN into OUT, keeping its fps, frame count and size."""
-    import sys
-
+def video_command(src: Path, out: Path, batch: int, codec: str | None, crf: int | None,
+                  **options: object) -> None:
+    """Explain every frame of video IN into OUT, keeping its timestamps, frame count and size."""
+    from realtime_lrp import signals
     from realtime_lrp.processor import ProcessingError
-    from realtime_lrp.video import InputError, PartialOutput, open_video, process_video, video_progress
-    from realtime_lrp.writer import WriterError, codec_for
+    from realtime_lrp.reader import InputError, VideoReader
+    from realtime_lrp.video import PartialOutput, process_video, video_progress
+    from realtime_lrp.writer import WriterError
 
     console = _console()
+    notice = lambda msg: console.print(msg, style="yellow")  # noqa: E731
+    check_output(out, src, codec)
     try:
-        codec_for(out)
-        if out.resolve() == src.resolve():
-            raise WriterError("--out must differ from the input")
-        open_video(src)[0].release()
-    except (InputError, WriterError) as exc:
+        VideoReader(src).close()
+    except InputError as exc:
         raise click.ClickException(str(exc)) from None
-    try:
-        processor = build_processor(options, console)
-    except KeyboardInterrupt:
-        console.print("Interrupted before the first frame: no output written.")
-        sys.exit(130)
+    processor = build_processor(options, console)
     if processor.device.type == "cuda":
         from realtime_lrp.fast import FastProcessor
 
-        processor = FastProcessor(processor, notice=lambda msg: console.print(msg, style="yellow"))
-    try:
-        with video_progress(console) as progress:
-            result = process_video(src, out, processor, batch=batch, progress=progress,
-                                   notice=lambda msg: console.print(msg, style="yellow"))
-    except (InputError, WriterError, ProcessingError, PartialOutput) as exc:
-        raise click.ClickException(str(exc)) from None
+        processor = FastProcessor(processor, notice=notice)
+    with signals.Deferred() as stop:
+        try:
+            with video_progress(console) as progress:
+                result = process_video(src, out, processor, batch=batch, progress=progress, notice=notice,
+                                       stop=stop, codec=codec, crf=crf)
+        except (InputError, WriterError, ProcessingError, PartialOutput) as exc:
+            raise click.ClickException(str(exc)) from None
     w, h = result.size
     if result.interrupted:
-        if result.frames:
-            console.print(f"Interrupted: {out} is closed and playable with the {result.frames} frames done.")
+        name = signals.Interrupted(result.signum).name
+        if result.output is not None:
+            console.print(f"Interrupted by {name}: the {result.frames} frames done are in {result.output}"
+                          f" (closed and playable); {out} was left as it was.")
         else:
-            console.print("Interrupted before the first frame: no output written.")
-        sys.exit(130)
+            console.print(f"Interrupted by {name} before the first frame: nothing written.")
+        sys.exit(128 + result.signum)
     speed = result.frames / result.seconds if result.seconds > 0 else 0.0
-    console.print(f"Wrote {result.frames} frames ({w}x{h}, {result.fps:.3f} fps) to {out}"
-                  f" in {result.seconds:.1f} s ({speed:.1f} frames/s)")
+    console.print(f"Wrote {result.frames} frames ({w}x{h}, {result.fps:.3f} fps), checked by reading them back,"
+                  f" to {out} in {result.seconds:.1f} s ({speed:.1f} frames/s)")
+    if result.missing:
+        console.print(f"{src} ended after {result.frames} of the {result.expected} frames its header announces"
+                      f" ({result.missing} missing{': ' + result.input_error if result.input_error else ''}):"
+                      f" {out} holds the {result.frames} frames it had.", style="yellow")
+        sys.exit(signals.EXIT_TRUNCATED)
 
 
 @cli.command("explain")
@@ -283,59 +327,40 @@ def video_command(src: Path, out: Path, batch: int, **options: object) -> None:
 def explain_command(images: tuple[Path, ...], out: Path, display_size: int, sheet: Path | None,
                     **options: object) -> None:
     """Write STEM_overlay.png and STEM_heatmap.png (and STEM_side.png with --layout side) per image."""
-    import math
-    import sys
-
-    import cv2
-
+    from realtime_lrp import signals
+    from realtime_lrp.atomic import OutputError, check_writable
     from realtime_lrp.processor import ProcessingError
-    from realtime_lrp.render import contact_sheet
+    from realtime_lrp.reader import InputError
+    from realtime_lrp.stills import explain_images, read_images
 
     console = _console()
-    frames = []
-    for path in images:
-        if not path.is_file():
-            raise click.ClickException(f"{path}: no such file")
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise click.ClickException(f"cannot read {path}: not an image, or corrupt")
-        frames.append(frame)
     if sheet is not None and sheet.suffix.lower() != ".png":
         raise click.ClickException(f"--sheet must be a .png file, got {sheet.name}")
     try:
-        processor = build_processor(options, console)
-        layouts = ["overlay", "heatmap"] + (["side"] if processor.layout == "side" else [])
-        out.mkdir(parents=True, exist_ok=True)
-        overlays, stems = [], set()
-        for i, (path, frame) in enumerate(zip(images, frames)):
-            relevance, preds = processor.explain([frame])
-            scales = processor.scales(relevance, stable=False)
-            short = min(frame.shape[:2])
-            if display_size and short < display_size:
-                k = math.ceil(display_size / short)
-                frame = cv2.resize(frame, None, fx=k, fy=k, interpolation=cv2.INTER_NEAREST)
-            stem = path.stem if path.stem not in stems else f"{path.stem}_{i}"
-            stems.add(stem)
-            written = []
-            for layout in layouts:
-                picture = processor.render([frame], relevance, preds, scales, layout)[0]
-                target = out / f"{stem}_{layout}.png"
-                if not cv2.imwrite(str(target), picture):
-                    raise click.ClickException(f"cannot write {target}")
-                written.append(target.name)
-                if layout == "overlay":
-                    overlays.append(picture)
-            console.print(f"{path}: {preds[0].label} -> {', '.join(written)}")
+        frames = read_images(images)
+        check_writable(out / f"{images[0].stem}_overlay.png")
         if sheet is not None:
-            sheet.parent.mkdir(parents=True, exist_ok=True)
-            if not cv2.imwrite(str(sheet), contact_sheet(overlays)):
-                raise click.ClickException(f"cannot write {sheet}")
-            console.print(f"sheet of {len(overlays)} overlays -> {sheet}")
-    except ProcessingError as exc:
+            check_writable(sheet)
+    except (InputError, OutputError) as exc:
         raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:
-        console.print("Interrupted: the PNGs listed above are complete.")
-        sys.exit(130)
+    processor = build_processor(options, console)
+
+    def report(path: Path, label: str, written: list[Path]) -> None:
+        console.print(f"{path}: {label} -> {', '.join(p.name for p in written)}")
+
+    with signals.Deferred() as stop:
+        try:
+            result = explain_images(images, frames, processor, out, display_size, sheet, stop, report)
+        except (ProcessingError, OutputError) as exc:
+            raise click.ClickException(str(exc)) from None
+    if result.signum is not None:
+        name = signals.Interrupted(result.signum).name
+        console.print(f"Interrupted by {name}: the PNGs of the {len(result.written)} images listed above are"
+                      f" complete; {len(images) - len(result.written)} images were not explained"
+                      + (", and no sheet was written." if sheet is not None else "."))
+        sys.exit(128 + result.signum)
+    if result.sheet is not None:
+        console.print(f"sheet of {len(result.written)} overlays -> {result.sheet}")
 
 
 @cli.command("sample")
@@ -351,30 +376,26 @@ def explain_command(images: tuple[Path, ...], out: Path, display_size: int, shee
               help="Also save the items as PNGs in this folder (input for rtlrp explain).")
 def sample_command(out: Path, size: int, fps: float, seconds: float, items: int, stills: Path | None) -> None:
     """Write a demo video of Fashion-MNIST test items for the shipped model."""
-    import cv2
+    from realtime_lrp.atomic import OutputError
+    from realtime_lrp.sample import write_sample, write_stills
+    from realtime_lrp.writer import WriterError
 
-    from realtime_lrp.sample import CLASSES, load_items, write_sample
-    from realtime_lrp.writer import WriterError, codec_for
-
+    check_output(out)
     try:
-        codec_for(out)
         frames = write_sample(out, size=size, fps=fps, seconds_per_item=seconds, count=items)
-    except WriterError as exc:
+        click.echo(f"Wrote {frames} frames ({size}x{size}, {fps:g} fps) to {out}")
+        if stills is not None:
+            write_stills(stills, items)
+            click.echo(f"Wrote {items} item images to {stills}")
+    except (WriterError, OutputError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"Wrote {frames} frames ({size}x{size}, {fps:g} fps) to {out}")
-    if stills is not None:
-        stills.mkdir(parents=True, exist_ok=True)
-        for i, (image, label) in enumerate(load_items()[:items]):
-            name = CLASSES[label].lower().replace("/", "-").replace(" ", "-")
-            cv2.imwrite(str(stills / f"{i:02d}_{name}.png"), image)
-        click.echo(f"Wrote {items} item images to {stills}")
 
 
 @cli.command("webcam")
 @click.option("--camera", default="0", show_default=True, metavar="SOURCE",
               help="Camera index, device path (/dev/video0), video file or stream URL (rtsp://, http://).")
 @click.option("--record", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Record what is shown, in real time (.mp4, .m4v, .mov: mp4v; .avi: MJPG; .mkv: XVID).")
+              help="Record what is shown, in real time (the same writer as rtlrp video; see --codec).")
 @click.option("--no-window", is_flag=True, help="Run headless: live stats in the terminal, no window.")
 @click.option("--snapshot-dir", default="snapshots", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Where key s saves PNG snapshots.")
@@ -382,64 +403,55 @@ def sample_command(out: Path, size: int, fps: float, seconds: float, items: int,
               help="Stop after this many processed frames (automation, tests).")
 @click.option("--pace/--no-pace", default=True, show_default=True,
               help="Play a video file at its own frame rate, like a camera (files only).")
+@codec_options
 @processing_options
 def webcam_command(camera: str, record: Path | None, no_window: bool, snapshot_dir: Path,
-                   max_frames: int | None, pace: bool, **options: object) -> None:
+                   max_frames: int | None, pace: bool, codec: str | None, crf: int | None,
+                   **options: object) -> None:
     """Live LRP heatmaps from a camera: keys q/ESC quit, space pause, s snapshot, +/- top-k, c colours, l layout."""
-    import sys
-
     import numpy as np
 
+    from realtime_lrp import signals
     from realtime_lrp.capture import CameraError, LiveSource, parse_camera
     from realtime_lrp.display import open_display
     from realtime_lrp.live import LiveLoop
-    from realtime_lrp.writer import WriterError, codec_for
 
     console = _console()
     notice = lambda msg: console.print(msg, style="yellow")  # noqa: E731
     try:
         spec = parse_camera(camera)
-        if record is not None:
-            codec_for(record)
-            folder = next((f for f in record.absolute().parents if f.exists()), None)
-            if folder is not None and not folder.is_dir():
-                raise WriterError(f"cannot record to {record}: {folder} is not a folder")
-    except (CameraError, WriterError) as exc:
+    except CameraError as exc:
         raise click.ClickException(str(exc)) from None
-    try:
-        processor = build_processor(options, console)
-        h, w = processor.size
-        processor.explain([np.zeros((h, w, 3), np.uint8)])  # first-call set-up, before the camera runs
-        display = open_display(f"rtlrp - {spec}", not no_window, console, notice)
-    except KeyboardInterrupt:
-        console.print("Interrupted before the first frame: nothing recorded.")
-        sys.exit(130)
+    if record is not None:
+        check_output(record, Path(str(spec.target)) if spec.kind == "file" else None, codec)
+    processor = build_processor(options, console)
+    h, w = processor.size
+    processor.explain([np.zeros((h, w, 3), np.uint8)])  # first-call set-up, before the camera runs
+    display = open_display(f"rtlrp - {spec}", not no_window, console, notice)
     try:
         source = LiveSource(spec, pace=pace if spec.kind == "file" else False).open()
-    except CameraError as exc:
+    except BaseException as exc:
         display.close()
-        raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:
-        display.close()
-        console.print("Interrupted before the first frame: nothing recorded.")
-        sys.exit(130)
-    try:
-        summary = LiveLoop(source, processor, display, record=record, snapshot_dir=snapshot_dir,
-                           max_frames=max_frames, notice=notice).run()
-    finally:
-        source.close()
-    if record is not None:
-        if summary.recorded_frames:
-            console.print(f"Recorded {summary.recorded_frames} frames to {record} (closed and playable).",
-                          soft_wrap=True)
-        else:
-            console.print(f"No frame was recorded, so {record} was not created.", soft_wrap=True)
+        if isinstance(exc, CameraError):
+            raise click.ClickException(str(exc)) from None
+        raise
+    with signals.Deferred() as stop:
+        try:
+            summary = LiveLoop(source, processor, display, record=record, snapshot_dir=snapshot_dir,
+                               max_frames=max_frames, notice=notice, stop=stop, codec=codec, crf=crf).run()
+        finally:
+            source.close()
+    if summary.recording is not None:
+        console.print(f"Recorded {summary.recorded_frames} frames to {summary.recording}, checked by reading"
+                      " them back.", soft_wrap=True)
+    elif record is not None:
+        console.print(f"Nothing was recorded, so {record} was left as it was.", soft_wrap=True)
     console.print(f"{summary.frames} frames processed in {summary.seconds:.1f} s ({summary.fps:.1f} FPS),"
                   f" {summary.skipped} camera frames skipped; ended: {summary.reason}.", soft_wrap=True)
     if summary.error:
         raise click.ClickException(summary.error)
     if summary.interrupted:
-        sys.exit(130)
+        sys.exit(128 + (summary.signum or 2))
 
 
 def load_weights(weights: str, device: str = "cpu"):
@@ -460,6 +472,7 @@ def load_weights(weights: str, device: str = "cpu"):
               help="Measure test_accuracy on the exported fp16 weights (else the checkpoint's value).")
 def export_command(source: Path, out: Path, measure: bool) -> None:
     """Export a training run as fp16 weights plus a JSON model card."""
+    from realtime_lrp.atomic import OutputError
     from realtime_lrp.data import DataError
     from realtime_lrp.export import export
     from realtime_lrp.models import WeightsError
@@ -467,7 +480,7 @@ def export_command(source: Path, out: Path, measure: bool) -> None:
 
     try:
         card = export(source, out, measure=measure)
-    except (TrainingError, DataError, WeightsError, ValueError) as exc:
+    except (TrainingError, DataError, WeightsError, OutputError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     acc = card["test_accuracy"]
     click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {card['arch']}, "
@@ -530,12 +543,12 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
                   video: Path | None, frames: int, plain: bool, threads: int | None) -> None:
     """Time the LRP engine against the floor (forward + input gradient) and zennit."""
     import json
-    import sys
 
     import torch
     from rich.console import Console
 
     from realtime_lrp import bench
+    from realtime_lrp.atomic import OutputError, check_writable, write_text
     from realtime_lrp.models import WeightsError, build_vgg
 
     console = _console()
@@ -549,6 +562,11 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
         raise click.BadParameter("top-k values must be in [0, 1]", param_hint="--top-k")
     if min(sizes) < 32 or min(batch) < 1:
         raise click.BadParameter("sizes must be at least 32 and batches at least 1")
+    if json_path is not None:
+        try:
+            check_writable(json_path)
+        except OutputError as exc:
+            raise click.ClickException(str(exc)) from None
     if device == "cuda" and not torch.cuda.is_available():
         notice("CUDA is not available: benchmarking on the CPU in fp32")
         device = "cpu"
@@ -587,8 +605,10 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
         console.print("Interrupted: nothing written.")
         sys.exit(130)
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(payload, indent=2) + "\n")
+        try:
+            write_text(json_path, json.dumps(payload, indent=2) + "\n")
+        except OutputError as exc:
+            raise click.ClickException(str(exc)) from None
         console.print(f"wrote {json_path}")
 
 
@@ -610,9 +630,43 @@ def _bench_video(path: Path, model, card: dict, preset: str, top_k: float, sizes
         raise click.ClickException(str(exc)) from None
 
 
-def main() -> None:
-    """Entry point of the ``rtlrp`` console script."""
-    cli()
+def describe(error: BaseException) -> str:
+    """One line for an error no command turned into a message of its own."""
+    from realtime_lrp.processor import out_of_memory
+
+    if out_of_memory(error):
+        return "out of memory: try a smaller --size or --batch"
+    if isinstance(error, OSError):
+        where = f" {error.filename}" if error.filename else ""
+        return f"cannot access{where}: {error.strerror or error}"
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``rtlrp`` console script: run a command, turn every ending into an exit code."""
+    from realtime_lrp import signals
+
+    signals.install()
+    try:
+        code = cli.main(args=argv, prog_name="rtlrp", standalone_mode=False)
+    except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt (our signals too) into Abort
+        cause = exc.__cause__ or exc.__context__
+        interrupt = cause if isinstance(cause, signals.Interrupted) else signals.Interrupted()
+        click.echo(f"rtlrp: interrupted by {interrupt.name}; outputs are only ever replaced when complete", err=True)
+        sys.exit(interrupt.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        if _debug["on"]:
+            raise
+        command = next((a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("-")), "rtlrp")
+        click.echo(f"rtlrp {command}: {describe(exc)} (--debug shows the traceback)", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

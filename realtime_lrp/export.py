@@ -8,12 +8,12 @@ preprocessing (bilinear resize of the whole image to ``input_size``, then ``mean
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from realtime_lrp.atomic import OutputError, commit, make_parent, partial_path, reason, remove, write_text
 from realtime_lrp.data import load_datasets
 from realtime_lrp.models import CARD_FORMAT, load_weights_file, sha256_file, validate_card
 from realtime_lrp.training import evaluate, load_checkpoint
@@ -38,34 +38,43 @@ def export(source: Path, out: Path, measure: bool = True) -> dict[str, Any]:
     """Write ``out`` (fp16 state dict) and ``out.with_suffix('.json')``; return the card.
 
     With ``measure`` the card's ``test_accuracy`` is measured on the exported weights;
-    otherwise the checkpoint's last evaluation is used.
+    otherwise the checkpoint's last evaluation is used. Both files are completed and
+    measured as ``NAME.partial.pt`` / ``NAME.partial.json`` first and only then moved into
+    place, so a failed or interrupted export leaves any previous export untouched.
     """
     ckpt = load_checkpoint(Path(source))
     out = Path(out)
     if out.suffix != ".pt":
         raise ValueError(f"--out must end in .pt, not {out.name!r}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".pt.tmp")
-    torch.save(fp16_state_dict(ckpt["model"]), tmp)
-    os.replace(tmp, out)
-    args = ckpt["args"]
-    card: dict[str, Any] = {
-        **ckpt["meta"],
-        "test_accuracy": ckpt.get("test_accuracy"),
-        "command": args.get("command", ""),
-        "sha256": sha256_file(out),
-        "format": CARD_FORMAT,
-        "precision": "fp16",
-        "trained_steps": ckpt["step"],
-        "epochs": args.get("epochs"),
-        "amp": bool(args.get("amp") or args.get("amp_dtype")),
-        "preprocessing": "bilinear resize of the whole image to input_size (no pad, no crop), "
-                         "scale to [0, 1], then (x - mean) / std per channel",
-    }
-    validate_card(card, "exported card")
-    card_path = out.with_suffix(".json")
-    card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    if measure:
-        card["test_accuracy"] = round(measure_accuracy(out), 5)
-        card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    make_parent(out)
+    weights, card_file = partial_path(out), partial_path(out.with_suffix(".json"))
+    try:
+        try:
+            torch.save(fp16_state_dict(ckpt["model"]), weights)
+        except OSError as error:
+            raise OutputError(f"cannot write {out}: {reason(error)}") from None
+        args = ckpt["args"]
+        card: dict[str, Any] = {
+            **ckpt["meta"],
+            "test_accuracy": ckpt.get("test_accuracy"),
+            "command": args.get("command", ""),
+            "sha256": sha256_file(weights),
+            "format": CARD_FORMAT,
+            "precision": "fp16",
+            "trained_steps": ckpt["step"],
+            "epochs": args.get("epochs"),
+            "amp": bool(args.get("amp") or args.get("amp_dtype")),
+            "preprocessing": "bilinear resize of the whole image to input_size (no pad, no crop), "
+                             "scale to [0, 1], then (x - mean) / std per channel",
+        }
+        validate_card(card, "exported card")
+        write_text(card_file, json.dumps(card, indent=2) + "\n")
+        if measure:
+            card["test_accuracy"] = round(measure_accuracy(weights), 5)
+            write_text(card_file, json.dumps(card, indent=2) + "\n")
+        commit(weights, out)
+        commit(card_file, out.with_suffix(".json"))
+    finally:
+        remove(weights)
+        remove(card_file)
     return card

@@ -19,9 +19,11 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from realtime_lrp.atomic import OutputError, write_image
 from realtime_lrp.capture import CameraError, EndOfStream, LiveSource
 from realtime_lrp.display import Display, LiveStats
 from realtime_lrp.processor import FrameProcessor, Prediction, ProcessingError
+from realtime_lrp.signals import Deferred, Interrupted, exit_code
 from realtime_lrp.writer import VideoWriter, WriterError
 
 Notice = Callable[[str], None]
@@ -85,9 +87,11 @@ class LiveRecorder:
     frame's; frames of another size (after a layout change) are fitted into it.
     """
 
-    def __init__(self, path: Path, fps: float, notice: Notice | None = None) -> None:
+    def __init__(self, path: Path, fps: float, notice: Notice | None = None, codec: str | None = None,
+                 crf: int | None = None) -> None:
         self.path = path
         self.fps = fps
+        self.codec, self.crf = codec, crf
         self._notice = notice
         self._writer: VideoWriter | None = None
         self._frame: np.ndarray | None = None
@@ -103,7 +107,8 @@ class LiveRecorder:
         """``frame`` appears on screen at ``now``; the previous one is written for its time."""
         if self._writer is None:
             h, w = frame.shape[:2]
-            self._writer = VideoWriter(self.path, self.fps, (w, h), notice=self._notice)
+            self._writer = VideoWriter(self.path, self.fps, (w, h), codec=self.codec, crf=self.crf,
+                                       notice=self._notice)
             self._start = now
         else:
             self._flush(now, at_least_once=False)
@@ -121,16 +126,20 @@ class LiveRecorder:
             self._start += now - self._paused_at
             self._paused_at = None
 
-    def close(self, now: float) -> None:
-        """Write the last frame for its time on screen and close the file; idempotent."""
+    def close(self, now: float) -> Path | None:
+        """Write the last frame for its time on screen, then finish the file: verified and moved
+        to :attr:`path`, which is returned (None if nothing was recorded). A failed write
+        discards the recording and leaves :attr:`path` as it was. Idempotent."""
         if self._writer is None:
-            return
+            return None
         try:
             if self._frame is not None:
                 frame, self._frame = self._frame, None
                 self._flush(self._paused_at if self._paused_at is not None else now, at_least_once=True, frame=frame)
-        finally:
-            self._writer.close()
+            return self._writer.finish()
+        except BaseException:
+            self._writer.discard()
+            raise
 
     def _flush(self, now: float, at_least_once: bool, frame: np.ndarray | None = None) -> None:
         """Write the frame on screen (``frame`` or the current one) until the file reaches ``now``."""
@@ -196,6 +205,8 @@ class LiveSummary:
     error: str | None = None
     interrupted: bool = False
     recorded_frames: int = 0
+    recording: Path | None = None
+    signum: int | None = None
     snapshots: list[Path] = field(default_factory=list)
 
     @property
@@ -210,15 +221,17 @@ class LiveLoop:
     def __init__(self, source: LiveSource, processor: FrameProcessor, display: Display, *,
                  record: Path | None = None, snapshot_dir: Path = Path("snapshots"),
                  max_frames: int | None = None, notice: Notice | None = None,
-                 message_seconds: float = 2.0) -> None:
+                 message_seconds: float = 2.0, stop: Deferred | None = None, codec: str | None = None,
+                 crf: int | None = None) -> None:
         self.source = source
+        self.stop = stop
         self.processor = processor
         self.display = display
         self.snapshot_dir = snapshot_dir
         self.max_frames = max_frames
         self.notice = notice or (lambda _msg: None)
         self.message_seconds = message_seconds
-        self.recorder = LiveRecorder(record, source.fps, self.notice) if record is not None else None
+        self.recorder = LiveRecorder(record, source.fps, self.notice, codec, crf) if record is not None else None
         self.meter = FpsMeter()
         self.summary = LiveSummary()
         self.paused = False
@@ -234,10 +247,11 @@ class LiveLoop:
         try:
             while self.summary.reason == "":
                 self._turn()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             self.summary.interrupted = True
+            self.summary.signum = exit_code(exc) - 128
             self.summary.reason = "interrupted"
-        except (CameraError, ProcessingError, WriterError) as exc:
+        except (CameraError, ProcessingError, WriterError, OutputError) as exc:
             self.summary.error = str(exc)
             self.summary.reason = "error"
         except OSError as exc:  # the recording's folder cannot be created, the disk is full, ...
@@ -248,18 +262,22 @@ class LiveLoop:
             self.summary.skipped = self.source.skipped
             try:
                 if self.recorder is not None:
-                    self.recorder.close(time.monotonic())
-            except (WriterError, OSError) as exc:
+                    self.summary.recording = self.recorder.close(time.monotonic())
+                    self.summary.recorded_frames = self.recorder.frames if self.summary.recording else 0
+            except (WriterError, OutputError, OSError) as exc:
                 self.summary.error = self.summary.error or str(exc)
                 self.summary.reason = "error"
             finally:
-                if self.recorder is not None:
-                    self.summary.recorded_frames = self.recorder.frames
                 self.display.close()
         return self.summary
 
     def _turn(self) -> None:
         """One loop turn: process the newest frame if there is one, then handle keys."""
+        if self.stop is not None and self.stop.requested:
+            self.summary.interrupted = True
+            self.summary.signum = self.stop.signum
+            self.summary.reason = f"interrupted by {Interrupted(self.stop.signum).name}"
+            return
         if self.display.closed:
             self.summary.reason = "window closed"
             return
@@ -343,12 +361,9 @@ class LiveLoop:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = self.snapshot_dir / f"rtlrp-{stamp}-{self.summary.frames:06d}.png"
         try:
-            self.snapshot_dir.mkdir(parents=True, exist_ok=True)
-            saved = cv2.imwrite(str(path), self._shown)
-        except (OSError, cv2.error):
-            saved = False
-        if not saved:
-            self.notice(f"could not write snapshot {path}")
+            write_image(path, self._shown)
+        except OutputError as exc:
+            self.notice(f"could not write snapshot: {exc}")
             return "snapshot failed"
         self.summary.snapshots.append(path)
         self.notice(f"saved {path}")

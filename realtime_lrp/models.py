@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -167,7 +168,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"weight file {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = safe_load(path)
     except Exception as exc:  # torch raises many types for corrupt, truncated or unsafe files
         raise WeightsError(f"{path} is not a readable weight file (corrupt, truncated or not "
                            f"a plain state dict: {type(exc).__name__})") from None
@@ -176,7 +177,25 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise WeightsError(f"{path} does not hold a state dict of tensors")
+    check_finite(obj, str(path))
     return obj
+
+
+def safe_load(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True``; its warnings (raw pickles) are not for users."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`WeightsError` if a floating-point tensor holds NaN or infinity."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise WeightsError(f"{source} holds NaN or infinite values in {key}: the file is corrupt or "
+                               "its training diverged")
 
 
 def infer_architecture(state: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -266,20 +285,77 @@ def imagenet_cache_file(arch: str = "vgg16") -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
 
+class ImagenetUnavailable(WeightsError):
+    """ImageNet weights that cannot be used; ``why`` says which way (for ``auto``'s notice)."""
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
+def hash_prefix(path: Path) -> str | None:
+    """The SHA-256 prefix a torch.hub file name carries (``vgg16-397923af.pth`` → ``397923af``)."""
+    match = re.search(r"-([a-f0-9]{6,})\.", path.name)
+    return match.group(1) if match else None
+
+
+def check_hash_prefix(path: Path) -> None:
+    """Raise :class:`ImagenetUnavailable` unless ``path``'s SHA-256 starts with the prefix in its name."""
+    prefix = hash_prefix(path)
+    if prefix is not None and not sha256_file(path).startswith(prefix):
+        raise ImagenetUnavailable(
+            f"{path} does not match the SHA-256 prefix {prefix} in its name (corrupt or replaced); "
+            "delete it to download it again, or use --weights shipped or --weights PATH",
+            "the cached file was rejected")
+
+
 def download(url: str, dest: Path, timeout: float = 10.0) -> None:
-    """Fetch ``url`` into ``dest`` (atomically); every socket wait is bounded by ``timeout``."""
+    """Fetch ``url`` into ``dest``: written beside it, hash-checked, then moved into place.
+
+    Every socket wait is bounded by ``timeout``; the torch.hub hash prefix in the file
+    name is checked before the file replaces anything.
+    """
     import urllib.request
 
+    from realtime_lrp.atomic import partial_path, remove
+
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(dest.suffix + ".part")
-    with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as fh:
-        for block in iter(lambda: response.read(1 << 20), b""):
-            fh.write(block)
-    os.replace(tmp, dest)
+    tmp = partial_path(dest)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as fh:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                fh.write(block)
+        prefix = hash_prefix(dest)
+        if prefix is not None and not sha256_file(tmp).startswith(prefix):
+            raise ImagenetUnavailable(f"the download of {url} does not match the SHA-256 prefix {prefix}",
+                                      "the download was corrupt")
+        os.replace(tmp, dest)
+    finally:
+        remove(tmp)
+
+
+def _download_failure(error: OSError) -> str:
+    """``not cached and offline`` for a network that cannot be reached, else ``download failed``."""
+    import socket
+    import urllib.error
+
+    if isinstance(error, urllib.error.HTTPError):
+        return f"not cached and the download failed (HTTP {error.code})"
+    cause = getattr(error, "reason", error)
+    if isinstance(cause, (socket.gaierror, socket.timeout, TimeoutError, ConnectionError)) or (
+            isinstance(cause, OSError) and cause.errno in (101, 110, 111, 113)):
+        return "not cached and offline"
+    return f"not cached and the download failed ({type(cause).__name__})"
 
 
 def load_imagenet(arch: str = "vgg16", timeout: float = 10.0) -> tuple[nn.Module, dict[str, Any]]:
-    """torchvision's ImageNet VGG, downloaded once to the torch cache; WeightsError offline."""
+    """torchvision's ImageNet weights for ``arch``, downloaded once to the torch hub cache.
+
+    The cached file is untrusted (whoever can write the cache could plant one): its
+    SHA-256 must start with the prefix its name carries, and it is read with
+    ``weights_only=True`` here rather than by torchvision's loader, which unpickles
+    arbitrary objects. Failures raise :class:`ImagenetUnavailable` saying why.
+    """
     from torchvision import models as tv_models
 
     weights = _imagenet_weights(arch)
@@ -288,15 +364,20 @@ def load_imagenet(arch: str = "vgg16", timeout: float = 10.0) -> tuple[nn.Module
         try:
             download(weights.url, cached, timeout)
         except OSError as exc:
-            raise WeightsError(
-                f"ImageNet {arch} weights are not cached in {cached.parent} and the download "
-                f"failed ({type(exc).__name__}); connect once to fetch them, or use "
-                f"--weights shipped or --weights PATH") from None
+            why = _download_failure(exc)
+            raise ImagenetUnavailable(
+                f"ImageNet {arch} weights are {why}: expected in {cached.parent}; connect once to fetch "
+                "them, or use --weights shipped or --weights PATH", why) from None
+    check_hash_prefix(cached)
     try:
-        model = getattr(tv_models, arch)(weights=weights)
-    except Exception as exc:  # a corrupt cache file surfaces as one of many torch errors
-        raise WeightsError(f"cannot load cached ImageNet weights {cached}: "
-                           f"{type(exc).__name__}; delete the file to download it again") from None
+        state = safe_load(cached)
+        model = getattr(tv_models, arch)(weights=None)
+        model.load_state_dict(state)
+    except Exception as exc:  # a corrupt or unsafe cache file surfaces as one of many torch errors
+        raise ImagenetUnavailable(
+            f"cannot load cached ImageNet weights {cached}: {type(exc).__name__}; delete the file to "
+            "download it again", "the cached file was rejected") from None
+    check_finite(model.state_dict(), str(cached))
     metric = weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
     card = {
         "arch": arch, "width": 1.0, "hidden": 4096, "pool": 7, "num_classes": 1000,
@@ -326,14 +407,13 @@ def load_model(name_or_path: str | Path = "auto", device: str | torch.device = "
         try:
             model, card = load_imagenet(arch or "vgg16", timeout=5.0)
             notify(f"weights: auto -> ImageNet {card['arch']} (torchvision, {card['weights']})")
-        except WeightsError as exc:
+        except ImagenetUnavailable as exc:
             if not shipped_weights().is_file():
                 raise WeightsError(f"{exc}; the shipped model {shipped_weights()} is missing "
                                    "too") from None
             model, card = load_weights_file(shipped_weights())
             notify(f"weights: auto -> shipped {SHIPPED_NAME} ({card['dataset']}, "
-                   f"{len(card['classes'])} classes); ImageNet VGG16 is not cached and could "
-                   "not be downloaded")
+                   f"{len(card['classes'])} classes): ImageNet {arch or 'vgg16'} {exc.why}")
     elif name == "imagenet" or name.startswith("imagenet:"):
         model, card = load_imagenet(name.partition(":")[2] or arch or "vgg16")
     elif name == "shipped":
@@ -343,3 +423,57 @@ def load_model(name_or_path: str | Path = "auto", device: str | torch.device = "
     if card["arch"] not in ARCHS:
         raise WeightsError(f"unknown architecture {card['arch']!r}")
     return model.float().to(device).eval(), card
+
+
+MAX_SIDE = 4096  # larger processing sizes exhaust memory long before they help an explanation
+
+
+def accepts_size(model: nn.Module, channels: int, size: tuple[int, int]) -> bool:
+    """Whether ``model`` runs on a ``(1, channels, H, W)`` input, found by shape propagation alone.
+
+    The forward pass runs under ``FakeTensorMode``: shapes are computed, nothing is
+    allocated or multiplied, so this costs milliseconds even for sizes that would not fit
+    in memory.
+    """
+    import logging
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    log = logging.getLogger("torch._subclasses.fake_tensor")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # a failing shape check is the answer here, not an error to log
+    param = next(model.parameters())
+    try:
+        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+            model(torch.empty(1, channels, *size, dtype=param.dtype, device=param.device))
+        return True
+    except (RuntimeError, ValueError, IndexError):
+        return False
+    finally:
+        log.setLevel(level)
+
+
+def smallest_size(model: nn.Module, channels: int, limit: int = 1024) -> int | None:
+    """The smallest square side ``model`` accepts (binary search; assumes larger sides work too)."""
+    if not accepts_size(model, channels, (limit, limit)):
+        return None
+    low, high = 1, limit
+    while low < high:
+        mid = (low + high) // 2
+        if accepts_size(model, channels, (mid, mid)):
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
+def check_input_size(model: nn.Module, card: dict[str, Any], size: tuple[int, int]) -> None:
+    """Raise a one-line ``ValueError`` unless ``model`` takes inputs of ``size`` (H, W)."""
+    h, w = size
+    if max(h, w) > MAX_SIDE:
+        raise ValueError(f"size {w}x{h} is too large: each side can be at most {MAX_SIDE} pixels")
+    channels = int(card["input_channels"])
+    if not accepts_size(model, channels, (h, w)):
+        least = smallest_size(model, channels)
+        need = f"at least {least}x{least}" if least else "a larger input"
+        raise ValueError(f"size {w}x{h} is too small for {card['arch']}: it needs {need}")

@@ -20,6 +20,7 @@ import torch
 
 from realtime_lrp import render
 from realtime_lrp.engine import LRP
+from realtime_lrp.models import check_input_size
 from realtime_lrp.preprocess import frames_to_tensor, processing_size
 
 Notice = Callable[[str], None]
@@ -48,6 +49,11 @@ class Prediction:
         if self.explained != self.index:
             text += f"  [LRP: {self.explained_name}]"
         return text
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is the CUDA or CPU allocator running out (the CPU's is a plain RuntimeError)."""
+    return isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in str(error)
 
 
 def select_device(requested: str = "auto", notice: Notice | None = None) -> tuple[torch.device, torch.dtype]:
@@ -112,6 +118,7 @@ class FrameProcessor:
         self.target = parse_target(target, self.classes)
         self.device, self.dtype = select_device(device, notice)
         self.model = model.to(self.device, self.dtype).eval()
+        check_input_size(self.model, card, self.size)
         self.lrp = LRP(self.model, preset=preset, top_k=top_k, mean=card["mean"], std=card["std"])
         self.preset = preset
         self._cmap: str | None = None
@@ -171,10 +178,14 @@ class FrameProcessor:
             probs = torch.softmax(result.logits.float(), dim=1)
             top_p, top_i = probs.max(dim=1)
             relevance = result.relevance.float().cpu().numpy()
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            raise ProcessingError(f"CUDA out of memory on {len(frames)} frame(s) at {self.size[1]}x{self.size[0]}:"
-                                  " try a smaller --batch or --size") from None
+        except (RuntimeError, MemoryError) as error:
+            if not out_of_memory(error):
+                raise
+            where = "CUDA" if isinstance(error, torch.cuda.OutOfMemoryError) else "the CPU"
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise ProcessingError(f"{where} ran out of memory on {len(frames)} frame(s) at {self.size[1]}x"
+                                  f"{self.size[0]}: try a smaller --batch or --size") from None
         explained = result.target.cpu().tolist()
         preds = [
             Prediction(int(i), self.classes[int(i)], float(p), int(e), self.classes[int(e)])

@@ -15,6 +15,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from realtime_lrp.atomic import write_image
 from realtime_lrp.writer import VideoWriter
 
 ASSET = "fashion_mnist_test.png"
@@ -61,11 +62,19 @@ def sample_frames(size: int = 256, fps: float = 24.0, seconds_per_item: float = 
 
 def write_sample(path: str | Path, size: int = 256, fps: float = 24.0, seconds_per_item: float = 1.5,
                  count: int = 10) -> int:
-    """Write the demo video to ``path`` (codec by extension); the number of frames."""
-    writer = VideoWriter(path, fps, (size, size))
-    try:
+    """Write the demo video to ``path`` (codec by extension), atomically; the number of frames."""
+    with VideoWriter(path, fps, (size, size)) as writer:
         for frame in sample_frames(size, fps, seconds_per_item, count):
             writer.write(frame)
-    finally:
-        writer.close()
     return writer.frames
+
+
+def write_stills(folder: Path, count: int = 10) -> list[Path]:
+    """Save the first ``count`` items as ``NN_class.png`` in ``folder`` (input for ``rtlrp explain``)."""
+    written = []
+    for i, (image, label) in enumerate(load_items()[:count]):
+        name = CLASSES[label].lower().replace("/", "-").replace(" ", "-")
+        target = Path(folder) / f"{i:02d}_{name}.png"
+        write_image(target, image)
+        written.append(target)
+    return written

@@ -12,7 +12,6 @@ import os
 import shlex
 import signal
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,8 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DistributedSampler
 
+from realtime_lrp.atomic import OutputError, check_writable, write_with
 from realtime_lrp.data import DataInfo, load_datasets, make_loader, normalize
-from realtime_lrp.models import build_vgg
+from realtime_lrp.models import WeightsError, build_vgg, safe_load
+from realtime_lrp.signals import Deferred
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -36,11 +37,17 @@ class TrainingError(ValueError):
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C stopped training after a checkpoint was written to ``path``."""
+    """A signal (``signum``: Ctrl-C, SIGTERM, SIGHUP) stopped training after a checkpoint was written to ``path``."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(f"interrupted; checkpoint written to {path} (continue with --resume)")
+    def __init__(self, path: Path, signum: int = signal.SIGINT) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name}; checkpoint written to {path} (continue with --resume {path})")
         self.path = path
+        self.signum = signum
+
+
+# Settings a resumed run may change: where and how it runs, not what it trains.
+RESUMABLE = ("resume", "out", "device", "max_steps", "workers", "command")
 
 
 @dataclass
@@ -169,13 +176,28 @@ def _inputs(images: torch.Tensor, info: DataInfo, device: torch.device) -> torch
 
 
 class _StepState:
-    """Counters shared by the epoch loop and the checkpoint writer."""
+    """Counters shared by the epoch loop and the checkpoint writer, and the stop request."""
 
     def __init__(self, step: int = 0, epoch: int = 0, epoch_step: int = 0) -> None:
         self.step = step
         self.epoch = epoch
         self.epoch_step = epoch_step
+        self.stop: Deferred | None = None
         self.stop_requested = False
+
+    def poll(self) -> bool:
+        """Whether a signal asked to stop (checked once per step)."""
+        if self.stop is not None and self.stop.requested:
+            self.stop_requested = True
+        return self.stop_requested
+
+
+def _stop_agreed(state: _StepState, env: Dist) -> bool:
+    """Whether any rank was asked to stop (every rank must leave the loop at the same step)."""
+    state.poll()
+    if env.world > 1:
+        state.stop_requested = env.sum([float(state.stop_requested)])[0] > 0
+    return state.stop_requested
 
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
@@ -218,9 +240,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
             if not progress.console.is_terminal and state.epoch_step % max(10, total // 10) == 0:
                 progress.console.print(f"  step {state.epoch_step}/{total}: loss {fields['loss']:.4f}"
                                        f" acc {fields['acc']:.2%} {fields['ips']:.0f} img/s")
-        if env.world > 1:
-            state.stop_requested = env.sum([float(state.stop_requested)])[0] > 0
-        if state.stop_requested or (max_steps is not None and state.step >= max_steps):
+        if _stop_agreed(state, env) or (max_steps is not None and state.step >= max_steps):
             break
     elapsed = time.perf_counter() - start
     loss_total, correct_total, count = env.sum([loss_sum.item(), float(correct.item()), float(seen)])
@@ -271,7 +291,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise TrainingError(f"no checkpoint at {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = safe_load(path)
     except Exception as exc:  # torch raises many types for corrupt or truncated files
         raise TrainingError(f"cannot read checkpoint {path}: {type(exc).__name__}") from None
     if not isinstance(ckpt, dict) or not {"model", "args", "meta", "step"} <= ckpt.keys():
@@ -280,21 +300,52 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _save(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    write_with(path, lambda partial: torch.save(payload, partial))
 
 
-def _config_from_resume(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
+def _config_from_resume(config: TrainConfig, explicit: Iterable[str] = ()) -> tuple[TrainConfig, dict[str, Any]]:
+    """The checkpoint's settings, with the ones a resumed run may change taken from ``config``.
+
+    An option given on the command line (``explicit``) that would change what is trained
+    (epochs, batch size, learning rate, architecture, ...) is refused in one line rather
+    than silently ignored: the one-cycle schedule and the optimizer state were built for
+    the checkpoint's values.
+    """
     ckpt = load_checkpoint(Path(config.resume))
-    saved = TrainConfig(**{k: v for k, v in ckpt["args"].items()
-                           if k in TrainConfig.__dataclass_fields__})
+    args = ckpt["args"]
+    if not isinstance(args, dict):
+        raise TrainingError(f"{config.resume} is not a realtime_lrp training checkpoint (no settings)")
+    saved = TrainConfig(**{k: v for k, v in args.items() if k in TrainConfig.__dataclass_fields__})
+    changed = [name for name in explicit if name not in RESUMABLE
+               and getattr(config, name) != getattr(saved, name)]
+    if changed:
+        name = changed[0]
+        raise TrainingError(
+            f"--{name.replace('_', '-')} {getattr(config, name)} differs from the checkpoint's "
+            f"{getattr(saved, name)}: a resumed run keeps the settings it started with (its schedule and "
+            f"optimizer state were built for them); drop the option, or start a new run with another --out")
     saved.resume, saved.max_steps, saved.device = config.resume, config.max_steps, config.device
+    saved.workers = config.workers
     if config.out != TrainConfig.out:
         saved.out = config.out
     if config.command:
         saved.command = f"{saved.command}; resumed with: {config.command}"
     return saved, ckpt
+
+
+def _restore(ckpt: dict[str, Any], path: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: Any, scaler: torch.amp.GradScaler) -> _StepState:
+    """Load a checkpoint's states into this run's objects, or say in one line why it does not fit."""
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["lr_scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        return _StepState(int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["epoch_step"]))
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).strip().splitlines()[0]
+        raise TrainingError(f"checkpoint {path} does not fit the model and settings it records ({detail});"
+                            " it was edited or comes from another version") from None
 
 
 def _progress(console: Any) -> Any:
@@ -309,24 +360,35 @@ def _progress(console: Any) -> Any:
     )
 
 
-def main(config: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) training; returns the last metrics line written."""
+def main(config: TrainConfig, explicit: Iterable[str] = ()) -> dict[str, Any]:
+    """Run (or resume) training; returns the last metrics line written.
+
+    ``explicit`` names the options the user set; on ``--resume`` they must agree with
+    the checkpoint unless they are in :data:`RESUMABLE`.
+    """
     from rich.console import Console
 
     ckpt = None
     if config.resume:
-        config, ckpt = _config_from_resume(config)
+        config, ckpt = _config_from_resume(config, explicit)
+    out = Path(config.out)
+    try:
+        check_writable(out / CHECKPOINT)  # before any training work, not after it
+    except OutputError as exc:
+        raise TrainingError(str(exc)) from None
     env = init_distributed(config.device)
     precision = resolve_precision(config.amp, config.amp_dtype, env.device)
     torch.manual_seed(config.seed + env.rank)
-    out = Path(config.out)
     console = Console(stderr=True)
 
     train_set, test_set, info = load_datasets(config.dataset, config.input_size)
     if ckpt is not None:
         info.mean, info.std = list(ckpt["meta"]["mean"]), list(ckpt["meta"]["std"])
-    model = build_vgg(config.arch, len(info.classes), info.input_channels, config.width,
-                      config.hidden, config.pool, config.dropout)
+    try:
+        model = build_vgg(config.arch, len(info.classes), info.input_channels, config.width,
+                          config.hidden, config.pool, config.dropout)
+    except WeightsError as exc:
+        raise TrainingError(str(exc)) from None
     model = model.to(env.device, memory_format=torch.channels_last)
     sampler = DistributedSampler(train_set, num_replicas=env.world, rank=env.rank, shuffle=True,
                                  seed=config.seed, drop_last=True)
@@ -344,11 +406,7 @@ def main(config: TrainConfig) -> dict[str, Any]:
     state = _StepState()
     test_acc = None
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["lr_scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        state = _StepState(ckpt["step"], ckpt["epoch"], ckpt["epoch_step"])
+        state = _restore(ckpt, config.resume, model, optimizer, scheduler, scaler)
         test_acc = ckpt.get("test_accuracy")
         if "rng" in ckpt and env.world == 1:
             torch.set_rng_state(ckpt["rng"])
@@ -373,12 +431,7 @@ def main(config: TrainConfig) -> dict[str, Any]:
             })
         return path
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        state.stop_requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_sigint) if in_main_thread else None
+    stop = state.stop = Deferred().__enter__()
     progress = _progress(console) if env.main else None
     line: dict[str, Any] = {}
     if env.main:
@@ -392,6 +445,9 @@ def main(config: TrainConfig) -> dict[str, Any]:
         while state.epoch < config.epochs:
             if config.max_steps is not None and state.step >= config.max_steps:
                 break
+            if _stop_agreed(state, env):
+                checkpoint(test_acc)
+                raise TrainingInterrupted(out / CHECKPOINT, stop.signum or signal.SIGINT)
             sampler.set_epoch(state.epoch)
             indices = list(sampler)[state.epoch_step * config.batch_size:
                                     steps_per_epoch * config.batch_size]
@@ -401,7 +457,7 @@ def main(config: TrainConfig) -> dict[str, Any]:
                                       progress, scaler, config.augment)
             if state.stop_requested:
                 checkpoint(test_acc)
-                raise TrainingInterrupted(out / CHECKPOINT)
+                raise TrainingInterrupted(out / CHECKPOINT, stop.signum or signal.SIGINT)
             metrics.update(evaluate(model, test_set, info, env.device, precision,
                                     rank=env.rank, world=env.world, workers=config.workers))
             test_acc = metrics["test_acc"]
@@ -423,8 +479,7 @@ def main(config: TrainConfig) -> dict[str, Any]:
     finally:
         if progress is not None:
             progress.stop()
-        if in_main_thread:
-            signal.signal(signal.SIGINT, previous)
+        stop.__exit__(None, None, None)
         if env.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
     return line

@@ -1,14 +1,23 @@
-"""Explain every frame of a video file, in order, none dropped.
+"""Explain every frame of a video file, in order, none dropped, each at its own timestamp.
 
-Three stages joined by bounded queues: a reader thread decodes frames, the calling
-thread explains them in batches (:class:`~realtime_lrp.processor.FrameProcessor`), and a
-writer thread encodes them. Each queue ends with a sentinel; the threads are joined in
-``finally``, so an error or Ctrl-C still leaves a closed, playable file of the frames done.
+Three stages joined by bounded queues: a reader thread decodes frames
+(:class:`~realtime_lrp.reader.VideoReader`), the calling thread explains them in batches
+(:class:`~realtime_lrp.processor.FrameProcessor`), and a writer thread encodes them
+(:class:`~realtime_lrp.writer.VideoWriter`). Each queue ends with a sentinel and the
+threads are joined in ``finally``.
+
+How a run ends decides where its frames go:
+
+- complete: verified, then moved to the output path (which held the old file until then);
+- a signal (``stop``, a :class:`~realtime_lrp.signals.Deferred`): reading stops, the
+  frames in flight are finished, and the playable ``NAME.partial.EXT`` keeps them;
+- a processing error: the same, and :class:`PartialOutput` says where;
+- a failed write (full disk): nothing is kept, :class:`~realtime_lrp.writer.WriterError`;
+- the input breaks early: the output is complete for what the input held, and
+  :attr:`VideoResult.missing` counts the frames its header announced but never came.
 """
 from __future__ import annotations
 
-import math
-import os
 import queue
 import threading
 import time
@@ -16,9 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # keep FFmpeg's own messages off the terminal
-
-import cv2
 import numpy as np
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
@@ -26,66 +32,41 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 from realtime_lrp.processor import FrameProcessor
-from realtime_lrp.writer import VideoWriter
+from realtime_lrp.reader import DEFAULT_FPS, Frame, InputError, VideoReader
+from realtime_lrp.signals import Deferred
+from realtime_lrp.writer import VideoWriter, WriterError
 
-DEFAULT_FPS = 30.0
+__all__ = ["InputError", "PartialOutput", "VideoResult", "process_video", "video_progress"]
+
 _END = object()
 
 
-class InputError(ValueError):
-    """The input video is missing, empty or unreadable; the message is one line."""
-
-
 class PartialOutput(RuntimeError):
-    """A run failed midway; the frames done were kept in a closed file (said in the message)."""
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What the input announces: ``fps`` (float, ``DEFAULT_FPS`` if it reads 0 or NaN),
-    ``size`` (width, height) of the first frame, ``frame_count`` (0 if unknown)."""
-
-    fps: float
-    size: tuple[int, int]
-    frame_count: int
-    fps_guessed: bool
+    """A run failed midway; the frames done were kept in a closed, playable file (said in the message)."""
 
 
 @dataclass(frozen=True)
 class VideoResult:
-    """How a run ended: frames written, frames announced, and whether Ctrl-C stopped it."""
+    """How a run ended.
+
+    ``output`` is the final path, or the partial file an interrupted run kept (None if
+    no frame was done); ``signum`` the signal that stopped it; ``missing`` the frames the
+    input announced but did not hold.
+    """
 
     frames: int
     expected: int
     fps: float
     size: tuple[int, int]
     seconds: float
-    interrupted: bool
+    output: Path | None
+    signum: int | None = None
+    missing: int = 0
+    input_error: str | None = None
 
-
-def open_video(path: str | Path) -> tuple[cv2.VideoCapture, VideoInfo, np.ndarray]:
-    """Open ``path`` and decode its first frame, or raise a one-line :class:`InputError`."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if not path.is_file():
-        raise InputError(f"{path} is not a file")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path} is empty")
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        cap.release()
-        raise InputError(f"cannot read {path}: not a video, or corrupt")
-    ok, frame = cap.read()
-    if not ok or frame is None:
-        cap.release()
-        raise InputError(f"{path} has no readable frames (empty or corrupt)")
-    fps = float(cap.get(cv2.CAP_PROP_FPS))
-    guessed = not (math.isfinite(fps) and fps > 0)
-    count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
-    count = int(count) if math.isfinite(count) and count > 0 else 0
-    info = VideoInfo(DEFAULT_FPS if guessed else fps, (frame.shape[1], frame.shape[0]), count, guessed)
-    return cap, info, frame
+    @property
+    def interrupted(self) -> bool:
+        return self.signum is not None
 
 
 def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
@@ -100,19 +81,16 @@ def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
 
 
 class _Reader(threading.Thread):
-    def __init__(self, cap: cv2.VideoCapture, first: np.ndarray, out: queue.Queue, stop: threading.Event):
+    def __init__(self, reader: VideoReader, out: queue.Queue, stop: threading.Event):
         super().__init__(name="rtlrp-reader", daemon=True)
-        self.cap, self.first, self.out, self.stop = cap, first, out, stop
+        self.reader, self.out, self.stop = reader, out, stop
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            frame = self.first
-            while frame is not None:
+            for frame in self.reader.frames():
                 if not _put(self.out, frame, self.stop):
                     return
-                ok, frame = self.cap.read()
-                frame = frame if ok else None
         except BaseException as exc:  # handed to the main thread
             self.error = exc
         finally:
@@ -127,96 +105,114 @@ class _Writer(threading.Thread):
 
     def run(self) -> None:
         try:
-            while (frame := self.inp.get()) is not _END:
-                self.writer.write(frame)
-        except BaseException as exc:  # handed to the main thread
+            while (item := self.inp.get()) is not _END:
+                self.writer.write(*item)
+        except BaseException as exc:  # handed to the main thread; the queue is drained below
             self.error = exc
+            while self.inp.get() is not _END:
+                pass
 
 
-def process_video(src: str | Path, dst: str | Path, processor: FrameProcessor, batch: int = 1,
-                  progress: Any = None, notice: Callable[[str], None] | None = None) -> VideoResult:
-    """Explain every frame of ``src`` into ``dst``, keeping fps, frame count and frame size.
-
-    ``progress`` is an optional ``rich.progress.Progress`` (started by the caller); it gets
-    one task advanced per frame explained. Errors in any stage are re-raised here after the
-    output is closed; Ctrl-C returns a result with ``interrupted=True``. The output file
-    only appears once the first frame is done, so a bad input leaves none.
-    """
-    notice = notice or (lambda _msg: None)
-    cap, info, first = open_video(src)
-    try:
-        writer = VideoWriter(dst, info.fps, processor.output_size(info.size), notice=notice)
-    except BaseException:
-        cap.release()
-        raise
-    if info.fps_guessed:
-        notice(f"{src} does not say its frame rate: writing at {DEFAULT_FPS:g} fps")
-    stop = threading.Event()
-    frames_in: queue.Queue = queue.Queue(maxsize=2 * batch + 2)
-    frames_out: queue.Queue = queue.Queue(maxsize=2 * batch + 2)
-    reader = _Reader(cap, first, frames_in, stop)
-    writer_thread = _Writer(writer, frames_out)
-    task = progress.add_task("explaining", total=info.frame_count or None) if progress is not None else None
-    interrupted = False
-    failure: Exception | None = None
-    processed = 0
-    start = time.perf_counter()
-    reader.start()
-    writer_thread.start()
-    try:
-        done = False
-        while not done:
-            frames = []
-            while len(frames) < batch:
-                item = frames_in.get()
-                if item is _END:
-                    done = True
-                    break
-                frames.append(item)
-            if reader.error is not None:
-                raise reader.error
-            if frames:
-                rendered, _ = processor.process(frames)
-                for out in rendered:
-                    _hand_over(frames_out, out, writer_thread)
-                processed += len(frames)
-                if task is not None:
-                    progress.update(task, completed=processed)
-    except KeyboardInterrupt:
-        interrupted = True
-    except Exception as exc:  # the output is finished below, then the error is reported
-        failure = exc
-    finally:
-        stop.set()
-        reader.join()
-        cap.release()
-        if writer_thread.is_alive():
-            frames_out.put(_END)
-            writer_thread.join()
-        writer.close()
-    failure = writer_thread.error or failure
-    if failure is not None:
-        if writer.frames:
-            raise PartialOutput(f"{failure}; the {writer.frames} frames done are in {dst}") from failure
-        raise failure
-    if task is not None:
-        progress.update(task, completed=writer.frames, total=None if interrupted else writer.frames)
-    if not interrupted and info.frame_count and writer.frames < info.frame_count:
-        notice(f"{src} ended after {writer.frames} of the {info.frame_count} frames its header announces")
-    return VideoResult(writer.frames, info.frame_count, info.fps, writer.size,
-                       time.perf_counter() - start, interrupted)
-
-
-def _hand_over(q: queue.Queue, frame: np.ndarray, writer: _Writer) -> None:
-    """Queue a frame for the writer, failing fast if the writer has stopped."""
+def _hand_over(q: queue.Queue, item: tuple[np.ndarray, int | None], writer: _Writer) -> None:
+    """Queue a frame for the writer, failing fast once the writer has failed."""
     while True:
-        if writer.error is not None or not writer.is_alive():
-            raise writer.error or RuntimeError("the video writer stopped")
+        if writer.error is not None:
+            raise writer.error
         try:
-            q.put(frame, timeout=0.1)
+            q.put(item, timeout=0.1)
             return
         except queue.Full:
             continue
+
+
+def _next_batch(frames_in: queue.Queue, batch: int, stop: Deferred) -> tuple[list[Frame], bool]:
+    """Up to ``batch`` frames and whether the input has ended; stops early when a signal came."""
+    frames: list[Frame] = []
+    while len(frames) < batch and not stop.requested:
+        try:
+            item = frames_in.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if item is _END:
+            return frames, True
+        frames.append(item)
+    return frames, False
+
+
+def process_video(src: str | Path, dst: str | Path, processor: FrameProcessor, batch: int = 1,
+                  progress: Any = None, notice: Callable[[str], None] | None = None,
+                  stop: Deferred | None = None, codec: str | None = None,
+                  crf: int | None = None) -> VideoResult:
+    """Explain every frame of ``src`` into ``dst``, keeping timestamps, frame count and size.
+
+    ``progress`` is an optional ``rich.progress.Progress`` (started by the caller).
+    ``stop`` is the caller's signal handling; without one, signals are deferred here.
+    Raises :class:`InputError` before any work for a bad input, :class:`WriterError` for a
+    failed write, :class:`PartialOutput` for a processing error after some frames.
+    """
+    notice = notice or (lambda _msg: None)
+    dst = Path(dst)
+    reader = VideoReader(src)
+    info = reader.info
+    try:
+        writer = VideoWriter(dst, info.rate, processor.output_size(info.size), codec=codec, crf=crf,
+                             time_base=info.time_base, notice=notice)
+    except BaseException:
+        reader.close()
+        raise
+    if info.fps_guessed:
+        notice(f"{src} does not say its frame rate: writing at {DEFAULT_FPS:g} fps")
+    own_stop = stop is None
+    stop = Deferred().__enter__() if own_stop else stop
+    halt = threading.Event()
+    frames_in: queue.Queue = queue.Queue(maxsize=2 * batch + 2)
+    frames_out: queue.Queue = queue.Queue(maxsize=2 * batch + 2)
+    read_thread = _Reader(reader, frames_in, halt)
+    write_thread = _Writer(writer, frames_out)
+    task = progress.add_task("explaining", total=info.frame_count or None) if progress is not None else None
+    failure: BaseException | None = None
+    processed = 0
+    start = time.perf_counter()
+    read_thread.start()
+    write_thread.start()
+    try:
+        done = False
+        while not done and not stop.requested:
+            frames, done = _next_batch(frames_in, batch, stop)
+            if read_thread.error is not None:
+                raise read_thread.error
+            if frames:
+                rendered, _ = processor.process([f.image for f in frames])
+                for frame, out in zip(frames, rendered):
+                    _hand_over(frames_out, (out, frame.pts), write_thread)
+                processed += len(frames)
+                if task is not None:
+                    progress.update(task, completed=processed)
+    except BaseException as exc:  # the output is settled below, then the error is reported
+        failure = exc
+    finally:
+        halt.set()
+        read_thread.join()
+        frames_out.put(_END)
+        write_thread.join()
+        reader.close()
+        if own_stop:
+            stop.__exit__(None, None, None)
+    failure = write_thread.error or failure
+    if isinstance(failure, WriterError):
+        writer.discard()
+        raise failure
+    if failure is not None:
+        kept = writer.keep_partial()
+        if kept is not None and isinstance(failure, Exception):
+            raise PartialOutput(f"{failure}; the {writer.frames} frames done are in {kept} (playable),"
+                                f" {dst} was left as it was") from failure
+        raise failure
+    output = writer.keep_partial() if stop.requested else writer.finish()
+    if task is not None:
+        progress.update(task, completed=writer.frames, total=None if stop.requested else writer.frames)
+    return VideoResult(writer.frames, info.frame_count, info.fps, writer.size, time.perf_counter() - start,
+                       output, stop.signum, 0 if stop.requested else reader.missing, reader.error)
 
 
 class _FpsColumn(ProgressColumn):

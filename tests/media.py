@@ -83,20 +83,65 @@ def read_video(path: Path) -> tuple[list[np.ndarray], float]:
     return frames, fps
 
 
-def interrupt_rtlrp(args: list[str], out: Path, env: dict | None = None) -> tuple[int, str]:
-    """Run ``rtlrp ARGS`` in a subprocess, send SIGINT once OUT exists; its exit code and stderr."""
+def rtlrp_command() -> list[str]:
+    """How to start the installed ``rtlrp`` (the console script beside this Python, else ``-m``)."""
     rtlrp = Path(sys.executable).with_name("rtlrp")
-    entry = [str(rtlrp)] if rtlrp.exists() else [sys.executable, "-m", "realtime_lrp.cli"]
-    proc = subprocess.Popen([*entry, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return [str(rtlrp)] if rtlrp.exists() else [sys.executable, "-m", "realtime_lrp.cli"]
+
+
+def _limit_file_size(limit: int):
+    """A ``preexec_fn`` making writes past ``limit`` bytes fail with EFBIG, as on a full disk."""
+    def apply() -> None:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def run_rtlrp(args: list[str], env: dict | None = None, file_limit: int | None = None,
+              timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``rtlrp ARGS`` to the end in a subprocess (optionally under a file-size limit)."""
+    return subprocess.run([*rtlrp_command(), *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=timeout, preexec_fn=_limit_file_size(file_limit) if file_limit else None)
+
+
+def interrupt_rtlrp(args: list[str], watch: Path, env: dict | None = None, sig: int = signal.SIGINT,
+                    min_bytes: int = 1, again_after: float | None = None,
+                    wait_line: str | None = None) -> tuple[int, str]:
+    """Run ``rtlrp ARGS``, send ``sig`` once ``watch`` holds ``min_bytes`` (or stderr shows
+    ``wait_line``); with ``again_after`` a second signal follows that many seconds later.
+    Returns the exit code and stderr."""
+    proc = subprocess.Popen([*rtlrp_command(), *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
-        while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        if wait_line is not None:
+            seen = ""
+            while wait_line not in seen and time.monotonic() < deadline:
+                line = proc.stderr.readline()
+                if not line:
+                    break
+                seen += line
+        else:
+            seen = ""
+            while proc.poll() is None and time.monotonic() < deadline:
+                if watch.exists() and watch.stat().st_size >= min_bytes:
+                    break
+                time.sleep(0.02)
         assert proc.poll() is None, "the run ended before it could be interrupted"
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
+        proc.send_signal(sig)
+        if again_after is not None:
+            time.sleep(again_after)
+            if proc.poll() is None:
+                proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    return proc.returncode, stderr
+    return proc.returncode, seen + stderr
+
+
+def frame_count(path: Path) -> int:
+    """Frames in a video file, counted independently of the project's code (OpenCV decodes them all)."""
+    return len(read_video(path)[0])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -284,10 +285,13 @@ def test_webcam_headless_on_a_file_records_a_playable_video(tmp_path: Path, clip
                     "--record", out, "--max-frames", 4)
     assert result.exit_code == 0, result.output
     assert "FPS" in result.stderr and "4 frames processed" in result.stderr
-    assert f"to {out}" in result.stderr and "closed and playable" in result.stderr
+    recorded = re.search(r"Recorded (\d+) frames to (\S+), checked by reading them back", result.stderr)
+    assert recorded and recorded.group(2) == str(out), result.stderr
     frames, fps = read_video(out)
-    assert frames and fps == pytest.approx(FPS, abs=0.01)
+    assert len(frames) == int(recorded.group(1)) > 0, "every frame the summary counts is in the file"
+    assert fps == pytest.approx(FPS, abs=0.01)
     assert frames[0].shape == (SIZE[1], SIZE[0], 3), ".avi keeps the odd size"
+    assert not (tmp_path / "out.partial.avi").exists()
 
 
 @pytest.mark.parametrize("env, reason", [
@@ -330,7 +334,7 @@ def test_unwritable_recording_ends_the_loop_with_one_message(tmp_path: Path, cli
         summary = LiveLoop(source, processor, display, record=blocker / "sub" / "rec.mp4").run()
     finally:
         source.close()
-    assert summary.reason == "error" and summary.error.startswith("cannot create the folder for")
+    assert summary.reason == "error" and f"{blocker} is not a folder" in summary.error
     assert summary.recorded_frames == 0 and display.close_calls == 1
 
 
@@ -338,9 +342,12 @@ def test_sigint_closes_the_recording_and_exits_130(tmp_path: Path, weights: Path
     src = write_clip(tmp_path / "long.mp4", 600, fps=30.0, size=(80, 60))
     out = tmp_path / "rec.mp4"
     args = ["webcam", "--camera", str(src), "--weights", str(weights), "--device", "cpu", "--no-window", "--record", str(out)]
-    returncode, stderr = interrupt_rtlrp(args, out, env={k: v for k, v in os.environ.items() if k != "DISPLAY"})
+    out.write_bytes(b"an older recording")
+    returncode, stderr = interrupt_rtlrp(args, tmp_path / "rec.partial.mp4", wait_line="LIVE",
+                                         env={k: v for k, v in os.environ.items() if k != "DISPLAY"})
     assert returncode == 130, stderr
-    assert "ended: interrupted" in stderr and "closed and playable" in stderr
-    assert "Traceback" not in stderr
+    assert "ended: interrupted by SIGINT" in stderr and "Traceback" not in stderr
+    recorded = re.search(r"Recorded (\d+) frames to (\S+), checked by reading them back", stderr)
+    assert recorded and recorded.group(2) == str(out), stderr
     frames, fps = read_video(out)
-    assert frames and fps == pytest.approx(30.0)
+    assert len(frames) == int(recorded.group(1)) > 0 and fps == pytest.approx(30.0)

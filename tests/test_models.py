@@ -153,7 +153,7 @@ def test_corrupt_imagenet_cache_is_one_line_error(monkeypatch: pytest.MonkeyPatc
     cached = models.imagenet_cache_file("vgg16")
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"truncated download")
-    with pytest.raises(WeightsError, match="delete the file"):
+    with pytest.raises(WeightsError, match="does not match the SHA-256 prefix 397923af.*delete it"):
         load_model("imagenet")
 
 

@@ -1,6 +1,7 @@
 """``rtlrp video`` and ``rtlrp sample`` on real files written and read back by OpenCV."""
 from __future__ import annotations
 
+import re
 
 import cv2
 import numpy as np
@@ -106,9 +107,11 @@ def test_error_mid_run_keeps_a_playable_file(tmp_path):
     src = tmp_path / "in.mp4"
     write_video(src, 20, (48, 40), 25.0)
     out = tmp_path / "out.mp4"
-    with pytest.raises(PartialOutput, match="out of memory.*the 4 frames done are in"):
+    out.write_bytes(b"the previous output")
+    with pytest.raises(PartialOutput, match="out of memory.*the 4 frames done are in .*out.partial.mp4"):
         process_video(src, out, FailingProcessor(tiny_model(), tiny_card(), device="cpu"), batch=2)
-    written, fps = read_video(out)
+    assert out.read_bytes() == b"the previous output"
+    written, fps = read_video(tmp_path / "out.partial.mp4")
     assert len(written) == 4 and written[0].shape == (40, 48, 3) and fps == pytest.approx(25.0)
 
 
@@ -132,29 +135,31 @@ def test_bad_input_is_one_line_and_leaves_no_output(tmp_path, weights, content, 
 def test_bad_output_and_weights_are_clear_errors(tmp_path, weights):
     src = tmp_path / "in.mp4"
     write_video(src, 3, (32, 32), 10.0)
-    result = run("video", src, "--out", tmp_path / "out.webm", "--weights", weights)
-    assert result.exit_code == 1 and "cannot write '.webm' video" in result.output
+    result = run("video", src, "--out", tmp_path / "out.xyz", "--weights", weights)
+    assert result.exit_code == 1 and "cannot write '.xyz' video" in result.output
     result = run("video", src, "--out", src, "--weights", weights)
-    assert result.exit_code == 1 and "must differ from the input" in result.output
+    assert result.exit_code == 1 and "is the input file itself" in result.output
     result = run("video", src, "--out", src / "sub" / "o.mp4", "--weights", weights)
-    assert result.exit_code == 1 and "cannot create the folder" in result.output
+    assert result.exit_code == 1 and f"{src} is not a folder" in result.output
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"garbage")
     result = run("video", src, "--out", tmp_path / "o.mp4", "--weights", broken)
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "out.webm").exists()
+    assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "out.xyz").exists()
 
 
-def test_sigint_leaves_a_readable_file(tmp_path, weights):
+def test_sigint_keeps_the_frames_done_playable_beside_the_output(tmp_path, weights):
     src = tmp_path / "long.mp4"
     write_video(src, 1500, (80, 60), 30.0)
     out = tmp_path / "out.mp4"
     args = ["video", str(src), "--out", str(out), "--weights", str(weights), "--size", "96", "--device", "cpu"]
-    returncode, stderr = interrupt_rtlrp(args, out)
+    returncode, stderr = interrupt_rtlrp(args, tmp_path / "out.partial.mp4", min_bytes=4096)
     assert returncode == 130, stderr
-    assert "Interrupted" in stderr and "Traceback" not in stderr
-    written, fps = read_video(out)
-    assert 0 < len(written) < 1500
+    done = re.search(r"Interrupted by SIGINT: the (\d+) frames done are in (\S+) \(closed and playable\)", stderr)
+    assert done and "Traceback" not in stderr, stderr
+    assert done.group(2) == str(tmp_path / "out.partial.mp4") and not out.exists()
+    written, fps = read_video(tmp_path / "out.partial.mp4")
+    assert len(written) == int(done.group(1)) and 0 < len(written) < 1500, "every frame done, no more"
     assert written[0].shape == (60, 80, 3) and fps == pytest.approx(30.0)
 
 
