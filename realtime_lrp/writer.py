@@ -174,7 +174,9 @@ class VideoWriter:
                          f"{codec.fallback} instead")
             codec = self.codec = CODECS[codec.fallback]
         fmt = FORMATS[self.path.suffix.lower()]
-        options = {"movflags": "+faststart"} if fmt in _FASTSTART else {}
+        options = {"flush_packets": "1"}  # each frame reaches the disk as it is encoded, not in 32 KiB blocks
+        if fmt in _FASTSTART:
+            options["movflags"] = "+faststart"
         try:
             self._container = av.open(str(self.partial), "w", format=fmt, options=options)
             stream = self._container.add_stream(codec.encoder, rate=self.rate)
