@@ -601,9 +601,11 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
             payload = {"environment": env, "rows": rows, "video": None}
     except torch.cuda.OutOfMemoryError:
         raise click.ClickException("CUDA out of memory: try smaller --sizes or --batch") from None
-    except KeyboardInterrupt:
-        console.print("Interrupted: nothing written.")
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        from realtime_lrp.signals import exit_code
+
+        console.print(f"Interrupted: nothing written{f' to {json_path}' if json_path else ''}.")
+        sys.exit(exit_code(exc))
     if json_path is not None:
         try:
             write_text(json_path, json.dumps(payload, indent=2) + "\n")
