@@ -338,10 +338,7 @@ def bench_video(path: str | Path, processor: Any, batch: int = 1, keep: int = 12
             for frame in rendered:
                 writer.write(frame)
         encode_fps = len(rendered) / (time.perf_counter() - start)
-        if isinstance(processor, FastProcessor):
-            processor.reset()
-        else:
-            processor.scale.reset()
+        processor.reset()
         result = process_video(path, Path(tmp) / "pipeline.mp4", processor, batch=batch, notice=notice)
     end_to_end_fps = result.frames / result.seconds
     return VideoBench(result.frames, info.size, decode_fps, process_fps, encode_fps, end_to_end_fps,

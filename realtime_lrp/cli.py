@@ -193,8 +193,8 @@ def processing_options(func: F) -> F:
     """Options shared by ``video``, ``explain`` and ``webcam``: model, LRP method, rendering, device.
 
     The command receives them as keyword arguments ``weights, preset, top_k, target, size,
-    cmap, layout, alpha, device``, ready for ``FrameProcessor.from_options(**options)``
-    (see :func:`build_processor`).
+    cmap, layout, alpha, device, threads``; :func:`build_processor` sets the threads and
+    hands the rest to ``FrameProcessor.from_options``.
     """
     options = [
         weights_option,
@@ -215,17 +215,34 @@ def processing_options(func: F) -> F:
                      help="Strength of the overlay."),
         click.option("--device", default="auto", show_default=True,
                      help="auto, cuda, cuda:N or cpu. CUDA runs in fp16; the CPU in fp32."),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="CPU threads for torch; default: all cores but two (at least one), which leaves"
+                          " room for decoding and encoding."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
+def default_threads() -> int:
+    """torch's CPU threads when not given: all cores but two, at least one.
+
+    On a 2-core machine torch's default of two threads stalls at its barriers whenever the
+    decoder, the encoder or another process takes a core (measured: 6-13 frames/s against
+    62-71 with one thread for the README demo).
+    """
+    return max(1, (os.cpu_count() or 1) - 2)
+
+
 def build_processor(options: dict[str, Any], console: Console) -> FrameProcessor:
     """A ``FrameProcessor`` from ``processing_options``; bad weights or options → one-line error."""
+    import torch
+
     from realtime_lrp.models import WeightsError
     from realtime_lrp.processor import FrameProcessor
 
+    options = dict(options)
+    torch.set_num_threads(options.pop("threads", None) or default_threads())
     try:
         return FrameProcessor.from_options(notice=lambda msg: console.print(msg, style="yellow"), **options)
     except (WeightsError, ValueError) as exc:
@@ -261,40 +278,75 @@ def check_output(out: Path, src: Path | None = None, codec: str | None = None) -
         raise click.ClickException(str(exc)) from None
 
 
+def rank_and_world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) when run alone."""
+    return (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+            int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def run_settings(options: dict[str, Any], codec: str | None, crf: int | None) -> str:
+    """The settings an output was made with, as stored in its comment tag (a rerun compares them)."""
+    import json
+
+    from realtime_lrp import __version__
+
+    weights = str(options["weights"])
+    if Path(weights).is_file():
+        from realtime_lrp.models import sha256_file
+
+        weights = f"sha256:{sha256_file(Path(weights))}"
+    keys = ("preset", "top_k", "target", "size", "cmap", "layout", "alpha")
+    return "rtlrp " + json.dumps({"version": __version__, "weights": weights, "codec": codec, "crf": crf,
+                                  **{k: options.get(k) for k in keys}}, sort_keys=True)
+
+
 @cli.command("video")
-@click.argument("src", metavar="IN", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Output video (.mp4 by default H.264; see --codec). It appears only when complete.")
+@click.argument("sources", metavar="IN...", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output video for one IN (.mp4 by default H.264; see --codec). It appears only when complete.")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Explain every IN into DIR/STEM_lrp.mp4; outputs already there with the same settings are"
+                   " skipped, so a rerun resumes. Under torchrun each process takes its share on its own GPU.")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1),
               help="Frames explained together (throughput on a GPU).")
 @codec_options
 @processing_options
-def video_command(src: Path, out: Path, batch: int, codec: str | None, crf: int | None,
-                  **options: object) -> None:
-    """Explain every frame of video IN into OUT, keeping its timestamps, frame count and size."""
+def video_command(sources: tuple[Path, ...], out: Path | None, out_dir: Path | None, batch: int,
+                  codec: str | None, crf: int | None, **options: object) -> None:
+    """Explain every frame of video IN into --out (or each IN into --out-dir), keeping timestamps, sound and size."""
     from realtime_lrp import signals
     from realtime_lrp.processor import ProcessingError
     from realtime_lrp.reader import InputError, VideoReader
     from realtime_lrp.video import PartialOutput, process_video, video_progress
     from realtime_lrp.writer import WriterError
 
+    if (out is None) == (out_dir is None):
+        raise click.UsageError("give either --out FILE (one input) or --out-dir DIR (any number of inputs)")
+    if out is not None and len(sources) > 1:
+        raise click.UsageError(f"--out takes one input, got {len(sources)}: use --out-dir DIR for several")
     console = _console()
     notice = lambda msg: console.print(msg, style="yellow")  # noqa: E731
+    rank, world, local_rank = rank_and_world()
+    if world > 1 and str(options["device"]) in ("auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            options["device"] = f"cuda:{local_rank}"
+    if out_dir is not None:
+        return _video_many(list(sources), out_dir, batch, codec, crf, options, console, rank, world)
+    src = sources[0]
     check_output(out, src, codec)
     try:
         VideoReader(src).close()
     except InputError as exc:
         raise click.ClickException(str(exc)) from None
-    processor = build_processor(options, console)
-    if processor.device.type == "cuda":
-        from realtime_lrp.fast import FastProcessor
-
-        processor = FastProcessor(processor, notice=notice)
+    processor = _video_processor(options, console)
     with signals.Deferred() as stop:
         try:
             with video_progress(console) as progress:
                 result = process_video(src, out, processor, batch=batch, progress=progress, notice=notice,
-                                       stop=stop, codec=codec, crf=crf)
+                                       stop=stop, codec=codec, crf=crf, settings=run_settings(options, codec, crf))
         except (InputError, WriterError, ProcessingError, PartialOutput) as exc:
             raise click.ClickException(str(exc)) from None
     w, h = result.size
@@ -313,6 +365,66 @@ def video_command(src: Path, out: Path, batch: int, codec: str | None, crf: int 
         console.print(f"{src} ended after {result.frames} of the {result.expected} frames its header announces"
                       f" ({result.missing} missing{': ' + result.input_error if result.input_error else ''}):"
                       f" {out} holds the {result.frames} frames it had.", style="yellow")
+        sys.exit(signals.EXIT_TRUNCATED)
+
+
+def _video_processor(options: dict[str, Any], console: Console) -> Any:
+    """The processor for ``rtlrp video``: the captured fast path on CUDA, the plain one elsewhere."""
+    processor = build_processor(options, console)
+    if processor.device.type == "cuda":
+        from realtime_lrp.fast import FastProcessor
+
+        processor = FastProcessor(processor, notice=lambda msg: console.print(msg, style="yellow"))
+    return processor
+
+
+def _video_many(sources: list[Path], out_dir: Path, batch: int, codec: str | None, crf: int | None,
+                options: dict[str, Any], console: Console, rank: int, world: int) -> None:
+    """``rtlrp video IN... --out-dir DIR``: this process's share, then one summary on rank 0."""
+    from rich.console import Console as Output
+    from rich.table import Table
+
+    from realtime_lrp import signals
+    from realtime_lrp.atomic import OutputError, check_writable
+    from realtime_lrp.video import gather, output_for, process_videos, video_progress
+
+    names = [output_for(src, out_dir, codec) for src in sources]
+    clash = next((n for n in names if names.count(n) > 1), None)
+    if clash is not None:
+        raise click.ClickException(f"two inputs would both be written to {clash}: give inputs with distinct names")
+    try:
+        check_writable(names[0])
+    except OutputError as exc:
+        raise click.ClickException(str(exc)) from None
+    processor = _video_processor(options, console)
+    settings = run_settings(options, codec, crf)
+    notice = lambda msg: console.print(msg, style="yellow")  # noqa: E731
+    with signals.Deferred() as stop:
+        with video_progress(console) as progress:
+            outcomes = process_videos(sources, out_dir, processor, settings, batch, progress, notice, stop,
+                                      codec, crf, rank, world)
+    if stop.requested:
+        for o in outcomes:
+            if o.status == "interrupted":
+                console.print(f"Interrupted by {signals.Interrupted(stop.signum).name}: {o.message or 'nothing kept'};"
+                              f" rerun the same command to resume.")
+        sys.exit(128 + stop.signum)
+    everything = gather(outcomes, world)
+    if everything is None:
+        return
+    table = Table(title=f"rtlrp video: {len(sources)} inputs into {out_dir}"
+                        + (f" on {world} processes" if world > 1 else ""))
+    for column in ("input", "status", "frames", "seconds", "output / note"):
+        table.add_column(column, justify="right" if column in ("frames", "seconds") else "left")
+    for o in sorted(everything, key=lambda o: str(o.src)):
+        table.add_row(str(o.src), o.status, str(o.frames), f"{o.seconds:.1f}",
+                      o.message if o.status in ("failed", "skipped") else str(o.out))
+    Output(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
+    statuses = {o.status for o in everything}
+    if "failed" in statuses:
+        raise click.ClickException(f"{sum(o.status == 'failed' for o in everything)} of {len(sources)} inputs failed"
+                                   " (see the table)")
+    if "truncated" in statuses:
         sys.exit(signals.EXIT_TRUNCATED)
 
 

@@ -106,9 +106,17 @@ CARD_FIELDS = ("arch", "width", "hidden", "pool", "num_classes", "classes", "inp
 
 
 def weights_dir() -> Path:
-    """The shipped weights' folder: ``$RTLRP_WEIGHTS_DIR``, else the repository's ``weights/``."""
+    """The shipped weights' folder: ``$RTLRP_WEIGHTS_DIR``, else the installed ``realtime_lrp.weights``
+    package data, else (a source tree on ``PYTHONPATH``) the repository's ``weights/``."""
     override = os.environ.get("RTLRP_WEIGHTS_DIR")
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "weights"
+    if override:
+        return Path(override)
+    from importlib import resources
+
+    try:
+        return Path(str(resources.files("realtime_lrp.weights")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "weights"
 
 
 def shipped_weights() -> Path:

@@ -127,6 +127,10 @@ class FrameProcessor:
         self.alpha = alpha
         self.scale = render.StableScale()
 
+    def reset(self) -> None:
+        """Start a new stream: forget the running colour scale of the previous one."""
+        self.scale.reset()
+
     @property
     def signed(self) -> bool:
         """Whether the preset's relevance is signed."""

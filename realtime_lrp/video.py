@@ -34,9 +34,10 @@ from rich.text import Text
 from realtime_lrp.processor import FrameProcessor
 from realtime_lrp.reader import DEFAULT_FPS, Frame, InputError, VideoReader
 from realtime_lrp.signals import Deferred
-from realtime_lrp.writer import VideoWriter, WriterError
+from realtime_lrp.writer import VideoWriter, WriterError, read_comment
 
-__all__ = ["InputError", "PartialOutput", "VideoResult", "process_video", "video_progress"]
+__all__ = ["FileOutcome", "InputError", "PartialOutput", "VideoResult", "process_video", "process_videos",
+           "video_progress"]
 
 _END = object()
 
@@ -142,11 +143,13 @@ def _next_batch(frames_in: queue.Queue, batch: int, stop: Deferred) -> tuple[lis
 def process_video(src: str | Path, dst: str | Path, processor: FrameProcessor, batch: int = 1,
                   progress: Any = None, notice: Callable[[str], None] | None = None,
                   stop: Deferred | None = None, codec: str | None = None,
-                  crf: int | None = None) -> VideoResult:
+                  crf: int | None = None, settings: str | None = None) -> VideoResult:
     """Explain every frame of ``src`` into ``dst``, keeping timestamps, frame count and size.
 
     ``progress`` is an optional ``rich.progress.Progress`` (started by the caller).
     ``stop`` is the caller's signal handling; without one, signals are deferred here.
+    ``settings`` is stored as the output's ``comment`` tag, so a rerun can tell whether an
+    existing output was made the same way.
     Raises :class:`InputError` before any work for a bad input, :class:`WriterError` for a
     failed write, :class:`PartialOutput` for a processing error after some frames.
     """
@@ -156,7 +159,8 @@ def process_video(src: str | Path, dst: str | Path, processor: FrameProcessor, b
     info = reader.info
     try:
         writer = VideoWriter(dst, info.rate, processor.output_size(info.size), codec=codec, crf=crf,
-                             time_base=info.time_base, notice=notice)
+                             time_base=info.time_base, audio_from=src if info.audio_streams else None,
+                             metadata={"comment": settings} if settings else None, notice=notice)
     except BaseException:
         reader.close()
         raise
@@ -213,6 +217,84 @@ def process_video(src: str | Path, dst: str | Path, processor: FrameProcessor, b
         progress.update(task, completed=writer.frames, total=None if stop.requested else writer.frames)
     return VideoResult(writer.frames, info.frame_count, info.fps, writer.size, time.perf_counter() - start,
                        output, stop.signum, 0 if stop.requested else reader.missing, reader.error)
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """One input of a many-file run: ``status`` is done, skipped, truncated, failed or interrupted."""
+
+    src: Path
+    out: Path
+    status: str
+    frames: int = 0
+    seconds: float = 0.0
+    message: str = ""
+
+
+def output_for(src: Path, out_dir: Path, codec: str | None = None) -> Path:
+    """Where a many-file run writes ``src``: ``OUT_DIR/STEM_lrp.EXT`` (EXT from the codec, .mp4 by default)."""
+    ext = {"vp9": ".webm", "mjpeg": ".avi"}.get(codec or "", ".mp4")
+    return Path(out_dir) / f"{src.stem}_lrp{ext}"
+
+
+def share(items: list[Path], rank: int, world: int) -> list[Path]:
+    """The items one of ``world`` processes takes: every ``world``-th, starting at ``rank``."""
+    return items[rank::world]
+
+
+def already_done(out: Path, settings: str) -> bool:
+    """Whether ``out`` is a complete output made with ``settings`` (outputs are only ever complete)."""
+    return out.is_file() and read_comment(out) == settings
+
+
+def process_videos(sources: list[Path], out_dir: Path, processor: FrameProcessor, settings: str,
+                   batch: int = 1, progress: Any = None, notice: Callable[[str], None] | None = None,
+                   stop: Deferred | None = None, codec: str | None = None, crf: int | None = None,
+                   rank: int = 0, world: int = 1) -> list[FileOutcome]:
+    """Explain this process's share of ``sources`` into ``out_dir``, skipping finished outputs.
+
+    A file whose output is already there, made with the same ``settings``, is skipped, so a
+    rerun resumes. A failing file is recorded and the next one started; a signal ends the run
+    after the current file's frames in flight.
+    """
+    notice = notice or (lambda _msg: None)
+    outcomes = []
+    for src in share(sources, rank, world):
+        out = output_for(src, out_dir, codec)
+        if stop is not None and stop.requested:
+            break
+        if already_done(out, settings):
+            outcomes.append(FileOutcome(src, out, "skipped", message="already done with these settings"))
+            continue
+        processor.reset()
+        try:
+            result = process_video(src, out, processor, batch, progress, notice, stop, codec, crf, settings)
+        except (InputError, WriterError, PartialOutput) as exc:
+            outcomes.append(FileOutcome(src, out, "failed", message=str(exc)))
+            continue
+        if result.interrupted:
+            outcomes.append(FileOutcome(src, result.output or out, "interrupted", result.frames, result.seconds,
+                                        f"{result.frames} frames kept in {result.output}" if result.output else ""))
+            break
+        status = "truncated" if result.missing else "done"
+        message = f"input ended {result.missing} frames early" if result.missing else ""
+        outcomes.append(FileOutcome(src, out, status, result.frames, result.seconds, message))
+    return outcomes
+
+
+def gather(outcomes: list[FileOutcome], world: int) -> list[FileOutcome] | None:
+    """Every process's outcomes on rank 0 (None on the others); a no-op for one process."""
+    if world == 1:
+        return outcomes
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    everything: list[list[FileOutcome] | None] = [None] * world
+    dist.all_gather_object(everything, outcomes)
+    rank = dist.get_rank()
+    dist.destroy_process_group()
+    return [o for part in everything for o in (part or [])] if rank == 0 else None
 
 
 class _FpsColumn(ProgressColumn):

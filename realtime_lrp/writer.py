@@ -12,6 +12,11 @@ Frames go to ``NAME.partial.EXT`` beside the target (:mod:`realtime_lrp.atomic`)
 moves it into place, so the target holds the previous file or the complete new one. The
 first failed write (a full disk, a size limit) raises a one-line :class:`WriterError`:
 PyAV reports every failed write, where OpenCV's writer only prints warnings.
+
+``audio_from`` carries a source file's audio streams into the output: copied packet for
+packet where the container takes their codec, else re-encoded (AAC, Opus for WebM, MP3
+for AVI) or, failing that, dropped, each said through ``notice``. Audio is interleaved
+with the video by time, and an interrupted run keeps the audio up to its last frame.
 """
 from __future__ import annotations
 
@@ -67,6 +72,8 @@ FORMATS: dict[str, str] = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": 
 DEFAULT_CRF: dict[str, int] = {"libx264": 23, "libx265": 28, "libvpx-vp9": 33}
 _FASTSTART = ("mp4", "mov")
 _CONSTANT_RATE = ("avi",)  # containers that store one frame rate and no per-frame timestamps
+AUDIO_ENCODERS: dict[str, str] = {"mp4": "aac", "mov": "aac", "matroska": "aac", "webm": "libopus",
+                                  "avi": "libmp3lame"}  # for audio a container cannot take as it is
 
 
 def available_codecs() -> list[str]:
@@ -113,6 +120,17 @@ def _opens(encoder: str) -> bool:
     return True
 
 
+def read_comment(path: str | Path) -> str | None:
+    """The ``comment`` tag of a video file (where ``rtlrp video`` records its settings), or None."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return container.metadata.get("comment")
+    except (av.FFmpegError, OSError):
+        return None
+
+
 def count_frames(path: str | Path) -> int:
     """Video frames in the file at ``path``, counted from its packets (no decoding)."""
     import av
@@ -120,6 +138,69 @@ def count_frames(path: str | Path) -> int:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         return sum(1 for packet in container.demux(stream) if packet.size)
+
+
+class _Audio:
+    """The source's audio streams, demuxed in time order and muxed into the output as video advances."""
+
+    def __init__(self, path: Path, container, fmt: str, notice: Notice) -> None:
+        import av
+
+        self.source = av.open(str(path))
+        self.container = container
+        self.tracks: dict[int, tuple[object, bool]] = {}  # source stream index -> (output stream, copied)
+        supported = container.supported_codecs
+        for i, stream in enumerate(self.source.streams.audio):
+            name = stream.codec_context.name
+            if name in supported:
+                self.tracks[stream.index] = (container.add_stream_from_template(stream), True)
+                continue
+            encoder = AUDIO_ENCODERS.get(fmt)
+            if encoder is None or encoder not in av.codecs_available:
+                notice(f"audio stream {i} ({name}) cannot go in {fmt} files and no encoder for it is available:"
+                       " dropped")
+                continue
+            rate = 48000 if encoder == "libopus" else stream.rate or 48000  # Opus runs at 48 kHz only
+            out = container.add_stream(encoder, rate=rate)
+            if stream.layout is not None:
+                out.layout = stream.layout
+            self.tracks[stream.index] = (out, False)
+            notice(f"audio stream {i} ({name}) cannot be copied into {fmt} files: re-encoded as {encoder}")
+        streams = [s for s in self.source.streams.audio if s.index in self.tracks]
+        self._packets = self.source.demux(*streams) if streams else iter(())
+        self._pending = None
+
+    def _next(self):
+        if self._pending is None:
+            for packet in self._packets:
+                if packet.dts is not None and packet.pts is not None:
+                    self._pending = packet
+                    break
+        return self._pending
+
+    def mux_until(self, seconds: float | None) -> None:
+        """Mux every audio packet that starts before ``seconds`` (all of them for None)."""
+        while (packet := self._next()) is not None:
+            if seconds is not None and float(packet.pts * packet.time_base) >= seconds:
+                return
+            self._pending = None
+            out, copied = self.tracks[packet.stream.index]
+            if copied:
+                packet.stream = out
+                self.container.mux(packet)
+            else:
+                for frame in packet.decode():
+                    frame.pts = None
+                    self.container.mux(out.encode(frame))
+
+    def flush(self) -> None:
+        """Drain the audio encoders (re-encoded streams only)."""
+        for out, copied in self.tracks.values():
+            if not copied:
+                self.container.mux(out.encode(None))
+
+    def close(self) -> None:
+        self.source.close()
 
 
 class VideoWriter:
@@ -133,6 +214,7 @@ class VideoWriter:
 
     def __init__(self, path: str | Path, fps: float | Fraction, size: tuple[int, int], *,
                  codec: str | None = None, crf: int | None = None, time_base: Fraction | None = None,
+                 audio_from: str | Path | None = None, metadata: dict[str, str] | None = None,
                  notice: Notice | None = None) -> None:
         self.path = Path(path)
         self.partial = partial_path(self.path)
@@ -153,6 +235,9 @@ class VideoWriter:
         self._stream = None
         self._last_pts: int | None = None
         self._closed = False
+        self._audio_from = None if audio_from is None else Path(audio_from)
+        self._audio: _Audio | None = None
+        self.metadata = dict(metadata or {})
         w, h = self.size
         self._pad = self.codec.even and (w % 2 == 1 or h % 2 == 1)
         self.file_size = (w + w % 2, h + h % 2) if self._pad else self.size
@@ -179,6 +264,7 @@ class VideoWriter:
             options["movflags"] = "+faststart"
         try:
             self._container = av.open(str(self.partial), "w", format=fmt, options=options)
+            self._container.metadata.update(self.metadata)
             stream = self._container.add_stream(codec.encoder, rate=self.rate)
             stream.width, stream.height = self.file_size
             stream.pix_fmt = codec.pix_fmt
@@ -191,6 +277,8 @@ class VideoWriter:
                 stream.codec_tag = "hvc1"  # the tag Apple players and browsers expect
             stream.options = options
             self._stream = stream
+            if self._audio_from is not None:
+                self._audio = _Audio(self._audio_from, self._container, fmt, self._notice)
         except (av.FFmpegError, OSError, ValueError) as error:
             self._abandon()
             raise self._fail(error) from None
@@ -219,14 +307,20 @@ class VideoWriter:
         video = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="bgr24")
         video.pts, video.time_base = pts, self.time_base
         try:
+            if self._audio is not None:
+                self._audio.mux_until(float(pts * self.time_base))
             self._container.mux(self._stream.encode(video))
         except (av.FFmpegError, OSError) as error:
             raise self._fail(error) from None
         self._last_pts = pts
         self.frames += 1
 
-    def close(self) -> None:
-        """Flush the encoder and finish the container at :attr:`partial` (idempotent)."""
+    def close(self, all_audio: bool = True) -> None:
+        """Flush the encoders and finish the container at :attr:`partial` (idempotent).
+
+        The source's audio goes in whole, or with ``all_audio=False`` (an interrupted run)
+        only up to the end of the last frame written.
+        """
         import av
 
         if self._closed:
@@ -236,6 +330,12 @@ class VideoWriter:
             return
         try:
             self._container.mux(self._stream.encode(None))
+            if self._audio is not None:
+                end = None if all_audio or self._last_pts is None else float(self._last_pts * self.time_base) + 1 / self.fps
+                self._audio.mux_until(end)
+                self._audio.flush()
+                self._audio.close()
+                self._audio = None
             self._container.close()
         except (av.FFmpegError, OSError) as error:
             self._abandon()
@@ -276,7 +376,7 @@ class VideoWriter:
         Returns the partial path, or None (and no file) if nothing playable was written.
         """
         try:
-            self.close()
+            self.close(all_audio=False)
             if self.frames:
                 self.verify()
                 return self.partial
@@ -292,6 +392,9 @@ class VideoWriter:
 
     def _abandon(self) -> None:
         self._closed = True
+        if self._audio is not None:
+            self._audio.close()
+            self._audio = None
         container, self._container = self._container, None
         if container is not None:
             try:
