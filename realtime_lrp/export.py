@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from realtime_lrp.atomic import OutputError, commit, make_parent, partial_path, reason, remove, write_text
+from realtime_lrp.atomic import OutputError, check_writable, commit, partial_path, reason, remove, write_text
 from realtime_lrp.data import load_datasets
 from realtime_lrp.models import CARD_FORMAT, load_weights_file, sha256_file, validate_card
 from realtime_lrp.training import evaluate, load_checkpoint
@@ -46,13 +46,14 @@ def export(source: Path, out: Path, measure: bool = True) -> dict[str, Any]:
     out = Path(out)
     if out.suffix != ".pt":
         raise ValueError(f"--out must end in .pt, not {out.name!r}")
-    make_parent(out)
+    check_writable(out)
     weights, card_file = partial_path(out), partial_path(out.with_suffix(".json"))
     try:
         try:
             torch.save(fp16_state_dict(ckpt["model"]), weights)
-        except OSError as error:
-            raise OutputError(f"cannot write {out}: {reason(error)}") from None
+        except (OSError, RuntimeError) as error:  # torch's zip writer reports I/O errors as RuntimeError
+            detail = reason(error) if isinstance(error, OSError) else str(error).split("strerror: ")[-1]
+            raise OutputError(f"cannot write {out}: {detail}") from None
         args = ckpt["args"]
         card: dict[str, Any] = {
             **ckpt["meta"],

@@ -343,7 +343,9 @@ def _restore(ckpt: dict[str, Any], path: str, model: nn.Module, optimizer: torch
         scaler.load_state_dict(ckpt["scaler"])
         return _StepState(int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["epoch_step"]))
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).strip().splitlines()[0]
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        telling = [line for line in lines if line.startswith(("size mismatch", "Missing key", "Unexpected key"))]
+        detail = f"missing {exc}" if isinstance(exc, KeyError) else (telling or lines)[0].rstrip(".")
         raise TrainingError(f"checkpoint {path} does not fit the model and settings it records ({detail});"
                             " it was edited or comes from another version") from None
 
