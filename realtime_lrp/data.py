@@ -109,16 +109,46 @@ def _fashion_mnist(train: bool, download_root: Path) -> tuple[torch.Tensor, torc
     return ds.data[:, None].clone(), ds.targets.clone().long()
 
 
-def _cifar10(train: bool, download_root: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    from torchvision.datasets import CIFAR10
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+_CIFAR10_RECORD = 1 + 3 * 32 * 32  # one label byte, then 32x32 red, green and blue planes
 
-    try:
-        ds = CIFAR10(str(download_root), train=train, download=True)
-    except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError offline
-        raise DataError(f"CIFAR-10 download failed ({type(exc).__name__}); "
-                        f"put the extracted files under {download_root}") from None
-    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-    return images, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes)
+
+def read_cifar10_binary(files: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) from CIFAR-10's binary batch files.
+
+    The binary release is plain fixed-size records, so nothing is unpickled: torchvision's
+    ``CIFAR10`` reads the Python release with ``pickle.load``, which would run whatever a
+    file planted in the dataset cache contains.
+    """
+    chunks = []
+    for path in files:
+        data = np.fromfile(path, dtype=np.uint8)
+        if data.size == 0 or data.size % _CIFAR10_RECORD:
+            raise DataError(f"{path} is not a CIFAR-10 binary batch ({data.size} bytes)")
+        chunks.append(data.reshape(-1, _CIFAR10_RECORD))
+    records = np.concatenate(chunks)
+    labels = records[:, 0].astype(np.int64)
+    if labels.max() >= len(CIFAR10_CLASSES):
+        raise DataError(f"CIFAR-10 labels out of range in {files[0].parent}")
+    images = records[:, 1:].reshape(-1, 3, 32, 32)
+    return torch.from_numpy(images.copy()), torch.from_numpy(labels)
+
+
+def _cifar10(train: bool, download_root: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    folder = download_root / "cifar-10-batches-bin"
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] if train else ["test_batch.bin"]
+    if not all((folder / n).is_file() for n in names):
+        try:
+            download_and_extract_archive(CIFAR10_URL, str(download_root), md5=CIFAR10_MD5)
+        except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError offline
+            raise DataError(f"CIFAR-10 download failed ({type(exc).__name__}); put the binary release's "
+                            f"files ({', '.join(names)}) under {folder}") from None
+    images, labels = read_cifar10_binary([folder / n for n in names])
+    return images, labels, list(CIFAR10_CLASSES)
 
 
 class MemoryDataset(Dataset):

@@ -155,3 +155,28 @@ def test_fashion_mnist_files_load_and_train(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["step"] == 2 and line["precision"] == "bfloat16"
+
+
+def test_cifar10_is_read_from_the_binary_release_without_unpickling(tmp_path: Path) -> None:
+    import numpy as np
+
+    from realtime_lrp.data import CIFAR10_CLASSES
+
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 7).astype(np.uint8)
+    images = rng.integers(0, 256, (7, 3, 32, 32)).astype(np.uint8)
+    records = np.concatenate([labels[:, None], images.reshape(7, -1)], axis=1)
+    records.tofile(folder / "test_batch.bin")
+    records[:3].tofile(folder / "data_batch_1.bin")
+    for i in range(2, 6):
+        records[3:].tofile(folder / f"data_batch_{i}.bin")
+    train, test, info = load_datasets("cifar10", [32, 32], download_root=tmp_path)
+    assert info.classes == CIFAR10_CLASSES and len(train) == 3 + 4 * 4 and len(test) == 7
+    x, y = test[torch.arange(7)]
+    assert torch.equal(y, torch.from_numpy(labels.astype(np.int64)))
+    assert torch.allclose(x * 255, torch.from_numpy(images).float(), atol=0.5), "channel planes in order"
+    (folder / "test_batch.bin").write_bytes(b"\x00" * 100)
+    with pytest.raises(DataError, match="not a CIFAR-10 binary batch"):
+        load_datasets("cifar10", [32, 32], download_root=tmp_path)
