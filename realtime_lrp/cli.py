@@ -308,7 +308,7 @@ def run_settings(options: dict[str, Any], codec: str | None, crf: int | None) ->
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Explain every IN into DIR/STEM_lrp.mp4; outputs already there with the same settings are"
                    " skipped, so a rerun resumes. Under torchrun each process takes its share on its own GPU.")
-@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 1024),
               help="Frames explained together (throughput on a GPU).")
 @codec_options
 @processing_options
