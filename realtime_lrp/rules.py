@@ -1,6 +1,6 @@
-"""LRP rules: how relevance at a layer's output is sent back to its input.
+"""LRP rules: how relevance at a node's output is sent back to its input.
 
-Every rule is a small class whose ``bind(layer, dtype)`` precomputes what the rule needs
+Every rule is a small class whose ``bind(node, dtype)`` precomputes what the rule needs
 once (W+, W + gamma W+, ...) and returns a propagator, a callable
 ``(a, out, aux, R) -> (R_in, log_scale)``. Propagators use explicit convolution,
 conv-transpose, matrix and pooling-backward calls, never autograd, so a whole pass can be
@@ -9,7 +9,7 @@ captured in a CUDA graph.
 Mixed precision: the heavy products run in the model's dtype (fp16, bf16 or fp32), while
 relevance, denominators and stabilisers stay in fp32, so a stabiliser of 1e-6 behaves the
 same in every dtype. Before the quotient ``s = R / z`` is cast to the compute dtype it is
-scaled per sample so that its largest magnitude is a power of two chosen from the layer's
+scaled per sample so that its largest magnitude is a power of two chosen from the node's
 weights: at most 2**14, and small enough that the transposed product stays below 2**14. The propagator
 returns the log of the factor it removed; the engine restores it at the end, so fp16 maps
 equal fp32 maps up to rounding.
@@ -17,20 +17,25 @@ equal fp32 maps up to rounding.
 The linear rules follow one pattern: groups of terms ``(input, weight, bias)``; each group
 has the denominator ``z = sum(input @ weight + bias)`` and contributes
 ``input * weight^T (R / stabilise(z))`` to the input relevance.
+
+Residual sums (``add`` nodes) take zennit's Norm rule, ``R_i = x_i R / stabilise(sum_j x_j)``
+(:class:`Norm`), or, in the ``zplus`` preset, its z+ form on the positive parts
+(:class:`SumZPlus`). They run in fp32 and return no scale factor.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from realtime_lrp.layers import Layer
+from realtime_lrp.graph import Node, UnsupportedModelError
 
-Propagator = Callable[[Tensor, Tensor, Union[Tensor, None], Tensor], tuple[Tensor, Union[Tensor, None]]]
+Propagator = Callable[[Any, Tensor, Union[Tensor, None], Tensor], tuple[Any, Union[Tensor, None]]]
+"""``(a, out, aux, R) -> (R_in, log_scale)``; for an ``add`` node ``a`` and ``R_in`` are tuples."""
 
 _TINY = 1e-30
 
@@ -57,8 +62,8 @@ class _Term:
 class _ZPropagator:
     """Generic z-rule for conv and linear layers, built from groups of terms."""
 
-    def __init__(self, layer: Layer, groups: list[tuple[list[_Term], Union[str, None]]], eps: float, signed: bool, dtype: torch.dtype):
-        self.layer = layer
+    def __init__(self, node: Node, groups: list[tuple[list[_Term], Union[str, None]]], eps: float, signed: bool, dtype: torch.dtype):
+        self.node = node
         self.eps = eps
         self.signed = signed
         self.dtype = dtype
@@ -69,13 +74,14 @@ class _ZPropagator:
             )
             for terms, mask in groups
         ]
-        bound = max(_column_bound(t.weight) for terms, _ in groups for t in terms)
-        self.log_target = min(14, math.floor(math.log2(2.0**14 / max(bound, _TINY))))
-        self.target = 2.0**self.log_target
-        self.bias_shape = (1, -1, 1, 1) if layer.kind == "conv" else (1, -1)
+        bound = torch.stack([_column_bound(t.weight) for terms, _ in groups for t in terms]).amax()
+        log_target = torch.floor(torch.log2(2.0**14 / bound.clamp_min(_TINY))).clamp(max=14)
+        self.target = torch.exp2(log_target).float()
+        self.log_offset = (log_target * math.log(2.0)).float()
+        self.bias_shape = (1, -1, 1, 1) if node.kind == "conv" else (1, -1)
 
     def _cast(self, weight: Tensor) -> Tensor:
-        return self.layer.weight_in(self.dtype) if weight is self.layer.weight else weight.to(self.dtype)
+        return self.node.weight_in(self.dtype) if weight is self.node.weight else weight.to(self.dtype)
 
     def _input(self, source: Union[str, Tensor], a: Tensor) -> Tensor:
         if isinstance(source, Tensor):
@@ -89,8 +95,8 @@ class _ZPropagator:
         return torch.ones_like(a)
 
     def _transpose(self, s: Tensor, weight: Tensor, shape: torch.Size) -> Tensor:
-        if self.layer.kind == "conv":
-            return torch.nn.grad.conv2d_input(shape, weight, s, **self.layer.conv_args)
+        if self.node.kind == "conv":
+            return torch.nn.grad.conv2d_input(shape, weight, s, **self.node.conv_args)
         return s @ weight
 
     def __call__(self, a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, Tensor]:
@@ -101,7 +107,7 @@ class _ZPropagator:
             for t in terms:
                 if t.key not in inputs:
                     inputs[t.key] = self._input(t.source, a)
-                zt = self.layer.forward(inputs[t.key], t.weight)[0].float()
+                zt = self.node.forward(inputs[t.key], t.weight)[0].float()
                 z = z + (zt if t.bias is None else zt + t.bias.view(self.bias_shape))
             s = R / stabilise(z, self.eps, self.signed)
             if mask == "pos":
@@ -110,20 +116,23 @@ class _ZPropagator:
                 s = s * (out < 0)
             quotients.append(s)
         peak = torch.stack([s.flatten(1).abs().amax(1) for s in quotients]).amax(0).clamp_min(_TINY)
-        factor = (self.target / peak).view((-1,) + (1,) * (R.dim() - 1))
+        factor = (peak.reciprocal() * self.target).view((-1,) + (1,) * (R.dim() - 1))
         r_in = None
         for (terms, _), s in zip(self.groups, quotients):
             scaled = (s * factor).to(self.dtype)
             for t in terms:
                 contribution = inputs[t.key].float() * self._transpose(scaled, t.weight, a.shape).float()
                 r_in = contribution if r_in is None else r_in + contribution
-        return r_in, torch.log(peak) - self.log_target * math.log(2.0)
+        return r_in, torch.log(peak) - self.log_offset
 
 
-def _column_bound(weight: Tensor) -> float:
-    """Largest sum of |weights| that feeds one input unit in the transposed product."""
+def _column_bound(weight: Tensor) -> Tensor:
+    """Largest sum of |weights| that feeds one input unit in the transposed product, in fp64.
+
+    A device tensor, not a Python float: building the engine needs no host synchronisation.
+    """
     dims = (0,) + tuple(range(2, weight.dim()))
-    return float(weight.float().abs().sum(dim=dims).max())
+    return weight.double().abs().sum(dim=dims).amax()
 
 
 def _split(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -131,16 +140,16 @@ def _split(weight: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class Rule:
-    """Base class: a rule binds to one canonical layer and returns its propagator."""
+    """Base class: a rule binds to one canonical node and returns its propagator."""
 
     kinds: tuple[str, ...] = ()
 
-    def bind(self, layer: Layer, dtype: torch.dtype) -> Propagator:
+    def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
         raise NotImplementedError
 
-    def _check(self, layer: Layer) -> None:
-        if layer.kind not in self.kinds:
-            raise ValueError(f"rule {type(self).__name__} does not apply to layer '{layer.name}' ({layer.kind})")
+    def _check(self, node: Node) -> None:
+        if node.kind not in self.kinds:
+            raise ValueError(f"rule {type(self).__name__} does not apply to node '{node.name}' ({node.kind})")
 
 
 class Epsilon(Rule):
@@ -151,16 +160,16 @@ class Epsilon(Rule):
     def __init__(self, epsilon: float = 1e-6):
         self.epsilon = epsilon
 
-    def bind(self, layer: Layer, dtype: torch.dtype) -> Propagator:
-        self._check(layer)
-        return _ZPropagator(layer, [([_Term("id", layer.weight, layer.bias)], None)], self.epsilon, True, dtype)
+    def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
+        self._check(node)
+        return _ZPropagator(node, [([_Term("id", node.weight, node.bias)], None)], self.epsilon, True, dtype)
 
 
 class ZPlus(Rule):
     """z+ (alpha=1, beta=0): positive weights for positive inputs, negative for negative.
 
     The positive part of the bias stays in the denominator unless ``zero_bias``.
-    ``ones_input`` propagates on an all-ones input (the first layer of
+    ``ones_input`` propagates on an all-ones input (the first node of
     PyTorchRelevancePropagation), ``signed_stabilizer=False`` adds eps instead of
     eps * sign(z).
     """
@@ -173,17 +182,17 @@ class ZPlus(Rule):
         self.signed_stabilizer = signed_stabilizer
         self.ones_input = ones_input
 
-    def bind(self, layer: Layer, dtype: torch.dtype) -> Propagator:
-        self._check(layer)
-        w_pos, w_neg = _split(layer.weight)
-        bias = None if self.zero_bias or layer.bias is None else layer.bias.clamp(min=0)
+    def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
+        self._check(node)
+        w_pos, w_neg = _split(node.weight)
+        bias = None if self.zero_bias or node.bias is None else node.bias.clamp(min=0)
         if self.ones_input:
             terms = [_Term("ones", w_pos, bias)]
-        elif layer.nonneg_input:
+        elif node.nonneg_input:
             terms = [_Term("id", w_pos, bias)]
         else:
             terms = [_Term("pos", w_pos, bias), _Term("neg", w_neg, None)]
-        return _ZPropagator(layer, [(terms, None)], self.stabilizer, self.signed_stabilizer, dtype)
+        return _ZPropagator(node, [(terms, None)], self.stabilizer, self.signed_stabilizer, dtype)
 
 
 class Gamma(Rule):
@@ -195,21 +204,21 @@ class Gamma(Rule):
         self.gamma = gamma
         self.stabilizer = stabilizer
 
-    def bind(self, layer: Layer, dtype: torch.dtype) -> Propagator:
-        self._check(layer)
-        w, b, g = layer.weight, layer.bias, self.gamma
+    def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
+        self._check(node)
+        w, b, g = node.weight, node.bias, self.gamma
         w_up = w + g * w.clamp(min=0)
         w_down = w + g * w.clamp(max=0)
         b_up = None if b is None else b + g * b.clamp(min=0)
         b_down = None if b is None else b + g * b.clamp(max=0)
-        if layer.nonneg_input:
+        if node.nonneg_input:
             groups = [([_Term("id", w_up, b_up)], "pos"), ([_Term("id", w_down, b_down)], "neg")]
         else:
             groups = [
                 ([_Term("pos", w_up, b_up), _Term("neg", w_down, None)], "pos"),
                 ([_Term("pos", w_down, b_down), _Term("neg", w_up, None)], "neg"),
             ]
-        return _ZPropagator(layer, groups, self.stabilizer, True, dtype)
+        return _ZPropagator(node, groups, self.stabilizer, True, dtype)
 
 
 class Flat(Rule):
@@ -220,9 +229,9 @@ class Flat(Rule):
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = stabilizer
 
-    def bind(self, layer: Layer, dtype: torch.dtype) -> Propagator:
-        self._check(layer)
-        return _ZPropagator(layer, [([_Term("ones", torch.ones_like(layer.weight), None)], None)], self.stabilizer, True, dtype)
+    def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
+        self._check(node)
+        return _ZPropagator(node, [([_Term("ones", torch.ones_like(node.weight), None)], None)], self.stabilizer, True, dtype)
 
 
 class ZBox(Rule):
@@ -235,23 +244,23 @@ class ZBox(Rule):
         self.high = high
         self.stabilizer = stabilizer
 
-    def _bound(self, value: Union[Tensor, float], layer: Layer) -> Tensor:
-        channels = layer.weight.shape[1] * (layer.conv_args.get("groups", 1))
+    def _bound(self, value: Union[Tensor, float], node: Node) -> Tensor:
+        channels = node.weight.shape[1] * (node.conv_args.get("groups", 1))
         value = torch.as_tensor(value, dtype=torch.float32).flatten()
         if value.numel() not in (1, channels):
-            raise ValueError(f"ZBox bounds have {value.numel()} values, layer '{layer.name}' has {channels} input channels")
-        shape = (1, -1, 1, 1) if layer.kind == "conv" else (1, -1)
-        return value.expand(channels).reshape(shape).to(layer.weight.device)
+            raise ValueError(f"ZBox bounds have {value.numel()} values, node '{node.name}' has {channels} input channels")
+        shape = (1, -1, 1, 1) if node.kind == "conv" else (1, -1)
+        return value.expand(channels).reshape(shape).to(node.weight.device)
 
-    def bind(self, layer: Layer, dtype: torch.dtype) -> Propagator:
-        self._check(layer)
-        w_pos, w_neg = _split(layer.weight)
+    def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
+        self._check(node)
+        w_pos, w_neg = _split(node.weight)
         terms = [
-            _Term("id", layer.weight, None),
-            _Term(self._bound(self.low, layer), -w_pos, None),
-            _Term(self._bound(self.high, layer), -w_neg, None),
+            _Term("id", node.weight, None),
+            _Term(self._bound(self.low, node), -w_pos, None),
+            _Term(self._bound(self.high, node), -w_neg, None),
         ]
-        return _ZPropagator(layer, [(terms, None)], self.stabilizer, True, dtype)
+        return _ZPropagator(node, [(terms, None)], self.stabilizer, True, dtype)
 
 
 class WinnerTakeAll(Rule):
@@ -259,8 +268,8 @@ class WinnerTakeAll(Rule):
 
     kinds = ("maxpool",)
 
-    def bind(self, layer: Layer, dtype: torch.dtype) -> Propagator:
-        self._check(layer)
+    def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
+        self._check(node)
 
         def propagate(a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, None]:
             n, c = a.shape[:2]
@@ -271,56 +280,95 @@ class WinnerTakeAll(Rule):
         return propagate
 
 
-def _pool_backward(layer: Layer, s: Tensor, a: Tensor, kernel_size: Union[int, None]) -> Tensor:
-    if kernel_size is not None:
-        return torch.ops.aten.avg_pool2d_backward(s, a, [kernel_size] * 2, [kernel_size] * 2, [0, 0], False, True, None)
-    if layer.kind == "adaptive_avgpool":
-        return torch.ops.aten._adaptive_avg_pool2d_backward(s, a)
-    m = layer.module
-    k = list(torch.nn.modules.utils._pair(m.kernel_size))
-    stride = list(torch.nn.modules.utils._pair(m.stride if m.stride is not None else m.kernel_size))
-    pad = list(torch.nn.modules.utils._pair(m.padding))
-    return torch.ops.aten.avg_pool2d_backward(s, a, k, stride, pad, m.ceil_mode, m.count_include_pad, m.divisor_override)
+def _window(node: Node) -> tuple[list[int], list[int], list[int]]:
+    """Kernel, stride and padding of a pool module as lists of two ints."""
+    m = node.module
+    pair = torch.nn.modules.utils._pair
+    return list(pair(m.kernel_size)), list(pair(m.stride or m.kernel_size)), list(pair(m.padding))
 
 
 class Norm(Rule):
-    """z-rule for parameter-free average pools: ``R_in = a * pool^T (R / stabilise(pool(a)))``."""
+    """zennit's Norm rule, the z-rule of parameter-free nodes, in fp32.
 
-    kinds = ("avgpool", "adaptive_avgpool")
+    Average pools: ``R_in = a * pool^T (R / stabilise(pool(a)))``. Residual sums:
+    ``R_i = x_i R / stabilise(sum_j x_j)``, each summand in proportion to its value.
+    """
+
+    kinds = ("avgpool", "adaptive_avgpool", "add")
 
     def __init__(self, stabilizer: float = 1e-6, signed_stabilizer: bool = True):
         self.stabilizer = stabilizer
         self.signed_stabilizer = signed_stabilizer
 
-    def bind(self, layer: Layer, dtype: torch.dtype) -> Propagator:
-        self._check(layer)
-        return _pool_propagator(layer, None, self.stabilizer, self.signed_stabilizer)
+    def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
+        self._check(node)
+        if node.kind == "add":
+            return _sum_propagator(self.stabilizer, self.signed_stabilizer, positive=False)
+        eps, signed = self.stabilizer, self.signed_stabilizer
+
+        def propagate(a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, None]:
+            a32 = a.float()
+            s = R / stabilise(out.float(), eps, signed)
+            if node.kind == "adaptive_avgpool":
+                return a32 * torch.ops.aten._adaptive_avg_pool2d_backward(s, a32), None
+            m = node.module
+            back = torch.ops.aten.avg_pool2d_backward(s, a32, *_window(node), m.ceil_mode, m.count_include_pad,
+                                                      m.divisor_override)
+            return a32 * back, None
+
+        return propagate
+
+
+class SumZPlus(Rule):
+    """z+ on a residual sum: ``R_i = x_i+ R / (sum_j x_j+ + eps)``, only positive summands get relevance.
+
+    The sum is a layer with unit weights, so this is the z+ rule (alpha=1, beta=0) of the
+    ``zplus`` preset; it keeps that preset's maps non-negative on a ResNet.
+    """
+
+    kinds = ("add",)
+
+    def __init__(self, stabilizer: float = 1e-5):
+        self.stabilizer = stabilizer
+
+    def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
+        self._check(node)
+        return _sum_propagator(self.stabilizer, False, positive=True)
+
+
+def _sum_propagator(eps: float, signed: bool, positive: bool) -> Propagator:
+    def propagate(a: tuple[Tensor, ...], out: Tensor, aux: None, R: Tensor) -> tuple[tuple[Tensor, ...], None]:
+        parts = tuple(x.float().clamp(min=0) if positive else x.float() for x in a)
+        s = R / stabilise(sum(parts[1:], parts[0]), eps, signed)
+        return tuple(p * s for p in parts), None
+
+    return propagate
 
 
 class AvgPoolZ(Rule):
-    """A max-pool propagated as a ``kernel_size`` average pool by the z-rule (PyTorchRelevancePropagation)."""
+    """A max-pool propagated by the z-rule as an average pool over the same windows.
+
+    PyTorchRelevancePropagation replaces a VGG's 2x2 max-pools by ``AvgPool2d(2)``, the
+    same windows; a ResNet's 3x3 stride-2 padded max-pool becomes the matching average
+    pool (zero padding counted).
+    """
 
     kinds = ("maxpool",)
 
-    def __init__(self, kernel_size: int = 2, stabilizer: float = 1e-5):
-        self.kernel_size = kernel_size
+    def __init__(self, stabilizer: float = 1e-5):
         self.stabilizer = stabilizer
 
-    def bind(self, layer: Layer, dtype: torch.dtype) -> Propagator:
-        self._check(layer)
-        return _pool_propagator(layer, self.kernel_size, self.stabilizer, False)
+    def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
+        self._check(node)
+        if torch.nn.modules.utils._pair(node.module.dilation) != (1, 1):
+            raise UnsupportedModelError(f"no LRP rule for node '{node.name}' (dilated MaxPool2d as an average pool)")
+        kernel, stride, pad = _window(node)
+        ceil, eps = node.module.ceil_mode, self.stabilizer
 
+        def propagate(a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, None]:
+            a32 = a.float()
+            z = F.avg_pool2d(a32, kernel, stride, pad, ceil, True)
+            s = R / stabilise(z, eps, False)
+            return a32 * torch.ops.aten.avg_pool2d_backward(s, a32, kernel, stride, pad, ceil, True, None), None
 
-def _pool_propagator(layer: Layer, kernel_size: Union[int, None], eps: float, signed: bool) -> Propagator:
-    def propagate(a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, None]:
-        a32 = a.float()
-        z = out.float() if kernel_size is None else F.avg_pool2d(a32, kernel_size)
-        if z.shape != R.shape:
-            raise ValueError(
-                f"layer '{layer.name}': a {kernel_size}x{kernel_size} average pool gives {tuple(z.shape)}, "
-                f"the layer's output is {tuple(R.shape)}"
-            )
-        s = R / stabilise(z, eps, signed)
-        return a32 * _pool_backward(layer, s, a32, kernel_size), None
-
-    return propagate
+        return propagate
