@@ -18,14 +18,14 @@ from torch import Tensor, nn
 from realtime_lrp.filter import FilterMode, RelevanceFilter
 from realtime_lrp.graph import FILTERED_KINDS, PARAM_KINDS, RULE_KINDS, Node, canonize
 from realtime_lrp.presets import PRESETS
-from realtime_lrp.rules import Propagator
+from realtime_lrp.rules import Propagator, pow2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Target = Union[None, int, str, Sequence[int], Tensor]
 Scaled = tuple[Tensor, Tensor]
-"""Relevance as (R, log_scale): the true relevance is ``R * exp(log_scale)`` per sample."""
+"""Relevance as (R, log2_scale): the true relevance is ``R * 2**log2_scale`` per sample."""
 
 
 @dataclass
@@ -54,11 +54,11 @@ def pixel_bounds(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, T
 
 def _merge(a: Scaled, b: Scaled) -> Scaled:
     """Add two relevances that carry different per-sample scales: both are brought to the
-    larger scale first (a factor <= 1 each), so the sum stays exact up to rounding."""
+    larger scale first, by powers of two (exact), then added."""
     (ra, la), (rb, lb) = a, b
     common = torch.maximum(la, lb)
     shape = (-1,) + (1,) * (ra.dim() - 1)
-    return ra * torch.exp(la - common).view(shape) + rb * torch.exp(lb - common).view(shape), common
+    return ra * pow2(la - common).view(shape) + rb * pow2(lb - common).view(shape), common
 
 
 class LRP:
@@ -162,7 +162,7 @@ class LRP:
             for j, part in zip(inputs, parts):
                 pending[j] = (part, log_scale) if pending[j] is None else _merge(pending[j], (part, log_scale))
         relevance, log_scale = pending[0]
-        maps = relevance.sum(1) * torch.exp(log_scale).view(-1, 1, 1)
+        maps = (relevance.sum(1).double() * torch.exp2(log_scale.double()).view(-1, 1, 1)).float()
         return LRPResult(maps, logits, explained)
 
 

@@ -9,10 +9,13 @@ captured in a CUDA graph.
 Mixed precision: the heavy products run in the model's dtype (fp16, bf16 or fp32), while
 relevance, denominators and stabilisers stay in fp32, so a stabiliser of 1e-6 behaves the
 same in every dtype. Before the quotient ``s = R / z`` is cast to the compute dtype it is
-scaled per sample so that its largest magnitude is a power of two chosen from the node's
-weights: at most 2**14, and small enough that the transposed product stays below 2**14. The propagator
-returns the log of the factor it removed; the engine restores it at the end, so fp16 maps
-equal fp32 maps up to rounding.
+multiplied, per sample, by a power of two that brings its largest magnitude just below a
+target chosen from the node's weights: at most 2**14, and small enough that the transposed
+product stays below 2**14. The propagator returns the exponent it applied, negated (an
+integer as fp32: ``R_true = R_in * 2**log2_scale``); the engine adds these up and restores
+them at the end. Multiplying by a power of two is exact, so fp16 maps equal fp32 maps up to
+the rounding of the products, and branches with different factors can be brought to one
+factor exactly where they meet (:func:`pow2`).
 
 The linear rules follow one pattern: groups of terms ``(input, weight, bias)``; each group
 has the denominator ``z = sum(input @ weight + bias)`` and contributes
@@ -24,7 +27,6 @@ Residual sums (``add`` nodes) take zennit's Norm rule, ``R_i = x_i R / stabilise
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
@@ -75,9 +77,7 @@ class _ZPropagator:
             for terms, mask in groups
         ]
         bound = torch.stack([_column_bound(t.weight) for terms, _ in groups for t in terms]).amax()
-        log_target = torch.floor(torch.log2(2.0**14 / bound.clamp_min(_TINY))).clamp(max=14)
-        self.target = torch.exp2(log_target).float()
-        self.log_offset = (log_target * math.log(2.0)).float()
+        self.log_target = torch.floor(torch.log2(2.0**14 / bound.clamp_min(_TINY))).clamp(max=14).to(torch.int32)
         self.bias_shape = (1, -1, 1, 1) if node.kind == "conv" else (1, -1)
 
     def _cast(self, weight: Tensor) -> Tensor:
@@ -116,14 +116,22 @@ class _ZPropagator:
                 s = s * (out < 0)
             quotients.append(s)
         peak = torch.stack([s.flatten(1).abs().amax(1) for s in quotients]).amax(0).clamp_min(_TINY)
-        factor = (peak.reciprocal() * self.target).view((-1,) + (1,) * (R.dim() - 1))
+        shift = self.log_target - torch.frexp(peak).exponent  # peak * 2**shift lies in [target / 2, target)
+        factor = pow2(shift).view((-1,) + (1,) * (R.dim() - 1))
         r_in = None
         for (terms, _), s in zip(self.groups, quotients):
             scaled = (s * factor).to(self.dtype)
             for t in terms:
                 contribution = inputs[t.key].float() * self._transpose(scaled, t.weight, a.shape).float()
                 r_in = contribution if r_in is None else r_in + contribution
-        return r_in, torch.log(peak) - self.log_offset
+        return r_in, -shift.float()
+
+
+def pow2(exponent: Tensor) -> Tensor:
+    """``2**exponent`` in fp32 for an integer-valued tensor, built from its bits, so exact
+    (no exp2 rounding); 0 below 2**-126, 2**127 at most."""
+    biased = (exponent.to(torch.int32) + 127).clamp(0, 254)
+    return (biased << 23).view(torch.float32)
 
 
 def _column_bound(weight: Tensor) -> Tensor:

@@ -296,14 +296,23 @@ def test_untraceable_model_is_refused() -> None:
 
 @pytest.mark.parametrize("index", range(len(vgg_reference.cases())))
 def test_vgg_maps_equal_the_vgg_only_engine(index: int) -> None:
-    """The graph engine gives a VGG the maps the chain-only engine gave (bit-equal on the
-    machine that saved them; the bound leaves room for another CPU's rounding)."""
+    """The graph engine gives a VGG the maps the chain-only engine gave, filter included.
+
+    fp32 maps agree to rounding. The scale factors are now exact powers of two, so the
+    fp16 quotients round differently: unfiltered fp16 maps agree to fp16 rounding, and
+    filtered ones may keep a different value at a near-tie, as fp16 against fp32 does.
+    """
     case, saved, explained = torch.load(vgg_reference.REFERENCE)[index]
     assert case == vgg_reference.cases()[index]
     relevance, target = vgg_reference.run(case)
     assert torch.equal(target, explained)
-    bound = 1e-5 if case["dtype"] == "fp32" else 1e-3
-    assert saved.abs().amax() > 0 and (relative_error(relevance, saved) <= bound).all()
+    assert (saved.flatten(1).abs().amax(1) > 0).all()
+    if case["dtype"] == "fp32":
+        assert (relative_error(relevance, saved) <= 1e-5).all()
+    elif case["top_k"] == 0:
+        assert (relative_error(relevance, saved) <= 5e-3).all()
+    else:
+        assert all(pearson(relevance[i], saved[i]) >= 0.98 for i in range(len(saved)))
 
 
 def test_wrong_input_is_refused() -> None:

@@ -1,4 +1,4 @@
-"""Maps of the VGG-only engine (commit 88b582a), kept to prove the graph engine gives the same maps.
+"""Maps of the VGG-only engine (commit 88b582a), kept to show the graph engine gives VGGs the same maps.
 
 ``python tests/vgg_reference.py`` (with the old engine on ``PYTHONPATH``) wrote
 ``tests/data/vgg_reference.pt``; :func:`cases` builds the same models and inputs for the test.
