@@ -24,8 +24,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Target = Union[None, int, str, Sequence[int], Tensor]
-Scaled = tuple[Tensor, Tensor]
-"""Relevance as (R, log2_scale): the true relevance is ``R * 2**log2_scale`` per sample."""
+Scaled = tuple[Tensor, Union[Tensor, None]]
+"""Relevance as (R, log2_scale): the true relevance is ``R * 2**log2_scale`` per sample
+(no scale: None)."""
 
 
 @dataclass
@@ -56,6 +57,10 @@ def _merge(a: Scaled, b: Scaled) -> Scaled:
     """Add two relevances that carry different per-sample scales: both are brought to the
     larger scale first, by powers of two (exact), then added."""
     (ra, la), (rb, lb) = a, b
+    if la is None and lb is None:
+        return ra + rb, None
+    la = torch.zeros_like(lb) if la is None else la
+    lb = torch.zeros_like(la) if lb is None else lb
     common = torch.maximum(la, lb)
     shape = (-1,) + (1,) * (ra.dim() - 1)
     return ra * pow2(la - common).view(shape) + rb * pow2(lb - common).view(shape), common
@@ -142,7 +147,7 @@ class LRP:
         logits = values[self.output].float()
         relevance, explained = initial_relevance(logits, target)
         pending: list[Union[Scaled, None]] = [None] * len(self.steps)
-        pending[self.output] = (relevance, torch.zeros(x.shape[0], device=x.device))
+        pending[self.output] = (relevance, None)
         for i in range(len(self.steps) - 1, 0, -1):
             if pending[i] is None:
                 continue
@@ -157,12 +162,14 @@ class LRP:
                     relevance = self.filter(relevance)
                 relevance, log_factor = step.propagate(a, values[i], aux[i], relevance)
                 if log_factor is not None:
-                    log_scale = log_scale + log_factor
+                    log_scale = log_factor if log_scale is None else log_scale + log_factor
             parts = relevance if len(inputs) > 1 else (relevance,)
             for j, part in zip(inputs, parts):
                 pending[j] = (part, log_scale) if pending[j] is None else _merge(pending[j], (part, log_scale))
         relevance, log_scale = pending[0]
-        maps = (relevance.sum(1).double() * torch.exp2(log_scale.double()).view(-1, 1, 1)).float()
+        maps = relevance.sum(1)
+        if log_scale is not None:
+            maps = (maps.double() * torch.exp2(log_scale.double()).view(-1, 1, 1)).float()
         return LRPResult(maps, logits, explained)
 
 

@@ -55,7 +55,7 @@ def _zplus(kind: str, first: bool, bounds: tuple) -> object:
     from realtime_lrp import rules
 
     if kind in ("conv", "linear"):
-        return rules.ZPlus(stabilizer=1e-5, zero_bias=True, signed_stabilizer=False, ones_input=first)
+        return rules.ZPlus(stabilizer=1e-5, zero_bias=True, ones_input=first)
     if kind == "maxpool":
         return rules.AvgPoolZ(stabilizer=1e-5)
     if kind == "add":

@@ -8,14 +8,15 @@ captured in a CUDA graph.
 
 Mixed precision: the heavy products run in the model's dtype (fp16, bf16 or fp32), while
 relevance, denominators and stabilisers stay in fp32, so a stabiliser of 1e-6 behaves the
-same in every dtype. Before the quotient ``s = R / z`` is cast to the compute dtype it is
-multiplied, per sample, by a power of two that brings its largest magnitude just below a
-target chosen from the node's weights: at most 2**14, and small enough that the transposed
-product stays below 2**14. The propagator returns the exponent it applied, negated (an
-integer as fp32: ``R_true = R_in * 2**log2_scale``); the engine adds these up and restores
-them at the end. Multiplying by a power of two is exact, so fp16 maps equal fp32 maps up to
-the rounding of the products, and branches with different factors can be brought to one
-factor exactly where they meet (:func:`pow2`).
+same in every dtype. In fp16 and bf16, before the quotient ``s = R / z`` is cast to the
+compute dtype it is multiplied, per sample, by a power of two that brings its largest
+magnitude just below a target chosen from the node's weights: at most 2**14, and small
+enough that the transposed product stays below 2**14. The propagator returns the exponent
+it applied, negated (an integer as fp32: ``R_true = R_in * 2**log2_scale``), or None in
+fp32, which needs no rescaling; the engine adds these up and restores them at the end.
+Multiplying by a power of two is exact, so fp16 maps equal fp32 maps up to the rounding of
+the products, and branches with different factors can be brought to one factor exactly
+where they meet (:func:`pow2`).
 
 The linear rules follow one pattern: groups of terms ``(input, weight, bias)``; each group
 has the denominator ``z = sum(input @ weight + bias)`` and contributes
@@ -43,10 +44,14 @@ _TINY = 1e-30
 
 
 def stabilise(z: Tensor, eps: float, signed: bool) -> Tensor:
-    """``z + eps * sign(z)`` with sign(0) = +1 (zennit's convention), or ``z + eps``."""
+    """``z + eps * sign(z)`` with sign(0) = +1 (zennit's convention), or ``z + eps``.
+
+    Rules whose z cannot be negative pass ``signed=False``: the result is the same, in one
+    pass over z instead of three.
+    """
     if not signed:
         return z + eps
-    return z + eps * torch.where(z >= 0, 1.0, -1.0)
+    return z + torch.where(z >= 0, eps, -eps)
 
 
 @dataclass
@@ -61,23 +66,46 @@ class _Term:
         return self.source if isinstance(self.source, str) else id(self.source)
 
 
-class _ZPropagator:
-    """Generic z-rule for conv and linear layers, built from groups of terms."""
+@dataclass
+class _Group:
+    """Terms sharing one denominator, the bias of that denominator and an output mask."""
 
-    def __init__(self, node: Node, groups: list[tuple[list[_Term], Union[str, None]]], eps: float, signed: bool, dtype: torch.dtype):
+    terms: list[_Term]
+    mask: Union[str, None]
+    conv_bias: Union[Tensor, None] = None
+    bias: Union[Tensor, None] = None
+
+
+class _ZPropagator:
+    """Generic z-rule for conv and linear layers, built from groups of terms.
+
+    In fp32 nothing is rescaled (there is no underflow to avoid), and a group's bias, plus
+    eps when z cannot be negative, is added inside the first convolution; in fp16/bf16 both
+    are added in fp32 after it, so a stabiliser of 1e-6 keeps its value.
+    """
+
+    def __init__(self, node: Node, groups: list[tuple[list[_Term], Union[str, None]]], eps: float, signed: bool,
+                 dtype: torch.dtype):
         self.node = node
         self.eps = eps
         self.signed = signed
         self.dtype = dtype
-        self.groups = [
-            (
-                [_Term(t.source if isinstance(t.source, str) else t.source.to(dtype), self._cast(t.weight), t.bias) for t in terms],
-                mask,
-            )
-            for terms, mask in groups
-        ]
-        bound = torch.stack([_column_bound(t.weight) for terms, _ in groups for t in terms]).amax()
-        self.log_target = torch.floor(torch.log2(2.0**14 / bound.clamp_min(_TINY))).clamp(max=14).to(torch.int32)
+        self.scaled = dtype != torch.float32
+        self.groups = []
+        for terms, mask in groups:
+            cast = [_Term(t.source if isinstance(t.source, str) else t.source.to(dtype), self._cast(t.weight), None)
+                    for t in terms]
+            biases = [t.bias for t in terms if t.bias is not None]
+            bias = sum(biases[1:], biases[0]) if biases else None
+            if self.scaled:
+                self.groups.append(_Group(cast, mask, bias=bias))
+            else:
+                if not signed:
+                    bias = node.weight.new_full(node.weight.shape[:1], eps) if bias is None else bias + eps
+                self.groups.append(_Group(cast, mask, conv_bias=bias))
+        if self.scaled:
+            bound = torch.stack([_column_bound(t.weight) for terms, _ in groups for t in terms]).amax()
+            self.log_target = torch.floor(torch.log2(2.0**14 / bound.clamp_min(_TINY))).clamp(max=14).to(torch.int32)
         self.bias_shape = (1, -1, 1, 1) if node.kind == "conv" else (1, -1)
 
     def _cast(self, weight: Tensor) -> Tensor:
@@ -99,39 +127,40 @@ class _ZPropagator:
             return torch.nn.grad.conv2d_input(shape, weight, s, **self.node.conv_args)
         return s @ weight
 
-    def __call__(self, a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, Tensor]:
-        inputs = {}
+    def _denominator(self, group: _Group, inputs: dict, a: Tensor) -> Tensor:
+        z = None
+        for i, t in enumerate(group.terms):
+            if t.key not in inputs:
+                inputs[t.key] = self._input(t.source, a)
+            zt = self.node.forward(inputs[t.key], t.weight, group.conv_bias if i == 0 else None)[0].float()
+            z = zt if z is None else z + zt
+        if group.bias is not None:
+            z = z + group.bias.view(self.bias_shape)
+        return z if group.conv_bias is not None and not self.signed else stabilise(z, self.eps, self.signed)
+
+    def __call__(self, a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, Union[Tensor, None]]:
+        inputs: dict = {}
         quotients = []
-        for terms, mask in self.groups:
-            z = 0.0
-            for t in terms:
-                if t.key not in inputs:
-                    inputs[t.key] = self._input(t.source, a)
-                zt = self.node.forward(inputs[t.key], t.weight)[0].float()
-                z = z + (zt if t.bias is None else zt + t.bias.view(self.bias_shape))
-            s = R / stabilise(z, self.eps, self.signed)
-            if mask == "pos":
+        for group in self.groups:
+            s = R / self._denominator(group, inputs, a)
+            if group.mask == "pos":
                 s = s * (out > 0)
-            elif mask == "neg":
+            elif group.mask == "neg":
                 s = s * (out < 0)
             quotients.append(s)
-        peak = torch.stack([s.flatten(1).abs().amax(1) for s in quotients]).amax(0).clamp_min(_TINY)
-        shift = self.log_target - torch.frexp(peak).exponent  # peak * 2**shift lies in [target / 2, target)
-        factor = pow2(shift).view((-1,) + (1,) * (R.dim() - 1))
+        log_scale = None
+        if self.scaled:
+            peak = torch.stack([s.flatten(1).abs().amax(1) for s in quotients]).amax(0).clamp_min(_TINY)
+            shift = self.log_target - torch.frexp(peak).exponent  # peak * 2**shift lies in [target / 2, target)
+            factor = pow2(shift).view((-1,) + (1,) * (R.dim() - 1))
+            quotients = [(s * factor).to(self.dtype) for s in quotients]
+            log_scale = -shift.float()
         r_in = None
-        for (terms, _), s in zip(self.groups, quotients):
-            scaled = (s * factor).to(self.dtype)
-            for t in terms:
-                contribution = inputs[t.key].float() * self._transpose(scaled, t.weight, a.shape).float()
+        for group, s in zip(self.groups, quotients):
+            for t in group.terms:
+                contribution = inputs[t.key].float() * self._transpose(s, t.weight, a.shape).float()
                 r_in = contribution if r_in is None else r_in + contribution
-        return r_in, -shift.float()
-
-
-def pow2(exponent: Tensor) -> Tensor:
-    """``2**exponent`` in fp32 for an integer-valued tensor, built from its bits, so exact
-    (no exp2 rounding); 0 below 2**-126, 2**127 at most."""
-    biased = (exponent.to(torch.int32) + 127).clamp(0, 254)
-    return (biased << 23).view(torch.float32)
+        return r_in, log_scale
 
 
 def _column_bound(weight: Tensor) -> Tensor:
@@ -141,6 +170,13 @@ def _column_bound(weight: Tensor) -> Tensor:
     """
     dims = (0,) + tuple(range(2, weight.dim()))
     return weight.double().abs().sum(dim=dims).amax()
+
+
+def pow2(exponent: Tensor) -> Tensor:
+    """``2**exponent`` in fp32 for an integer-valued tensor, built from its bits, so exact
+    (no exp2 rounding); 0 below 2**-126, 2**127 at most."""
+    biased = (exponent.to(torch.int32) + 127).clamp(0, 254)
+    return (biased << 23).view(torch.float32)
 
 
 def _split(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -177,17 +213,16 @@ class ZPlus(Rule):
     """z+ (alpha=1, beta=0): positive weights for positive inputs, negative for negative.
 
     The positive part of the bias stays in the denominator unless ``zero_bias``.
-    ``ones_input`` propagates on an all-ones input (the first node of
-    PyTorchRelevancePropagation), ``signed_stabilizer=False`` adds eps instead of
-    eps * sign(z).
+    ``ones_input`` propagates on an all-ones input (the first layer of
+    PyTorchRelevancePropagation). Every term of z is non-negative, so the stabiliser is
+    ``z + eps`` (``eps * sign(z)`` with sign(0) = +1 is the same there).
     """
 
     kinds = ("conv", "linear")
 
-    def __init__(self, stabilizer: float = 1e-6, zero_bias: bool = False, signed_stabilizer: bool = True, ones_input: bool = False):
+    def __init__(self, stabilizer: float = 1e-6, zero_bias: bool = False, ones_input: bool = False):
         self.stabilizer = stabilizer
         self.zero_bias = zero_bias
-        self.signed_stabilizer = signed_stabilizer
         self.ones_input = ones_input
 
     def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
@@ -200,7 +235,7 @@ class ZPlus(Rule):
             terms = [_Term("id", w_pos, bias)]
         else:
             terms = [_Term("pos", w_pos, bias), _Term("neg", w_neg, None)]
-        return _ZPropagator(node, [(terms, None)], self.stabilizer, self.signed_stabilizer, dtype)
+        return _ZPropagator(node, [(terms, None)], self.stabilizer, False, dtype)
 
 
 class Gamma(Rule):
@@ -239,7 +274,8 @@ class Flat(Rule):
 
     def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
         self._check(node)
-        return _ZPropagator(node, [([_Term("ones", torch.ones_like(node.weight), None)], None)], self.stabilizer, True, dtype)
+        ones = _Term("ones", torch.ones_like(node.weight), None)
+        return _ZPropagator(node, [([ones], None)], self.stabilizer, False, dtype)  # z counts inputs: >= 0
 
 
 class ZBox(Rule):
@@ -312,7 +348,7 @@ class Norm(Rule):
         self._check(node)
         if node.kind == "add":
             return _sum_propagator(self.stabilizer, self.signed_stabilizer, positive=False)
-        eps, signed = self.stabilizer, self.signed_stabilizer
+        eps, signed = self.stabilizer, self.signed_stabilizer and not node.nonneg_input
 
         def propagate(a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, None]:
             a32 = a.float()
@@ -347,7 +383,8 @@ class SumZPlus(Rule):
 def _sum_propagator(eps: float, signed: bool, positive: bool) -> Propagator:
     def propagate(a: tuple[Tensor, ...], out: Tensor, aux: None, R: Tensor) -> tuple[tuple[Tensor, ...], None]:
         parts = tuple(x.float().clamp(min=0) if positive else x.float() for x in a)
-        s = R / stabilise(sum(parts[1:], parts[0]), eps, signed)
+        z = out if out.dtype == torch.float32 and not positive else sum(parts[1:], parts[0])  # sum in fp32
+        s = R / stabilise(z, eps, signed)
         return tuple(p * s for p in parts), None
 
     return propagate
