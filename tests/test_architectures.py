@@ -18,6 +18,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from realtime_lrp import LRP
 from realtime_lrp.engine import IMAGENET_MEAN, IMAGENET_STD, _merge, pixel_bounds
 from realtime_lrp.graph import canonize
+from realtime_lrp.models import ENGINE_ARCHS, WeightsError, build_model
 from realtime_lrp.rules import pow2
 
 
@@ -195,3 +196,33 @@ def test_pow2_is_exact_and_merge_adds_true_values() -> None:
     expected = ra.double() * torch.exp2(la.double()).view(shape) + rb.double() * torch.exp2(lb.double()).view(shape)
     actual = merged.double() * torch.exp2(common.double()).view(shape)
     torch.testing.assert_close(actual, expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("arch", ENGINE_ARCHS)
+def test_build_model_has_torchvision_layout_and_is_explained(arch: str) -> None:
+    """Every architecture ``rtlrp bench --arch`` offers builds with torchvision's state-dict
+    layout (on the meta device: no memory, no time) and reads as an LRP graph."""
+    with torch.device("meta"):
+        ours = build_model(arch, num_classes=10)
+        theirs = getattr(torchvision.models, arch)(num_classes=10)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    graph = canonize(ours.eval())
+    assert sum(node.first for node in graph.nodes) == 1
+
+
+@pytest.mark.parametrize("arch, kwargs", [
+    ("resnet18", {"in_channels": 1, "small_input": True}),
+    ("resnet50", {"in_channels": 1}),
+    ("alexnet", {"in_channels": 1}),
+])
+def test_build_model_for_other_inputs(arch: str, kwargs: dict) -> None:
+    torch.manual_seed(0)
+    net = build_model(arch, num_classes=4, **kwargs).eval()
+    size = 32 if kwargs.get("small_input") else 64
+    x = torch.randn(2, 1, size, size)
+    result = LRP(net, mean=[0.5], std=[0.5])(x)
+    assert result.relevance.shape == (2, size, size) and torch.isfinite(result.relevance).all()
+    if kwargs.get("small_input"):
+        assert net.conv1.kernel_size == (3, 3) and isinstance(net.maxpool, nn.Identity)
+    with pytest.raises(WeightsError, match="unknown architecture"):
+        build_model("densenet121")
