@@ -149,9 +149,11 @@ class LRP:
         pending: list[Union[Scaled, None]] = [None] * len(self.steps)
         pending[self.output] = (relevance, None)
         for i in range(len(self.steps) - 1, 0, -1):
-            if pending[i] is None:
+            entry, out, extra = pending[i], values[i], aux[i]
+            pending[i] = values[i] = aux[i] = None  # only later nodes read node i: free it for reuse
+            if entry is None:
                 continue
-            (relevance, log_scale), pending[i] = pending[i], None
+            relevance, log_scale = entry
             step = self.steps[i]
             inputs = step.node.inputs
             a = values[inputs[0]] if len(inputs) == 1 else tuple(values[j] for j in inputs)
@@ -160,7 +162,7 @@ class LRP:
             else:
                 if self.filter.active and step.node.kind in FILTERED_KINDS:
                     relevance = self.filter(relevance)
-                relevance, log_factor = step.propagate(a, values[i], aux[i], relevance)
+                relevance, log_factor = step.propagate(a, out, extra, relevance)
                 if log_factor is not None:
                     log_scale = log_factor if log_scale is None else log_scale + log_factor
             parts = relevance if len(inputs) > 1 else (relevance,)

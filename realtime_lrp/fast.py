@@ -99,8 +99,8 @@ def channels_last_weights(lrp: LRP) -> None:
 
     for step in lrp.steps:
         step.weight = convert(step.weight)
-        for terms, _mask in getattr(step.propagate, "groups", ()):
-            for term in terms:
+        for group in getattr(step.propagate, "groups", ()):
+            for term in group.terms:
                 term.weight = convert(term.weight)
 
 

@@ -94,6 +94,8 @@ def test_engine_call_has_no_host_sync(fake_models, arch: str, preset: str, top_k
         lrp = LRP(models[arch], preset=preset, top_k=top_k, filter_mode=filter_mode)
         channels_last_weights(lrp)
         explicit = torch.tensor([3, 7], device=CUDA)
+    rule_weights = [t.weight for s in lrp.steps for g in getattr(s.propagate, "groups", ()) for t in g.terms]
+    assert rule_weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in rule_weights if w.dim() == 4)
     x = fake_input(mode, 2, 64, 48)
     for target in (None, explicit, "softmax"):
         result, audit = audited(mode, lambda: lrp(x, target=target))
