@@ -23,7 +23,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="realtime-lrp", prog_name="rtlrp")
 def cli() -> None:
-    """Real-time LRP heatmaps for VGG image classifiers."""
+    """Real-time LRP heatmaps for CNN image classifiers (VGG, ResNet, ResNeXt, Wide-ResNet, AlexNet)."""
 
 
 @cli.command("presets")

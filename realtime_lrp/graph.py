@@ -141,7 +141,9 @@ def _function_name(target: object) -> str:
 
 
 def _unsupported(node: torch.fx.Node, what: str) -> UnsupportedModelError:
-    return UnsupportedModelError(f"no LRP rule for node '{node.name if node.op != 'call_module' else node.target}' ({what})")
+    """The error for a node without a rule, named by its module path (or fx name for functions)."""
+    name = node.target if node.op == "call_module" else node.name
+    return UnsupportedModelError(f"no LRP rule for node '{name}' ({what})")
 
 
 def _fold(weight: Tensor, bias: Union[Tensor, None], bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
@@ -221,7 +223,8 @@ class _Builder:
         conv_fx = fx_node.args[0]
         if conv.kind != "conv" or conv_fx.op != "call_module" or conv.name != str(conv_fx.target) \
                 or len(conv_fx.users) != 1:
-            raise UnsupportedModelError(f"batch norm '{fx_node.target}' does not follow a Conv2d, so it cannot be folded")
+            raise UnsupportedModelError(
+                f"batch norm '{fx_node.target}' does not follow a Conv2d, so it cannot be folded")
         if bn.running_mean is None or bn.running_var is None:
             raise UnsupportedModelError(f"batch norm '{fx_node.target}' keeps no running statistics to fold")
         conv.weight, conv.bias = _fold(conv.weight, conv.bias, bn)
