@@ -226,3 +226,24 @@ def test_build_model_for_other_inputs(arch: str, kwargs: dict) -> None:
         assert net.conv1.kernel_size == (3, 3) and isinstance(net.maxpool, nn.Identity)
     with pytest.raises(WeightsError, match="unknown architecture"):
         build_model("densenet121")
+
+
+def test_filter_runs_before_every_conv_linear_and_pool_of_a_resnet() -> None:
+    """On a ResNet-18 the filter sees the relevance at the output of each of its 20 convs
+    (downsample convs included), the fc and both pools, in reverse order, and not at sums."""
+    net = model("resnet18")
+    lrp = LRP(net, top_k=0.05)
+    real = lrp.filter
+    seen: list[tuple[int, ...]] = []
+
+    def spy(relevance: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(relevance.shape))
+        return real(relevance)
+
+    lrp.filter = type("Spy", (), {"active": True, "__call__": staticmethod(spy)})()
+    result = lrp(torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(4)))
+    assert len(seen) == 20 + 1 + 2
+    assert seen[0] == (2, 10) and seen[1] == (2, 512, 1, 1)  # fc, then the average pool
+    assert seen[-2:] == [(2, 64, 16, 24), (2, 64, 32, 48)]  # the max-pool, then the stem conv
+    assert seen.count((2, 512, 2, 3)) == 5  # layer4: four 3x3 convs and the downsample conv
+    assert (result.relevance != 0).any()
