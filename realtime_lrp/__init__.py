@@ -1,4 +1,4 @@
-"""Real-time Layer-wise Relevance Propagation for VGG image classifiers.
+"""Real-time Layer-wise Relevance Propagation for CNN image classifiers (VGG, ResNet, ResNeXt, AlexNet).
 
 The heavy names are imported lazily so that ``rtlrp --help`` does not pay for torch.
 """

@@ -44,7 +44,7 @@ ROW_KEYS: tuple[str, ...] = (
 
 
 def imagenet_card(size: int, classes: int = 1000) -> dict[str, Any]:
-    """A model card for a randomly initialised ImageNet-shaped VGG (speed does not depend on weights)."""
+    """A model card for a randomly initialised ImageNet-shaped model (speed does not depend on weights)."""
     return {"arch": "random", "classes": [f"class {i}" for i in range(classes)], "input_size": [size, size],
             "input_channels": 3, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "dataset": "none",
             "test_accuracy": None}
@@ -118,19 +118,23 @@ def engine_call(lrp: LRP, x: torch.Tensor, graph: bool, notice: Notice | None = 
 def zennit_call(model: nn.Module, preset: str, mean: Sequence[float] = IMAGENET_MEAN,
                 std: Sequence[float] = IMAGENET_STD) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """zennit's composite for ``preset`` as ``x -> relevance (N, H, W)``, or None (not installed,
-    or no equivalent). ``mean``/``std`` give epsilon-gamma-box's pixel bounds. The caller
-    enters the returned object's ``context()`` and sets ``modified`` to what it yields."""
+    or no equivalent). ``mean``/``std`` give epsilon-gamma-box's pixel bounds. The canonizer
+    is zennit's ``ResNetCanonizer`` for torchvision ResNets (and ResNeXts, Wide-ResNets),
+    its merge-batch-norm ``VGGCanonizer`` otherwise. The caller enters the returned object's
+    ``context()`` and sets ``modified`` to what it yields."""
     try:
+        from torchvision.models.resnet import ResNet
         from zennit import composites
-        from zennit.torchvision import VGGCanonizer
+        from zennit.torchvision import ResNetCanonizer, VGGCanonizer
     except ImportError:
         return None
+    canonizer = ResNetCanonizer() if isinstance(model, ResNet) else VGGCanonizer()
     if preset == "epsilon-plus-flat":
-        composite = composites.EpsilonPlusFlat(canonizers=[VGGCanonizer()])
+        composite = composites.EpsilonPlusFlat(canonizers=[canonizer])
     elif preset == "epsilon-gamma-box":
         param = next(model.parameters())
         low, high = (b.view(1, -1, 1, 1).to(param.device, param.dtype) for b in pixel_bounds(mean, std))
-        composite = composites.EpsilonGammaBox(low=low, high=high, canonizers=[VGGCanonizer()])
+        composite = composites.EpsilonGammaBox(low=low, high=high, canonizers=[canonizer])
     else:
         return None
     return _ZennitCall(copy.deepcopy(model), composite)

@@ -41,7 +41,7 @@ def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
 @click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
               help="Show the full traceback of an unexpected error (also RTLRP_DEBUG=1).")
 def cli() -> None:
-    """Real-time LRP heatmaps for image classifiers."""
+    """Real-time LRP heatmaps for CNN image classifiers (VGG, ResNet, ResNeXt, Wide-ResNet, AlexNet)."""
 
 
 @cli.command("presets")
@@ -629,7 +629,9 @@ def _csv(cast):
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
               help="Default: fp16 on CUDA, fp32 on the CPU.")
 @click.option("--arch", default="vgg16", show_default=True,
-              help="VGG architecture with random weights (speed does not depend on the weights).")
+              help="Architecture with random weights (speed does not depend on the weights): vgg11 ... "
+                   "vgg19_bn, resnet18 ... resnet152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, "
+                   "wide_resnet50_2, wide_resnet101_2 or alexnet.")
 @click.option("--weights", default=None, metavar="imagenet|shipped|PATH",
               help="Benchmark this model instead of a random --arch.")
 @click.option("--repeats", type=click.IntRange(min=1), default=None,
@@ -663,7 +665,7 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
 
     from realtime_lrp import bench
     from realtime_lrp.atomic import OutputError, check_writable, write_text
-    from realtime_lrp.models import WeightsError, build_vgg
+    from realtime_lrp.models import WeightsError, build_model
 
     console = _console()
     out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)  # the table, on stdout
@@ -694,7 +696,7 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
         model, card = load_weights(weights)
     else:
         try:
-            model, card = build_vgg(arch, 1000, 3).eval(), bench.imagenet_card(sizes[0])
+            model, card = build_model(arch, 1000, 3).eval(), bench.imagenet_card(sizes[0])
         except WeightsError as exc:
             raise click.ClickException(str(exc)) from None
     env = bench.environment()

@@ -1,8 +1,11 @@
-"""The LRP engine: one forward pass, then relevance sent back layer by layer.
+"""The LRP engine: one forward pass, then relevance sent back node by node.
 
-``LRP`` is built once per model (rule weights precomputed in the model's dtype) and called
-on every frame. The backward pass is a list of explicit tensor operations, with no
-autograd graph, in fp32, fp16 or bf16 on CPU or CUDA.
+``LRP`` is built once per model (the model read as a graph by :mod:`realtime_lrp.graph`,
+rule weights precomputed in the model's dtype) and called on every frame. The backward
+pass walks the graph in reverse with explicit tensor operations, no autograd graph, in
+fp32, fp16 or bf16 on CPU or CUDA. A VGG is a chain; in a ResNet, relevance reaching one
+tensor from several consumers is added up. A call has no host synchronisation, so it can
+be captured in a CUDA graph.
 """
 from __future__ import annotations
 
@@ -13,14 +16,17 @@ import torch
 from torch import Tensor, nn
 
 from realtime_lrp.filter import FilterMode, RelevanceFilter
-from realtime_lrp.layers import PARAM_KINDS, POOL_KINDS, Layer, canonical_layers
+from realtime_lrp.graph import FILTERED_KINDS, PARAM_KINDS, RULE_KINDS, Node, canonize
 from realtime_lrp.presets import PRESETS
-from realtime_lrp.rules import Propagator
+from realtime_lrp.rules import Propagator, pow2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Target = Union[None, int, str, Sequence[int], Tensor]
+Scaled = tuple[Tensor, Union[Tensor, None]]
+"""Relevance as (R, log2_scale): the true relevance is ``R * 2**log2_scale`` per sample
+(no scale: None)."""
 
 
 @dataclass
@@ -34,7 +40,7 @@ class LRPResult:
 
 @dataclass
 class _Step:
-    layer: Layer
+    node: Node
     weight: Union[Tensor, None]
     bias: Union[Tensor, None]
     propagate: Union[Propagator, None]
@@ -47,13 +53,30 @@ def pixel_bounds(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, T
     return (0 - m) / s, (1 - m) / s
 
 
-class LRP:
-    """Layer-wise Relevance Propagation for a VGG, with an optional top-k relevance filter.
+def _merge(a: Scaled, b: Scaled) -> Scaled:
+    """Add two relevances that carry different per-sample scales: both are brought to the
+    larger scale first, by powers of two (exact), then added."""
+    (ra, la), (rb, lb) = a, b
+    if la is None and lb is None:
+        return ra + rb, None
+    la = torch.zeros_like(lb) if la is None else la
+    lb = torch.zeros_like(la) if lb is None else lb
+    common = torch.maximum(la, lb)
+    shape = (-1,) + (1,) * (ra.dim() - 1)
+    return ra * pow2(la - common).view(shape) + rb * pow2(lb - common).view(shape), common
 
-    ``model`` is any torchvision VGG (batch norm is folded) or this project's VGGs, on the
-    device and in the dtype it will run in. ``mean``/``std`` give the pixel bounds of the
-    z^B rule (ImageNet's by default for 3-channel models). ``top_k`` in (0, 1) keeps that
-    fraction of relevance before each conv, linear and pool layer; 0 or 1 turn it off.
+
+class LRP:
+    """Layer-wise Relevance Propagation with an optional top-k relevance filter.
+
+    ``model`` is a CNN classifier built from Conv2d (batch norm after a conv is folded),
+    ReLU, max/average pools, flatten, dropout, Linear and residual additions: torchvision's
+    VGG, ResNet, ResNeXt, Wide-ResNet and AlexNet, this project's VGGs, or a plain
+    ``nn.Sequential``, on the device and in the dtype it will run in. Other layers raise
+    :class:`realtime_lrp.graph.UnsupportedModelError`. ``mean``/``std`` give the pixel
+    bounds of the z^B rule (ImageNet's by default for 3-channel models). ``top_k`` in
+    (0, 1) keeps that fraction of relevance before each conv, linear and pool node; 0 or 1
+    turn it off.
     """
 
     def __init__(
@@ -71,21 +94,21 @@ class LRP:
         self.filter = RelevanceFilter(top_k, filter_mode)
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        layers = canonical_layers(model)
-        first = next(i for i, layer in enumerate(layers) if layer.kind in PARAM_KINDS)
-        self.in_channels = layers[first].weight.shape[1] * layers[first].conv_args.get("groups", 1)
+        graph = canonize(model)
+        self.output = graph.output
+        first = next(node for node in graph.nodes if node.kind in PARAM_KINDS)
+        self.in_channels = first.weight.shape[1] * first.conv_args.get("groups", 1)
         if mean is None and self.in_channels == 3:
             mean, std = IMAGENET_MEAN, IMAGENET_STD
         bounds = pixel_bounds(mean, std) if mean is not None else (None, None)
         self.steps = []
-        for i, layer in enumerate(layers):
+        for node in graph.nodes:
             propagate = None
-            if layer.kind in PARAM_KINDS + POOL_KINDS:
-                rule = self.preset.rule_for(layer.kind, i == first, bounds)
-                propagate = rule.bind(layer, self.dtype)
-            weight = layer.weight_in(self.dtype)
-            bias = None if layer.bias is None else layer.bias.to(self.device, self.dtype)
-            self.steps.append(_Step(layer, weight, bias, propagate))
+            if node.kind in RULE_KINDS:
+                propagate = self.preset.rule_for(node.kind, node.first, bounds).bind(node, self.dtype)
+            weight = node.weight_in(self.dtype)
+            bias = None if node.bias is None else node.bias.to(self.device, self.dtype)
+            self.steps.append(_Step(node, weight, bias, propagate))
 
     @property
     def signed(self) -> bool:
@@ -113,25 +136,42 @@ class LRP:
             raise ValueError(f"input is {x.dtype} on {x.device}, the model is {self.dtype} on {self.device}")
 
     def _explain(self, x: Tensor, target: Target) -> LRPResult:
-        saved = []
-        a = x
-        for step in self.steps:
-            out, aux = step.layer.forward(a, step.weight, step.bias)
-            saved.append((a, out, aux))
-            a = out
-        logits = a.float()
+        values: list[Tensor] = [x]
+        aux: list[Union[Tensor, None]] = [None]
+        for step in self.steps[1:]:
+            inputs = step.node.inputs
+            a = values[inputs[0]] if len(inputs) == 1 else tuple(values[i] for i in inputs)
+            out, extra = step.node.forward(a, step.weight, step.bias)
+            values.append(out)
+            aux.append(extra)
+        logits = values[self.output].float()
         relevance, explained = initial_relevance(logits, target)
-        log_scale = torch.zeros(x.shape[0], device=x.device)
-        for step, (a, out, aux) in zip(reversed(self.steps), reversed(saved)):
-            if step.propagate is None:
-                relevance = relevance.reshape(a.shape) if step.layer.kind == "flatten" else relevance
+        pending: list[Union[Scaled, None]] = [None] * len(self.steps)
+        pending[self.output] = (relevance, None)
+        for i in range(len(self.steps) - 1, 0, -1):
+            entry, out, extra = pending[i], values[i], aux[i]
+            pending[i] = values[i] = aux[i] = None  # only later nodes read node i: free it for reuse
+            if entry is None:
                 continue
-            if self.filter.active:
-                relevance = self.filter(relevance)
-            relevance, log_factor = step.propagate(a, out, aux, relevance)
-            if log_factor is not None:
-                log_scale = log_scale + log_factor
-        maps = relevance.sum(1) * torch.exp(log_scale).view(-1, 1, 1)
+            relevance, log_scale = entry
+            step = self.steps[i]
+            inputs = step.node.inputs
+            a = values[inputs[0]] if len(inputs) == 1 else tuple(values[j] for j in inputs)
+            if step.propagate is None:
+                relevance = relevance.reshape(a.shape) if step.node.kind == "flatten" else relevance
+            else:
+                if self.filter.active and step.node.kind in FILTERED_KINDS:
+                    relevance = self.filter(relevance)
+                relevance, log_factor = step.propagate(a, out, extra, relevance)
+                if log_factor is not None:
+                    log_scale = log_factor if log_scale is None else log_scale + log_factor
+            parts = relevance if len(inputs) > 1 else (relevance,)
+            for j, part in zip(inputs, parts):
+                pending[j] = (part, log_scale) if pending[j] is None else _merge(pending[j], (part, log_scale))
+        relevance, log_scale = pending[0]
+        maps = relevance.sum(1)
+        if log_scale is not None:
+            maps = (maps.double() * torch.exp2(log_scale.double()).view(-1, 1, 1)).float()
         return LRPResult(maps, logits, explained)
 
 

@@ -99,8 +99,8 @@ def channels_last_weights(lrp: LRP) -> None:
 
     for step in lrp.steps:
         step.weight = convert(step.weight)
-        for terms, _mask in getattr(step.propagate, "groups", ()):
-            for term in terms:
+        for group in getattr(step.propagate, "groups", ()):
+            for term in group.terms:
                 term.weight = convert(term.weight)
 
 
@@ -153,41 +153,45 @@ class _DeviceScale:
         return torch.cat(scales)
 
 
-class _FramePass:
-    """Static buffers and the captured pass for one (batch, height, width) of BGR frames."""
+class DevicePass:
+    """The device part of a frame pass: uint8 BGR frames (N, H, W, 3) on the device in,
+    rendered frames (N, H, W or 2W, 3) and a (3, N) tensor of (top-1, probability,
+    explained class) out.
 
-    def __init__(self, owner: "FastProcessor", n: int, h: int, w: int) -> None:
-        p = owner.processor
-        device = owner.device
-        pin = device.type == "cuda"
-        self.host_in = torch.zeros((n, h, w, 3), dtype=torch.uint8, pin_memory=pin)
-        self.layout = p.layout
-        out_w = 2 * w if self.layout == "side" else w
-        self.host_out = torch.empty((n, h, out_w, 3), dtype=torch.uint8, pin_memory=pin)
-        self.host_pred = torch.empty((3, n), dtype=torch.float32, pin_memory=pin)
-        self.dev_in = torch.empty((n, h, w, 3), dtype=torch.uint8, device=device)
-        self.owner = owner
-        self.alpha = float(p.alpha)
-        cmap = render.get_colormap(p.cmap)
-        self.centered = cmap.centered
-        self.lut = torch.from_numpy(cmap.lut).to(device)
-        self.target = owner.static_target(n)
-        state = owner.scale.state()  # capture warms up on these (blank) buffers: keep the stream's scale
-        self._build(owner.graph, owner.notice, f"{n}x{w}x{h} frame pass")
-        owner.scale.restore(state)
+    Resize and normalisation, the LRP call, the running colour scale, colour map and blend
+    are device work only, with no host synchronisation, so a CUDA graph can hold them.
+    ``size`` is the processing (H, W); ``target`` what the engine gets (a device tensor for
+    a class index, see :meth:`FastProcessor.static_target`).
+    """
 
-    def _preprocess(self, frames: Tensor) -> Tensor:
-        p = self.owner.processor
+    def __init__(self, lrp: LRP, size: tuple[int, int], mean: Sequence[float], std: Sequence[float],
+                 scale: "_DeviceScale", cmap: str, layout: str, alpha: float, target: Any) -> None:
+        device = scale.value.device
+        self.lrp = lrp
+        self.size = size
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.gray = torch.tensor(GRAY_WEIGHTS, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.scale = scale
+        colormap = render.get_colormap(cmap)
+        self.centered = colormap.centered
+        self.lut = torch.tensor(colormap.lut, device=device)
+        self.layout = layout
+        self.alpha = float(alpha)
+        self.target = target
+
+    def preprocess(self, frames: Tensor) -> Tensor:
+        """uint8 BGR (N, H, W, 3) → the model's normalised input (channels_last on CUDA)."""
         x = frames.permute(0, 3, 1, 2).float()
-        h, w = p.size
+        h, w = self.size
         if x.shape[2:] != (h, w):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-        if self.owner.lrp.in_channels == 1:
-            x = (x * self.owner.gray).sum(1, keepdim=True)
+        if self.lrp.in_channels == 1:
+            x = (x * self.gray).sum(1, keepdim=True)
         else:
             x = x.flip(1)  # BGR → RGB
-        x = (x / 255.0 - self.owner.mean) / self.owner.std
-        x = x.to(self.owner.lrp.dtype)
+        x = (x / 255.0 - self.mean) / self.std
+        x = x.to(self.lrp.dtype)
         return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x.contiguous()
 
     def _colour(self, r: Tensor, scale: Tensor) -> Tensor:
@@ -196,12 +200,10 @@ class _FramePass:
         return self.lut[(v * 255.0).round().clamp(0, 255).long()]
 
     @torch.no_grad()
-    def _compute(self, frame: Tensor) -> tuple[Tensor, Tensor]:
-        """Device part: uint8 frames (N, H, W, 3) → rendered frames and (top-1, probability, explained)."""
-        owner = self.owner
-        result = owner.lrp(self._preprocess(frame), target=self.target)
+    def __call__(self, frame: Tensor) -> tuple[Tensor, Tensor]:
+        result = self.lrp(self.preprocess(frame), target=self.target)
         relevance = torch.nan_to_num(result.relevance.float(), nan=0.0, posinf=0.0, neginf=0.0)
-        scale = owner.scale.update(relevance)
+        scale = self.scale.update(relevance)
         top_p, top_i = torch.softmax(result.logits.float(), dim=1).max(dim=1)
         r = F.interpolate(relevance[:, None], size=frame.shape[1:3], mode="bilinear", align_corners=False)[:, 0]
         heat = self._colour(r, scale)
@@ -214,6 +216,25 @@ class _FramePass:
         else:
             out = heat
         return out, torch.stack([top_i.float(), top_p, result.target.float()])
+
+
+class _FramePass:
+    """Static buffers and the captured pass for one (batch, height, width) of BGR frames."""
+
+    def __init__(self, owner: "FastProcessor", n: int, h: int, w: int) -> None:
+        p = owner.processor
+        device = owner.device
+        pin = device.type == "cuda"
+        self.host_in = torch.zeros((n, h, w, 3), dtype=torch.uint8, pin_memory=pin)
+        out_w = 2 * w if p.layout == "side" else w
+        self.host_out = torch.empty((n, h, out_w, 3), dtype=torch.uint8, pin_memory=pin)
+        self.host_pred = torch.empty((3, n), dtype=torch.float32, pin_memory=pin)
+        self.dev_in = torch.empty((n, h, w, 3), dtype=torch.uint8, device=device)
+        self._compute = DevicePass(owner.lrp, p.size, p.card["mean"], p.card["std"], owner.scale, p.cmap,
+                                   p.layout, p.alpha, owner.static_target(n))
+        state = owner.scale.state()  # capture warms up on these (blank) buffers: keep the stream's scale
+        self._build(owner.graph, owner.notice, f"{n}x{w}x{h} frame pass")
+        owner.scale.restore(state)
 
     def _upload(self, host_in: Tensor) -> None:
         self.dev_in.copy_(host_in, non_blocking=True)
@@ -276,10 +297,6 @@ class FastProcessor:
         self.graph = self.device.type == "cuda" if graph is None else graph
         self.notice = notice
         self.cache = cache
-        card = processor.card
-        self.mean = torch.tensor(card["mean"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(card["std"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.gray = torch.tensor(GRAY_WEIGHTS, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.scale = _DeviceScale(self.device, percentile, momentum)
         self._passes: OrderedDict[tuple, _FramePass] = OrderedDict()
         self._targets: dict[int, Tensor] = {}

@@ -100,6 +100,42 @@ def build_vgg(arch: str, num_classes: int = 1000, in_channels: int = 3, width: f
     return model
 
 
+RESNET_ARCHS: tuple[str, ...] = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
+    "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+)
+ENGINE_ARCHS: tuple[str, ...] = ARCHS + RESNET_ARCHS + ("alexnet",)
+
+
+def build_model(arch: str, num_classes: int = 1000, in_channels: int = 3, small_input: bool = False) -> nn.Module:
+    """A randomly initialised model of any architecture the engine explains (``ENGINE_ARCHS``).
+
+    VGGs come from :func:`build_vgg`; ResNets, ResNeXts, Wide-ResNets and AlexNet from
+    torchvision, with their first conv rebuilt for ``in_channels`` other than 3.
+    ``small_input`` gives a ResNet the CIFAR-style stem for 32-pixel images: a 3x3 stride-1
+    first conv and no max-pool.
+    """
+    if arch in ARCHS:
+        return build_vgg(arch, num_classes, in_channels)
+    if arch not in ENGINE_ARCHS:
+        raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(ENGINE_ARCHS)}")
+    from torchvision import models as tv_models
+
+    model = getattr(tv_models, arch)(weights=None, num_classes=num_classes)
+    if arch == "alexnet":
+        if in_channels != 3:
+            model.features[0] = nn.Conv2d(in_channels, 64, kernel_size=11, stride=4, padding=2)
+        return model
+    if small_input:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    if small_input or in_channels != 3:
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
 CARD_FIELDS = ("arch", "width", "hidden", "pool", "num_classes", "classes", "input_size",
                "input_channels", "mean", "std", "dataset", "test_accuracy", "command",
                "sha256", "format")

@@ -1,8 +1,9 @@
-"""Named LRP presets: which rule each layer of a VGG gets.
+"""Named LRP presets: which rule each node of a model's graph gets.
 
-A preset maps a layer's kind (``conv``, ``linear``, ``maxpool``, ``avgpool``,
-``adaptive_avgpool``) and whether it is the first parametrised layer to a rule from
-:mod:`realtime_lrp.rules`. Adding a preset is adding one entry to ``PRESETS``.
+A preset maps a node's kind (``conv``, ``linear``, ``maxpool``, ``avgpool``,
+``adaptive_avgpool``, ``add`` for residual sums) and whether it is the first Conv/Linear
+(in ``named_modules()`` order, as zennit counts) to a rule from :mod:`realtime_lrp.rules`.
+Adding a preset is adding one entry to ``PRESETS``.
 This module imports no torch at import time, so the CLI can list presets cheaply.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Callable, Sequence
 
 @dataclass(frozen=True)
 class Preset:
-    """A rule set: ``rule_for(kind, first, bounds)`` returns the rule for one layer."""
+    """A rule set: ``rule_for(kind, first, bounds)`` returns the rule for one node."""
 
     name: str
     description: str
@@ -22,7 +23,7 @@ class Preset:
     select: Callable[[str, bool, tuple], object] = field(repr=False)
 
     def rule_for(self, kind: str, first: bool, bounds: tuple) -> object:
-        """Rule for a layer of ``kind``; ``bounds`` are the (low, high) normalised pixel bounds."""
+        """Rule for a node of ``kind``; ``bounds`` are the (low, high) normalised pixel bounds."""
         return self.select(kind, first, bounds)
 
 
@@ -54,9 +55,11 @@ def _zplus(kind: str, first: bool, bounds: tuple) -> object:
     from realtime_lrp import rules
 
     if kind in ("conv", "linear"):
-        return rules.ZPlus(stabilizer=1e-5, zero_bias=True, signed_stabilizer=False, ones_input=first)
+        return rules.ZPlus(stabilizer=1e-5, zero_bias=True, ones_input=first)
     if kind == "maxpool":
-        return rules.AvgPoolZ(kernel_size=2, stabilizer=1e-5)
+        return rules.AvgPoolZ(stabilizer=1e-5)
+    if kind == "add":
+        return rules.SumZPlus(stabilizer=1e-5)
     return rules.Norm(stabilizer=1e-5, signed_stabilizer=False)
 
 
@@ -65,21 +68,23 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset(
             "epsilon-plus-flat",
-            "Flat on the first conv, z+ on the other convs, epsilon on linears, winner-take-all max-pool",
+            "Flat on the first conv, z+ on the other convs, epsilon on linears, winner-take-all max-pool, "
+            "Norm on residual sums",
             "zennit EpsilonPlusFlat()",
             True,
             _epsilon_plus_flat,
         ),
         Preset(
             "epsilon-gamma-box",
-            "ZBox on the first conv, gamma(0.25) on the other convs, epsilon on linears",
+            "ZBox on the first conv, gamma(0.25) on the other convs, epsilon on linears, Norm on residual sums",
             "zennit EpsilonGammaBox(low, high)",
             True,
             _epsilon_gamma_box,
         ),
         Preset(
             "zplus",
-            "z+ with zeroed bias everywhere, max-pool as 2x2 average pool, first layer on an all-ones input",
+            "z+ with zeroed bias everywhere, max-pool as an average pool of its windows, first layer on an "
+            "all-ones input, residual sums by z+ on their positive summands",
             "PyTorchRelevancePropagation",
             False,
             _zplus,

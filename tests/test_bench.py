@@ -13,6 +13,7 @@ from realtime_lrp import bench
 from realtime_lrp.cli import cli
 from realtime_lrp.engine import LRP
 from realtime_lrp.fast import FastProcessor
+from realtime_lrp.models import build_model
 from realtime_lrp.processor import FrameProcessor
 
 REQUIRED = ("size", "batch", "dtype", "top_k", "preset", "engine_ms", "floor_ms", "zennit_ms")
@@ -160,3 +161,28 @@ def test_cuda_rows_use_graphs_fp16_and_report_memory() -> None:
     for r in rows:
         assert r["dtype"] == "fp16" and r["graph"] is True
         assert r["peak_mem_mib"] > 0 and r["pass_ms"] > 0
+
+
+def test_zennit_call_on_a_resnet_uses_the_resnet_canonizer() -> None:
+    """For a ResNet the timed zennit call (ResNetCanonizer) explains what the engine explains."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=5).eval()
+    x = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    ours = LRP(model)(x).relevance
+    call = bench.zennit_call(model, "epsilon-plus-flat")
+    with call.context() as modified:
+        call.modified = modified
+        theirs = call(x).detach()
+    error = (ours - theirs).flatten(1).abs().amax(1) / theirs.flatten(1).abs().amax(1)
+    assert (error < 1e-3).all(), error
+
+
+def test_cli_random_resnet(tmp_path) -> None:
+    out = tmp_path / "rows.json"
+    result = run("bench", "--arch", "resnet18", "--device", "cpu", "--sizes", "32", "--top-k", "0",
+                 "--repeats", "1", "--warmup", "0", "--no-frame-pass", "--json", out)
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["engine_ms"] > 0 and row["zennit_ms"] > 0
+    result = run("bench", "--arch", "densenet121", "--device", "cpu", "--sizes", "32")
+    assert result.exit_code == 1 and "unknown architecture" in result.output

@@ -8,6 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
+import vgg_reference
 from realtime_lrp import LRP
 from realtime_lrp.engine import IMAGENET_MEAN, IMAGENET_STD, pixel_bounds
 from realtime_lrp.filter import RelevanceFilter
@@ -233,9 +234,85 @@ def test_unsupported_layer_is_named() -> None:
         LRP(model)
 
 
-def test_non_vgg_model_is_refused() -> None:
-    with pytest.raises(UnsupportedModelError, match="not VGG-shaped"):
-        LRP(torchvision.models.resnet18(num_classes=3))
+class _Concat(nn.Module):
+    """Two conv branches joined by torch.cat (as in DenseNet or Inception)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3)
+        self.b = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(torch.cat([self.a(x), self.b(x)], 1), 1))
+
+
+class _Attention(nn.Module):
+    """A conv followed by self-attention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.attn = nn.MultiheadAttention(8, 2)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.fc(self.attn(y, y, y)[0])
+
+
+@pytest.mark.parametrize("model, message", [
+    (lambda: torchvision.models.efficientnet_b0(num_classes=3), r"'features\.0\.2' \(SiLU\)"),
+    (lambda: torchvision.models.mobilenet_v2(num_classes=3), r"'features\.0\.2' \(ReLU6\)"),
+    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm([4, 6, 6]), nn.Flatten(), nn.Linear(144, 2)),
+     r"'1' \(LayerNorm\)"),
+    (_Concat, r"'cat' \(torch\.cat\)"),
+    (_Attention, r"'attn' \(MultiheadAttention\)"),
+])
+def test_unsupported_node_is_named(model, message: str) -> None:
+    with pytest.raises(UnsupportedModelError, match="no LRP rule for node " + message):
+        LRP(model().eval())
+
+
+def test_batch_norm_without_a_conv_before_it_is_refused() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 2))
+    with pytest.raises(UnsupportedModelError, match=r"batch norm '2' does not follow a Conv2d"):
+        LRP(model.eval())
+
+
+def test_untraceable_model_is_refused() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return y if y.sum() > 0 else -y
+
+    with pytest.raises(UnsupportedModelError, match="cannot be read as a graph by torch.fx"):
+        LRP(Branchy())
+
+
+@pytest.mark.parametrize("index", range(len(vgg_reference.cases())))
+def test_vgg_maps_equal_the_vgg_only_engine(index: int) -> None:
+    """The graph engine gives a VGG the maps the chain-only engine gave, filter included.
+
+    fp32 maps agree to rounding. The scale factors are now exact powers of two, so the
+    fp16 quotients round differently: unfiltered fp16 maps agree to fp16 rounding, and
+    filtered ones may keep a different value at a near-tie, as fp16 against fp32 does.
+    """
+    case, saved, explained = torch.load(vgg_reference.REFERENCE)[index]
+    assert case == vgg_reference.cases()[index]
+    relevance, target = vgg_reference.run(case)
+    assert torch.equal(target, explained)
+    assert (saved.flatten(1).abs().amax(1) > 0).all()
+    if case["dtype"] == "fp32":
+        assert (relative_error(relevance, saved) <= 1e-5).all()
+    elif case["top_k"] == 0:
+        assert (relative_error(relevance, saved) <= 5e-3).all()
+    else:
+        assert all(pearson(relevance[i], saved[i]) >= 0.98 for i in range(len(saved)))
 
 
 def test_wrong_input_is_refused() -> None:

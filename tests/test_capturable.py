@@ -1,0 +1,146 @@
+"""The CUDA path is graph-capturable by construction, checked on the CPU with fake CUDA tensors.
+
+Under ``FakeTensorMode`` tensors carry a device, dtype, shape and memory format but no data.
+A host synchronisation (``.item()``, ``bool(t)``, ``float(t)``, a data-dependent shape)
+raises there, and a CPU tensor mixed into a CUDA op raises a device mismatch. On top, an
+audit mode records every aten op of a call and fails on any result that is not on the
+(fake) CUDA device, which also catches a copy to the host. Engines are built inside the
+mode from fake fp16 CUDA copies of real models, weights converted to channels_last as the
+fast path does, and called on channels_last fp16 input, so the code runs the CUDA branches
+(the radix select of the filter, channels_last layouts) that a GPU would run.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from realtime_lrp.engine import LRP
+from realtime_lrp.fast import DevicePass, _DeviceScale, channels_last_weights
+from realtime_lrp.presets import PRESET_NAMES
+
+CUDA = torch.device("cuda", 0)
+
+
+class DeviceAudit(TorchDispatchMode):
+    """Records each aten op and every op result that is not on the CUDA device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+        self.off_device: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        self.ops.add(str(func))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device != CUDA:
+                self.off_device.append(f"{func} -> {t.device} {tuple(t.shape)}")
+        return out
+
+
+def fake_cuda(model: nn.Module, mode: FakeTensorMode, dtype: torch.dtype) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers are fake ``dtype`` tensors on CUDA."""
+    model = copy.deepcopy(model).eval()
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for name, tensor in list(store.items()):
+                if tensor is not None:
+                    fake = mode.from_tensor(tensor.detach())
+                    with mode:
+                        store[name] = fake.to(CUDA, dtype if tensor.is_floating_point() else tensor.dtype)
+    return model
+
+
+def audited(mode: FakeTensorMode, fn: Callable[[], Any]) -> tuple[Any, DeviceAudit]:
+    """Run ``fn`` inside the fake mode under a fresh audit."""
+    with mode, DeviceAudit() as audit:
+        out = fn()
+    return out, audit
+
+
+MODELS = {
+    "vgg16_bn": lambda: torchvision.models.vgg16_bn(num_classes=10),
+    "resnet50": lambda: torchvision.models.resnet50(num_classes=10),
+}
+
+
+@pytest.fixture(scope="module")
+def fake_models() -> tuple[FakeTensorMode, dict[str, nn.Module]]:
+    torch.manual_seed(0)
+    mode = FakeTensorMode()
+    return mode, {name: fake_cuda(build(), mode, torch.float16) for name, build in MODELS.items()}
+
+
+def fake_input(mode: FakeTensorMode, n: int, h: int, w: int) -> torch.Tensor:
+    with mode:
+        x = torch.randn(n, 3, h, w, device=CUDA, dtype=torch.float16)
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("arch", list(MODELS))
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+@pytest.mark.parametrize("top_k, filter_mode", [(0.0, "signed"), (0.02, "signed"), (0.05, "magnitude")])
+def test_engine_call_has_no_host_sync(fake_models, arch: str, preset: str, top_k: float, filter_mode: str) -> None:
+    mode, models = fake_models
+    with mode:
+        lrp = LRP(models[arch], preset=preset, top_k=top_k, filter_mode=filter_mode)
+        channels_last_weights(lrp)
+        explicit = torch.tensor([3, 7], device=CUDA)
+    rule_weights = [t.weight for s in lrp.steps for g in getattr(s.propagate, "groups", ()) for t in g.terms]
+    assert rule_weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in rule_weights if w.dim() == 4)
+    x = fake_input(mode, 2, 64, 48)
+    for target in (None, explicit, "softmax"):
+        result, audit = audited(mode, lambda: lrp(x, target=target))
+        assert audit.off_device == []
+        assert result.relevance.shape == (2, 64, 48) and result.relevance.dtype == torch.float32
+        assert result.relevance.device == CUDA and result.logits.shape == (2, 10)
+        if lrp.filter.active:
+            assert "aten.topk.default" not in audit.ops  # the filter ran its CUDA select (radix)
+            assert "aten.scatter_add.default" in audit.ops or "aten.scatter_add_.default" in audit.ops
+
+
+def test_the_checks_catch_a_sync_and_a_host_copy(fake_models) -> None:
+    """Controls: the fake mode raises on a host sync, the audit records a copy to the host."""
+    mode, models = fake_models
+    with mode:
+        lrp = LRP(models["resnet50"], preset="epsilon-plus-flat")
+    x = fake_input(mode, 1, 32, 32)
+    with pytest.raises(DataDependentOutputException):
+        audited(mode, lambda: lrp(x, target=3))  # an int target is range-checked on the host
+    with pytest.raises(DataDependentOutputException):
+        audited(mode, lambda: float(lrp(x).relevance.sum()))
+    _, audit = audited(mode, lambda: lrp(x).relevance.cpu())
+    assert audit.off_device and "cpu" in audit.off_device[-1]
+    with pytest.raises(RuntimeError, match="device"):
+        audited(mode, lambda: lrp(x).relevance + torch.ones(1, 32, 32))
+
+
+@pytest.mark.parametrize("arch", list(MODELS))
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+@pytest.mark.parametrize("top_k", [0.0, 0.02])
+def test_fast_frame_pass_device_part_has_no_host_sync(fake_models, arch: str, preset: str, top_k: float) -> None:
+    """The fast path's device part (resize, normalise, LRP, colour scale, colour map, blend)
+    on uint8 frames of another size than the processing size; each case takes one layout."""
+    mode, models = fake_models
+    layout = ("overlay", "side", "heatmap")[(PRESET_NAMES.index(preset) + list(MODELS).index(arch)) % 3]
+    with mode:
+        lrp = LRP(models[arch], preset=preset, top_k=top_k)
+        channels_last_weights(lrp)
+        scale = _DeviceScale(CUDA, 99.5, 0.1)
+        target = torch.full((2,), 4, dtype=torch.long, device=CUDA)
+        device_pass = DevicePass(lrp, (64, 48), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], scale,
+                                 "diverging", layout, 0.6, target)
+        frames = torch.randint(0, 256, (2, 60, 90, 3), dtype=torch.uint8, device=CUDA)
+    (out, preds), audit = audited(mode, lambda: device_pass(frames))
+    assert audit.off_device == []
+    assert out.dtype == torch.uint8 and out.device == CUDA
+    assert out.shape == ((2, 60, 180, 3) if layout == "side" else (2, 60, 90, 3))
+    assert preds.shape == (3, 2) and preds.device == CUDA
