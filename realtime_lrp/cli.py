@@ -798,8 +798,9 @@ def serve_command(host: str, port: int, tls: tuple[Path, Path] | None, source: s
         outcome = server.run(stop)
     if outcome.error is not None:
         raise click.ClickException(outcome.error)
-    console.print(f"Stopped by {signals.Interrupted(outcome.signum).name}: {server.worker.frames} frames explained"
-                  f" for {server.hub.served} clients.", soft_wrap=True)
+    frames, clients = server.worker.frames, server.hub.served
+    console.print(f"Stopped by {signals.Interrupted(outcome.signum).name}: {frames} frame{'s' * (frames != 1)}"
+                  f" explained for {clients} client{'s' * (clients != 1)}.", soft_wrap=True)
     sys.exit(128 + outcome.signum)
 
 

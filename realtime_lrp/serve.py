@@ -615,7 +615,7 @@ class Hub:
         from starlette.concurrency import run_in_threadpool
 
         if self.kiosk is not None:
-            raise ProtocolError(CLOSE_POLICY, f"this server explains its own source ({self.source}) and takes no frames")
+            raise ProtocolError(CLOSE_POLICY, "kiosk mode: this server explains its own source and takes no frames")
         ident = frame_id(data)
         client.received += 1
         now = time.monotonic()

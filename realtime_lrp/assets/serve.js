@@ -8,7 +8,7 @@
   const RECONNECT = new Set([1001, 1006, 1011, 1012, 1013]);
   const state = window.rtlrpState = {
     connected: false, mode: null, source: null, framesSent: 0, framesReceived: 0, skipped: 0,
-    label: '', latencyMs: null, serverFps: null, clientFps: null, device: '', message: '',
+    label: '', size: null, latencyMs: null, serverFps: null, clientFps: null, device: '', message: '',
     cameraError: null, closed: null, snapshots: 0, settings: null,
   };
   const token = new URLSearchParams(location.search).get('token');
@@ -103,6 +103,7 @@
     if (arrivals.length > 30) arrivals.shift();
     state.framesReceived += 1;
     state.label = meta.label;
+    state.size = [meta.width, meta.height];
     state.serverFps = meta.server_fps;
     state.latencyMs = median(latencies);
     state.clientFps = arrivals.length > 1 ? 1000 * (arrivals.length - 1) / (now - arrivals[0]) : null;
