@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -469,6 +470,17 @@ class Chromium:
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--remote-debugging-port=0", f"--user-data-dir={profile}", "--window-size=1100,760", *extra, url],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._closing = ExitStack()
+        try:
+            self.ws = self._closing.enter_context(connect(self._page(profile), max_size=None))
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+            raise
+        self.calls = 0
+
+    def _page(self, profile: Path) -> str:
+        """The DevTools WebSocket address of the page Chromium opened."""
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60
         while not port_file.exists() or not port_file.read_text().strip():
@@ -481,8 +493,7 @@ class Chromium:
                 break
             assert time.monotonic() < deadline, "Chromium opened no page"
             time.sleep(0.1)
-        self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=None)
-        self.calls = 0
+        return pages[0]["webSocketDebuggerUrl"]
 
     def call(self, method: str, **params) -> dict:
         self.calls += 1
@@ -512,9 +523,7 @@ class Chromium:
         path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
 
     def close(self) -> None:
-        with_ws = getattr(self, "ws", None)
-        if with_ws is not None:
-            with_ws.close()
+        self._closing.close()
         self.proc.terminate()
         try:
             self.proc.wait(timeout=20)

@@ -107,6 +107,7 @@
     state.serverFps = meta.server_fps;
     state.latencyMs = median(latencies);
     state.clientFps = arrivals.length > 1 ? 1000 * (arrivals.length - 1) / (now - arrivals[0]) : null;
+    showStats();
     if (state.message.startsWith('The server could not explain')) showMessage('');
     const blob = new Blob([new Uint8Array(buffer, 4 + headLength)], {type: 'image/jpeg'});
     createImageBitmap(blob).then((bitmap) => { draw(bitmap, meta); bitmap.close(); });
@@ -134,12 +135,12 @@
     $('snapshot').disabled = false;
   }
 
-  setInterval(() => {
+  function showStats() {
     const fps = (v) => (v === null || v === undefined ? '–' : `${v.toFixed(1)} frames/s`);
     $('server-fps').textContent = fps(state.serverFps);
     $('client-fps').textContent = fps(state.clientFps);
     $('latency').textContent = state.latencyMs === null ? '–' : `${Math.round(state.latencyMs)} ms`;
-  }, 500);
+  }
 
   // -- controls --------------------------------------------------------------------------
   function fill(select, values, labels = {}) {
