@@ -242,7 +242,6 @@ class Stream:
     ``scale`` and ``key`` belong to the worker thread; the counters are for ``/stats``.
     """
 
-    name: str
     deliver: Callable[[bytes | str], None]
     scale: render.StableScale = field(default_factory=render.StableScale)
     key: tuple[str, float] | None = None
@@ -473,7 +472,7 @@ class Hub:
     # -- kiosk ---------------------------------------------------------------------------
     def kiosk_stream(self) -> Stream:
         """The stream of the server-side source: each reply is broadcast to every page."""
-        self.kiosk = Stream("kiosk", self.broadcast)
+        self.kiosk = Stream(self.broadcast)
         return self.kiosk
 
     def broadcast(self, item: bytes | str) -> None:
@@ -550,6 +549,8 @@ class Hub:
 
     async def websocket(self, ws) -> None:
         """One client: hello, then its messages until it leaves or breaks the protocol."""
+        from starlette.websockets import WebSocketDisconnect
+
         if not self.allowed(ws.headers, ws.query_params, ws.cookies) or not self.same_origin(ws.headers):
             await ws.close(code=CLOSE_POLICY)  # before accept: the handshake is answered with HTTP 403
             return
@@ -562,15 +563,18 @@ class Hub:
         client = Client(self.served, peer, Outbox(asyncio.get_running_loop()), self.settings,
                         RateLimit(self.limits.max_fps))
         if self.kiosk is None:
-            client.stream = Stream(f"client {client.number}", client.outbox.put)
-        await ws.send_text(json.dumps(self.hello()))
+            client.stream = Stream(client.outbox.put)
         self.clients.append(client)
-        sender = asyncio.create_task(self._send(ws, client))
+        sender: asyncio.Task | None = None
         failure: ProtocolError | None = None
         try:
+            await ws.send_text(json.dumps(self.hello()))
+            sender = asyncio.create_task(self._send(ws, client))
             await self._receive(ws, client)
         except ProtocolError as exc:
             failure = exc
+        except (WebSocketDisconnect, OSError):
+            pass  # the client left while the hello was on its way
         except Exception as exc:  # noqa: BLE001 - one client's failure must not take the server down
             failure = ProtocolError(CLOSE_INTERNAL, f"server error: {type(exc).__name__}: {exc}"[:120])
             if self.notice is not None:
@@ -579,9 +583,10 @@ class Hub:
             self.clients.remove(client)
             if client.stream is not None:
                 self.worker.discard(client.stream)
-            sender.cancel()
-            with suppress(asyncio.CancelledError, Exception):
-                await sender
+            if sender is not None:
+                sender.cancel()
+                with suppress(asyncio.CancelledError, Exception):
+                    await sender
         if failure is not None:
             with suppress(Exception):
                 await ws.close(failure.code, _reason(failure.reason))

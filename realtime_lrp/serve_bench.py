@@ -46,10 +46,9 @@ class ClientResult:
 
 @dataclass
 class LoadResult:
-    """One measurement: ``clients`` clients sending for ``seconds``."""
+    """One measurement: ``clients`` clients sending at once."""
 
     clients: int
-    seconds: float
     results: list[ClientResult]
 
     @property
@@ -172,7 +171,7 @@ def run_load(url: str, clients: int, seconds: float) -> LoadResult:
     for t, r in zip(threads, results):
         if t.is_alive() and r.error is None:
             r.error = "the client did not finish"
-    return LoadResult(clients, seconds, results)
+    return LoadResult(clients, results)
 
 
 def summary_table(results: Sequence[LoadResult], url: str):

@@ -124,7 +124,7 @@ def test_token_is_needed_on_every_address_but_loopback() -> None:
 
 
 def test_frames_come_back_explained_with_their_labels(server: LrpServer) -> None:
-    reference = FrameProcessor.from_options(weights="shipped", device="cpu")  # the server's own is its worker's
+    reference = own_processor()
     with connect(ws_url(server.url)) as ws:
         hello = hello_of(ws)
         assert hello["mode"] == "camera" and hello["size"] == [32, 32]
@@ -188,9 +188,14 @@ def test_a_bad_message_closes_only_its_own_connection(server: LrpServer, message
         assert meta["class"] == "Sneaker"
 
 
-def test_frames_over_the_rate_are_skipped_not_queued(processor: FrameProcessor) -> None:
+def own_processor() -> FrameProcessor:
+    """A processor for a server of a test's own (a processor belongs to one worker)."""
+    return FrameProcessor.from_options(weights="shipped", device="cpu")
+
+
+def test_frames_over_the_rate_are_skipped_not_queued() -> None:
     sent = 60
-    with LrpServer(processor, port=0, limits=Limits(max_fps=5)) as srv:
+    with LrpServer(own_processor(), port=0, limits=Limits(max_fps=5)) as srv:
         srv.start()
         with connect(ws_url(srv.url)) as ws:
             hello_of(ws)
@@ -216,6 +221,20 @@ def test_frames_over_the_rate_are_skipped_not_queued(processor: FrameProcessor) 
                     if isinstance(reply, str):
                         reasons.add(json.loads(reply)["reason"])
             assert "over 5 frames/s" in reasons
+
+
+def test_clients_over_the_limit_are_told_to_come_back_later() -> None:
+    with LrpServer(own_processor(), port=0, limits=Limits(max_clients=2)) as srv:
+        srv.start()
+        with connect(ws_url(srv.url)) as a, connect(ws_url(srv.url)) as b:
+            hello_of(a), hello_of(b)
+            with connect(ws_url(srv.url)) as c:
+                code, reason = closed_with(c)
+            assert code == 1013 and "try later" in reason
+            assert round_trip(a, 1, item_jpeg(SNEAKER))[0]["class"] == "Sneaker"
+        with connect(ws_url(srv.url)) as d:  # the two left: there is room again
+            hello_of(d)
+            assert round_trip(d, 1, item_jpeg(TROUSER))[0]["class"] == "Trouser"
 
 
 def test_a_stalled_client_does_not_slow_another(server: LrpServer) -> None:
@@ -432,6 +451,24 @@ def test_kiosk_mode_shows_the_server_source_to_every_page(tmp_path: Path) -> Non
     finally:
         assert served.stop(signal.SIGHUP) == 129
     assert "Traceback" not in served.stderr
+
+
+def test_serve_bench_measures_a_running_server(server: LrpServer) -> None:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run([*rtlrp_command(), "serve-bench", server.url, "--clients", "1,3", "--seconds", "2"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("│")[1:-1] for line in proc.stdout.splitlines() if line.startswith("│")]
+    assert [r[0].strip() for r in rows] == ["1", "3"]
+    for row in rows:
+        assert float(row[1]) > 0 and row[2].count("-") == 1 and row[4].strip().endswith("ms")
+        assert row[-1].strip() == "0"  # errors
+    nobody = socket.create_server(("127.0.0.1", 0))
+    port = nobody.getsockname()[1]
+    nobody.close()
+    proc = subprocess.run([*rtlrp_command(), "serve-bench", f"http://127.0.0.1:{port}/", "--seconds", "1"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1 and "cannot connect" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # -- a real browser -------------------------------------------------------------------------
