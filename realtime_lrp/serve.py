@@ -46,7 +46,7 @@ from contextlib import suppress
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 import cv2
@@ -58,6 +58,12 @@ from realtime_lrp.live import FpsMeter
 from realtime_lrp.presets import PRESET_NAMES
 from realtime_lrp.processor import FrameProcessor, ProcessingError
 from realtime_lrp.signals import Deferred
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.websockets import WebSocket
 
 Notice = Callable[[str], None]
 
@@ -323,7 +329,14 @@ class Worker:
                 groups.setdefault((job.settings.preset, job.settings.top_k), []).append((stream, job))
             self.batches += 1
             for key, group in groups.items():
-                self._explain(key, group)
+                try:
+                    self._explain(key, group)
+                except Exception as exc:  # noqa: BLE001 - tell the clients, keep serving
+                    message = str(exc) if isinstance(exc, ProcessingError) else f"{type(exc).__name__}: {exc}"
+                    if self.notice is not None:
+                        self.notice(f"could not explain {len(group)} frame(s): {message}")
+                    for stream, _job in group:
+                        stream.deliver(json.dumps({"type": "error", "message": message}))
 
     def _processor(self, preset: str) -> FrameProcessor:
         if preset not in self._processors:
@@ -333,18 +346,11 @@ class Worker:
         return self._processors[preset]
 
     def _explain(self, key: tuple[str, float], group: list[tuple[Stream, Job]]) -> None:
+        """Explain one (preset, top-k) group in one call, then render and send each stream's frame."""
         started = time.monotonic()
-        try:
-            processor = self._processor(key[0])
-            processor.top_k = key[1]
-            relevance, preds = processor.explain([job.image for _, job in group])
-        except Exception as exc:  # noqa: BLE001 - tell the clients, keep serving
-            message = str(exc) if isinstance(exc, ProcessingError) else f"{type(exc).__name__}: {exc}"
-            if self.notice is not None:
-                self.notice(f"could not explain {len(group)} frame(s): {message}")
-            for stream, _job in group:
-                stream.deliver(json.dumps({"type": "error", "message": message}))
-            return
+        processor = self._processor(key[0])
+        processor.top_k = key[1]
+        relevance, preds = processor.explain([job.image for _, job in group])
         explained = time.monotonic()
         for (stream, job), r, pred in zip(group, relevance, preds):
             if job.reset or stream.key != key:
@@ -353,7 +359,7 @@ class Worker:
             scale = stream.scale.update(r)[0]
             cmap = job.settings.cmap or render.default_cmap(processor.signed)
             image = render.render(job.image, r, scale, cmap, job.settings.layout, job.settings.alpha)
-            ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1]
             self.frames += 1
             stream.explained += 1
             self.meter.tick(time.monotonic())
@@ -447,7 +453,6 @@ class Hub:
         self.clients: list[Client] = []
         self.kiosk: Stream | None = None
         self.served = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
         card = worker.base.card
         h, w = worker.base.size
         self.size = (w, h)
@@ -486,7 +491,7 @@ class Hub:
         return len(self.clients)
 
     # -- the application -----------------------------------------------------------------
-    def app(self):
+    def app(self) -> Starlette:
         """The Starlette application."""
         from starlette.applications import Starlette
         from starlette.routing import Route, WebSocketRoute
@@ -495,16 +500,16 @@ class Hub:
         routes += [Route(path, self.asset) for path in ASSETS]
         return Starlette(routes=[*routes, WebSocketRoute("/ws", self.websocket)])
 
-    def _forbidden(self):
+    def _forbidden(self) -> Response:
         from starlette.responses import PlainTextResponse
 
-        return PlainTextResponse("403 Forbidden: open the URL with the token that rtlrp serve printed"
-                                 " when it started.\n", status_code=403)
+        return PlainTextResponse("403 Forbidden: open the URL that rtlrp serve printed when it started"
+                                 " (on a non-local address it carries a token).\n", status_code=403)
 
-    def _check(self, request) -> bool:
+    def _check(self, request: Request) -> bool:
         return self.allowed(request.headers, request.query_params, request.cookies)
 
-    async def page(self, request):
+    async def page(self, request: Request) -> Response:
         """The page; a valid ``?token=`` also sets the cookie, so the page's own requests carry it."""
         from starlette.responses import HTMLResponse
 
@@ -515,7 +520,7 @@ class Hub:
             response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict", secure=self.secure)
         return response
 
-    async def asset(self, request):
+    async def asset(self, request: Request) -> Response:
         """The page's script and style sheet."""
         from starlette.responses import Response
 
@@ -524,7 +529,7 @@ class Hub:
         name, media_type = ASSETS[request.url.path]
         return Response(_asset(name), media_type=media_type, headers=_page_headers())
 
-    async def stats(self, request):
+    async def stats(self, request: Request) -> Response:
         """Counters as JSON: frames explained, frames/s, each client's frames and drops."""
         from starlette.responses import JSONResponse
 
@@ -547,7 +552,7 @@ class Hub:
             "max_message": self.limits.max_message,
         }
 
-    async def websocket(self, ws) -> None:
+    async def websocket(self, ws: WebSocket) -> None:
         """One client: hello, then its messages until it leaves or breaks the protocol."""
         from starlette.websockets import WebSocketDisconnect
 
@@ -591,7 +596,7 @@ class Hub:
             with suppress(Exception):
                 await ws.close(failure.code, _reason(failure.reason))
 
-    async def _send(self, ws, client: Client) -> None:
+    async def _send(self, ws: WebSocket, client: Client) -> None:
         """Send the client's replies, newest first-come; ends when the connection does."""
         try:
             while True:
@@ -606,7 +611,7 @@ class Hub:
         except Exception:  # noqa: BLE001 - the client went away; the receiving side ends the connection
             return
 
-    async def _receive(self, ws, client: Client) -> None:
+    async def _receive(self, ws: WebSocket, client: Client) -> None:
         while True:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
