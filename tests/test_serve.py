@@ -636,6 +636,25 @@ def test_the_page_says_so_when_the_camera_is_denied(server: LrpServer, tmp_path:
         browser.close()
 
 
+@needs_chromium
+def test_the_page_watches_a_kiosk(tmp_path: Path) -> None:
+    video = tmp_path / "items.mp4"
+    write_sample(video, size=96, fps=12, seconds_per_item=0.5, count=3)
+    served = ServeProcess(["--source", str(video)], tmp_path)
+    try:
+        browser = Chromium(served.url, tmp_path / "profile", [])
+        try:
+            state = browser.wait_for(lambda s: s.get("framesReceived", 0) >= 3, "three frames of the kiosk")
+            assert state["mode"] == "kiosk" and state["framesSent"] == 0 and state["size"] == [96, 96]
+            assert state["label"].split("  ")[0] in CLASSES
+            assert browser.evaluate("document.getElementById('settings').disabled")
+            assert "items.mp4" in browser.evaluate("document.getElementById('kiosk').textContent")
+        finally:
+            browser.close()
+    finally:
+        assert served.stop(signal.SIGINT) == 130
+
+
 # -- load ------------------------------------------------------------------------------------
 
 @pytest.mark.slow
