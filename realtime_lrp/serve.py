@@ -699,10 +699,17 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def check_tls(cert: Path, key: Path) -> None:
-    """Load the certificate and key once, so a bad pair is one line before the server starts."""
+    """Load the certificate and key once, so a bad pair is one line before the server starts.
+
+    An encrypted key is refused rather than prompted for (the server may run unattended).
+    """
+    def encrypted() -> str:
+        raise ServeError(f"cannot use --tls {cert} {key}: the key is encrypted; give an unencrypted PEM key"
+                         f" (openssl pkey -in {key} -out plain.pem)")
+
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(str(cert), str(key))
+        context.load_cert_chain(str(cert), str(key), password=encrypted)
     except ssl.SSLError as exc:
         why = exc.reason or str(exc)
         raise ServeError(f"cannot use --tls {cert} {key}: {str(why).lower().replace('_', ' ')} (give a PEM"

@@ -384,10 +384,10 @@ def test_signals_stop_the_server_cleanly(tmp_path: Path, sig: int, code: int) ->
     assert "Traceback" not in served.stderr
 
 
-def run_serve(args: list[str]) -> subprocess.CompletedProcess:
+def run_serve(args: list[str], stdin: int | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     return subprocess.run([*rtlrp_command(), "serve", "--weights", "shipped", *args], capture_output=True,
-                          text=True, env=env, timeout=120)
+                          text=True, env=env, timeout=120, stdin=stdin)
 
 
 def test_port_in_use_and_bad_certificates_are_one_line_errors(tmp_path: Path) -> None:
@@ -403,6 +403,12 @@ def test_port_in_use_and_bad_certificates_are_one_line_errors(tmp_path: Path) ->
     key.write_text("not a key\n")
     proc = run_serve(["--port", "0", "--tls", str(cert), str(key)])
     assert proc.returncode == 1 and "cannot use --tls" in proc.stderr and "Traceback" not in proc.stderr
+    if shutil.which("openssl") is not None:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-keyout", str(key), "-out", str(cert),
+                        "-days", "1", "-subj", "/CN=localhost", "-passout", "pass:secret"],
+                       check=True, capture_output=True)
+        proc = run_serve(["--port", "0", "--tls", str(cert), str(key)], stdin=subprocess.DEVNULL)
+        assert proc.returncode == 1 and "the key is encrypted" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_serve(["--port", "0", "--tls", str(tmp_path / "missing.pem"), str(key)])
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     proc = run_serve(["--port", "0", "--source", str(tmp_path / "missing.mp4")])
