@@ -109,6 +109,15 @@ def _fashion_mnist(train: bool, download_root: Path) -> tuple[torch.Tensor, torc
     return ds.data[:, None].clone(), ds.targets.clone().long()
 
 
+def fashion_mnist(train: bool = False, download_root: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST's training or test split: uint8 images (N, 1, 28, 28) and int64 labels (N,).
+
+    Read from the Debian package's files (``fashion_mnist_dir``), else downloaded once by
+    torchvision into ``download_root``; DataError when neither works.
+    """
+    return _fashion_mnist(train, download_root or Path.home() / ".cache" / "realtime_lrp" / "data")
+
+
 def _cifar10(train: bool, download_root: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     from torchvision.datasets import CIFAR10
 
