@@ -203,6 +203,13 @@ def processing_options(func: F) -> F:
     return func
 
 
+def smooth_option(func: F) -> F:
+    """``--smooth ALPHA`` for the streaming commands (video, webcam): a moving average of maps."""
+    return click.option("--smooth", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+                        metavar="ALPHA", help="Exponential moving average of the maps over frames: weight ALPHA "
+                                              "on the previous average, 1 - ALPHA on the new map; 0 turns it off.")(func)
+
+
 def build_processor(options: dict[str, Any], console: Console) -> FrameProcessor:
     """A ``FrameProcessor`` from ``processing_options``; bad weights or options → one-line error."""
     from realtime_lrp.models import WeightsError
@@ -227,6 +234,7 @@ def _console() -> Console:
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1),
               help="Frames explained together (throughput on a GPU).")
 @processing_options
+@smooth_option
 def video_command(src: Path, out: Path, batch: int, **options: object) -> None:
     """Explain every frame of video IN into OUT, keeping its fps, frame count and size."""
     import sys
@@ -383,6 +391,7 @@ def sample_command(out: Path, size: int, fps: float, seconds: float, items: int,
 @click.option("--pace/--no-pace", default=True, show_default=True,
               help="Play a video file at its own frame rate, like a camera (files only).")
 @processing_options
+@smooth_option
 def webcam_command(camera: str, record: Path | None, no_window: bool, snapshot_dir: Path,
                    max_frames: int | None, pace: bool, **options: object) -> None:
     """Live LRP heatmaps from a camera: keys q/ESC quit, space pause, s snapshot, +/- top-k, c colours, l layout."""

@@ -55,6 +55,7 @@ ROW_KEYS: tuple[str, ...] = (
     "sensitivity_r_median", "sensitivity_r_min", "gini", "r_vs_fp32", "frame_r", "images", "seconds",
     "curve_morf", "curve_lerf",
 )
+SMOOTH_NEEDS_VIDEO = "smoothing (--smooth) needs a video input: it averages maps over consecutive frames"
 _CHUNK_ELEMENTS = 1 << 24  # perturbed-input values built at once (64 MiB in fp32)
 
 
@@ -317,18 +318,29 @@ def load_inputs(source: str | None, card: Mapping[str, Any], count: int, size: t
 
     notice = notice or (lambda _msg: None)
     hw = processing_size(card, size)
+    kind, name = source_kind(source, card)
+    if kind == "dataset":
+        return _dataset_inputs(card, count, hw, notice)
+    path = Path(name).expanduser()
+    if kind == "folder":
+        return _folder_inputs(path, card, count, hw, notice)
+    return _video_inputs(path, card, count, hw, notice)
+
+
+def source_kind(source: str | None, card: Mapping[str, Any]) -> tuple[str, str]:
+    """``("dataset" | "folder" | "video", name)`` for a SOURCE argument, or a one-line error."""
     if source is None:
         if card.get("dataset") != "fashion-mnist":
             raise EvaluationError("give the images to evaluate on: a folder of images, a video file or "
                                   "fashion-mnist")
         source = "fashion-mnist"
     if source == "fashion-mnist":
-        return _dataset_inputs(card, count, hw, notice)
+        return "dataset", source
     path = Path(source).expanduser()
     if path.is_dir():
-        return _folder_inputs(path, card, count, hw, notice)
+        return "folder", source
     if path.is_file():
-        return _video_inputs(path, card, count, hw, notice)
+        return "video", source
     raise EvaluationError(f"{source}: no such folder, video file or dataset (give a folder of images, "
                           "a video file or fashion-mnist)")
 
@@ -385,13 +397,13 @@ def _folder_inputs(folder: Path, card: Mapping[str, Any], count: int, hw: tuple[
     paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not paths:
         raise EvaluationError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
-    paths = paths[:_fewer(count, len(paths), str(folder), notice)]
     frames = []
-    for path in paths:
+    for path in paths[:count]:
         frame = cv2.imread(str(path), cv2.IMREAD_ANYCOLOR)
         if frame is None:
             raise EvaluationError(f"cannot read {path}: not an image, or corrupt")
         frames.append(frame)
+    _fewer(count, len(paths), str(folder), notice)
     _say_conversions(frames, card, hw, "images", notice)
     return Inputs(_frames_tensor(frames, card, hw), None, str(folder))
 
@@ -462,7 +474,7 @@ def evaluate(model: nn.Module, card: Mapping[str, Any], inputs: Inputs, config: 
     if config.draws < 1 or config.batch < 1 or config.noise < 0:
         raise EvaluationError("draws and batch must be at least 1, noise at least 0")
     if config.smooth and not inputs.video:
-        raise EvaluationError("smoothing (--smooth) needs a video input: its maps are averaged over frames")
+        raise EvaluationError(SMOOTH_NEEDS_VIDEO)
     model = model.to(device, torch.float32).eval()
     methods = plan_methods(config.methods, config.top_ks, run_dtypes(config.dtypes, device, notice))
     x_all = inputs.x
@@ -585,6 +597,8 @@ def run(source: str | None, model: nn.Module, card: Mapping[str, Any], config: E
     plan_methods(config.methods, config.top_ks, config.dtypes or ["fp32"])
     if plot_path is not None and Path(plot_path).suffix.lower() != ".png":
         raise EvaluationError(f"--plot must be a .png file, got {Path(plot_path).name}")
+    if config.smooth and source_kind(source, card)[0] != "video":
+        raise EvaluationError(SMOOTH_NEEDS_VIDEO)
     dev = select_device(device)
     start = time.perf_counter()
     inputs = load_inputs(source, card, count, size, notice)

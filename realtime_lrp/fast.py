@@ -12,7 +12,8 @@ around it; if nothing can be captured the pass runs eagerly. ``notice`` says whi
 
 The colour scale is the stream's running scale of :class:`realtime_lrp.render.StableScale`
 (an EMA of the 99.5th percentile of ``|R|``, frames folded in order), kept on the device so
-the pass needs no host synchronisation. Labels are drawn on the host after the download.
+the pass needs no host synchronisation; so is the moving average of maps that ``smooth``
+asks for (:class:`realtime_lrp.processor.MapSmoother`). Labels are drawn on the host after the download.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from realtime_lrp import render
 from realtime_lrp.engine import LRP
-from realtime_lrp.processor import FrameProcessor, Prediction, ProcessingError
+from realtime_lrp.processor import FrameProcessor, MapSmoother, Prediction, ProcessingError
 
 Notice = Callable[[str], None]
 
@@ -172,9 +173,11 @@ class _FramePass:
         self.centered = cmap.centered
         self.lut = torch.from_numpy(cmap.lut).to(device)
         self.target = owner.static_target(n)
-        state = owner.scale.state()  # capture warms up on these (blank) buffers: keep the stream's scale
+        # capture warms up on these (blank) buffers: keep the stream's scale and smoothed map
+        state = owner.scale.state(), owner.smoother.state()
         self._build(owner.graph, owner.notice, f"{n}x{w}x{h} frame pass")
-        owner.scale.restore(state)
+        owner.scale.restore(state[0])
+        owner.smoother.restore(state[1])
 
     def _preprocess(self, frames: Tensor) -> Tensor:
         p = self.owner.processor
@@ -200,7 +203,7 @@ class _FramePass:
         """Device part: uint8 frames (N, H, W, 3) → rendered frames and (top-1, probability, explained)."""
         owner = self.owner
         result = owner.lrp(self._preprocess(frame), target=self.target)
-        relevance = torch.nan_to_num(result.relevance.float(), nan=0.0, posinf=0.0, neginf=0.0)
+        relevance = owner.smoother(torch.nan_to_num(result.relevance.float(), nan=0.0, posinf=0.0, neginf=0.0))
         scale = owner.scale.update(relevance)
         top_p, top_i = torch.softmax(result.logits.float(), dim=1).max(dim=1)
         r = F.interpolate(relevance[:, None], size=frame.shape[1:3], mode="bilinear", align_corners=False)[:, 0]
@@ -281,6 +284,7 @@ class FastProcessor:
         self.std = torch.tensor(card["std"], dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.gray = torch.tensor(GRAY_WEIGHTS, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.scale = _DeviceScale(self.device, percentile, momentum)
+        self.smoother = MapSmoother(processor.smoother.alpha, processor.size, self.device)
         self._passes: OrderedDict[tuple, _FramePass] = OrderedDict()
         self._targets: dict[int, Tensor] = {}
         self._top_k = processor.top_k
@@ -298,8 +302,9 @@ class FastProcessor:
         return self._targets[n]
 
     def reset(self) -> None:
-        """Forget the stream's colour scale (new stream)."""
+        """Forget the stream's colour scale and smoothed map (new stream)."""
         self.scale.reset()
+        self.smoother.reset()
 
     def output_size(self, frame_size: tuple[int, int]) -> tuple[int, int]:
         """(width, height) of rendered frames for inputs of ``frame_size`` (width, height)."""
@@ -310,6 +315,7 @@ class FastProcessor:
         if p.top_k != self._top_k:
             self._top_k = p.top_k
             self.scale.reset()  # maps of another top-k have another magnitude
+            self.smoother.reset()
         key = (n, h, w, p.top_k, str(p.target), p.cmap, p.layout, p.alpha)
         if key in self._passes:
             self._passes.move_to_end(key)
