@@ -465,8 +465,9 @@ def evaluate(model: nn.Module, card: Mapping[str, Any], inputs: Inputs, config: 
     """Measure every method of ``config`` on ``inputs``; one row per method (keys ``ROW_KEYS``).
 
     ``progress`` is an optional started ``rich.progress.Progress``; it gets one task advanced
-    per image and method. Each method's random draws (noise, tie order, random maps) come from
-    a generator seeded with ``config.seed``, so methods are compared on the same noise.
+    per image and method. Each method's random numbers come from three generators seeded from
+    ``config.seed`` (tie order and uniform fills; sensitivity noise; random maps), so methods are
+    compared on the same noise, and changing ``draws`` leaves the pixel-flipping results alone.
     """
     from realtime_lrp.processor import MapSmoother
 
@@ -489,8 +490,8 @@ def evaluate(model: nn.Module, card: Mapping[str, Any], inputs: Inputs, config: 
     for method in methods:
         if task is not None:
             progress.update(task, description=method.name)
-        generator = torch.Generator(device=device).manual_seed(config.seed)
-        explain = _explainer(model, card, method, generator)
+        flips, noise, draws = (torch.Generator(device=device).manual_seed(config.seed + i) for i in range(3))
+        explain = _explainer(model, card, method, draws)
         smoother = MapSmoother(config.smooth, (h, w), device)
         start = time.perf_counter()
         parts: dict[str, list[Tensor]] = {k: [] for k in ("maps", "morf", "lerf", "sens", "gini")}
@@ -499,9 +500,9 @@ def evaluate(model: nn.Module, card: Mapping[str, Any], inputs: Inputs, config: 
             target = targets[i:i + config.batch]
             raw = explain(x, target)
             maps = smoother(raw)
-            value = replacement(x, config.flip.value, card["mean"], card["std"], generator)
-            morf, lerf = flip_curves(model, x, maps, target, config.flip, value, generator)
-            parts["sens"].append(sensitivity(explain, x, target, raw, sigma, config.draws, generator))
+            value = replacement(x, config.flip.value, card["mean"], card["std"], flips)
+            morf, lerf = flip_curves(model, x, maps, target, config.flip, value, flips)
+            parts["sens"].append(sensitivity(explain, x, target, raw, sigma, config.draws, noise))
             parts["maps"].append(maps.cpu())
             parts["morf"].append(morf.cpu())
             parts["lerf"].append(lerf.cpu())
@@ -670,7 +671,8 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float], p
                 title: str = "rtlrp evaluate", score: str = "probability") -> None:
     """MoRF (top) and LeRF (bottom) curves, one column per preset with the baselines in each.
 
-    Colour marks the top-k, the line style the dtype; baselines are grey. Written atomically.
+    Colour marks the top-k, the line style the dtype, baselines are grey; one legend below
+    serves every panel (the AOPC values are in the table). Written atomically.
     """
     import matplotlib
 
@@ -683,40 +685,41 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float], p
     top_ks = list(dict.fromkeys(r["top_k"] for r in rows if r["kind"] == "lrp"))
     colours = {k: plt.get_cmap("viridis")(i / max(1, len(top_ks) - 1) * 0.85) for i, k in enumerate(top_ks)}
     styles = {"fp32": "-", "bf16": "--", "fp16": ":"}
-    base_styles = {"random": ("0.6", ":"), "gradient": ("0.35", "-."), "gradient-x-input": ("0.1", "--")}
+    base_styles = {"random": ("0.55", ":"), "gradient": ("0.35", "-."), "gradient-x-input": ("0.05", (0, (5, 2)))}
     xs = [100 * f for f in fractions]
-    fig, axes = plt.subplots(2, len(presets), figsize=(4.6 * len(presets), 7.6), sharex=True, sharey="row",
+    fig, axes = plt.subplots(2, len(presets), figsize=(4.4 * len(presets) + 0.6, 8.2), sharex=True, sharey=True,
                              squeeze=False)
+    legend: dict[str, Any] = {}
     for col, preset in enumerate(presets):
-        for row_i, (key, label) in enumerate((("curve_morf", "MoRF: most relevant first"),
-                                              ("curve_lerf", "LeRF: least relevant first"))):
+        for row_i, (key, label) in enumerate((("curve_morf", "MoRF: most relevant first (lower is better)"),
+                                              ("curve_lerf", "LeRF: least relevant first (higher is better)"))):
             ax = axes[row_i][col]
             for r in rows:
                 if r["kind"] == "lrp" and r["preset"] == preset:
-                    ax.plot(xs, r[key], color=colours[r["top_k"]], linestyle=styles[r["dtype"]], linewidth=1.8,
-                            label=f"top-k {r['top_k']:g} {r['dtype']} (AOPC {_aopc(r, key):.3f})")
+                    name = f"LRP top-k {r['top_k']:g}, {r['dtype']}"
+                    legend[name], = ax.plot(xs, r[key], color=colours[r["top_k"]], linestyle=styles[r["dtype"]],
+                                            linewidth=1.8)
             for r in baselines:
                 colour, style = base_styles[r["kind"]]
-                ax.plot(xs, r[key], color=colour, linestyle=style, linewidth=1.5,
-                        label=f"{r['kind']} (AOPC {_aopc(r, key):.3f})")
-            ax.set_title(f"{preset} — {label}", fontsize=10)
+                legend[r["kind"].replace("-x-", " × ")], = ax.plot(xs, r[key], color=colour, linestyle=style,
+                                                                    linewidth=1.5)
+            ax.set_title(f"{preset}\n{label}", fontsize=9.5)
+            ax.set_ylim(0, 1.02 if score == "probability" else None)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="best", framealpha=0.85)
             if row_i == 1:
                 ax.set_xlabel("pixels flipped (%)")
             if col == 0:
                 ax.set_ylabel(f"{score} of the explained class")
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.suptitle(title, fontsize=10.5)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=min(len(legend), 4), fontsize=8.5,
+               frameon=False)
+    rows_of_legend = math.ceil(len(legend) / 4)
+    fig.tight_layout(rect=(0, 0.03 + 0.035 * rows_of_legend, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     fig.savefig(partial, dpi=110, format="png")
     plt.close(fig)
     os.replace(partial, path)
-
-
-def _aopc(row: Mapping[str, Any], key: str) -> float:
-    return row["aopc_morf"] if key == "curve_morf" else row["aopc_lerf"]
 
 
 def payload(rows: Sequence[Mapping[str, Any]], config: EvalConfig, inputs: Inputs, card: Mapping[str, Any],

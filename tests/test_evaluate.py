@@ -222,7 +222,9 @@ def shipped_inputs(n: int):
 @pytest.mark.slow
 def test_every_preset_beats_random_maps_on_the_shipped_model() -> None:
     """The default protocol (pixels set to the mean): MoRF − LeRF. Pixels set to black, Fashion-MNIST's
-    background, which removes what they showed: MoRF alone."""
+    background, which removes what they showed: MoRF alone. (MoRF alone with the mean does not hold:
+    grey pixels scattered over the black background hurt more than greying the item; README.)
+    Random maps score about 0 on MoRF − LeRF (± 0.015 on 64 images), hence the 0.02 margin."""
     model, card, inputs = shipped_inputs(64)
     for value, key in (("mean", "aopc_diff"), ("black", "aopc_morf")):
         config = ev.EvalConfig(top_ks=(0.0, 0.02), dtypes=["fp32"], methods=[*ev.PRESET_NAMES, "random"],
@@ -232,7 +234,7 @@ def test_every_preset_beats_random_maps_on_the_shipped_model() -> None:
         lrp_rows = [r for r in rows if r["kind"] == "lrp"]
         assert len(lrp_rows) == 6
         for r in lrp_rows:
-            assert r[key] > random_row[key] + 0.05, (value, r["method"], r[key], random_row[key])
+            assert r[key] > random_row[key] + 0.02, (value, r["method"], r[key], random_row[key])
 
 
 # ------------------------------------------------------------ the command
