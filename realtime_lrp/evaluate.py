@@ -535,7 +535,9 @@ def _stat(values: Tensor, how: str) -> float | None:
     v = values[~torch.isnan(values)]
     if v.numel() == 0:
         return None
-    return float({"mean": v.mean, "median": v.median, "min": v.min}[how]())
+    if how == "median":
+        return float(v.double().quantile(0.5))
+    return float(v.mean() if how == "mean" else v.min())
 
 
 def _row(method: Method, m: dict[str, Tensor], reference: Tensor | None, video: bool,
@@ -711,10 +713,15 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float], p
             if col == 0:
                 ax.set_ylabel(f"{score} of the explained class")
     fig.suptitle(title, fontsize=10.5)
-    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=min(len(legend), 4), fontsize=8.5,
-               frameon=False)
-    rows_of_legend = math.ceil(len(legend) / 4)
-    fig.tight_layout(rect=(0, 0.03 + 0.035 * rows_of_legend, 1, 1))
+    columns = [[n for n in legend if n.startswith(f"LRP top-k {k:g},")] for k in top_ks]
+    columns.append([n for n in legend if not n.startswith("LRP ")])
+    columns = [c for c in columns if c]
+    depth = max(len(c) for c in columns)
+    labels = [n for c in columns for n in c + [""] * (depth - len(c))]  # one column per top-k, then baselines
+    blank = plt.Line2D([], [], alpha=0)
+    fig.legend([legend.get(n, blank) for n in labels], labels, loc="lower center", ncol=len(columns),
+               fontsize=8.5, frameon=False)
+    fig.tight_layout(rect=(0, 0.015 + 0.03 * depth, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     fig.savefig(partial, dpi=110, format="png")

@@ -253,7 +253,7 @@ def test_cli_end_to_end_with_json_and_plot(tmp_path) -> None:
         "epsilon-plus-flat k=0.05 bf16", "zplus k=0 fp32", "zplus k=0 bf16", "zplus k=0.05 fp32",
         "zplus k=0.05 bf16", "random", "gradient", "gradient-x-input"]
     for r in rows:
-        assert set(REQUIRED) <= set(r)
+        assert set(REQUIRED) <= set(r) == set(ev.ROW_KEYS)
         assert r["images"] == 12 and r["dtype"] in ("fp32", "bf16")
         assert -1 <= r["aopc_morf"] <= 1 and -1 <= r["aopc_lerf"] <= 1
         assert r["aopc_diff"] == pytest.approx(r["aopc_morf"] - r["aopc_lerf"], abs=1e-6)
