@@ -378,16 +378,20 @@ def _frames_tensor(frames: Sequence[np.ndarray], card: Mapping[str, Any], hw: tu
 
 def _say_conversions(frames: Sequence[np.ndarray], card: Mapping[str, Any], hw: tuple[int, int], what: str,
                      notice: Notice) -> None:
+    """Say how many of ``frames`` are resized or converted to the model's channels (``what``: their name)."""
     channels = int(card["input_channels"])
     resized = sum(f.shape[:2] != tuple(hw) for f in frames)
     converted = sum((1 if f.ndim == 2 else f.shape[2]) != channels for f in frames)
     kind = "gray" if channels == 1 else "RGB"
+    def share(k: int) -> str:
+        return what if len(frames) == 1 else f"{k} of the {len(frames)} {what}"
+
     if resized:
-        notice(f"{resized} of the {len(frames)} {what} are not {hw[1]}x{hw[0]}: each is resized to it as a "
-               "whole (bilinear), as the other commands do")
+        notice(f"{share(resized)} not {hw[1]}x{hw[0]}: resized to it as a whole (bilinear), as the other "
+               "commands do")
     if converted:
-        notice(f"{converted} of the {len(frames)} {what} are not {kind}: each is converted to {kind} "
-               f"({channels} channel{'s' if channels > 1 else ''}), as the other commands do")
+        notice(f"{share(converted)} not {kind}: converted to {kind} ({channels} channel"
+               f"{'s' if channels > 1 else ''}), as the other commands do")
 
 
 def _folder_inputs(folder: Path, card: Mapping[str, Any], count: int, hw: tuple[int, int],
@@ -404,7 +408,7 @@ def _folder_inputs(folder: Path, card: Mapping[str, Any], count: int, hw: tuple[
             raise EvaluationError(f"cannot read {path}: not an image, or corrupt")
         frames.append(frame)
     _fewer(count, len(paths), str(folder), notice)
-    _say_conversions(frames, card, hw, "images", notice)
+    _say_conversions(frames, card, hw, "images are" if len(frames) > 1 else "the image is", notice)
     return Inputs(_frames_tensor(frames, card, hw), None, str(folder))
 
 
@@ -425,7 +429,7 @@ def _video_inputs(path: Path, card: Mapping[str, Any], count: int, hw: tuple[int
     finally:
         cap.release()
     _fewer(count, len(frames), str(path), notice)
-    _say_conversions(frames[:1], card, hw, "frames (first of each)", notice)
+    _say_conversions(frames[:1], card, hw, "the video's frames are", notice)
     return Inputs(_frames_tensor(frames, card, hw), None, str(path), video=True)
 
 

@@ -295,7 +295,7 @@ def test_other_sizes_and_channels_are_converted_and_said(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "only 3: using 3" in text
-    assert "3 of the 3 images are not 32x32" in text and "converted to gray" in text
+    assert "3 of the 3 images are not 32x32: resized" in text and "not gray: converted to gray" in text
     rows = json.loads(out.read_text())["rows"]
     assert [r["images"] for r in rows] == [3, 3]
 
@@ -311,6 +311,7 @@ def test_a_video_gets_the_frame_to_frame_r(tmp_path) -> None:
     row = json.loads(out.read_text())["rows"][0]
     assert row["images"] == 6 and -1 <= row["frame_r"] <= 1
     assert "consecutive input frames correlate" in result.output
+    assert "the video's frames are not gray: converted to gray" in " ".join(result.output.split())
 
 
 @pytest.mark.parametrize("make, args, message", [
