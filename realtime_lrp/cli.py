@@ -234,6 +234,13 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) - 2)
 
 
+def smooth_option(func: F) -> F:
+    """``--smooth ALPHA`` for the streaming commands (video, webcam): a moving average of maps."""
+    return click.option("--smooth", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+                        metavar="ALPHA", help="Exponential moving average of the maps over frames: weight ALPHA "
+                                              "on the previous average, 1 - ALPHA on the new map; 0 turns it off.")(func)
+
+
 def build_processor(options: dict[str, Any], console: Console) -> FrameProcessor:
     """A ``FrameProcessor`` from ``processing_options``; bad weights or options → one-line error."""
     import torch
@@ -295,7 +302,7 @@ def run_settings(options: dict[str, Any], codec: str | None, crf: int | None) ->
         from realtime_lrp.models import sha256_file
 
         weights = f"sha256:{sha256_file(Path(weights))}"
-    keys = ("preset", "top_k", "target", "size", "cmap", "layout", "alpha")
+    keys = ("preset", "top_k", "target", "size", "cmap", "layout", "alpha", "smooth")
     return "rtlrp " + json.dumps({"version": __version__, "weights": weights, "codec": codec, "crf": crf,
                                   **{k: options.get(k) for k in keys}}, sort_keys=True)
 
@@ -312,6 +319,7 @@ def run_settings(options: dict[str, Any], codec: str | None, crf: int | None) ->
               help="Frames explained together (throughput on a GPU).")
 @codec_options
 @processing_options
+@smooth_option
 def video_command(sources: tuple[Path, ...], out: Path | None, out_dir: Path | None, batch: int,
                   codec: str | None, crf: int | None, **options: object) -> None:
     """Explain every frame of video IN into --out (or each IN into --out-dir), keeping timestamps, sound and size."""
@@ -519,6 +527,7 @@ def sample_command(out: Path, size: int, fps: float, seconds: float, items: int,
               help="Play a video file at its own frame rate, like a camera (files only).")
 @codec_options
 @processing_options
+@smooth_option
 def webcam_command(camera: str, record: Path | None, no_window: bool, snapshot_dir: Path,
                    max_frames: int | None, pace: bool, codec: str | None, crf: int | None,
                    **options: object) -> None:
@@ -746,6 +755,95 @@ def _bench_video(path: Path, model, card: dict, preset: str, top_k: float, sizes
         return bench.bench_video(path, processor, batch=batch, keep=frames, notice=notice)
     except (InputError, ProcessingError, PartialOutput) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@cli.command("evaluate")
+@click.argument("source", metavar="[SOURCE]", required=False)
+@click.option("--weights", default="shipped", show_default=True, metavar="auto|imagenet|shipped|PATH",
+              help=WEIGHTS_HELP)
+@click.option("-n", "--images", default=256, show_default=True, type=click.IntRange(min=1),
+              help="Evaluate on the first N images (or video frames).")
+@click.option("--methods", default=",".join((*PRESET_NAMES, "random", "gradient", "gradient-x-input")),
+              show_default=True, callback=_csv(str), metavar="NAME,...",
+              help="LRP presets and baselines (random, gradient, gradient-x-input), comma-separated.")
+@click.option("--top-k", default="0,0.02,0.05", show_default=True, callback=_csv(float), metavar="K,K,...",
+              help="Filter fractions for every preset; 0 is unfiltered.")
+@click.option("--dtypes", default="auto", show_default=True, metavar="auto|fp32,bf16,fp16",
+              help="Precisions of the LRP maps; auto: fp32, bf16, and fp16 on CUDA.")
+@click.option("--batch", default=64, show_default=True, type=click.IntRange(min=1), help="Images per batch.")
+@click.option("--size", default=None, metavar="N|WxH", callback=_check_size,
+              help="Processing size the images are resized to; default: the model's input size.")
+@click.option("--noise", default=0.5, show_default=True, type=click.FloatRange(min=0),
+              help="Standard deviation of the sensitivity noise, in grey levels of 255.")
+@click.option("--draws", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Noise draws per image for the sensitivity.")
+@click.option("--flip-step", default=0.02, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Fraction of the pixels flipped per pixel-flipping step.")
+@click.option("--flip-max", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Fraction of the pixels flipped at the last step.")
+@click.option("--flip-value", type=click.Choice(["mean", "black", "uniform"]), default="mean", show_default=True,
+              help="What flipped pixels become: the model's mean (0 after normalisation), black, or uniform noise.")
+@click.option("--flip-score", type=click.Choice(["probability", "logit"]), default="probability",
+              show_default=True, help="Score recorded after each step, for the explained class.")
+@click.option("--flip-rank", type=click.Choice(["relevance", "magnitude"]), default="relevance",
+              show_default=True, help="Rank pixels by relevance (signed) or by its magnitude.")
+@click.option("--smooth", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Video input: average maps over frames as rtlrp video --smooth does.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the noise, tie order and random maps.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write one row per method (and the settings) to this JSON file.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the MoRF and LeRF curves of every method into this PNG.")
+def evaluate_command(source: str | None, weights: str, images: int, methods: list[str], top_k: list[float],
+                     dtypes: str, batch: int, size: str | None, noise: float, draws: int, flip_step: float,
+                     flip_max: float, flip_value: str, flip_score: str, flip_rank: str, smooth: float, seed: int,
+                     device: str, threads: int | None, json_path: Path | None, plot_path: Path | None) -> None:
+    """Measure how faithful, stable and sparse each method's maps are: SOURCE is a folder of
+    images, a video file or fashion-mnist (the default for models trained on it)."""
+    import sys
+
+    import torch
+    from rich.console import Console
+
+    from realtime_lrp import evaluate
+    from realtime_lrp.preprocess import parse_size
+
+    console = _console()
+    out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)  # the table, on stdout
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        config = evaluate.EvalConfig(
+            methods=methods, top_ks=top_k,
+            dtypes=None if dtypes == "auto" else [d.strip() for d in dtypes.split(",") if d.strip()],
+            flip=evaluate.FlipProtocol(flip_step, flip_max, flip_value, flip_score, flip_rank),
+            noise=noise, draws=draws, batch=batch, smooth=smooth, seed=seed)
+        evaluate.plan_methods(config.methods, config.top_ks, config.dtypes or ["fp32"])
+        model, card = load_weights(weights)
+        with evaluate.evaluate_progress(console) as progress:
+            report = evaluate.run(source, model, card, config, count=images, size=parse_size(size), device=device,
+                                  json_path=json_path, plot_path=plot_path, progress=progress,
+                                  notice=lambda msg: console.print(msg, style="yellow"))
+    except evaluate.EvaluationError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt as exc:
+        from realtime_lrp.signals import exit_code
+
+        console.print("Interrupted: nothing written.")
+        sys.exit(exit_code(exc))
+    settings = report.payload["settings"]
+    title = f"rtlrp evaluate: {settings['model']} on {report.images} images of {settings['source']}"
+    out.print(evaluate.results_table(report.rows, title))
+    if report.accuracy is not None:
+        console.print(f"top-1 accuracy on these images: {report.accuracy:.2%}")
+    if report.input_frame_r is not None:
+        console.print(f"consecutive input frames correlate at r = {report.input_frame_r:.3f}")
+    console.print(f"{len(report.rows)} methods on {report.images} images in {report.seconds:.1f} s")
+    for path in (json_path, plot_path):
+        if path is not None:
+            console.print(f"wrote {path}")
 
 
 @cli.command("serve")

@@ -109,6 +109,15 @@ def _fashion_mnist(train: bool, download_root: Path) -> tuple[torch.Tensor, torc
     return ds.data[:, None].clone(), ds.targets.clone().long()
 
 
+def fashion_mnist(train: bool = False, download_root: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST's training or test split: uint8 images (N, 1, 28, 28) and int64 labels (N,).
+
+    Read from the Debian package's files (``fashion_mnist_dir``), else downloaded once by
+    torchvision into ``download_root``; DataError when neither works.
+    """
+    return _fashion_mnist(train, download_root or Path.home() / ".cache" / "realtime_lrp" / "data")
+
+
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

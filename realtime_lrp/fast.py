@@ -12,7 +12,8 @@ around it; if nothing can be captured the pass runs eagerly. ``notice`` says whi
 
 The colour scale is the stream's running scale of :class:`realtime_lrp.render.StableScale`
 (an EMA of the 99.5th percentile of ``|R|``, frames folded in order), kept on the device so
-the pass needs no host synchronisation. Labels are drawn on the host after the download.
+the pass needs no host synchronisation; so is the moving average of maps that ``smooth``
+asks for (:class:`realtime_lrp.processor.MapSmoother`). Labels are drawn on the host after the download.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from realtime_lrp import render
 from realtime_lrp.engine import LRP
-from realtime_lrp.processor import FrameProcessor, Prediction, ProcessingError
+from realtime_lrp.processor import FrameProcessor, MapSmoother, Prediction, ProcessingError
 
 Notice = Callable[[str], None]
 
@@ -161,11 +162,13 @@ class DevicePass:
     Resize and normalisation, the LRP call, the running colour scale, colour map and blend
     are device work only, with no host synchronisation, so a CUDA graph can hold them.
     ``size`` is the processing (H, W); ``target`` what the engine gets (a device tensor for
-    a class index, see :meth:`FastProcessor.static_target`).
+    a class index, see :meth:`FastProcessor.static_target`); ``smoother`` the stream's
+    moving average of maps, if any.
     """
 
     def __init__(self, lrp: LRP, size: tuple[int, int], mean: Sequence[float], std: Sequence[float],
-                 scale: "_DeviceScale", cmap: str, layout: str, alpha: float, target: Any) -> None:
+                 scale: "_DeviceScale", cmap: str, layout: str, alpha: float, target: Any,
+                 smoother: MapSmoother | None = None) -> None:
         device = scale.value.device
         self.lrp = lrp
         self.size = size
@@ -179,6 +182,7 @@ class DevicePass:
         self.layout = layout
         self.alpha = float(alpha)
         self.target = target
+        self.smoother = smoother
 
     def preprocess(self, frames: Tensor) -> Tensor:
         """uint8 BGR (N, H, W, 3) → the model's normalised input (channels_last on CUDA)."""
@@ -203,6 +207,8 @@ class DevicePass:
     def __call__(self, frame: Tensor) -> tuple[Tensor, Tensor]:
         result = self.lrp(self.preprocess(frame), target=self.target)
         relevance = torch.nan_to_num(result.relevance.float(), nan=0.0, posinf=0.0, neginf=0.0)
+        if self.smoother is not None:
+            relevance = self.smoother(relevance)
         scale = self.scale.update(relevance)
         top_p, top_i = torch.softmax(result.logits.float(), dim=1).max(dim=1)
         r = F.interpolate(relevance[:, None], size=frame.shape[1:3], mode="bilinear", align_corners=False)[:, 0]
@@ -231,10 +237,12 @@ class _FramePass:
         self.host_pred = torch.empty((3, n), dtype=torch.float32, pin_memory=pin)
         self.dev_in = torch.empty((n, h, w, 3), dtype=torch.uint8, device=device)
         self._compute = DevicePass(owner.lrp, p.size, p.card["mean"], p.card["std"], owner.scale, p.cmap,
-                                   p.layout, p.alpha, owner.static_target(n))
-        state = owner.scale.state()  # capture warms up on these (blank) buffers: keep the stream's scale
+                                   p.layout, p.alpha, owner.static_target(n), owner.smoother)
+        # capture warms up on these (blank) buffers: keep the stream's scale and smoothed map
+        state = owner.scale.state(), owner.smoother.state()
         self._build(owner.graph, owner.notice, f"{n}x{w}x{h} frame pass")
-        owner.scale.restore(state)
+        owner.scale.restore(state[0])
+        owner.smoother.restore(state[1])
 
     def _upload(self, host_in: Tensor) -> None:
         self.dev_in.copy_(host_in, non_blocking=True)
@@ -298,6 +306,7 @@ class FastProcessor:
         self.notice = notice
         self.cache = cache
         self.scale = _DeviceScale(self.device, percentile, momentum)
+        self.smoother = MapSmoother(processor.smoother.alpha, processor.size, self.device)
         self._passes: OrderedDict[tuple, _FramePass] = OrderedDict()
         self._targets: dict[int, Tensor] = {}
         self._top_k = processor.top_k
@@ -315,8 +324,9 @@ class FastProcessor:
         return self._targets[n]
 
     def reset(self) -> None:
-        """Forget the stream's colour scale (new stream)."""
+        """Forget the stream's colour scale and smoothed map (new stream)."""
         self.scale.reset()
+        self.smoother.reset()
 
     def output_size(self, frame_size: tuple[int, int]) -> tuple[int, int]:
         """(width, height) of rendered frames for inputs of ``frame_size`` (width, height)."""
@@ -327,6 +337,7 @@ class FastProcessor:
         if p.top_k != self._top_k:
             self._top_k = p.top_k
             self.scale.reset()  # maps of another top-k have another magnitude
+            self.smoother.reset()
         key = (n, h, w, p.top_k, str(p.target), p.cmap, p.layout, p.alpha)
         if key in self._passes:
             self._passes.move_to_end(key)

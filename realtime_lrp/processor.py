@@ -93,19 +93,70 @@ def parse_target(value: str | int | None, classes: Sequence[str]) -> int | str |
     return index
 
 
+class MapSmoother:
+    """Exponential moving average of a stream's relevance maps, kept on the maps' device.
+
+    ``s_t = alpha * s_(t-1) + (1 - alpha) * R_t``; the first map after a reset is taken as
+    it is, and ``alpha = 0`` passes maps through. Maps are folded in one at a time and in
+    order, so batching does not change the result. The state is two preallocated tensors
+    updated in place with no host synchronisation, so the same code runs inside the CUDA
+    graph of :class:`realtime_lrp.fast.FastProcessor`. It damps the frame-to-frame flicker of
+    maps that move under imperceptible changes of the input (``rtlrp evaluate`` measures it).
+    """
+
+    def __init__(self, alpha: float, size: tuple[int, int], device: torch.device | str = "cpu") -> None:
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"smoothing {alpha} is outside [0, 1)")
+        self.alpha = float(alpha)
+        self.value = torch.zeros(size, dtype=torch.float32, device=device)
+        self.seen = torch.zeros((), dtype=torch.bool, device=device)
+
+    @property
+    def active(self) -> bool:
+        """Whether maps are smoothed at all (``alpha > 0``)."""
+        return self.alpha > 0.0
+
+    def reset(self) -> None:
+        """Forget the history: the next map is taken as it is (new stream, new method)."""
+        self.seen.fill_(False)
+
+    def state(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A copy of the running map and its flag (to keep across a CUDA graph's warm-up)."""
+        return self.value.clone(), self.seen.clone()
+
+    def restore(self, state: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Put back a :meth:`state`, in place (captured graphs keep the tensors' addresses)."""
+        self.value.copy_(state[0])
+        self.seen.copy_(state[1])
+
+    def __call__(self, maps: torch.Tensor) -> torch.Tensor:
+        """Fold in fp32 maps (N, h, w) in order; the smoothed maps, (N, h, w)."""
+        if not self.active:
+            return maps
+        out = []
+        for r in maps:
+            blended = torch.where(self.seen, self.alpha * self.value + (1.0 - self.alpha) * r, r)
+            self.value.copy_(blended)
+            self.seen.fill_(True)
+            out.append(blended)
+        return torch.stack(out)
+
+
 class FrameProcessor:
     """Explain and render BGR frames with one model; keeps a stable colour scale per stream.
 
     ``model`` is an eval-mode model (any device/dtype; it is moved to the selected one)
     and ``card`` its model card. ``size`` is the processing (H, W), default the card's
     input size. ``cmap=None`` picks ``hot`` for positive-only presets and ``diverging``
-    for signed ones. ``notice`` receives one-line messages (the CPU fallback).
+    for signed ones. ``smooth`` in [0, 1) is the weight of the previous map in an
+    exponential moving average of a stream's maps (:class:`MapSmoother`; 0 is off).
+    ``notice`` receives one-line messages (the CPU fallback).
     """
 
     def __init__(self, model: torch.nn.Module, card: Mapping[str, Any], *, preset: str = "epsilon-plus-flat",
                  top_k: float = 0.02, target: str | int | None = None, size: tuple[int, int] | None = None,
                  cmap: str | None = None, layout: str = "overlay", alpha: float = 0.6,
-                 device: str = "auto", notice: Notice | None = None) -> None:
+                 smooth: float = 0.0, device: str = "auto", notice: Notice | None = None) -> None:
         if layout not in render.LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(render.LAYOUTS)}")
         if not 0.0 <= alpha <= 1.0:
@@ -126,10 +177,12 @@ class FrameProcessor:
         self.layout = layout
         self.alpha = alpha
         self.scale = render.StableScale()
+        self.smoother = MapSmoother(smooth, self.size, self.device)
 
     def reset(self) -> None:
-        """Start a new stream: forget the running colour scale of the previous one."""
+        """Start a new stream: forget the running colour scale and smoothed map of the previous one."""
         self.scale.reset()
+        self.smoother.reset()
 
     @property
     def signed(self) -> bool:
@@ -145,6 +198,7 @@ class FrameProcessor:
     def top_k(self, value: float) -> None:
         self.lrp.top_k = min(1.0, max(0.0, float(value)))
         self.scale.reset()
+        self.smoother.reset()
 
     @property
     def cmap(self) -> str:
@@ -174,14 +228,21 @@ class FrameProcessor:
         self.layout = render.LAYOUTS[(i + 1) % len(render.LAYOUTS)]
         return self.layout
 
-    def explain(self, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, list[Prediction]]:
-        """Relevance maps ``(N, h, w)`` float32 at the processing size, and predictions."""
+    def explain(self, frames: Sequence[np.ndarray], stream: bool = True) -> tuple[np.ndarray, list[Prediction]]:
+        """Relevance maps ``(N, h, w)`` float32 at the processing size, and predictions.
+
+        ``stream=True`` treats the frames as the next ones of a stream: with ``smooth`` set,
+        their maps are folded into the stream's moving average; ``False`` leaves them alone.
+        """
         try:
             x = frames_to_tensor(frames, self.card, self.size, self.device, self.dtype)
             result = self.lrp(x, target=self.target)
             probs = torch.softmax(result.logits.float(), dim=1)
             top_p, top_i = probs.max(dim=1)
-            relevance = result.relevance.float().cpu().numpy()
+            relevance = torch.nan_to_num(result.relevance.float(), nan=0.0, posinf=0.0, neginf=0.0)
+            if stream:
+                relevance = self.smoother(relevance)
+            relevance = relevance.cpu().numpy()
         except (RuntimeError, MemoryError) as error:
             if not out_of_memory(error):
                 raise
@@ -195,15 +256,15 @@ class FrameProcessor:
             Prediction(int(i), self.classes[int(i)], float(p), int(e), self.classes[int(e)])
             for i, p, e in zip(top_i.cpu().tolist(), top_p.cpu().tolist(), explained)
         ]
-        return np.nan_to_num(relevance, nan=0.0, posinf=0.0, neginf=0.0), preds
+        return relevance, preds
 
     def process(self, frames: Sequence[np.ndarray], stable: bool = True) -> tuple[list[np.ndarray], list[Prediction]]:
         """Explain and render frames in order with the current layout; each carries its label.
 
-        ``stable=True`` uses the stream's running colour scale (video, webcam); ``False``
-        scales each frame on its own (independent still images).
+        ``stable=True`` uses the stream's running colour scale and map smoothing (video,
+        webcam); ``False`` scales each frame on its own (independent still images).
         """
-        relevance, preds = self.explain(frames)
+        relevance, preds = self.explain(frames, stream=stable)
         scales = self.scales(relevance, stable)
         return self.render(frames, relevance, preds, scales), preds
 
