@@ -125,9 +125,9 @@ def test_arbitrary_objects_are_never_unpickled(tmp_path: Path) -> None:
 
 
 def test_wrong_network_state_dict(tmp_path: Path) -> None:
-    path = tmp_path / "resnet.pt"
-    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), path)
-    with pytest.raises(WeightsError, match="not a torchvision-style VGG"):
+    path = tmp_path / "mobilenet.pt"
+    torch.save(torchvision.models.mobilenet_v2(num_classes=3).state_dict(), path)
+    with pytest.raises(WeightsError, match="not a torchvision-style VGG, ResNet or AlexNet"):
         load_model(path)
 
 
