@@ -189,13 +189,14 @@ def _check_size(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 WEIGHTS_HELP = ("Model: auto (ImageNet VGG16 if cached or downloadable, else the shipped "
-                "Fashion-MNIST model), imagenet[:ARCH], shipped, or a weight file (.pt).")
+                "Fashion-MNIST model), imagenet[:ARCH] (torchvision's ImageNet weights for any train --arch, "
+                "e.g. imagenet:resnet50; default vgg16), shipped, or a weight file (.pt).")
 
 
 def weights_option(func):
     """Reusable ``--weights`` option (default ``auto``); pass its value to :func:`load_weights`."""
     return click.option("--weights", default="auto", show_default=True,
-                        metavar="auto|imagenet|shipped|PATH", help=WEIGHTS_HELP)(func)
+                        metavar="auto|imagenet[:ARCH]|shipped|PATH", help=WEIGHTS_HELP)(func)
 
 
 def processing_options(func: F) -> F:
@@ -641,7 +642,7 @@ def _csv(cast):
               help="Architecture with random weights (speed does not depend on the weights): vgg11 ... "
                    "vgg19_bn, resnet18 ... resnet152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, "
                    "wide_resnet50_2, wide_resnet101_2 or alexnet.")
-@click.option("--weights", default=None, metavar="imagenet|shipped|PATH",
+@click.option("--weights", default=None, metavar="imagenet[:ARCH]|shipped|PATH",
               help="Benchmark this model instead of a random --arch.")
 @click.option("--repeats", type=click.IntRange(min=1), default=None,
               help="Timed calls per measurement (median); default 50 on CUDA, 5 on the CPU.")
