@@ -93,10 +93,15 @@ def _command_line(ctx: click.Context) -> str:
     return shlex.join(words)
 
 
+# realtime_lrp.models.ENGINE_ARCHS, spelled out so that --help does not import torch (a test checks they agree).
+TRAIN_ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
+               "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+               "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2", "alexnet")
+
+
 @cli.command("train")
-@click.option("--arch", default="vgg11_bn", show_default=True,
-              type=click.Choice(["vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn",
-                                 "vgg19", "vgg19_bn"]), help="torchvision VGG architecture.")
+@click.option("--arch", default="vgg11_bn", show_default=True, type=click.Choice(TRAIN_ARCHS),
+              help="torchvision architecture: a VGG, ResNet, ResNeXt, Wide-ResNet or AlexNet.")
 @click.option("--dataset", default="fashion-mnist", show_default=True,
               help="fashion-mnist, cifar10 or imagefolder:PATH (PATH/train and PATH/val).")
 @click.option("--epochs", default=12, show_default=True, type=click.IntRange(min=1))
@@ -107,14 +112,18 @@ def _command_line(ctx: click.Context) -> str:
 @click.option("--weight-decay", default=5e-4, show_default=True, type=click.FloatRange(min=0))
 @click.option("--label-smoothing", default=0.0, show_default=True,
               type=click.FloatRange(0, 1, max_open=True))
-@click.option("--width", default=0.25, show_default=True,
-              type=click.FloatRange(min=0, min_open=True), help="Scale of the conv channel counts.")
+@click.option("--width", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Scale of the conv channel counts (VGGs and ResNets); default 0.25 for a VGG, "
+                   "1 (torchvision's) for a ResNet.")
 @click.option("--hidden", default=256, show_default=True, type=click.IntRange(min=1),
-              help="Width of the two hidden Linear layers (torchvision: 4096).")
+              help="VGG: width of the two hidden Linear layers (torchvision: 4096).")
 @click.option("--pool", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Output size of the adaptive average pool (torchvision: 7).")
+              help="VGG: output size of the adaptive average pool (torchvision: 7).")
 @click.option("--dropout", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True),
-              help="Dropout of the two hidden Linear layers (training only).")
+              help="VGG, AlexNet: dropout of the two hidden Linear layers (training only).")
+@click.option("--small-input/--no-small-input", default=None,
+              help="ResNet: CIFAR-style stem (3x3 stride-1 first conv, no max-pool); default on for "
+                   "inputs of at most 64 pixels.")
 @click.option("--input-size", default=None, metavar="N|WxH",
               help="Training resolution; default 32 (fashion-mnist, cifar10) or 224.")
 @click.option("--augment/--no-augment", default=True, show_default=True,
@@ -134,7 +143,7 @@ def _command_line(ctx: click.Context) -> str:
               help="Data-loading processes for imagefolder data.")
 @click.pass_context
 def train_command(ctx: click.Context, **options: object) -> None:
-    """Train a VGG (mixed precision with --amp; DDP under torchrun)."""
+    """Train a VGG, ResNet or AlexNet (mixed precision with --amp; DDP under torchrun)."""
     from realtime_lrp.data import DataError
     from realtime_lrp.models import WeightsError
     from realtime_lrp.training import TrainConfig, TrainingError, TrainingInterrupted, main
@@ -180,13 +189,14 @@ def _check_size(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 WEIGHTS_HELP = ("Model: auto (ImageNet VGG16 if cached or downloadable, else the shipped "
-                "Fashion-MNIST model), imagenet[:ARCH], shipped, or a weight file (.pt).")
+                "Fashion-MNIST model), imagenet[:ARCH] (torchvision's ImageNet weights for any train --arch, "
+                "e.g. imagenet:resnet50; default vgg16), shipped, or a weight file (.pt).")
 
 
 def weights_option(func):
     """Reusable ``--weights`` option (default ``auto``); pass its value to :func:`load_weights`."""
     return click.option("--weights", default="auto", show_default=True,
-                        metavar="auto|imagenet|shipped|PATH", help=WEIGHTS_HELP)(func)
+                        metavar="auto|imagenet[:ARCH]|shipped|PATH", help=WEIGHTS_HELP)(func)
 
 
 def processing_options(func: F) -> F:
@@ -641,7 +651,7 @@ def _csv(cast):
               help="Architecture with random weights (speed does not depend on the weights): vgg11 ... "
                    "vgg19_bn, resnet18 ... resnet152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, "
                    "wide_resnet50_2, wide_resnet101_2 or alexnet.")
-@click.option("--weights", default=None, metavar="imagenet|shipped|PATH",
+@click.option("--weights", default=None, metavar="imagenet[:ARCH]|shipped|PATH",
               help="Benchmark this model instead of a random --arch.")
 @click.option("--repeats", type=click.IntRange(min=1), default=None,
               help="Timed calls per measurement (median); default 50 on CUDA, 5 on the CPU.")

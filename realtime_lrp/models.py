@@ -1,6 +1,6 @@
-"""VGG architectures, model cards and safe weight loading.
+"""Architectures (VGG, ResNet/ResNeXt/Wide-ResNet, AlexNet), model cards and safe weight loading.
 
-``load_model`` resolves ``imagenet``, ``auto``, ``shipped`` or a path to an eval-mode
+``load_model`` resolves ``imagenet[:ARCH]``, ``auto``, ``shipped`` or a path to an eval-mode
 model plus its model card (a dict). Weight files are only ever read with
 ``torch.load(..., weights_only=True)``, so no arbitrary object is unpickled.
 """
@@ -107,38 +107,73 @@ RESNET_ARCHS: tuple[str, ...] = (
 ENGINE_ARCHS: tuple[str, ...] = ARCHS + RESNET_ARCHS + ("alexnet",)
 
 
-def build_model(arch: str, num_classes: int = 1000, in_channels: int = 3, small_input: bool = False) -> nn.Module:
+def build_model(arch: str, num_classes: int = 1000, in_channels: int = 3, small_input: bool = False,
+                width: float = 1.0, dropout: float = 0.5) -> nn.Module:
     """A randomly initialised model of any architecture the engine explains (``ENGINE_ARCHS``).
 
     VGGs come from :func:`build_vgg`; ResNets, ResNeXts, Wide-ResNets and AlexNet from
     torchvision, with their first conv rebuilt for ``in_channels`` other than 3.
     ``small_input`` gives a ResNet the CIFAR-style stem for 32-pixel images: a 3x3 stride-1
-    first conv and no max-pool.
+    first conv and no max-pool. ``width`` scales a VGG's or ResNet's channel counts (1:
+    torchvision's); ``dropout`` is VGG's and AlexNet's (training only).
     """
     if arch in ARCHS:
-        return build_vgg(arch, num_classes, in_channels)
+        return build_vgg(arch, num_classes, in_channels, width, dropout=dropout)
     if arch not in ENGINE_ARCHS:
         raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(ENGINE_ARCHS)}")
     from torchvision import models as tv_models
 
-    model = getattr(tv_models, arch)(weights=None, num_classes=num_classes)
     if arch == "alexnet":
+        model = tv_models.alexnet(weights=None, num_classes=num_classes, dropout=dropout)
         if in_channels != 3:
             model.features[0] = nn.Conv2d(in_channels, 64, kernel_size=11, stride=4, padding=2)
         return model
+    model = getattr(tv_models, arch)(weights=None, num_classes=num_classes)
+    if width != 1.0:
+        _scale_resnet(model, arch, width, num_classes)
+    stem = model.bn1.num_features
     if small_input:
-        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.conv1 = nn.Conv2d(in_channels, stem, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
-    elif in_channels != 3:
-        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    if small_input or in_channels != 3:
+    elif in_channels != 3 or width != 1.0:
+        model.conv1 = nn.Conv2d(in_channels, stem, kernel_size=7, stride=2, padding=3, bias=False)
+    if small_input or in_channels != 3 or width != 1.0:
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     return model
 
 
-CARD_FIELDS = ("arch", "width", "hidden", "pool", "num_classes", "classes", "input_size",
-               "input_channels", "mean", "std", "dataset", "test_accuracy", "command",
-               "sha256", "format")
+def _scale_resnet(model: nn.Module, arch: str, width: float, num_classes: int) -> None:
+    """Rebuild a torchvision ResNet's stages with ``width`` times its channels (the stem conv is left to the caller)."""
+    block = type(model.layer1[0])
+    depths = [len(getattr(model, f"layer{i}")) for i in range(1, 5)]
+    model.inplanes, model.dilation = max(1, round(64 * width)), 1
+    if model.inplanes * model.base_width // 64 == 0:  # a ResNeXt's grouped convs would have no channels
+        raise WeightsError(f"width {width} is too small for {arch}")
+    model.bn1 = nn.BatchNorm2d(model.inplanes)
+    for i, depth in enumerate(depths):
+        stage = model._make_layer(block, max(1, round(64 * 2 ** i * width)), depth, stride=1 if i == 0 else 2)
+        setattr(model, f"layer{i + 1}", stage)
+    model.fc = nn.Linear(model.inplanes, num_classes)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+CARD_FIELDS = ("arch", "num_classes", "classes", "input_size", "input_channels", "mean", "std",
+               "dataset", "test_accuracy", "command", "sha256", "format")
+
+
+def arch_fields(arch: str) -> tuple[str, ...]:
+    """The card fields beside :data:`CARD_FIELDS` that rebuild ``arch``: a VGG's ``width``,
+    ``hidden`` and ``pool``; a ResNet's ``width`` and ``small_input``; none for AlexNet."""
+    if arch in ARCHS:
+        return ("width", "hidden", "pool")
+    if arch in RESNET_ARCHS:
+        return ("width", "small_input")
+    return ()
+
+
+_TORCHVISION_FIELDS = {"width": 1.0, "hidden": 4096, "pool": 7, "small_input": False}
 
 
 def weights_dir() -> Path:
@@ -176,9 +211,14 @@ def validate_card(card: Any, source: str = "model card") -> dict[str, Any]:
     missing = [k for k in CARD_FIELDS if k not in card]
     if missing:
         raise WeightsError(f"{source} lacks field(s): {', '.join(missing)}")
+    if not isinstance(card["arch"], str) or card["arch"] not in ENGINE_ARCHS:
+        raise WeightsError(f"{source} has an invalid 'arch' field")
+    fields = arch_fields(card["arch"])
+    missing = [k for k in fields if k not in card]
+    if missing:
+        raise WeightsError(f"{source} lacks field(s) of {card['arch']}: {', '.join(missing)}")
     channels = card["input_channels"]
     checks = {
-        "arch": card["arch"] in ARCHS,
         "num_classes": isinstance(card["num_classes"], int) and card["num_classes"] > 0,
         "classes": isinstance(card["classes"], list) and len(card["classes"]) == card["num_classes"],
         "input_size": isinstance(card["input_size"], list) and len(card["input_size"]) == 2
@@ -187,10 +227,14 @@ def validate_card(card: Any, source: str = "model card") -> dict[str, Any]:
         "mean": isinstance(card["mean"], list) and len(card["mean"]) == channels,
         "std": isinstance(card["std"], list) and len(card["std"]) == channels
         and all(isinstance(v, (int, float)) and v > 0 for v in card["std"]),
-        "width": isinstance(card["width"], (int, float)) and card["width"] > 0,
-        "hidden": isinstance(card["hidden"], int) and card["hidden"] > 0,
-        "pool": isinstance(card["pool"], int) and card["pool"] > 0,
     }
+    kinds = {
+        "width": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+        "hidden": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+        "pool": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+        "small_input": lambda v: isinstance(v, bool),
+    }
+    checks.update({name: kinds[name](card[name]) for name in fields})
     bad = [name for name, ok in checks.items() if not ok]
     if bad:
         raise WeightsError(f"{source} has an invalid {bad[0]!r} field")
@@ -242,14 +286,52 @@ def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
                                "its training diverged")
 
 
+# ResNet family: bottleneck blocks, blocks per stage, groups, and a bottleneck's width over the stem's.
+_RESNETS: dict[str, tuple[bool, tuple[int, ...], int, float]] = {
+    "resnet18": (False, (2, 2, 2, 2), 1, 1), "resnet34": (False, (3, 4, 6, 3), 1, 1),
+    "resnet50": (True, (3, 4, 6, 3), 1, 1), "resnet101": (True, (3, 4, 23, 3), 1, 1),
+    "resnet152": (True, (3, 8, 36, 3), 1, 1), "resnext50_32x4d": (True, (3, 4, 6, 3), 32, 2),
+    "resnext101_32x8d": (True, (3, 4, 23, 3), 32, 4), "resnext101_64x4d": (True, (3, 4, 23, 3), 64, 4),
+    "wide_resnet50_2": (True, (3, 4, 6, 3), 1, 2), "wide_resnet101_2": (True, (3, 4, 23, 3), 1, 2),
+}
+
+
+def _infer_resnet(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    conv1, fc, inner = state["conv1.weight"], state["fc.weight"], state.get("layer1.0.conv2.weight")
+    if conv1.ndim != 4 or fc.ndim != 2 or inner is None or inner.ndim != 4:
+        raise WeightsError("the weights are not a torchvision-style ResNet (conv1/layer1/fc shapes)")
+    bottleneck = "layer1.0.conv3.weight" in state
+    depths = tuple(len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5))
+    groups = inner.shape[0] // max(1, inner.shape[1])
+    fits = [(abs(ratio - inner.shape[0] / conv1.shape[0]), arch) for arch, (neck, blocks, g, ratio)
+            in _RESNETS.items() if (neck, blocks, g) == (bottleneck, depths, groups)]
+    if not fits:
+        raise WeightsError(f"the weights are a ResNet with {depths} blocks per stage and {groups} groups, "
+                           "which matches no torchvision ResNet, ResNeXt or Wide-ResNet")
+    return {
+        "arch": min(fits)[1], "width": fc.shape[1] / (512 * (4 if bottleneck else 1)),
+        "small_input": conv1.shape[-1] == 3, "num_classes": int(fc.shape[0]),
+        "input_channels": int(conv1.shape[1]),
+    }
+
+
 def infer_architecture(state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Recover arch, width, hidden, pool, class and channel counts from VGG state-dict shapes."""
-    convs = sorted((int(k.split(".")[1]), v) for k, v in state.items()
-                   if k.startswith("features.") and k.endswith(".weight") and v.ndim == 4)
+    """Recover the architecture and its card fields (:func:`arch_fields`), class and channel
+    counts from the shapes of a torchvision-style VGG, ResNet-family or AlexNet state dict."""
+    if {"conv1.weight", "fc.weight"} <= state.keys():
+        return _infer_resnet(state)
+    alexnet = ("features.0.weight", "features.10.weight", "classifier.1.weight", "classifier.6.weight")
+    if all(k in state for k in alexnet) and "classifier.0.weight" not in state:
+        return {"arch": "alexnet", "num_classes": int(state["classifier.6.weight"].shape[0]),
+                "input_channels": int(state["features.0.weight"].shape[1])}
+    convs = sorted(((int(k.split(".")[1]), v) for k, v in state.items()
+                    if k.startswith("features.") and k.split(".")[1].isdigit() and k.endswith(".weight")
+                    and v.ndim == 4),
+                   key=lambda item: item[0])  # never compare tensors (nested names repeat an index)
     head = [state.get(f"classifier.{i}.weight") for i in (0, 3, 6)]
     if not convs or any(w is None or w.ndim != 2 for w in head):
-        raise WeightsError("the weights are not a torchvision-style VGG "
-                           "(features.*/classifier.* keys missing)")
+        raise WeightsError("the weights are not a torchvision-style VGG, ResNet or AlexNet "
+                           "(features.*/classifier.* or conv1/layer*/fc keys missing)")
     depth = {8: "vgg11", 10: "vgg13", 13: "vgg16", 16: "vgg19"}.get(len(convs))
     if depth is None:
         raise WeightsError(f"the weights have {len(convs)} conv layers, which matches no VGG")
@@ -263,9 +345,19 @@ def infer_architecture(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     }
 
 
+def build_from_card(card: dict[str, Any], dropout: float = 0.5) -> nn.Module:
+    """The randomly initialised model a (validated) card describes; training builds its model
+    this way too, so an export rebuilds exactly the network that was trained."""
+    arch = card["arch"]
+    if arch in ARCHS:
+        return build_vgg(arch, card["num_classes"], card["input_channels"], card["width"], card["hidden"],
+                         card["pool"], dropout)
+    extra = {k: card[k] for k in arch_fields(arch)}
+    return build_model(arch, card["num_classes"], card["input_channels"], dropout=dropout, **extra)
+
+
 def _build_from(card: dict[str, Any], state: dict[str, torch.Tensor], source: str) -> nn.Module:
-    model = build_vgg(card["arch"], card["num_classes"], card["input_channels"], card["width"],
-                      card["hidden"], card["pool"])
+    model = build_from_card(card)
     expected = model.state_dict()
     for key, tensor in expected.items():
         if key not in state:
@@ -290,7 +382,7 @@ def _plain_card(info: dict[str, Any], path: Path) -> dict[str, Any]:
         **info,
         "classes": list(VGG16_Weights.IMAGENET1K_V1.meta["categories"]) if imagenet
         else [str(i) for i in range(info["num_classes"])],
-        "input_size": [224, 224],
+        "input_size": [32, 32] if info.get("small_input") else [224, 224],
         "mean": list(IMAGENET_MEAN) if info["input_channels"] == 3 else [0.5] * info["input_channels"],
         "std": list(IMAGENET_STD) if info["input_channels"] == 3 else [0.5] * info["input_channels"],
         "dataset": "unknown (plain state dict without a model card)",
@@ -318,9 +410,9 @@ def load_weights_file(path: Path, arch: str | None = None) -> tuple[nn.Module, d
 def _imagenet_weights(arch: str) -> Any:
     from torchvision.models import get_model_weights
 
-    if arch not in ARCHS:
-        raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    return get_model_weights(arch).IMAGENET1K_V1
+    if arch not in ENGINE_ARCHS:
+        raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(ENGINE_ARCHS)}")
+    return get_model_weights(arch).DEFAULT
 
 
 def imagenet_cache_file(arch: str = "vgg16") -> Path:
@@ -393,7 +485,8 @@ def _download_failure(error: OSError) -> str:
 
 
 def load_imagenet(arch: str = "vgg16", timeout: float = 10.0) -> tuple[nn.Module, dict[str, Any]]:
-    """torchvision's ImageNet weights for ``arch``, downloaded once to the torch hub cache.
+    """torchvision's ImageNet weights (its ``DEFAULT``, the most accurate) for any ``arch`` of
+    :data:`ENGINE_ARCHS`, downloaded once to the torch hub cache.
 
     The cached file is untrusted (whoever can write the cache could plant one): its
     SHA-256 must start with the prefix its name carries, and it is read with
@@ -424,7 +517,7 @@ def load_imagenet(arch: str = "vgg16", timeout: float = 10.0) -> tuple[nn.Module
     check_finite(model.state_dict(), str(cached))
     metric = weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
     card = {
-        "arch": arch, "width": 1.0, "hidden": 4096, "pool": 7, "num_classes": 1000,
+        "arch": arch, **{k: _TORCHVISION_FIELDS[k] for k in arch_fields(arch)}, "num_classes": 1000,
         "classes": list(weights.meta["categories"]), "input_size": [224, 224],
         "input_channels": 3, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
         "dataset": "imagenet", "test_accuracy": metric / 100 if metric is not None else None,
@@ -440,11 +533,12 @@ def _notify_stderr(message: str) -> None:
 def load_model(name_or_path: str | Path = "auto", device: str | torch.device = "cpu",
                arch: str | None = None,
                notify: Callable[[str], None] = _notify_stderr) -> tuple[nn.Module, dict[str, Any]]:
-    """Return ``(model, card)``: an eval-mode fp32 VGG on ``device`` and its model card.
+    """Return ``(model, card)``: an eval-mode fp32 model on ``device`` and its model card.
 
     ``name_or_path``: ``auto`` (ImageNet VGG16 if cached or downloadable, else the shipped
-    model, announced through ``notify``), ``imagenet`` (or ``imagenet:vgg19_bn`` etc.),
-    ``shipped``, or a path to an exported ``.pt`` (card beside it) or a plain state dict.
+    model, announced through ``notify``), ``imagenet`` (VGG16, or ``imagenet:ARCH`` for any
+    of :data:`ENGINE_ARCHS`, e.g. ``imagenet:resnet50``), ``shipped``, or a path to an
+    exported ``.pt`` (card beside it) or a plain torchvision VGG, ResNet or AlexNet state dict.
     """
     name = str(name_or_path)
     if name == "auto":
@@ -464,7 +558,7 @@ def load_model(name_or_path: str | Path = "auto", device: str | torch.device = "
         model, card = load_weights_file(shipped_weights(), arch)
     else:
         model, card = load_weights_file(Path(name).expanduser(), arch)
-    if card["arch"] not in ARCHS:
+    if card["arch"] not in ENGINE_ARCHS:
         raise WeightsError(f"unknown architecture {card['arch']!r}")
     return model.float().to(device).eval(), card
 

@@ -1,4 +1,4 @@
-"""``rtlrp train``: VGG training shaped like torchvision's classification reference.
+"""``rtlrp train``: VGG, ResNet-family and AlexNet training shaped like torchvision's classification reference.
 
 ``train_one_epoch`` / ``evaluate`` / ``main``, with mixed precision (fp16 autocast and a
 ``GradScaler`` on CUDA, bf16 autocast on CPU or on request), channels_last, DDP under
@@ -25,7 +25,8 @@ from torch.utils.data import DistributedSampler
 
 from realtime_lrp.atomic import OutputError, check_writable, write_with
 from realtime_lrp.data import DataInfo, load_datasets, make_loader, normalize
-from realtime_lrp.models import WeightsError, build_vgg, safe_load
+from realtime_lrp.models import (ARCHS, ENGINE_ARCHS, RESNET_ARCHS, WeightsError, accepts_size, arch_fields,
+                                 build_from_card, safe_load, smallest_size)
 from realtime_lrp.signals import Deferred
 
 CHECKPOINT = "checkpoint.pt"
@@ -61,10 +62,11 @@ class TrainConfig:
     lr: float = 0.1
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
-    width: float = 0.25
+    width: float | None = None  # None: 0.25 for a VGG, 1 (torchvision's) for a ResNet
     hidden: int = 256
     pool: int = 1
     dropout: float = 0.5
+    small_input: bool | None = None  # None: a ResNet's CIFAR-style stem for inputs of at most 64 pixels
     input_size: list[int] = field(default_factory=lambda: [32, 32])
     augment: bool = True
     out: str = "runs/train"
@@ -274,9 +276,31 @@ def evaluate(model: nn.Module, dataset: Any, info: DataInfo, device: torch.devic
     return {"test_loss": loss_sum / max(count_f, 1), "test_acc": correct_f / max(count_f, 1)}
 
 
+# Options that only some architectures have, and which ones.
+_ARCH_OPTIONS = {
+    "width": (ARCHS + RESNET_ARCHS, "VGGs and ResNets"), "hidden": (ARCHS, "VGGs"), "pool": (ARCHS, "VGGs"),
+    "dropout": (ARCHS + ("alexnet",), "VGGs and AlexNet"), "small_input": (RESNET_ARCHS, "ResNets"),
+}
+
+
+def resolve_arch_options(config: TrainConfig, explicit: Iterable[str] = ()) -> None:
+    """Fill ``width`` and ``small_input`` for the architecture; refuse in one line an unknown
+    ``--arch`` or an option given (``explicit``) that the architecture does not have."""
+    if config.arch not in ENGINE_ARCHS:
+        raise TrainingError(f"unknown architecture {config.arch!r}; choose one of {', '.join(ENGINE_ARCHS)}")
+    for name in explicit:
+        if name in _ARCH_OPTIONS and config.arch not in _ARCH_OPTIONS[name][0]:
+            raise TrainingError(f"--{name.replace('_', '-')} is for {_ARCH_OPTIONS[name][1]} only, "
+                                f"not {config.arch}")
+    if config.width is None and config.arch in ARCHS + RESNET_ARCHS:
+        config.width = 0.25 if config.arch in ARCHS else 1.0
+    if config.small_input is None and config.arch in RESNET_ARCHS:
+        config.small_input = max(config.input_size) <= 64
+
+
 def _meta(config: TrainConfig, info: DataInfo) -> dict[str, Any]:
     return {
-        "arch": config.arch, "width": config.width, "hidden": config.hidden, "pool": config.pool,
+        "arch": config.arch, **{k: getattr(config, k) for k in arch_fields(config.arch)},
         "num_classes": len(info.classes), "classes": list(info.classes),
         "input_size": list(info.input_size), "input_channels": info.input_channels,
         "mean": list(info.mean), "std": list(info.std), "dataset": info.name,
@@ -373,6 +397,7 @@ def main(config: TrainConfig, explicit: Iterable[str] = ()) -> dict[str, Any]:
     ckpt = None
     if config.resume:
         config, ckpt = _config_from_resume(config, explicit)
+    resolve_arch_options(config, explicit)
     out = Path(config.out)
     try:
         check_writable(out / CHECKPOINT)  # before any training work, not after it
@@ -387,10 +412,14 @@ def main(config: TrainConfig, explicit: Iterable[str] = ()) -> dict[str, Any]:
     if ckpt is not None:
         info.mean, info.std = list(ckpt["meta"]["mean"]), list(ckpt["meta"]["std"])
     try:
-        model = build_vgg(config.arch, len(info.classes), info.input_channels, config.width,
-                          config.hidden, config.pool, config.dropout)
+        model = build_from_card(_meta(config, info), config.dropout)
     except WeightsError as exc:
         raise TrainingError(str(exc)) from None
+    height, width = config.input_size
+    if not accepts_size(model.eval(), info.input_channels, (height, width)):
+        least = smallest_size(model, info.input_channels)
+        need = f"at least {least}x{least}" if least else "a larger input"
+        raise TrainingError(f"--input-size {width}x{height} is too small for {config.arch}: it needs {need}")
     model = model.to(env.device, memory_format=torch.channels_last)
     sampler = DistributedSampler(train_set, num_replicas=env.world, rank=env.rank, shuffle=True,
                                  seed=config.seed, drop_last=True)

@@ -125,9 +125,9 @@ def test_arbitrary_objects_are_never_unpickled(tmp_path: Path) -> None:
 
 
 def test_wrong_network_state_dict(tmp_path: Path) -> None:
-    path = tmp_path / "resnet.pt"
-    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), path)
-    with pytest.raises(WeightsError, match="not a torchvision-style VGG"):
+    path = tmp_path / "mobilenet.pt"
+    torch.save(torchvision.models.mobilenet_v2(num_classes=3).state_dict(), path)
+    with pytest.raises(WeightsError, match="not a torchvision-style VGG, ResNet or AlexNet"):
         load_model(path)
 
 
@@ -204,3 +204,169 @@ def test_load_weights_file_reads_training_checkpoints(tmp_path: Path) -> None:
     torch.save({"model": model.state_dict(), "epoch": 1}, path)
     loaded, card = load_weights_file(path)
     assert card["input_channels"] == 1 and card["num_classes"] == 3
+
+
+# -- every engine architecture: plain state dicts, cards, imagenet:ARCH -----------------------
+
+@pytest.mark.parametrize("arch", models.RESNET_ARCHS + ("alexnet",))
+def test_infer_architecture_recognises_plain_torchvision_state_dicts(arch: str) -> None:
+    with torch.device("meta"):
+        state = getattr(torchvision.models, arch)(num_classes=7).state_dict()
+    info = infer_architecture(state)
+    assert info["arch"] == arch and info["num_classes"] == 7 and info["input_channels"] == 3
+    assert set(info) == {"arch", "num_classes", "input_channels", *models.arch_fields(arch)}
+    if arch != "alexnet":
+        assert info["width"] == 1.0 and info["small_input"] is False
+
+
+@pytest.mark.parametrize("arch, width", [("resnet18", 0.25), ("resnet50", 0.125), ("resnext50_32x4d", 0.25),
+                                         ("wide_resnet50_2", 0.3)])
+def test_narrow_small_input_resnets_round_trip_through_their_shapes(arch: str, width: float) -> None:
+    torch.manual_seed(0)
+    net = models.build_model(arch, 6, 1, small_input=True, width=width).eval()
+    info = infer_architecture(net.state_dict())
+    assert (info["arch"], info["small_input"], info["num_classes"], info["input_channels"]) == (arch, True, 6, 1)
+    rebuilt = models.build_from_card(info).eval()
+    rebuilt.load_state_dict(net.state_dict())
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(rebuilt(x), net(x), rtol=0, atol=0)
+
+
+def test_too_narrow_resnext_is_a_one_line_error() -> None:
+    with pytest.raises(WeightsError, match="width 0.1 is too small for resnext50_32x4d"):
+        models.build_model("resnext50_32x4d", width=0.1)
+
+
+def test_plain_resnet_state_dict_loads_without_a_card(tmp_path: Path) -> None:
+    path = tmp_path / "resnet18.pt"
+    torch.manual_seed(0)
+    original = torchvision.models.resnet18(num_classes=5).eval()
+    torch.save(original.state_dict(), path)
+    model, card = load_model(path)
+    assert (card["arch"], card["width"], card["small_input"], card["num_classes"]) == ("resnet18", 1.0, False, 5)
+    assert card["format"] == "state_dict" and card["input_size"] == [224, 224]
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(model(x), original(x))
+    with pytest.raises(WeightsError, match="holds resnet18 weights, not resnet34"):
+        load_model(path, arch="resnet34")
+
+
+def test_plain_alexnet_state_dict_loads_without_a_card(tmp_path: Path) -> None:
+    path = tmp_path / "alexnet.pt"
+    torch.manual_seed(0)
+    original = models.build_model("alexnet", 3, 1).eval()
+    torch.save(original.state_dict(), path)
+    model, card = load_model(path)
+    assert (card["arch"], card["num_classes"], card["input_channels"]) == ("alexnet", 3, 1)
+    x = torch.randn(2, 1, 96, 80)
+    torch.testing.assert_close(model(x), original(x))
+
+
+def _resnet_card(path: Path) -> dict:
+    torch.save(models.build_model("resnet18", 4, 1, small_input=True, width=0.125).state_dict(), path)
+    return {"arch": "resnet18", "width": 0.125, "small_input": True, "num_classes": 4, "classes": list("abcd"),
+            "input_size": [32, 32], "input_channels": 1, "mean": [0.5], "std": [0.25], "dataset": "test",
+            "test_accuracy": None, "command": None, "sha256": sha256_file(path), "format": models.CARD_FORMAT}
+
+
+def test_resnet_cards_carry_their_own_fields(tmp_path: Path) -> None:
+    path = tmp_path / "net.pt"
+    card = _resnet_card(path)
+    card_path = path.with_suffix(".json")
+    card_path.write_text(json.dumps(card))
+    model, loaded = load_model(path)
+    assert loaded == card and model.conv1.out_channels == 8 and isinstance(model.maxpool, torch.nn.Identity)
+    for edit, message in [({"small_input": False}, "does not fit resnet18 with 4 classes: conv1.weight"),
+                          ({"small_input": "yes"}, "invalid 'small_input' field"),
+                          ({"width": 0.25}, "does not fit resnet18"),
+                          ({"arch": "densenet121"}, "invalid 'arch' field"),
+                          ({"arch": "vgg11"}, "lacks field.s. of vgg11: hidden, pool")]:
+        card_path.write_text(json.dumps({**card, **edit}))
+        with pytest.raises(WeightsError, match=message) as info:
+            load_model(path)
+        assert "\n" not in str(info.value)
+    card_path.write_text(json.dumps({k: v for k, v in card.items() if k != "small_input"}))
+    with pytest.raises(WeightsError, match="lacks field.s. of resnet18: small_input"):
+        load_model(path)
+
+
+def test_shipped_card_still_validates_unchanged() -> None:
+    card_file = models.shipped_weights().with_suffix(".json")
+    card = json.loads(card_file.read_text())
+    assert models.read_card(card_file) == card and card["arch"] == "vgg11_bn"
+    assert {"width", "hidden", "pool"} <= card.keys() and "small_input" not in card
+
+
+def _plant_imagenet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, arch: str) -> dict[str, torch.Tensor]:
+    """A random torchvision ``arch`` state dict in a temporary torch hub cache, under a name
+    whose hash prefix is the file's own, as ``_imagenet_weights(arch)``'s URL names it."""
+    torch.manual_seed(0)
+    state = getattr(torchvision.models, arch)().state_dict()
+    staging = tmp_path / "staging.pth"
+    torch.save(state, staging)
+    name = f"{arch}-{sha256_file(staging)[:8]}.pth"
+    real = models._imagenet_weights(arch)
+    fake = type("Weights", (), {"url": f"https://example.invalid/{name}", "meta": real.meta,
+                                "__str__": lambda self: str(real)})()
+    monkeypatch.setattr(models, "_imagenet_weights", lambda wanted: fake)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(models, "download", lambda *args, **kwargs: pytest.fail("nothing may be downloaded"))
+    cached = models.imagenet_cache_file(arch)
+    cached.parent.mkdir(parents=True)
+    staging.rename(cached)
+    return state
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_imagenet_arch_loads_planted_weights_through_the_safe_loader(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path, arch: str) -> None:
+    state = _plant_imagenet(monkeypatch, tmp_path, arch)
+    loads: list[Path] = []
+    safe = models.safe_load
+    monkeypatch.setattr(models, "safe_load", lambda path: loads.append(path) or safe(path))
+    model, card = load_model(f"imagenet:{arch}")
+    assert loads == [models.imagenet_cache_file(arch)]
+    loaded = model.state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    assert (card["arch"], card["width"], card["small_input"], card["num_classes"]) == (arch, 1.0, False, 1000)
+    assert card["weights"] == str(torchvision.models.get_model_weights(arch).DEFAULT)
+    assert "hidden" not in card and len(card["classes"]) == 1000
+    models.validate_card(card)
+
+
+def test_imagenet_arch_rejects_a_file_that_does_not_match_its_name(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    _plant_imagenet(monkeypatch, tmp_path, "resnet18")
+    cached = models.imagenet_cache_file("resnet18")
+    data = bytearray(cached.read_bytes())
+    data[-100] ^= 1
+    cached.write_bytes(bytes(data))
+    prefix = models.hash_prefix(cached)
+    with pytest.raises(WeightsError, match=f"does not match the SHA-256 prefix {prefix}"):
+        load_model("imagenet:resnet18")
+
+
+def test_unknown_architectures_are_one_line_errors(tmp_path: Path) -> None:
+    for name in ("imagenet:resnet9", "imagenet:densenet121"):
+        with pytest.raises(WeightsError, match=f"unknown architecture '{name[9:]}'; choose one of vgg11") as info:
+            load_model(name)
+        assert "\n" not in str(info.value)
+    from realtime_lrp.cli import cli
+
+    import cv2
+    import numpy as np
+
+    image = tmp_path / "x.png"
+    cv2.imwrite(str(image), np.full((28, 28), 128, np.uint8))
+    result = CliRunner().invoke(cli, ["explain", str(image), "--weights", "imagenet:resnet9", "--out",
+                                      str(tmp_path / "out"), "--device", "cpu"])
+    assert result.exit_code == 1 and "unknown architecture 'resnet9'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    result = CliRunner().invoke(cli, ["train", "--arch", "resnet9", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "resnet9" in result.stderr
+
+
+def test_train_offers_every_engine_architecture() -> None:
+    from realtime_lrp.cli import TRAIN_ARCHS
+
+    assert TRAIN_ARCHS == models.ENGINE_ARCHS
