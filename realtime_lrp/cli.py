@@ -671,7 +671,7 @@ def _csv(cast):
               help="With --video: frames held in memory for the process and encode stages.")
 @click.option("--plain", is_flag=True, help="With --video: use the plain FrameProcessor, not the fast path.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for torch; 1 gives steadier numbers on a machine shared with other work.")
+              help="CPU threads for torch; default as for video: all cores but two, at least one.")
 def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[float], preset: list[str],
                   dtype: str | None, arch: str, weights: str | None, repeats: int | None, warmup: int | None,
                   graph: bool, zennit: bool, frame_pass: bool, select: str, json_path: Path | None,
@@ -707,8 +707,7 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
         device = "cpu"
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if threads is not None:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or default_threads())
     if device == "cpu" and dtype == "fp16":
         raise click.BadParameter("fp16 is CUDA-only here; use fp32 or bf16 on the CPU", param_hint="--dtype")
     if weights is not None:
@@ -801,7 +800,8 @@ def _bench_video(path: Path, model, card: dict, preset: str, top_k: float, sizes
               help="Video input: average maps over frames as rtlrp video --smooth does.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the noise, tie order and random maps.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch; default as for video: all cores but two, at least one.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write one row per method (and the settings) to this JSON file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -822,8 +822,7 @@ def evaluate_command(source: str | None, weights: str, images: int, methods: lis
 
     console = _console()
     out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)  # the table, on stdout
-    if threads is not None:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or default_threads())
     try:
         config = evaluate.EvalConfig(
             methods=methods, top_ks=top_k,
