@@ -962,6 +962,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="rtlrp", standalone_mode=False)
     except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt (our signals too) into Abort
+        signals.ignore_further()
         cause = exc.__cause__ or exc.__context__
         interrupt = cause if isinstance(cause, signals.Interrupted) else signals.Interrupted()
         click.echo(f"rtlrp: interrupted by {interrupt.name}; outputs are only ever replaced when complete", err=True)

@@ -48,6 +48,14 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def ignore_further() -> None:
+    """Ignore the three signals from now on: the process is ending after one, and a second
+    Ctrl-C while it prints its last line or exits must not turn into a traceback."""
+    if _main_thread():
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def install() -> None:
     """Make SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` (main thread only)."""
     if _main_thread():
@@ -60,8 +68,9 @@ class Deferred:
 
     Poll :attr:`requested` between units of work, or wait on :attr:`event` from another
     thread; :meth:`check` raises :class:`Interrupted` if a signal came. Leaving the
-    context restores the previous handlers. Outside the main thread it does nothing
-    (Python delivers signals to the main thread only).
+    context restores the previous handlers, unless a signal came: then the process is
+    ending, and later signals stay ignored until it has. Outside the main thread it does
+    nothing (Python delivers signals to the main thread only).
     """
 
     def __init__(self) -> None:
@@ -93,6 +102,9 @@ class Deferred:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        if self.signum is not None:
+            ignore_further()
+        else:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
         self._previous.clear()

@@ -107,11 +107,11 @@ def run_rtlrp(args: list[str], env: dict | None = None, file_limit: int | None =
 
 
 def interrupt_rtlrp(args: list[str], watch: Path, env: dict | None = None, sig: int = signal.SIGINT,
-                    min_bytes: int = 1, again_after: float | None = None,
+                    min_bytes: int = 1, again_after: tuple[float, ...] = (),
                     wait_line: str | None = None) -> tuple[int, str]:
     """Run ``rtlrp ARGS``, send ``sig`` once ``watch`` holds ``min_bytes`` (or stderr shows
-    ``wait_line``); with ``again_after`` a second signal follows that many seconds later.
-    Returns the exit code and stderr."""
+    ``wait_line``); ``again_after`` sends it again at those seconds after the first, while
+    the process lives. Returns the exit code and stderr."""
     proc = subprocess.Popen([*rtlrp_command(), *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -131,8 +131,9 @@ def interrupt_rtlrp(args: list[str], watch: Path, env: dict | None = None, sig: 
                 time.sleep(0.02)
         assert proc.poll() is None, "the run ended before it could be interrupted"
         proc.send_signal(sig)
-        if again_after is not None:
-            time.sleep(again_after)
+        sent = time.monotonic()
+        for delay in again_after:
+            time.sleep(max(0.0, sent + delay - time.monotonic()))
             if proc.poll() is None:
                 proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=120)

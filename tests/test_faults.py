@@ -150,11 +150,12 @@ def test_signal_keeps_the_previous_output_and_the_frames_done(tmp_path: Path, we
     assert Path(done.group(2)) == partial and frame_count(partial) == int(done.group(1)) > 0
 
 
-def test_a_second_ctrl_c_during_clean_up_changes_nothing(tmp_path: Path, weights: Path, long_clip: Path) -> None:
+def test_more_ctrl_c_during_clean_up_and_exit_change_nothing(tmp_path: Path, weights: Path, long_clip: Path) -> None:
     out = tmp_path / "out.mp4"
     args = ["video", long_clip, "--out", out, "--weights", weights, "--size", "96", "--device", "cpu"]
     partial = tmp_path / "out.partial.mp4"
-    returncode, stderr = interrupt_rtlrp(args, partial, min_bytes=4096, again_after=0.02)
+    returncode, stderr = interrupt_rtlrp(args, partial, min_bytes=4096,
+                                         again_after=(0.005, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8))
     assert returncode == 130, stderr
     assert "Traceback" not in stderr and "Aborted" not in stderr
     done = re.search(r"the (\d+) frames done are in", stderr)
