@@ -105,7 +105,8 @@ class LRP:
         for node in graph.nodes:
             propagate = None
             if node.kind in RULE_KINDS:
-                propagate = self.preset.rule_for(node.kind, node.first, bounds).bind(node, self.dtype)
+                first = node.first_conv if self.preset.first_conv_only else node.first
+                propagate = self.preset.rule_for(node.kind, first, bounds).bind(node, self.dtype)
             weight = node.weight_in(self.dtype)
             bias = None if node.bias is None else node.bias.to(self.device, self.dtype)
             self.steps.append(_Step(node, weight, bias, propagate))
