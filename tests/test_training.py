@@ -84,12 +84,29 @@ def test_bad_settings_are_one_line_errors(folder: Path, tmp_path: Path) -> None:
     assert result.exit_code == 1 and "cannot read checkpoint" in result.stderr
 
 
-def test_augment_keeps_shape_and_content(folder: Path) -> None:
-    images = torch.rand(6, 1, 32, 32)
-    out = augment(images)
-    assert out.shape == images.shape
-    assert not torch.equal(out, images)
-    assert out.sum() <= images.sum() + 1e-3, "crops only drop pixels or add zero padding"
+def shifted(image: torch.Tensor, dy: int, dx: int, flip: bool) -> torch.Tensor:
+    """``image`` moved by (dy, dx) pixels with zeros shifted in, then mirrored if ``flip``."""
+    h, w = image.shape[-2:]
+    out = torch.zeros_like(image)
+    out[..., max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)] = \
+        image[..., max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)]
+    return out.flip(-1) if flip else out
+
+
+def test_augment_keeps_shape_and_content() -> None:
+    """Each output is its own input moved by at most 32 // 16 = 2 pixels and maybe mirrored;
+    over a batch, both flips and several shifts occur."""
+    images = torch.rand(24, 2, 32, 32, generator=torch.Generator().manual_seed(0)) + 0.1
+    out = augment(images, torch.Generator().manual_seed(1))
+    assert out.shape == images.shape and out.dtype == images.dtype
+    found = []
+    for image, result in zip(images, out):
+        moves = [(dy, dx, flip) for dy in range(-2, 3) for dx in range(-2, 3) for flip in (False, True)
+                 if torch.equal(result, shifted(image, dy, dx, flip))]
+        assert len(moves) == 1, "not a crop of the zero-padded input, mirrored or not"
+        found.append(moves[0])
+    assert {flip for _, _, flip in found} == {False, True}
+    assert len({(dy, dx) for dy, dx, _ in found}) >= 5
 
 
 def _env() -> dict[str, str]:
