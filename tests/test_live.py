@@ -10,7 +10,9 @@ import io
 import os
 import re
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -19,6 +21,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from media import interrupt_rtlrp, model_file, read_video, tiny_card, tiny_model
+from realtime_lrp import live
 from realtime_lrp.capture import LiveSource
 from realtime_lrp.cli import cli
 from realtime_lrp.display import HeadlessDisplay, LiveStats, WindowDisplay, display_problem
@@ -164,19 +167,48 @@ def test_headless_display_prints_stats_without_a_terminal() -> None:
 
 
 # -- the loop over a file-backed camera -------------------------------------------------------
-def test_loop_shows_each_new_frame_once_with_label_and_fps(clip: Path, processor: FrameProcessor) -> None:
+def test_loop_shows_each_new_frame_once_with_label_and_fps(clip: Path, processor: FrameProcessor,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every frame the camera hands over is explained and shown once, in order; the FPS shown
+    with frame k is (k - 1) / (time from the first processed frame to the k-th), on a clock that
+    moves only while a frame is explained (frame k takes 0.05 k s)."""
+    clock = [100.0]
+    monkeypatch.setattr(live, "time", SimpleNamespace(monotonic=lambda: clock[0], strftime=time.strftime))
+    explained: list[np.ndarray] = []
+    explain = processor.explain
+
+    def slow_explain(images):
+        explained.extend(images)
+        clock[0] += 0.05 * len(explained)
+        return explain(images)
+
+    monkeypatch.setattr(processor, "explain", slow_explain)
     source = camera_source(clip)
+    delivered = []
+    read = source.read
+
+    def spy_read(timeout=None):
+        frame = read(timeout)
+        if frame is not None:
+            delivered.append(frame)
+        return frame
+
+    source.read = spy_read
     display = ScriptedDisplay()
     try:
         summary = LiveLoop(source, processor, display, max_frames=6).run()
     finally:
         source.close()
     assert summary.reason == "max frames", summary.error
-    assert summary.frames == 6 == len(display.frames)
+    assert summary.frames == 6 == len(display.frames) == len(delivered) == len(explained)
+    assert [f.seq for f in delivered] == sorted({f.seq for f in delivered}), "a camera frame came twice"
+    assert all(image is frame.image for image, frame in zip(explained, delivered)), "each frame explained once, in order"
     assert [s.frames for s in display.stats] == [1, 2, 3, 4, 5, 6], "FPS counts processed frames"
+    ticks = np.cumsum([0.05 * k for k in range(1, 7)])
+    expected = [0.0] + [(k - 1) / (ticks[k - 1] - ticks[0]) for k in range(2, 7)]
+    assert [s.fps for s in display.stats] == pytest.approx(expected)
     assert all(f.shape == (SIZE[1], SIZE[0], 3) for f in display.frames)
     assert all(s.label.endswith("%") and s.label.split()[0] for s in display.stats)
-    assert display.stats[0].fps == 0.0 and display.stats[-1].fps > 0
     assert display.close_calls == 1
 
 
