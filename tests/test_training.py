@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -172,6 +173,27 @@ def test_fashion_mnist_files_load_and_train(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["step"] == 2 and line["precision"] == "bfloat16"
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_a_short_run_on_fashion_mnist_learns(tmp_path: Path) -> None:
+    """100 steps of 64 images with seed 0 (9 s on two idle CPU cores, 40 s on busy ones): the
+    training loss of steps 21-100 is well below that of steps 1-20, and the test loss and
+    accuracy end far from chance (ln 10 = 2.30 and 10 %; measured 1.00 and 61 %). Resuming at
+    step 20 gives the two measurements."""
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train", "--dataset", "fashion-mnist", "--width", "0.125", "--hidden", "32",
+                                 "--dropout", "0", "--batch-size", "64", "--epochs", "1", "--seed", "0",
+                                 "--workers", "0", "--device", "cpu", "--max-steps", "20", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["train", "--resume", str(tmp_path), "--max-steps", "100"])
+    assert result.exit_code == 0, result.output
+    early, late = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert (early["step"], late["step"]) == (20, 100)
+    assert late["train_loss"] < 0.8 * early["train_loss"]
+    assert late["test_loss"] < early["test_loss"] and late["test_loss"] < 0.6 * math.log(10)
+    assert late["test_acc"] >= 0.5 and late["train_acc"] > early["train_acc"]
 
 
 def test_cifar10_is_read_from_the_binary_release_without_unpickling(tmp_path: Path) -> None:
