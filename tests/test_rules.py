@@ -168,9 +168,21 @@ def test_padding_modes_other_than_zeros_are_refused(mode: str) -> None:
     assert one_line_refusal(model) == f"no LRP rule for node '0' (Conv2d with padding_mode='{mode}')"
 
 
+class _UnusedLinear(nn.Module):
+    """Has a Linear layer, but its forward pass never calls it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(x, 1)
+
+
 def test_a_model_without_conv_or_linear_is_refused() -> None:
     message = one_line_refusal(nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
     assert message == "Sequential has no Conv2d or Linear layer to explain"
+    assert one_line_refusal(_UnusedLinear()) == "_UnusedLinear has no Conv2d or Linear layer to explain"
 
 
 class _SharedConv(nn.Module):
