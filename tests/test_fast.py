@@ -63,6 +63,35 @@ def test_radix_filter_keeps_what_topk_scatter_keeps(mode: str, kind: str) -> Non
         assert torch.equal(fast, RelevanceFilter(top_k, mode, method="topk")(r).flatten(1))
 
 
+def test_each_method_runs_its_own_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``radix`` runs the radix select, ``topk`` and ``auto`` on the CPU do not (auto takes topk
+    there); a filter passes its method on."""
+    from realtime_lrp import filter as filter_module
+
+    calls: list[int] = []
+    radix = filter_module._radix_kth_largest
+    monkeypatch.setattr(filter_module, "_radix_kth_largest", lambda v, k: calls.append(k) or radix(v, k))
+    x = values("normal", 2, 60, 0)
+    kth_largest(x, 5, "topk")
+    kth_largest(x, 5, "auto")
+    assert calls == []
+    kth_largest(x, 5, "radix")
+    RelevanceFilter(0.1, method="radix")(x.view(2, 3, 4, 5))
+    assert calls == [5, 6]
+
+
+def test_negative_zero_is_zero_to_the_radix_select() -> None:
+    """-0.0 and +0.0 get one key, and keys map back to the values (zeros as +0.0)."""
+    from realtime_lrp.filter import _sortable, _unsortable
+
+    x = values("zeros", 2, 300, 1)
+    keys = _sortable(x)
+    assert torch.equal(_sortable(torch.tensor([-0.0])), _sortable(torch.tensor([0.0])))
+    back = _unsortable(keys)
+    assert torch.equal(back, x) and not torch.signbit(back[x == 0]).any()
+    assert torch.equal(keys.sort(dim=1, stable=True).indices, x.sort(dim=1, stable=True).indices), "keys sort as the values do"
+
+
 def test_select_method_is_checked() -> None:
     with pytest.raises(ValueError, match="select method"):
         RelevanceFilter(0.1, method="sort")
