@@ -227,8 +227,10 @@ def test_filter_equals_topk_scatter(mode: str) -> None:
     assert torch.equal(filt(r), (r.flatten(1) * keep).view_as(r))
     assert torch.equal(RelevanceFilter(1.0)(r), r)
     assert not RelevanceFilter(0.0).active and not RelevanceFilter(1.0).active
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"top_k must be in \[0, 1\], got 1.5"):
         RelevanceFilter(1.5)
+    with pytest.raises(ValueError, match="filter mode must be 'signed' or 'magnitude', got 'abs'"):
+        RelevanceFilter(0.1, "abs")
 
 
 def test_changing_top_k_keeps_the_filter_mode_and_method() -> None:
