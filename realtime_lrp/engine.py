@@ -92,9 +92,9 @@ class LRP:
             raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         self.preset = PRESETS[preset]
         self.filter = RelevanceFilter(top_k, filter_mode)
+        graph = canonize(model)  # before reading a parameter: a model without any is refused in one line
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        graph = canonize(model)
         self.output = graph.output
         first = next(node for node in graph.nodes if node.kind in PARAM_KINDS)
         self.in_channels = first.weight.shape[1] * first.conv_args.get("groups", 1)
@@ -105,7 +105,8 @@ class LRP:
         for node in graph.nodes:
             propagate = None
             if node.kind in RULE_KINDS:
-                propagate = self.preset.rule_for(node.kind, node.first, bounds).bind(node, self.dtype)
+                first = node.first_conv if self.preset.first_conv_only else node.first
+                propagate = self.preset.rule_for(node.kind, first, bounds).bind(node, self.dtype)
             weight = node.weight_in(self.dtype)
             bias = None if node.bias is None else node.bias.to(self.device, self.dtype)
             self.steps.append(_Step(node, weight, bias, propagate))

@@ -9,8 +9,8 @@ rules are bound (zennit's canonizer idea):
 - dropout and identity modules are dropped (they are the identity in eval mode), and
   ReLUs run out-of-place so stored activations stay intact;
 - every node records whether its input can be negative, so rules can drop terms that are
-  identically zero for non-negative inputs, and whether it is the first Conv/Linear in
-  ``named_modules()`` order (the layer zennit's composites treat specially).
+  identically zero for non-negative inputs, and whether it is the first Conv/Linear or the
+  first Conv in ``named_modules()`` order (the layers zennit's composites treat specially).
 
 A VGG is just a chain; a ResNet, ResNeXt or Wide-ResNet adds ``add`` nodes whose inputs
 have several consumers. Anything else (attention, SiLU, LayerNorm, concatenation, ...)
@@ -75,6 +75,7 @@ class Node:
     module: Union[nn.Module, None] = None
     nonneg_input: bool = False
     first: bool = False
+    first_conv: bool = False
     weight: Union[Tensor, None] = None
     bias: Union[Tensor, None] = None
     conv_args: dict = field(default_factory=dict)
@@ -263,12 +264,16 @@ def _mark_signs(nodes: list[Node]) -> None:
 
 
 def _mark_first(model: nn.Module, nodes: list[Node], modules: dict[int, nn.Module]) -> None:
-    """Flag the node of the first Conv/Linear in ``named_modules()`` order (zennit's "first layer")."""
+    """Flag the nodes of the first Conv/Linear and of the first Conv in ``named_modules()`` order:
+    the "first layer" of zennit's EpsilonPlusFlat and of its EpsilonGammaBox."""
     order = {id(m): i for i, (_, m) in enumerate(model.named_modules())}
     params = [n for n in nodes if n.kind in PARAM_KINDS]
+    convs = [n for n in params if n.kind == "conv"]
     first = min(params, key=lambda n: order.get(id(modules[id(n)]), len(order)))
+    first_conv = min(convs, key=lambda n: order.get(id(modules[id(n)]), len(order))) if convs else None
     for node in params:
         node.first = modules[id(node)] is modules[id(first)]
+        node.first_conv = first_conv is not None and modules[id(node)] is modules[id(first_conv)]
 
 
 def canonize(model: nn.Module) -> Graph:

@@ -1,8 +1,9 @@
 """Named LRP presets: which rule each node of a model's graph gets.
 
 A preset maps a node's kind (``conv``, ``linear``, ``maxpool``, ``avgpool``,
-``adaptive_avgpool``, ``add`` for residual sums) and whether it is the first Conv/Linear
-(in ``named_modules()`` order, as zennit counts) to a rule from :mod:`realtime_lrp.rules`.
+``adaptive_avgpool``, ``add`` for residual sums) and whether it is the first layer (in
+``named_modules()`` order, as zennit counts: the first Conv/Linear, or the first Conv for
+``first_conv_only`` presets) to a rule from :mod:`realtime_lrp.rules`.
 Adding a preset is adding one entry to ``PRESETS``.
 This module imports no torch at import time, so the CLI can list presets cheaply.
 """
@@ -14,13 +15,18 @@ from typing import Callable, Sequence
 
 @dataclass(frozen=True)
 class Preset:
-    """A rule set: ``rule_for(kind, first, bounds)`` returns the rule for one node."""
+    """A rule set: ``rule_for(kind, first, bounds)`` returns the rule for one node.
+
+    ``first_conv_only``: the first-layer rule goes to the first Conv (zennit's
+    ``EpsilonGammaBox``), not to the first Conv or Linear (its ``EpsilonPlusFlat``).
+    """
 
     name: str
     description: str
     reference: str
     signed: bool
     select: Callable[[str, bool, tuple], object] = field(repr=False)
+    first_conv_only: bool = False
 
     def rule_for(self, kind: str, first: bool, bounds: tuple) -> object:
         """Rule for a node of ``kind``; ``bounds`` are the (low, high) normalised pixel bounds."""
@@ -80,6 +86,7 @@ PRESETS: dict[str, Preset] = {
             "zennit EpsilonGammaBox(low, high)",
             True,
             _epsilon_gamma_box,
+            first_conv_only=True,
         ),
         Preset(
             "zplus",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import subprocess
 import sys
@@ -146,3 +147,32 @@ def interrupt_rtlrp(args: list[str], watch: Path, env: dict | None = None, sig: 
 def frame_count(path: Path) -> int:
     """Frames in a video file, counted independently of the project's code (OpenCV decodes them all)."""
     return len(read_video(path)[0])
+
+
+SPY = Path(__file__).parent / "spy"
+
+
+def spy_env(folder: Path, env: dict | None = None) -> dict:
+    """``env`` (default: this process's) for an ``rtlrp`` subprocess that records in ``folder`` the
+    frames it rendered, wrote and showed the live recorder (tests/spy/sitecustomize.py)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SPY), env.get("PYTHONPATH")) if p)
+    env["RTLRP_TEST_SPY"] = str(folder)
+    return env
+
+
+def spied_count(folder: Path, name: str) -> int:
+    """How many frames the spied run logged under ``name`` (``rendered`` or ``written``)."""
+    log = folder / name
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def ends_with_last_shown(frames: list[np.ndarray], last: np.ndarray, previous: np.ndarray | None) -> bool:
+    """Whether a recording's last frame is ``last``, the last frame shown: closer to it than to
+    ``previous``, the frame shown before it (lossy codecs move pixels, so not equal), or within
+    16 grey levels of it where nothing was shown before."""
+    h, w = last.shape[:2]
+    end = frames[-1][:h, :w].astype(int)  # .mp4 pads odd sizes
+    near = np.abs(end - last).mean()
+    return near < (16 if previous is None else np.abs(end - previous).mean())

@@ -5,6 +5,7 @@ real clip, and unopened captures once the "camera" has been unplugged.
 """
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -122,18 +123,39 @@ def test_slow_consumer_gets_only_the_newest_frame(clip: Path) -> None:
         source.close()
 
 
+class DryingCamera:
+    """A capture on a clip that sets ``dry`` at its first failed read: the clip is used up and the
+    "camera" delivers nothing more (it keeps failing reads silently)."""
+
+    def __init__(self, clip: Path) -> None:
+        self.capture = cv2.VideoCapture(str(clip))
+        self.dry = threading.Event()
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return self.capture.isOpened()
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        ok, image = self.capture.read()
+        if not ok:
+            self.dry.set()
+        return ok, image
+
+    def get(self, prop_id: int) -> float:
+        return self.capture.get(prop_id)
+
+    def release(self) -> None:
+        self.capture.release()
+
+
 def test_read_times_out_without_returning_an_old_frame(clip: Path) -> None:
-    camera = PluggableCamera(clip)
-    source = LiveSource("0", camera, max_failed_reads=10**6, retry_delay=0.01).open()
+    camera = DryingCamera(clip)
+    source = LiveSource("0", lambda target: camera, max_failed_reads=10**6, retry_delay=0.01).open()
     try:
-        frames = []
-        while True:  # read the "camera" dry; it keeps failing reads silently afterwards
-            frame = source.read(timeout=0.5)
-            if frame is None:
-                break
-            frames.append(frame)
-        assert frames and source.read(timeout=0.1) is None
-        assert [f.seq for f in frames] == sorted({f.seq for f in frames})
+        assert camera.dry.wait(60), "the clip was not read to its end within a minute"
+        frame = source.read(timeout=0)  # every frame is published before the read that failed
+        assert frame is not None and frame.seq == source.captured == 9, "the newest frame is waiting"
+        assert frame_index(frame.image) == 8
+        assert source.read(timeout=0.1) is None, "nothing newer exists: no frame is returned twice"
     finally:
         source.close()
 

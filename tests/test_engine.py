@@ -190,11 +190,27 @@ def test_targets() -> None:
 
 
 def test_filter_changes_map_and_keeps_top_values() -> None:
+    """At every filtered layer the engine passes on exactly the top 2% of the relevance it
+    got (topk + scatter, computed here), and the map changes."""
     model = vgg(False, seed=2)
-    x = torch.randn(1, 3, 48, 48)
+    x = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(0))
     plain = LRP(model, preset="zplus")(x).relevance
-    filtered = LRP(model, preset="zplus", top_k=0.02)(x).relevance
+    lrp = LRP(model, preset="zplus", top_k=0.02)
+    real = lrp.filter
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def spy(relevance: torch.Tensor) -> torch.Tensor:
+        kept = real(relevance)
+        seen.append((relevance, kept))
+        return kept
+
+    lrp.filter = type("Spy", (), {"active": True, "__call__": staticmethod(spy)})()
+    filtered = lrp(x).relevance
+    assert len(seen) == 11  # 3 linears, the adaptive pool, 3 max-pools, 4 convs
+    for relevance, kept in seen:
+        assert torch.equal(kept, topk_scatter(relevance, 0.02))
     assert (filtered != 0).sum() < (plain != 0).sum()
+    assert not torch.allclose(filtered, plain)
 
 
 @pytest.mark.parametrize("mode", ["signed", "magnitude"])
@@ -209,10 +225,12 @@ def test_filter_equals_topk_scatter(mode: str) -> None:
     k = int(0.1 * flat_key.shape[1])
     keep = torch.zeros_like(flat_key, dtype=torch.bool).scatter_(1, flat_key.topk(k, 1).indices, True)
     assert torch.equal(filt(r), (r.flatten(1) * keep).view_as(r))
-    assert torch.equal(RelevanceFilter(1.0)(r), r) or not RelevanceFilter(1.0).active
+    assert torch.equal(RelevanceFilter(1.0)(r), r)
     assert not RelevanceFilter(0.0).active and not RelevanceFilter(1.0).active
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"top_k must be in \[0, 1\], got 1.5"):
         RelevanceFilter(1.5)
+    with pytest.raises(ValueError, match="filter mode must be 'signed' or 'magnitude', got 'abs'"):
+        RelevanceFilter(0.1, "abs")
 
 
 def test_changing_top_k_keeps_the_filter_mode_and_method() -> None:

@@ -63,8 +63,37 @@ def test_radix_filter_keeps_what_topk_scatter_keeps(mode: str, kind: str) -> Non
         assert torch.equal(fast, RelevanceFilter(top_k, mode, method="topk")(r).flatten(1))
 
 
+def test_each_method_runs_its_own_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``radix`` runs the radix select, ``topk`` and ``auto`` on the CPU do not (auto takes topk
+    there); a filter passes its method on."""
+    from realtime_lrp import filter as filter_module
+
+    calls: list[int] = []
+    radix = filter_module._radix_kth_largest
+    monkeypatch.setattr(filter_module, "_radix_kth_largest", lambda v, k: calls.append(k) or radix(v, k))
+    x = values("normal", 2, 60, 0)
+    kth_largest(x, 5, "topk")
+    kth_largest(x, 5, "auto")
+    assert calls == []
+    kth_largest(x, 5, "radix")
+    RelevanceFilter(0.1, method="radix")(x.view(2, 3, 4, 5))
+    assert calls == [5, 6]
+
+
+def test_negative_zero_is_zero_to_the_radix_select() -> None:
+    """-0.0 and +0.0 get one key, and keys map back to the values (zeros as +0.0)."""
+    from realtime_lrp.filter import _sortable, _unsortable
+
+    x = values("zeros", 2, 300, 1)
+    keys = _sortable(x)
+    assert torch.equal(_sortable(torch.tensor([-0.0])), _sortable(torch.tensor([0.0])))
+    back = _unsortable(keys)
+    assert torch.equal(back, x) and not torch.signbit(back[x == 0]).any()
+    assert torch.equal(keys.sort(dim=1, stable=True).indices, x.sort(dim=1, stable=True).indices), "keys sort as the values do"
+
+
 def test_select_method_is_checked() -> None:
-    with pytest.raises(ValueError, match="select method"):
+    with pytest.raises(ValueError, match="select method must be one of auto, topk, radix, got 'sort'"):
         RelevanceFilter(0.1, method="sort")
     with pytest.raises(ValueError, match="outside"):
         kth_largest(torch.zeros(1, 4), 5)
@@ -245,3 +274,69 @@ def test_pass_with_copies_outside_the_graph_renders_the_same() -> None:
     pass_.call = CapturedCall(pass_._compute, [pass_.dev_in])
     rendered, _ = split.process(frames)
     assert all(np.array_equal(a, b) for a, b in zip(expected, rendered))
+
+
+def test_pass_cache_keeps_the_most_recent_shapes_and_settings() -> None:
+    """With room for two passes, a third shape evicts the least recently used one; a pass used
+    again is kept; an evicted shape is rebuilt and renders what it rendered before."""
+    _, fast = processors(3, top_k=0.05)
+    fast.cache = 2
+    sizes = [(32, 32), (40, 32), (48, 32)]
+
+    def shapes() -> list[tuple[int, int, int]]:
+        return [key[:3] for key in fast._passes]
+
+    first = {size: fast.process([frame_for(1, size)], stable=False)[0][0] for size in sizes}
+    assert shapes() == [(1, 32, 40), (1, 32, 48)]
+    kept = fast._passes[next(iter(fast._passes))]
+    fast.process([frame_for(1, (40, 32))], stable=False)
+    assert shapes() == [(1, 32, 48), (1, 32, 40)] and fast._passes[next(reversed(fast._passes))] is kept
+    again = fast.process([frame_for(1, (32, 32))], stable=False)[0][0]
+    assert shapes() == [(1, 32, 40), (1, 32, 32)]
+    assert np.array_equal(again, first[(32, 32)])
+    fast.processor.cmap = "inferno"  # another setting is another pass
+    fast.process([frame_for(1, (32, 32))], stable=False)
+    assert [key[:3] + key[5:6] for key in fast._passes] == [(1, 32, 32, "diverging"), (1, 32, 32, "inferno")]
+
+
+def test_an_empty_batch_renders_nothing_and_builds_nothing() -> None:
+    _, fast = processors(3, top_k=0.05)
+    assert fast.process([]) == ([], [])
+    assert fast.process([], stable=False) == ([], [])
+    assert not fast._passes and not fast.scale.seen.item()
+
+
+def test_gray_and_bgra_frames_render_like_their_bgr_frame() -> None:
+    """The fast path takes 2-D gray and BGRA frames as the BGR frame they show."""
+    _, fast = processors(3, top_k=0.0)
+    gray = frame_for(2, (32, 32))[:, :, 1].copy()
+    bgra = np.concatenate([frame_for(3, (32, 32)), np.full((32, 32, 1), 9, np.uint8)], axis=2)
+    expected = [np.repeat(gray[:, :, None], 3, axis=2), frame_for(3, (32, 32))]
+    for frame, bgr in zip((gray, bgra), expected):
+        assert np.array_equal(fast.process([frame], stable=False)[0][0], fast.process([bgr], stable=False)[0][0])
+
+
+def test_fast_gray_conversion_uses_bt601_weights_on_bgr() -> None:
+    """The device-side gray conversion of a 1-channel model: 0.299 R + 0.587 G + 0.114 B."""
+    _, fast = processors(1, top_k=0.0)
+    frame = np.empty((32, 32, 3), np.uint8)
+    frame[:] = (200, 100, 50)  # B, G, R
+    fast.process([frame])
+    (pass_,) = fast._passes.values()
+    x = pass_._compute.preprocess(torch.from_numpy(frame)[None])
+    luma = 0.299 * 50 + 0.587 * 100 + 0.114 * 200
+    mean, std = tiny_card(1)["mean"][0], tiny_card(1)["std"][0]
+    torch.testing.assert_close(x, torch.full((1, 1, 32, 32), (luma / 255 - mean) / std))
+
+
+@pytest.mark.parametrize("fast_path", [False, True])
+def test_label_names_the_explained_class_when_it_is_not_the_top_class(fast_path: bool) -> None:
+    frame = frame_for(4, (32, 32))
+    top = FrameProcessor(tiny_model(3), tiny_card(3), device="cpu").explain([frame])[1][0]
+    other = (top.index + 3) % 10
+    classes = tiny_card(3)["classes"]
+    for target, suffix in ((None, ""), (top.index, ""), (other, f"  [LRP: {classes[other]}]")):
+        proc = FrameProcessor(tiny_model(3), tiny_card(3), device="cpu", target=target)
+        (pred,) = (FastProcessor(proc) if fast_path else proc).process([frame])[1]
+        assert (pred.index, pred.explained) == (top.index, top.index if target is None else target)
+        assert pred.label == f"{classes[top.index]}  {100 * pred.probability:.1f}%{suffix}"

@@ -10,7 +10,9 @@ import io
 import os
 import re
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -18,7 +20,9 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from media import interrupt_rtlrp, model_file, read_video, tiny_card, tiny_model
+from media import (ends_with_last_shown, interrupt_rtlrp, model_file, read_video, run_rtlrp, spied_count, spy_env,
+                   tiny_card, tiny_model)
+from realtime_lrp import live
 from realtime_lrp.capture import LiveSource
 from realtime_lrp.cli import cli
 from realtime_lrp.display import HeadlessDisplay, LiveStats, WindowDisplay, display_problem
@@ -100,6 +104,27 @@ def processor() -> FrameProcessor:
 
 
 @pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per ``VideoWriter.write`` call of the test."""
+    calls: list[int] = []
+    write = VideoWriter.write
+
+    def spy(self, frame, pts=None):
+        write(self, frame, pts)
+        calls.append(1)
+
+    monkeypatch.setattr(VideoWriter, "write", spy)
+    return calls
+
+
+def recorded_last(frames: list[np.ndarray], display: "ScriptedDisplay") -> bool:
+    """Whether a recording ends with the last frame the display showed (fitted to the recording's size)."""
+    size = (frames[0].shape[1], frames[0].shape[0])
+    shown = [fit_frame(f, size) for f in display.frames[-2:]]
+    return ends_with_last_shown(frames, shown[-1], shown[0] if len(shown) == 2 else None)
+
+
+@pytest.fixture
 def clip(tmp_path: Path) -> Path:
     """Ten seconds of "camera": the loop tests stop long before it runs out, even on a busy CPU."""
     return write_clip(tmp_path / "camera.avi", 300)
@@ -164,19 +189,48 @@ def test_headless_display_prints_stats_without_a_terminal() -> None:
 
 
 # -- the loop over a file-backed camera -------------------------------------------------------
-def test_loop_shows_each_new_frame_once_with_label_and_fps(clip: Path, processor: FrameProcessor) -> None:
+def test_loop_shows_each_new_frame_once_with_label_and_fps(clip: Path, processor: FrameProcessor,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every frame the camera hands over is explained and shown once, in order; the FPS shown
+    with frame k is (k - 1) / (time from the first processed frame to the k-th), on a clock that
+    moves only while a frame is explained (frame k takes 0.05 k s)."""
+    clock = [100.0]
+    monkeypatch.setattr(live, "time", SimpleNamespace(monotonic=lambda: clock[0], strftime=time.strftime))
+    explained: list[np.ndarray] = []
+    explain = processor.explain
+
+    def slow_explain(images):
+        explained.extend(images)
+        clock[0] += 0.05 * len(explained)
+        return explain(images)
+
+    monkeypatch.setattr(processor, "explain", slow_explain)
     source = camera_source(clip)
+    delivered = []
+    read = source.read
+
+    def spy_read(timeout=None):
+        frame = read(timeout)
+        if frame is not None:
+            delivered.append(frame)
+        return frame
+
+    source.read = spy_read
     display = ScriptedDisplay()
     try:
         summary = LiveLoop(source, processor, display, max_frames=6).run()
     finally:
         source.close()
     assert summary.reason == "max frames", summary.error
-    assert summary.frames == 6 == len(display.frames)
+    assert summary.frames == 6 == len(display.frames) == len(delivered) == len(explained)
+    assert [f.seq for f in delivered] == sorted({f.seq for f in delivered}), "a camera frame came twice"
+    assert all(image is frame.image for image, frame in zip(explained, delivered)), "each frame explained once, in order"
     assert [s.frames for s in display.stats] == [1, 2, 3, 4, 5, 6], "FPS counts processed frames"
+    ticks = np.cumsum([0.05 * k for k in range(1, 7)])
+    expected = [0.0] + [(k - 1) / (ticks[k - 1] - ticks[0]) for k in range(2, 7)]
+    assert [s.fps for s in display.stats] == pytest.approx(expected)
     assert all(f.shape == (SIZE[1], SIZE[0], 3) for f in display.frames)
     assert all(s.label.endswith("%") and s.label.split()[0] for s in display.stats)
-    assert display.stats[0].fps == 0.0 and display.stats[-1].fps > 0
     assert display.close_calls == 1
 
 
@@ -208,7 +262,7 @@ def test_keys_change_layout_cmap_topk_pause_and_snapshot(tmp_path: Path, clip: P
 
 
 def test_closing_the_window_ends_the_loop_and_closes_the_recording(tmp_path: Path, clip: Path,
-                                                                   processor: FrameProcessor) -> None:
+                                                                   processor: FrameProcessor, writes: list[int]) -> None:
     out = tmp_path / "rec.mp4"
     source = camera_source(clip)
     display = ScriptedDisplay(keys={2: "l"}, close_after=5)
@@ -219,13 +273,16 @@ def test_closing_the_window_ends_the_loop_and_closes_the_recording(tmp_path: Pat
     assert summary.reason == "window closed" and summary.frames == 5, summary.error
     frames, fps = read_video(out)
     assert fps == pytest.approx(FPS, abs=0.01)
-    assert len(frames) == summary.recorded_frames >= 1
+    assert len(frames) == summary.recorded_frames == len(writes) >= 1
     assert {f.shape for f in frames} == {(SIZE[1] + 1, SIZE[0] + 1, 3)}, "one size (padded to even by .mp4)"
+    assert recorded_last([f[:SIZE[1], :SIZE[0]] for f in frames], display), "ends with the frame on screen"
 
 
-def test_unplugged_camera_mid_run_keeps_a_playable_recording(tmp_path: Path, processor: FrameProcessor) -> None:
+def test_unplugged_camera_mid_run_keeps_a_playable_recording(tmp_path: Path, processor: FrameProcessor,
+                                                             writes: list[int]) -> None:
     out = tmp_path / "rec.avi"
     clip = write_clip(tmp_path / "short.avi", 20)
+    writes.clear()  # count the recording's writes only
     source = camera_source(clip, opens_that_work=1)  # the reconnect finds no camera
     display = ScriptedDisplay()
     try:
@@ -236,21 +293,25 @@ def test_unplugged_camera_mid_run_keeps_a_playable_recording(tmp_path: Path, pro
     assert "camera 0 stopped delivering frames (unplugged?)" in summary.error
     assert summary.frames == len(display.frames) > 0
     frames, _ = read_video(out)
-    assert len(frames) == summary.recorded_frames >= 1
+    assert len(frames) == summary.recorded_frames == len(writes) >= 1
     assert frames[0].shape == (SIZE[1], SIZE[0], 3)
+    assert recorded_last(frames, display), "ends with the last frame shown"
     assert display.close_calls == 1
 
 
-def test_ctrl_c_in_the_loop_closes_the_recording(tmp_path: Path, clip: Path, processor: FrameProcessor) -> None:
+def test_ctrl_c_in_the_loop_closes_the_recording(tmp_path: Path, clip: Path, processor: FrameProcessor,
+                                                 writes: list[int]) -> None:
     out = tmp_path / "rec.mp4"
     source = camera_source(clip)
+    display = ScriptedDisplay(interrupt_after=3)
     try:
-        summary = LiveLoop(source, processor, ScriptedDisplay(interrupt_after=3), record=out).run()
+        summary = LiveLoop(source, processor, display, record=out).run()
     finally:
         source.close()
     assert summary.interrupted and summary.frames == 3
     frames, _ = read_video(out)
-    assert len(frames) == summary.recorded_frames >= 1
+    assert len(frames) == summary.recorded_frames == len(writes) >= 1
+    assert recorded_last([f[:SIZE[1], :SIZE[0]] for f in frames], display), "ends with the frame on screen"
 
 
 @pytest.mark.skipif(display_problem() is not None, reason="needs a display (run under Xvfb)")
@@ -273,6 +334,12 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return model_file(tmp_path_factory.mktemp("model"), channels=1)
 
 
+def shown(spy: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """The last two frames a spied run showed its recorder (the earlier one None if there was one)."""
+    previous = spy / "shown_prev.npy"
+    return np.load(spy / "shown_last.npy"), np.load(previous) if previous.exists() else None
+
+
 def webcam(*args: object, env: dict | None = None):
     result = CliRunner().invoke(cli, ["webcam", *map(str, args)], env=env)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
@@ -281,14 +348,17 @@ def webcam(*args: object, env: dict | None = None):
 
 def test_webcam_headless_on_a_file_records_a_playable_video(tmp_path: Path, clip: Path, weights: Path) -> None:
     out = tmp_path / "out.avi"
-    result = webcam("--camera", clip, "--weights", weights, "--device", "cpu", "--no-window",
-                    "--record", out, "--max-frames", 4)
-    assert result.exit_code == 0, result.output
+    spy = tmp_path / "spy"
+    result = run_rtlrp(["webcam", "--camera", clip, "--weights", weights, "--device", "cpu", "--no-window",
+                        "--record", out, "--max-frames", 4], env=spy_env(spy))
+    assert result.returncode == 0, result.stderr
     assert "FPS" in result.stderr and "4 frames processed" in result.stderr
     recorded = re.search(r"Recorded (\d+) frames to (\S+), checked by reading them back", result.stderr)
     assert recorded and recorded.group(2) == str(out), result.stderr
     frames, fps = read_video(out)
-    assert len(frames) == int(recorded.group(1)) > 0, "every frame the summary counts is in the file"
+    assert len(frames) == int(recorded.group(1)) == spied_count(spy, "written") > 0, \
+        "every frame written is in the file, and the summary counts them"
+    assert ends_with_last_shown(frames, *shown(spy)), "the recording ends with the last frame shown"
     assert fps == pytest.approx(FPS, abs=0.01)
     assert frames[0].shape == (SIZE[1], SIZE[0], 3), ".avi keeps the odd size"
     assert not (tmp_path / "out.partial.avi").exists()
@@ -343,11 +413,13 @@ def test_sigint_closes_the_recording_and_exits_130(tmp_path: Path, weights: Path
     out = tmp_path / "rec.mp4"
     args = ["webcam", "--camera", str(src), "--weights", str(weights), "--device", "cpu", "--no-window", "--record", str(out)]
     out.write_bytes(b"an older recording")
+    spy = tmp_path / "spy"
     returncode, stderr = interrupt_rtlrp(args, tmp_path / "rec.partial.mp4", wait_line="LIVE",
-                                         env={k: v for k, v in os.environ.items() if k != "DISPLAY"})
+                                         env=spy_env(spy, {k: v for k, v in os.environ.items() if k != "DISPLAY"}))
     assert returncode == 130, stderr
     assert "ended: interrupted by SIGINT" in stderr and "Traceback" not in stderr
     recorded = re.search(r"Recorded (\d+) frames to (\S+), checked by reading them back", stderr)
     assert recorded and recorded.group(2) == str(out), stderr
     frames, fps = read_video(out)
-    assert len(frames) == int(recorded.group(1)) > 0 and fps == pytest.approx(30.0)
+    assert len(frames) == int(recorded.group(1)) == spied_count(spy, "written") > 0 and fps == pytest.approx(30.0)
+    assert ends_with_last_shown(frames, *shown(spy)), "the recording ends with the last frame shown"

@@ -22,16 +22,44 @@ def test_colorize_numpy_and_torch_agree():
         np.testing.assert_array_equal(a, b.numpy())
 
 
-def test_hot_and_diverging_colours():
-    r = np.array([[-2.0, -1.0, 0.0, 1.0, 2.0]], np.float32)
-    hot = render.colorize(r, 1.0, "hot")[0]
-    np.testing.assert_array_equal(hot[0], hot[2])  # negative relevance shows as zero
-    assert hot[2].sum() == 0 and hot[3].sum() == 3 * 255  # black at 0, white at the scale
-    np.testing.assert_array_equal(hot[3], hot[4])  # saturates beyond the scale
-    div = render.colorize(r, 1.0, "diverging")[0]
-    assert div[2].min() >= 250  # white at zero
-    blue, red = div[1].astype(int), div[3].astype(int)  # BGR
-    assert blue[0] > blue[2] + 50 and red[2] > red[0] + 50
+def hot_lut() -> np.ndarray:
+    """OpenCV's COLORMAP_HOT built here (BGR): black to red over the first 40 %, to yellow by
+    80 %, to white; sampled at 64 knots and interpolated to 256 entries, as OpenCV builds its maps."""
+    knots = np.linspace(0.0, 1.0, 64)
+    rgb = np.stack([np.clip(knots / 0.4, 0, 1), np.clip((knots - 0.4) / 0.4, 0, 1), np.clip((knots - 0.8) / 0.2, 0, 1)])
+    x = np.linspace(0.0, 1.0, 256)
+    return np.rint(255 * np.stack([np.interp(x, knots, channel) for channel in rgb[::-1]], axis=1))
+
+
+def both_paths(r: np.ndarray, scale: float, cmap: str) -> list[np.ndarray]:
+    """``colorize`` on numpy and on torch, as int arrays."""
+    return [render.colorize(r, scale, cmap).astype(int), render.colorize(torch.from_numpy(r), scale, cmap).numpy().astype(int)]
+
+
+def test_hot_colours_are_opencvs_hot_map():
+    lut = hot_lut()
+    assert np.abs(render.get_colormap("hot").lut.astype(int) - lut).max() <= 1
+    r = np.array([[-1.0, 0.0, 0.4, 1.2, 2.0, 3.0, 2.0 * 51 / 255]], np.float32)
+    for hot in both_paths(r, 2.0, "hot"):  # the scale (2.0) gets the strongest colour
+        hot = hot[0]
+        assert hot[0].tolist() == hot[1].tolist() == [0, 0, 0], "zero and negative relevance are black"
+        np.testing.assert_allclose(hot[2], lut[51], atol=1)   # 0.2 of the scale: dark red
+        assert hot[2].tolist()[:2] == [0, 0] and 120 <= hot[2][2] <= 135
+        np.testing.assert_allclose(hot[3], lut[153], atol=1)  # 0.6: orange (red full, green half)
+        assert hot[4].tolist() == hot[5].tolist() == [255, 255, 255], "white at the scale, saturated beyond"
+        np.testing.assert_allclose(hot[6], lut[51], atol=1)
+
+
+def test_diverging_colours_are_the_anchors():
+    """Blue-white-red: -scale dark blue, -0.6 scale blue, 0 white, 0.6 scale red, +scale dark red (BGR)."""
+    r = np.array([[-3.0, -1.8, 0.0, 1.8, 3.0, 6.0, -6.0]], np.float32)
+    for div in both_paths(r, 3.0, "diverging"):
+        div = div[0]
+        assert div[0].tolist() == div[6].tolist() == [140, 40, 30]
+        assert div[1].tolist() == [220, 110, 50]
+        assert div[2].min() >= 253
+        assert div[3].tolist() == [50, 70, 235]
+        assert div[4].tolist() == div[5].tolist() == [20, 15, 140]
 
 
 def test_unknown_colormap_is_a_clear_error():
@@ -61,13 +89,27 @@ def test_stable_scale_is_independent_of_batching():
 
 
 def test_layouts_sizes_and_label():
+    """A 12-column map in three bands (at the scale, zero, half the scale), resized over a 33x27
+    frame of grey 90: the heatmap is hot's white, black and colour at 0.5; the overlay blends
+    60 %, nothing and 30 % of them into the frame; side by side puts the frame left of the heatmap."""
     frame = np.full((27, 33, 3), 90, np.uint8)
-    r = np.zeros((8, 8), np.float32)
-    assert render.render(frame, r, 1.0, "hot", "overlay").shape == (27, 33, 3)
-    assert render.render(frame, r, 1.0, "hot", "heatmap").shape == (27, 33, 3)
-    side = render.render(frame, r, 1.0, "hot", "side")
+    r = np.zeros((8, 12), np.float32)
+    r[:, :4], r[:, 8:] = 2.0, 1.0
+    bands = [np.s_[:, :9], np.s_[:, 12:20], np.s_[:, 23:]]  # away from the bilinear edges between bands
+    half = hot_lut()[128]
+    heat = render.render(frame, r, 2.0, "hot", "heatmap")
+    assert heat.shape == (27, 33, 3)
+    assert (heat[bands[0]] == 255).all() and (heat[bands[1]] == 0).all()
+    assert np.abs(heat[bands[2]].astype(int) - half).max() <= 1
+    overlay = render.render(frame, r, 2.0, "hot", "overlay", alpha=0.6)
+    assert overlay.shape == (27, 33, 3)
+    assert (overlay[bands[0]] == round(90 + 0.6 * (255 - 90))).all() and (overlay[bands[1]] == 90).all()
+    assert np.abs(overlay[bands[2]].astype(int) - (90 + 0.3 * (half - 90))).max() <= 1
+    side = render.render(frame, r, 2.0, "hot", "side")
     assert side.shape == (27, 66, 3)
     np.testing.assert_array_equal(side[:, :33], frame)
+    np.testing.assert_array_equal(side[:, 33:], heat)
+    assert render.output_size((33, 27), "side") == (66, 27) and render.output_size((33, 27), "overlay") == (33, 27)
     big = np.full((120, 200, 3), 90, np.uint8)
     labelled = render.render(big, np.zeros((8, 8), np.float32), 1.0, "hot", "overlay", label="Coat  97.3%")
     assert (labelled[:20, :60] != 90).any() and (labelled[60:, :] == 90).all()
@@ -96,13 +138,36 @@ def test_preprocess_whole_frame_gray_and_rgb():
     assert x.shape == (2, 3, 16, 16)
     torch.testing.assert_close(x[:, 2], torch.ones(2, 16, 16))  # blue is the last RGB channel
     torch.testing.assert_close(x[:, 0], -torch.ones(2, 16, 16))
-    gray = frames_to_tensor([np.full((5, 9, 3), 51, np.uint8)], dict(card, input_channels=1, mean=[0.1], std=[0.2]),
-                            size=(12, 20))
+    colour = np.empty((5, 9, 3), np.uint8)
+    colour[:] = (200, 100, 50)  # B, G, R: the weights' order shows
+    gray = frames_to_tensor([colour], dict(card, input_channels=1, mean=[0.1], std=[0.2]), size=(12, 20))
     assert gray.shape == (1, 1, 12, 20)
-    torch.testing.assert_close(gray, torch.full((1, 1, 12, 20), (0.2 - 0.1) / 0.2))
+    luma = 0.299 * 50 + 0.587 * 100 + 0.114 * 200  # ITU-R BT.601 on R, G, B
+    torch.testing.assert_close(gray, torch.full((1, 1, 12, 20), (luma / 255 - 0.1) / 0.2), atol=0.6 / 255 / 0.2, rtol=0)
+    rgb = frames_to_tensor([colour], dict(card, mean=[0.1, 0.2, 0.3], std=[0.2, 0.3, 0.4]))
+    expected = [(50 / 255 - 0.1) / 0.2, (100 / 255 - 0.2) / 0.3, (200 / 255 - 0.3) / 0.4]
+    torch.testing.assert_close(rgb[0, :, 0, 0], torch.tensor(expected))
     assert parse_size("320x240") == (240, 320) and parse_size("64") == (64, 64)
     with pytest.raises(ValueError):
         parse_size("big")
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_gray_bgra_and_single_channel_frames(channels: int):
+    """2-D gray, H x W x 1 and BGRA frames (resized from 10x14) reach a 3- or 1-channel model as
+    the gray level in every channel, and as the BGR pixel without its alpha."""
+    card = {"input_size": [6, 8], "input_channels": channels, "mean": [0.2] * channels, "std": [0.5] * channels}
+    gray = np.full((10, 14), 120, np.uint8)
+    bgra = np.empty((10, 14, 4), np.uint8)
+    bgra[:] = (200, 100, 50, 7)
+    x = frames_to_tensor([gray, gray[:, :, None], bgra], card)
+    assert x.shape == (3, channels, 6, 8)
+    level = torch.full((channels, 6, 8), (120 / 255 - 0.2) / 0.5)
+    torch.testing.assert_close(x[0], level)
+    torch.testing.assert_close(x[1], level)
+    pixel = [50, 100, 200] if channels == 3 else [0.299 * 50 + 0.587 * 100 + 0.114 * 200]
+    expected = (torch.tensor(pixel).view(-1, 1, 1) / 255 - 0.2) / 0.5
+    torch.testing.assert_close(x[2], expected.expand(channels, 6, 8), atol=0.6 / 255 / 0.5, rtol=0)
 
 
 def test_processor_renders_labels_and_runtime_controls():

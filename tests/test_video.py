@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from media import interrupt_rtlrp, model_file, read_video, tiny_card, tiny_model, write_video
+from media import interrupt_rtlrp, model_file, read_video, spied_count, spy_env, tiny_card, tiny_model, write_video
 from realtime_lrp.cli import cli
 from realtime_lrp.processor import FrameProcessor, ProcessingError
 from realtime_lrp.video import PartialOutput, process_video
@@ -153,13 +153,16 @@ def test_sigint_keeps_the_frames_done_playable_beside_the_output(tmp_path, weigh
     write_video(src, 1500, (80, 60), 30.0)
     out = tmp_path / "out.mp4"
     args = ["video", str(src), "--out", str(out), "--weights", str(weights), "--size", "96", "--device", "cpu"]
-    returncode, stderr = interrupt_rtlrp(args, tmp_path / "out.partial.mp4", min_bytes=4096)
+    spy = tmp_path / "spy"
+    returncode, stderr = interrupt_rtlrp(args, tmp_path / "out.partial.mp4", min_bytes=4096, env=spy_env(spy))
     assert returncode == 130, stderr
     done = re.search(r"Interrupted by SIGINT: the (\d+) frames done are in (\S+) \(closed and playable\)", stderr)
     assert done and "Traceback" not in stderr, stderr
     assert done.group(2) == str(tmp_path / "out.partial.mp4") and not out.exists()
     written, fps = read_video(tmp_path / "out.partial.mp4")
-    assert len(written) == int(done.group(1)) and 0 < len(written) < 1500, "every frame done, no more"
+    assert 0 < len(written) < 1500
+    assert len(written) == int(done.group(1)) == spied_count(spy, "rendered") == spied_count(spy, "written"), \
+        "every frame explained is in the file, the frames in flight too"
     assert written[0].shape == (60, 80, 3) and fps == pytest.approx(30.0)
 
 

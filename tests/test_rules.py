@@ -1,0 +1,213 @@
+"""Rule branches the VGG and ResNet tests never reach, against zennit or a slow autograd reference.
+
+In a VGG every conv but the first follows a ReLU, so z+ and gamma only ever see
+non-negative inputs there. The models here feed them signed inputs (a conv after a conv,
+after a signed average pool, and the first conv on normalised pixels), propagate
+``nn.AvgPool2d`` (padded, ceil mode, padding not counted) and are plain ``nn.Sequential``s;
+the last tests cover the guards that refuse models the engine cannot explain.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from realtime_lrp import LRP
+from realtime_lrp.engine import IMAGENET_MEAN, IMAGENET_STD, pixel_bounds
+from realtime_lrp.graph import canonize
+from realtime_lrp.layers import UnsupportedModelError
+
+
+class HeadFirst(nn.Module):
+    """The classifier is registered before the convs: in ``named_modules()`` order the Linear
+    comes first, so under epsilon-plus-flat the first conv gets z+ on normalised (signed) pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8 * 4 * 5, 5)
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.pool = nn.AvgPool2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(torch.relu(self.conv2(torch.relu(self.conv1(x))))), 1))
+
+
+MODELS = {
+    # the second conv follows a conv: its input is signed
+    "conv_after_conv": lambda: nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 4 * 5, 5)),
+    # an average pool of signed values (signed stabiliser), then a conv on its signed output
+    "signed_avgpool": lambda: nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+        nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 5)),
+    "head_first": HeadFirst,
+}
+
+
+def build(name: str, seed: int = 0) -> nn.Module:
+    """``MODELS[name]`` in eval mode with random weights and biases of both signs."""
+    torch.manual_seed(seed)
+    model = MODELS[name]().eval()
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.bias.data.normal_(0, 0.1)
+    return model
+
+
+def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """max |ours - ref| / max |ref| per sample."""
+    return (ours - ref).flatten(1).abs().amax(1) / ref.flatten(1).abs().amax(1)
+
+
+def zennit_map(model: nn.Module, x: torch.Tensor, preset: str, target: torch.Tensor) -> torch.Tensor:
+    """zennit's attribution of ``logit * one_hot(target)`` (no canonizer: these models have no batch norm)."""
+    composites = pytest.importorskip("zennit.composites")
+    if preset == "epsilon-plus-flat":
+        composite = composites.EpsilonPlusFlat()
+    else:
+        low, high = pixel_bounds(IMAGENET_MEAN, IMAGENET_STD)
+        composite = composites.EpsilonGammaBox(low=low.view(1, 3, 1, 1), high=high.view(1, 3, 1, 1))
+    model = copy.deepcopy(model)
+    x = x.clone().requires_grad_()
+    with composite.context(model) as modified:
+        out = modified(x)
+        index = target.view(-1, 1)
+        grad_output = torch.zeros_like(out).scatter_(1, index, out.gather(1, index))
+        (attribution,) = torch.autograd.grad(out, x, grad_output)
+    return attribution.sum(1)
+
+
+@pytest.mark.parametrize("preset", ["epsilon-plus-flat", "epsilon-gamma-box"])
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("explicit", [False, True])
+def test_signed_inputs_and_average_pools_equal_zennit(name: str, preset: str, explicit: bool) -> None:
+    model = build(name)
+    x = torch.randn(3, 3, 16, 20, generator=torch.Generator().manual_seed(1))
+    assert (x < 0).any()
+    with torch.no_grad():
+        top1 = model(x).argmax(1)
+    target = (top1 + 1 + torch.arange(3)) % 5 if explicit else top1
+    result = LRP(model, preset=preset)(x, target=target if explicit else None)
+    assert torch.equal(result.target, target)
+    ref = zennit_map(model, x, preset, target)
+    assert (ref.flatten(1).abs().amax(1) > 0).all()
+    assert (relative_error(result.relevance, ref) <= 1e-4).all()
+
+
+def test_signed_inputs_reach_the_two_term_rules() -> None:
+    """The models above do feed z+ and gamma a signed input (so the comparison covers that branch)."""
+    signed = {name: [node.name for node in canonize(build(name)).nodes if node.kind == "conv" and not node.nonneg_input]
+              for name in MODELS}
+    assert signed == {"conv_after_conv": ["0", "1"], "signed_avgpool": ["0", "2"], "head_first": ["conv1"]}
+
+
+def slow_zplus(layers: list[nn.Module], x: torch.Tensor, top_k: float) -> torch.Tensor:
+    """PyTorchRelevancePropagation's rules on a Sequential, one autograd 'gradient trick' per layer:
+    z+ with zero bias (all-ones input for the first layer), pools by the z-rule (max-pools as the
+    average pool of their windows), the top-k filter before each of them."""
+    inputs, a = [], x
+    with torch.no_grad():
+        for layer in layers:
+            inputs.append(a)
+            a = layer(a)
+    relevance = torch.zeros_like(a).scatter_(1, a.argmax(1, keepdim=True), a.max(1, keepdim=True).values)
+    inputs[0] = torch.ones_like(inputs[0])
+    for layer, a in zip(reversed(layers), reversed(inputs)):
+        if isinstance(layer, nn.Flatten):
+            relevance = relevance.view(a.shape)
+            continue
+        if isinstance(layer, nn.ReLU):
+            continue
+        if 0 < top_k < 1:
+            flat = relevance.flatten(1)
+            top = flat.topk(max(1, int(top_k * flat.shape[1])), dim=1)
+            relevance = torch.zeros_like(flat).scatter_(1, top.indices, top.values).view_as(relevance)
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            layer = copy.deepcopy(layer)
+            layer.weight.data.clamp_(min=0)
+            layer.bias.data.zero_()
+        elif isinstance(layer, nn.MaxPool2d):
+            layer = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode)
+        a = a.detach().requires_grad_()
+        z = layer(a) + 1e-5
+        (z * (relevance / z).detach()).sum().backward()
+        relevance = (a * a.grad).detach()
+    return relevance.sum(1)
+
+
+@pytest.mark.parametrize("top_k", [0.0, 0.1])
+def test_zplus_on_a_sequential_with_average_pools_matches_the_slow_reference(top_k: float) -> None:
+    torch.manual_seed(4)
+    layers = [nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True),
+              nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2, count_include_pad=False),
+              nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 2 * 2, 5)]
+    model = nn.Sequential(*layers).eval()
+    x = torch.rand(2, 3, 17, 18, generator=torch.Generator().manual_seed(2))
+    ref = slow_zplus(layers, x, top_k)
+    ours = LRP(model, preset="zplus", top_k=top_k)(x).relevance
+    assert (ref.flatten(1).amax(1) > 0).all()
+    assert (relative_error(ours, ref) <= 1e-4).all()
+
+
+def one_line_refusal(model: nn.Module) -> str:
+    with pytest.raises(UnsupportedModelError) as caught:
+        LRP(model.eval())
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("mode", ["reflect", "circular", "replicate"])
+def test_padding_modes_other_than_zeros_are_refused(mode: str) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode=mode), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 2))
+    assert one_line_refusal(model) == f"no LRP rule for node '0' (Conv2d with padding_mode='{mode}')"
+
+
+class _UnusedLinear(nn.Module):
+    """Has a Linear layer, but its forward pass never calls it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(x, 1)
+
+
+def test_a_model_without_conv_or_linear_is_refused() -> None:
+    message = one_line_refusal(nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    assert message == "Sequential has no Conv2d or Linear layer to explain"
+    assert one_line_refusal(_UnusedLinear()) == "_UnusedLinear has no Conv2d or Linear layer to explain"
+
+
+class _SharedConv(nn.Module):
+    """A conv whose output feeds a batch norm and a residual sum: folding would change the sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.bn(y) + y, 1), 1))
+
+
+@pytest.mark.parametrize("model, message", [
+    (lambda: nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 2)),
+     "batch norm '0' does not follow a Conv2d, so it cannot be folded"),
+    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 2)),
+     "batch norm '2' does not follow a Conv2d, so it cannot be folded"),
+    (_SharedConv, "batch norm 'bn' does not follow a Conv2d, so it cannot be folded"),
+    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.Flatten(),
+                           nn.Linear(144, 2)),
+     "batch norm '1' keeps no running statistics to fold"),
+])
+def test_batch_norms_that_cannot_be_folded_are_refused(model, message: str) -> None:
+    assert one_line_refusal(model()) == message
