@@ -281,3 +281,70 @@ def test_headless_chromium_plays_the_output(tmp_path: Path, weights: Path) -> No
     played = json.loads(found.group(1).replace("&quot;", '"'))
     assert (played["w"], played["h"]) == (64, 48) and played["state"] >= 2
     assert played["d"] == pytest.approx(probe(out)["audio_seconds"], abs=0.1)
+
+
+def _decoded(path: Path) -> list[tuple[float, np.ndarray]]:
+    """Each frame of the file's video as (seconds, BGR pixels), in presentation order."""
+    with av.open(str(path)) as container:
+        return [(float(f.pts * f.time_base), f.to_ndarray(format="bgr24")) for f in container.decode(video=0)]
+
+
+def test_repeated_or_backward_timestamps_move_just_after_the_last(tmp_path: Path) -> None:
+    """Muxers need strictly increasing times: a late frame keeps its place, one tick after the last."""
+    path = tmp_path / "vfr.mp4"
+    writer = VideoWriter(path, 25, (32, 32), time_base=Fraction(1, 1000))
+    for pts in (0, 40, 40, 30, 200):
+        writer.write(np.zeros((32, 32, 3), np.uint8), pts)
+    assert writer.finish() == path
+    times = [t for t, _ in _decoded(path)]
+    assert [t - times[0] for t in times] == pytest.approx([0, 0.040, 0.041, 0.042, 0.200], abs=1e-6)
+
+
+def test_odd_sizes_are_padded_with_their_edge_pixels(tmp_path: Path) -> None:
+    """H.264 needs even sizes: the added row and column repeat the last ones, the picture stays put."""
+    frame = np.full((17, 33, 3), 60, np.uint8)
+    frame[0] = 10
+    frame[:, 32] = 200
+    path = tmp_path / "odd.mp4"
+    writer = VideoWriter(path, 10, (33, 17), crf=0)
+    writer.write(frame)
+    writer.finish()
+    [(_, got)] = _decoded(path)
+    assert got.shape == (18, 34, 3)
+    expected = np.pad(frame, ((0, 1), (0, 1), (0, 0)), mode="edge").astype(int)
+    assert np.abs(got.astype(int) - expected).max() <= 6  # lossless H.264; the colour conversion rounds
+
+
+def test_one_frame_is_a_video_and_no_frame_leaves_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "out.mp4"
+    one = VideoWriter(path, 10, (32, 32))
+    one.write(np.full((32, 32, 3), 90, np.uint8))
+    assert one.finish() == path and len(_decoded(path)) == 1
+    before = path.read_bytes()
+    none = VideoWriter(path, 10, (32, 32))
+    assert none.finish() is None
+    assert path.read_bytes() == before and not none.partial.exists()
+
+
+def test_a_file_short_of_frames_is_refused_and_removed(tmp_path: Path) -> None:
+    """finish() counts the frames in the closed file; a shortfall is an error, not a video."""
+    path = tmp_path / "out.mp4"
+    writer = VideoWriter(path, 10, (32, 32))
+    for _ in range(3):
+        writer.write(np.zeros((32, 32, 3), np.uint8))
+    writer.frames += 1  # as if one frame had been lost on the way to the file
+    with pytest.raises(WriterError, match=r"out\.partial\.mp4 holds 3 frames, 4 were written"):
+        writer.finish()
+    assert not path.exists() and not writer.partial.exists()
+
+
+def test_wrong_frames_and_writes_after_close_are_refused(tmp_path: Path) -> None:
+    writer = VideoWriter(tmp_path / "out.mp4", 10, (32, 24))
+    with pytest.raises(WriterError, match=r"frame of shape \(24, 32\) uint8 does not match the video's 32x24 BGR uint8"):
+        writer.write(np.zeros((24, 32), np.uint8))
+    with pytest.raises(WriterError, match="does not match"):
+        writer.write(np.zeros((24, 32, 3), np.float32))
+    writer.write(np.zeros((24, 32, 3), np.uint8))
+    writer.finish()
+    with pytest.raises(WriterError, match=r"out\.mp4 is already closed"):
+        writer.write(np.zeros((24, 32, 3), np.uint8))
