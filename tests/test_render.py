@@ -223,7 +223,7 @@ def test_contact_sheet_places_each_image_in_its_cell():
     images = [np.full((4 + i % 2, 6, 3), 10 * (i + 1), np.uint8) for i in range(7)]
     images[3] = np.full((5, 6), 99, np.uint8)  # gray images become BGR
     sheet = render.contact_sheet(images, columns=3, gap=2)
-    assert sheet.shape == (3 * 5 + 2 * 2, 3 * 6 + 2 * 2, 3)
+    assert sheet.shape == (3 * 5 + 2 * 2, 3 * 6 + 2 * 2, 3) and sheet.dtype == np.uint8
     for i, im in enumerate(images):
         y, x = (i // 3) * 7, (i % 3) * 8
         cell = sheet[y:y + 5, x:x + 6]
@@ -231,6 +231,6 @@ def test_contact_sheet_places_each_image_in_its_cell():
         assert (cell[im.shape[0]:] == 255).all(), i
     assert (sheet[5:7] == 255).all() and (sheet[:, 6:8] == 255).all()
     assert (sheet[14:, 8:] == 255).all()  # the empty cells of the last row
-    with pytest.raises(ValueError, match="no images"):
+    with pytest.raises(ValueError, match="^no images for the sheet$"):
         render.contact_sheet([])
     assert render.contact_sheet(images[:2], columns=5).shape == (5, 2 * 6 + 4, 3)
