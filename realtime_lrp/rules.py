@@ -120,7 +120,9 @@ class _ZPropagator:
             return a.clamp(min=0)
         if source == "neg":
             return a.clamp(max=0)
-        return torch.ones_like(a)
+        if source == "ones":
+            return torch.ones_like(a)
+        raise ValueError(f"unknown term input {source!r}")
 
     def _transpose(self, s: Tensor, weight: Tensor, shape: torch.Size) -> Tensor:
         if self.node.kind == "conv":

@@ -45,6 +45,11 @@ MODELS = {
         nn.Conv2d(3, 6, 3, padding=1), nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
         nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 5)),
     "head_first": HeadFirst,
+    # no ReLU after the two middle convs: relevance reaches their negative outputs, from
+    # non-negative inputs (conv 2) and from signed ones (conv 3)
+    "gamma_signed_outputs": lambda: nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 5)),
 }
 
 
@@ -102,7 +107,8 @@ def test_signed_inputs_reach_the_two_term_rules() -> None:
     """The models above do feed z+ and gamma a signed input (so the comparison covers that branch)."""
     signed = {name: [node.name for node in canonize(build(name)).nodes if node.kind == "conv" and not node.nonneg_input]
               for name in MODELS}
-    assert signed == {"conv_after_conv": ["0", "1"], "signed_avgpool": ["0", "2"], "head_first": ["conv1"]}
+    assert signed == {"conv_after_conv": ["0", "1"], "signed_avgpool": ["0", "2"], "head_first": ["conv1"],
+                      "gamma_signed_outputs": ["0", "3"]}
 
 
 def slow_zplus(layers: list[nn.Module], x: torch.Tensor, top_k: float) -> torch.Tensor:
