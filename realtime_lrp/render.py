@@ -135,7 +135,8 @@ class StableScale:
     def frame_scale(relevance: np.ndarray, percentile: float = 99.5) -> float:
         """The scale of one map on its own: a high percentile of ``|R|`` (its max if that is 0)."""
         a = np.abs(np.asarray(relevance, dtype=np.float32))
-        q = float(np.percentile(a, percentile))
+        with np.errstate(invalid="ignore"):  # a map with inf gives nan here, which update() skips
+            q = float(np.percentile(a, percentile))
         return q if q > 0 else float(a.max())
 
     def update(self, relevance: np.ndarray) -> list[float]:

@@ -88,6 +88,22 @@ def test_stable_scale_is_independent_of_batching():
     assert together == pytest.approx(apart)
 
 
+def test_stable_scale_follows_its_percentile_and_skips_empty_maps():
+    """The first map sets the scale (its percentile, its max if that is 0); all-zero and
+    non-finite maps leave it as it was, 1.0 before any map had relevance; a 2-D map is one frame."""
+    ramp = np.arange(1, 101, dtype=np.float32).reshape(10, 10)
+    sparse = np.zeros((10, 10), np.float32)
+    sparse[3, 4] = -7.0
+    tracker = render.StableScale(percentile=50.0, momentum=0.5)
+    zero, nan = np.zeros((10, 10), np.float32), np.full((10, 10), np.nan, np.float32)
+    assert tracker.update(np.stack([zero, nan])) == [1.0, 1.0] and tracker.value is None
+    assert tracker.update(ramp) == [pytest.approx(50.5)]
+    assert tracker.update(np.stack([zero, nan, -np.inf * ramp])) == [pytest.approx(50.5)] * 3
+    assert tracker.update(sparse) == [pytest.approx(0.5 * 50.5 + 0.5 * 7.0)]
+    tracker.reset()
+    assert tracker.value is None and tracker.update(sparse) == [pytest.approx(7.0)]
+
+
 def test_layouts_sizes_and_label():
     """A 12-column map in three bands (at the scale, zero, half the scale), resized over a 33x27
     frame of grey 90: the heatmap is hot's white, black and colour at 0.5; the overlay blends
