@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from realtime_lrp.filter import FilterMode, RelevanceFilter
-from realtime_lrp.graph import FILTERED_KINDS, PARAM_KINDS, RULE_KINDS, Node, canonize
+from realtime_lrp.graph import FILTERED_KINDS, PARAM_KINDS, RULE_KINDS, Node, UnsupportedModelError, canonize
 from realtime_lrp.presets import PRESETS
 from realtime_lrp.rules import Propagator, pow2
 
@@ -97,6 +97,9 @@ class LRP:
         self.device, self.dtype = param.device, param.dtype
         self.output = graph.output
         first = next(node for node in graph.nodes if node.kind in PARAM_KINDS)
+        if first.kind != "conv":  # the input's channels, and z^B's pixel bounds, come from a first conv
+            raise UnsupportedModelError(f"{type(model).__name__} starts with a Linear layer, not a Conv2d: "
+                                        "the engine explains image CNNs")
         self.in_channels = first.weight.shape[1] * first.conv_args.get("groups", 1)
         if mean is None and self.in_channels == 3:
             mean, std = IMAGENET_MEAN, IMAGENET_STD

@@ -145,7 +145,7 @@ PLANTS: tuple[Plant, ...] = (
     Plant("model-without-conv-accepted", "realtime_lrp/graph.py",
           "    if not modules:\n        raise UnsupportedModelError",
           "    if False:\n        raise UnsupportedModelError",
-          ("tests/test_rules.py::test_a_model_without_conv_or_linear_is_refused",)),
+          ("tests/test_rules.py::test_a_model_without_a_first_conv_is_refused",)),
     Plant("fast-label-names-top-class", "realtime_lrp/fast.py",
           "Prediction(i, classes[i], p, e, classes[e])", "Prediction(i, classes[i], p, i, classes[i])",
           ("tests/test_fast.py::test_label_names_the_explained_class_when_it_is_not_the_top_class",)),

@@ -185,10 +185,12 @@ class _UnusedLinear(nn.Module):
         return torch.flatten(x, 1)
 
 
-def test_a_model_without_conv_or_linear_is_refused() -> None:
+def test_a_model_without_a_first_conv_is_refused() -> None:
     message = one_line_refusal(nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
     assert message == "Sequential has no Conv2d or Linear layer to explain"
     assert one_line_refusal(_UnusedLinear()) == "_UnusedLinear has no Conv2d or Linear layer to explain"
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10), nn.ReLU(), nn.Linear(10, 2))
+    assert one_line_refusal(mlp) == "Sequential starts with a Linear layer, not a Conv2d: the engine explains image CNNs"
 
 
 class _SharedConv(nn.Module):
