@@ -146,6 +146,18 @@ def test_overlay_depends_on_relevance():
     np.testing.assert_array_equal(render.render(frame, left, 1.0, "hot", "overlay", alpha=0.0), frame)
 
 
+def test_overlay_blends_by_relevance_over_scale_with_alpha_0_6_by_default():
+    """Each pixel moves from the frame towards its colour by ``alpha * min(|R| / scale, 1)``."""
+    frame = np.full((4, 8, 3), 100, np.uint8)
+    relevance = np.array([[0.0, 0.5, 1.0, 2.0, -1.0, -0.5, 0.25, 0.0]] * 4, np.float32)
+    out = render.render(frame, relevance, 1.0, "hot")
+    heat = render.colorize(relevance, 1.0, "hot").astype(np.float32)
+    weight = 0.6 * np.minimum(np.abs(relevance), 1.0)[:, :, None]
+    np.testing.assert_array_equal(out, np.floor(100 + weight * (heat - 100) + 0.5).astype(np.uint8))
+    with pytest.raises(ValueError, match="^unknown layout 'tiles'; choose one of overlay, side, heatmap$"):
+        render.render(frame, relevance, 1.0, "hot", "tiles")
+
+
 def test_preprocess_whole_frame_gray_and_rgb():
     frame = np.zeros((27, 33, 3), np.uint8)
     frame[:, :, 0] = 255  # pure blue in BGR
