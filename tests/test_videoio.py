@@ -348,3 +348,84 @@ def test_wrong_frames_and_writes_after_close_are_refused(tmp_path: Path) -> None
     writer.finish()
     with pytest.raises(WriterError, match=r"out\.mp4 is already closed"):
         writer.write(np.zeros((24, 32, 3), np.uint8))
+
+
+def test_frames_reach_the_disk_as_they_are_encoded(tmp_path: Path) -> None:
+    """flush_packets: the partial file grows frame by frame, so a killed run's file holds its frames."""
+    writer = VideoWriter(tmp_path / "out.mp4", 25, (64, 64))
+    sizes = []
+    for i in range(80):
+        writer.write(np.full((64, 64, 3), 2 * i, np.uint8))
+        sizes.append(writer.partial.stat().st_size if writer.partial.exists() else 0)
+    assert sizes[79] > sizes[60] > sizes[40] > 0
+    writer.discard()
+
+
+def test_the_encoder_probe(tmp_path: Path) -> None:
+    from realtime_lrp.writer import _opens
+
+    assert _opens("libx264") and not _opens("no_such_encoder")
+
+
+def _two_tone_clip(path: Path) -> Path:
+    """A short H.264 clip with two AAC streams: 1.0 s at 440 Hz and 1.5 s at 660 Hz."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        tracks = []
+        for seconds, hz in ((1.0, 440), (1.5, 660)):
+            audio = container.add_stream("aac", rate=44100)
+            audio.layout = "mono"
+            tracks.append((audio, seconds, hz))
+        for i in range(10):
+            container.mux(video.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="bgr24")))
+        container.mux(video.encode())
+        for audio, seconds, hz in tracks:
+            tone = np.sin(2 * np.pi * hz * np.arange(int(44100 * seconds)) / 44100).astype(np.float32)
+            for start in range(0, len(tone), 1024):
+                frame = av.AudioFrame.from_ndarray(tone[None, start:start + 1024], format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = 44100, start
+                container.mux(audio.encode(frame))
+            container.mux(audio.encode())
+    return path
+
+
+def _audio_ends(path: Path) -> list[float]:
+    """Where each audio stream of the file ends, in seconds."""
+    with av.open(str(path)) as container:
+        ends = {s.index: 0.0 for s in container.streams.audio}
+        for packet in container.demux(*container.streams.audio):
+            if packet.pts is not None and packet.duration:
+                ends[packet.stream.index] = max(ends[packet.stream.index],
+                                                float((packet.pts + packet.duration) * packet.time_base))
+        return [ends[i] for i in sorted(ends)]
+
+
+@pytest.mark.parametrize("ext, codec, rate", [(".mkv", "aac", 44100), (".webm", "opus", 48000)])
+def test_every_audio_stream_is_kept(tmp_path: Path, ext: str, codec: str, rate: int) -> None:
+    """Both of two audio streams reach the output: copied where the container takes them, else re-encoded."""
+    src = _two_tone_clip(tmp_path / "two.mp4")
+    notes: list[str] = []
+    path = tmp_path / f"out{ext}"
+    writer = VideoWriter(path, 10, (32, 32), audio_from=src, notice=notes.append)
+    for _ in range(10):
+        writer.write(np.zeros((32, 32, 3), np.uint8))
+    writer.finish()
+    with av.open(str(path)) as container:
+        got = [(s.codec_context.name, s.rate, s.layout.name) for s in container.streams.audio]
+    assert got == [(codec, rate, "mono")] * 2
+    assert _audio_ends(path) == [pytest.approx(1.0, abs=0.05), pytest.approx(1.5, abs=0.05)]
+    copied = ext == ".mkv"
+    assert notes == ([] if copied else [f"audio stream {i} (aac) cannot be copied into webm files: re-encoded as libopus"
+                                        for i in (0, 1)])
+
+
+def test_an_interrupted_run_keeps_the_audio_of_the_frames_done(tmp_path: Path) -> None:
+    """keep_partial: the sound stops with the last frame written (one frame's time after it), not at the source's end."""
+    src = make_clip(tmp_path / "in.mp4")
+    writer = VideoWriter(tmp_path / "out.mp4", 10, (32, 32), audio_from=src)
+    for _ in range(5):
+        writer.write(np.zeros((32, 32, 3), np.uint8))
+    partial = writer.keep_partial()
+    assert partial == writer.partial and probe(partial)["frames"] == 5
+    assert 0.45 <= _audio_ends(partial)[0] <= 0.65 < AUDIO_SECONDS
