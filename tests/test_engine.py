@@ -10,7 +10,7 @@ from torch import nn
 
 import vgg_reference
 from realtime_lrp import LRP
-from realtime_lrp.engine import IMAGENET_MEAN, IMAGENET_STD, pixel_bounds
+from realtime_lrp.engine import IMAGENET_MEAN, IMAGENET_STD, initial_relevance, pixel_bounds
 from realtime_lrp.filter import RelevanceFilter
 from realtime_lrp.layers import UnsupportedModelError
 
@@ -383,3 +383,16 @@ def test_fp16_matches_fp32_on_cuda(size: int, top_k: float, preset: str) -> None
     assert torch.isfinite(low).all() and low.abs().sum() > 0
     for i in range(2):
         assert pearson(low[i], ref[i]) >= 0.999
+
+
+def test_target_errors_say_what_is_wrong() -> None:
+    logits = torch.randn(3, 5)
+    with pytest.raises(ValueError, match=r"^got 2 targets for a batch of 3$"):
+        initial_relevance(logits, [1, 2])
+    with pytest.raises(ValueError, match=r"^target class out of range: the model has 5 classes$"):
+        initial_relevance(logits, [0, 5, 1])
+    with pytest.raises(ValueError, match=r"^target must be None, a class index or 'softmax', got 'top'$"):
+        initial_relevance(logits, "top")
+    relevance, chosen = initial_relevance(logits, 4)
+    assert chosen.tolist() == [4, 4, 4] and torch.equal(relevance[:, 4], logits[:, 4])
+    assert (relevance[:, :4] == 0).all()
