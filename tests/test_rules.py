@@ -50,6 +50,10 @@ MODELS = {
     "gamma_signed_outputs": lambda: nn.Sequential(
         nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 5)),
+    # grouped convs, the first one too (its input channels and z^B's bounds count the groups)
+    "grouped_first": lambda: nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1, groups=3), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1, groups=2), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 5)),
 }
 
 
@@ -108,7 +112,7 @@ def test_signed_inputs_reach_the_two_term_rules() -> None:
     signed = {name: [node.name for node in canonize(build(name)).nodes if node.kind == "conv" and not node.nonneg_input]
               for name in MODELS}
     assert signed == {"conv_after_conv": ["0", "1"], "signed_avgpool": ["0", "2"], "head_first": ["conv1"],
-                      "gamma_signed_outputs": ["0", "3"]}
+                      "gamma_signed_outputs": ["0", "3"], "grouped_first": ["0"]}
 
 
 def slow_zplus(layers: list[nn.Module], x: torch.Tensor, top_k: float) -> torch.Tensor:
