@@ -172,7 +172,7 @@ def draw_label(image: np.ndarray, text: str) -> np.ndarray:
 
 
 def _to_bgr(frame: np.ndarray) -> np.ndarray:
-    if frame.ndim == 2:
+    if frame.ndim == 2 or frame.shape[2] == 1:
         return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
     if frame.shape[2] == 4:
         return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)

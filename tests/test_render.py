@@ -132,6 +132,48 @@ def test_layouts_sizes_and_label():
     assert render.label_text("Coat", 0.973) == "Coat  97.3%"
 
 
+def _label_box(image: np.ndarray, background: int) -> tuple[int, int]:
+    """(height, width) of the region draw_label changed, which must start at the top-left corner."""
+    rows, cols = np.nonzero((image != background).any(2))
+    assert rows.min() == 0 and cols.min() == 0
+    return rows.max() + 1, cols.max() + 1
+
+
+@pytest.mark.parametrize("size", [(120, 200), (480, 640), (1080, 1920)])
+def test_label_is_white_text_inside_a_darkened_box_sized_to_the_frame(size: tuple[int, int]):
+    image = np.full(size + (3,), 100, np.uint8)
+    assert render.draw_label(image, "Sneaker  97.3%") is image
+    h, w = _label_box(image, 100)
+    box = image[:h, :w]
+    assert (box == 40).all(2).mean() > 0.5, "the box darkens the picture to 2/5"
+    text = (box >= 200).all(2)
+    assert text.sum() > 15, "white text is drawn"
+    rows, cols = np.nonzero(text)
+    assert rows.min() >= 2 and cols.min() >= 2 and rows.max() < h - 2 and cols.max() < w - 2, "text inside the box"
+    assert ((box == 40) | (box > 40).all(2, keepdims=True)).all(), "only the box and the text changed"
+    assert 10 <= h <= 0.25 * min(size) and w < size[1] / 2
+
+
+def test_label_grows_with_the_frame_up_to_a_limit():
+    heights = []
+    for side in (100, 400, 480, 960):
+        image = np.full((side, side, 3), 100, np.uint8)
+        render.draw_label(image, "Bag  50.0%")
+        heights.append(_label_box(image, 100)[0])
+    assert heights[0] < heights[1] < heights[2] == heights[3]
+
+
+def test_render_takes_gray_and_bgra_frames_as_their_bgr_frame():
+    rng = np.random.default_rng(5)
+    gray = rng.integers(0, 255, size=(24, 32), dtype=np.uint8)
+    bgr = np.repeat(gray[:, :, None], 3, axis=2)
+    bgra = np.concatenate([bgr, np.full((24, 32, 1), 7, np.uint8)], axis=2)
+    relevance = rng.normal(size=(8, 8)).astype(np.float32)
+    want = render.render(bgr, relevance, 1.0, "diverging", "side")
+    for frame in (gray, gray[:, :, None], bgra):
+        np.testing.assert_array_equal(render.render(frame, relevance, 1.0, "diverging", "side"), want)
+
+
 def test_overlay_depends_on_relevance():
     rng = np.random.default_rng(3)
     frame = rng.integers(0, 255, size=(40, 40, 3), dtype=np.uint8)
