@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from fractions import Fraction
@@ -300,18 +301,20 @@ def test_repeated_or_backward_timestamps_move_just_after_the_last(tmp_path: Path
     assert [t - times[0] for t in times] == pytest.approx([0, 0.040, 0.041, 0.042, 0.200], abs=1e-6)
 
 
-def test_odd_sizes_are_padded_with_their_edge_pixels(tmp_path: Path) -> None:
-    """H.264 needs even sizes: the added row and column repeat the last ones, the picture stays put."""
-    frame = np.full((17, 33, 3), 60, np.uint8)
+@pytest.mark.parametrize("w, h", [(33, 17), (33, 16), (32, 17)])
+def test_odd_sizes_are_padded_with_their_edge_pixels(tmp_path: Path, w: int, h: int) -> None:
+    """H.264 needs even sizes: an added row or column repeats the last one, the picture stays put."""
+    frame = np.full((h, w, 3), 60, np.uint8)
     frame[0] = 10
-    frame[:, 32] = 200
+    frame[:, w - 1] = 200
     path = tmp_path / "odd.mp4"
-    writer = VideoWriter(path, 10, (33, 17), crf=0)
+    writer = VideoWriter(path, 10, (w, h), crf=0)
+    assert writer.file_size == (w + w % 2, h + h % 2)
     writer.write(frame)
     writer.finish()
     [(_, got)] = _decoded(path)
-    assert got.shape == (18, 34, 3)
-    expected = np.pad(frame, ((0, 1), (0, 1), (0, 0)), mode="edge").astype(int)
+    assert got.shape == (h + h % 2, w + w % 2, 3)
+    expected = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge").astype(int)
     assert np.abs(got.astype(int) - expected).max() <= 6  # lossless H.264; the colour conversion rounds
 
 
@@ -429,3 +432,38 @@ def test_an_interrupted_run_keeps_the_audio_of_the_frames_done(tmp_path: Path) -
     partial = writer.keep_partial()
     assert partial == writer.partial and probe(partial)["frames"] == 5
     assert 0.45 <= _audio_ends(partial)[0] <= 0.65 < AUDIO_SECONDS
+
+
+def test_a_full_disk_is_one_clear_error_and_the_old_file_stays(tmp_path: Path) -> None:
+    """A real file-size limit (RLIMIT_FSIZE, writes fail with EFBIG) in this process, for the writer alone."""
+    resource = pytest.importorskip("resource")
+    path = tmp_path / "out.mp4"
+    path.write_bytes(b"the previous video")
+    writer = VideoWriter(path, 25, (64, 64), crf=0)  # lossless noise: large packets
+    rng = np.random.default_rng(0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        with pytest.raises(WriterError) as caught:
+            for _ in range(200):
+                writer.write(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+            writer.finish()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert str(caught.value) == f"cannot write {path}: File too large"
+    writer.discard()
+    assert path.read_bytes() == b"the previous video" and not writer.partial.exists()
+    with pytest.raises(WriterError, match="already closed"):
+        writer.write(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_frame_rates_are_checked_and_kept_exact(tmp_path: Path) -> None:
+    for bad in (0, -5, float("nan"), float("inf")):
+        with pytest.raises(WriterError, match=r"^invalid frame rate"):
+            VideoWriter(tmp_path / "out.mp4", bad, (32, 32))
+    assert VideoWriter(tmp_path / "out.mp4", 0.5, (32, 32)).rate == Fraction(1, 2)
+    ntsc = VideoWriter(tmp_path / "out.mp4", Fraction(30000, 1001), (32, 32))
+    assert ntsc.rate == Fraction(30000, 1001) and ntsc.fps == pytest.approx(29.97003)
+    assert VideoWriter(tmp_path / "out.mp4", 29.97, (32, 32)).rate == Fraction(2997, 100)
