@@ -79,6 +79,9 @@ PLANTS: tuple[Plant, ...] = (
           "                if stop.requested:\n"
           "                    break\n",
           ("tests/test_video.py::test_sigint_keeps_the_frames_done_playable_beside_the_output",)),
+    Plant("writer-takes-rgb", "realtime_lrp/writer.py",
+          'np.ascontiguousarray(frame), format="bgr24")', "np.ascontiguousarray(frame))",
+          ("tests/test_videoio.py::test_colours_survive_the_round_trip",)),
     Plant("hot-map-in-rgb-order", "realtime_lrp/render.py",
           "return cv2.applyColorMap(ramp, code).reshape(256, 3).copy()",
           "return cv2.applyColorMap(ramp, code).reshape(256, 3)[:, ::-1].copy()",

@@ -467,3 +467,25 @@ def test_frame_rates_are_checked_and_kept_exact(tmp_path: Path) -> None:
     ntsc = VideoWriter(tmp_path / "out.mp4", Fraction(30000, 1001), (32, 32))
     assert ntsc.rate == Fraction(30000, 1001) and ntsc.fps == pytest.approx(29.97003)
     assert VideoWriter(tmp_path / "out.mp4", 29.97, (32, 32)).rate == Fraction(2997, 100)
+
+
+def test_colours_survive_the_round_trip(tmp_path: Path) -> None:
+    """Frames are BGR in and BGR out: a blue, a green and a red band stay where they were."""
+    frame = np.zeros((32, 48, 3), np.uint8)
+    frame[:, :16, 0] = frame[:, 16:32, 1] = frame[:, 32:, 2] = 200
+    path = tmp_path / "bands.mp4"
+    writer = VideoWriter(path, 10, (48, 32), crf=0)
+    writer.write(frame)
+    writer.finish()
+    [(_, got)] = _decoded(path)
+    for band, channel in ((slice(2, 14), 0), (slice(18, 30), 1), (slice(34, 46), 2)):
+        means = got[4:28, band].reshape(-1, 3).mean(0)
+        assert means[channel] > 150 and np.delete(means, channel).max() < 60, (channel, means)
+
+
+def test_unknown_extensions_and_codecs_name_the_choices() -> None:
+    with pytest.raises(WriterError, match=r"^cannot write 'a file without extension' video: use one of "
+                                          r"\.mp4, \.m4v, \.mov, \.mkv, \.webm, \.avi$"):
+        resolve_codec("noext")
+    with pytest.raises(WriterError, match=r"^unknown codec 'theora9': this build has h264(, \w+)*, vp9"):
+        resolve_codec("o.mp4", "theora9")
