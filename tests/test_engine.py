@@ -9,6 +9,7 @@ import torchvision
 from torch import nn
 
 import vgg_reference
+from zplus_reference import slow_zplus, topk_scatter
 from realtime_lrp import LRP
 from realtime_lrp.engine import IMAGENET_MEAN, IMAGENET_STD, initial_relevance, pixel_bounds
 from realtime_lrp.filter import RelevanceFilter
@@ -85,54 +86,13 @@ def test_equals_zennit_on_torchvision_vgg11_bn() -> None:
         assert (relative_error(LRP(model, preset=preset)(x).relevance, ref) <= 1e-4).all()
 
 
-def topk_scatter(relevance: torch.Tensor, top_k: float) -> torch.Tensor:
-    """The reference filter: topk values scattered into zeros."""
-    flat = relevance.flatten(1)
-    k = max(1, int(top_k * flat.shape[1]))
-    top = flat.topk(k, dim=1)
-    return torch.zeros_like(flat).scatter_(1, top.indices, top.values).view_as(relevance)
-
-
-def slow_zplus(model: nn.Module, x: torch.Tensor, top_k: float, target) -> torch.Tensor:
-    """PyTorchRelevancePropagation's rules, one autograd 'gradient trick' per layer."""
-    layers = list(model.features) + [model.avgpool, nn.Flatten()] + list(model.classifier)
-    inputs = []
-    a = x
-    with torch.no_grad():
-        for layer in layers:
-            inputs.append(a)
-            a = layer(a)
-    relevance = torch.softmax(a, 1) if target == "softmax" else torch.zeros_like(a).scatter_(
-        1, a.argmax(1, keepdim=True), a.max(1, keepdim=True).values
-    )
-    inputs[0] = torch.ones_like(inputs[0])
-    for layer, a in zip(reversed(layers), reversed(inputs)):
-        if isinstance(layer, nn.Flatten):
-            relevance = relevance.view(a.shape)
-            continue
-        if not isinstance(layer, (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AdaptiveAvgPool2d)):
-            continue
-        if 0 < top_k < 1:
-            relevance = topk_scatter(relevance, top_k)
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            layer = copy.deepcopy(layer)
-            layer.weight.data.clamp_(min=0)
-            layer.bias.data.zero_()
-        elif isinstance(layer, nn.MaxPool2d):
-            layer = nn.AvgPool2d(2)
-        a = a.detach().requires_grad_()
-        z = layer(a) + 1e-5
-        (z * (relevance / z).detach()).sum().backward()
-        relevance = (a * a.grad).detach()
-    return relevance.sum(1)
-
-
 @pytest.mark.parametrize("top_k", [0.0, 0.05])
 @pytest.mark.parametrize("target", [None, "softmax"])
 def test_zplus_matches_slow_reference(top_k: float, target) -> None:
     model = vgg(False, seed=3)
     x = torch.randn(2, 3, 36, 52)
-    ref = slow_zplus(model, x, top_k, target)
+    layers = list(model.features) + [model.avgpool, nn.Flatten()] + list(model.classifier)
+    ref = slow_zplus(layers, x, top_k, target)
     ours = LRP(model, preset="zplus", top_k=top_k)(x, target=target).relevance
     assert (relative_error(ours, ref) <= 1e-4).all()
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from zplus_reference import slow_zplus
 from realtime_lrp import LRP
 from realtime_lrp.engine import IMAGENET_MEAN, IMAGENET_STD, pixel_bounds
 from realtime_lrp.graph import canonize
@@ -113,40 +114,6 @@ def test_signed_inputs_reach_the_two_term_rules() -> None:
               for name in MODELS}
     assert signed == {"conv_after_conv": ["0", "1"], "signed_avgpool": ["0", "2"], "head_first": ["conv1"],
                       "gamma_signed_outputs": ["0", "3"], "grouped_first": ["0"]}
-
-
-def slow_zplus(layers: list[nn.Module], x: torch.Tensor, top_k: float) -> torch.Tensor:
-    """PyTorchRelevancePropagation's rules on a Sequential, one autograd 'gradient trick' per layer:
-    z+ with zero bias (all-ones input for the first layer), pools by the z-rule (max-pools as the
-    average pool of their windows), the top-k filter before each of them."""
-    inputs, a = [], x
-    with torch.no_grad():
-        for layer in layers:
-            inputs.append(a)
-            a = layer(a)
-    relevance = torch.zeros_like(a).scatter_(1, a.argmax(1, keepdim=True), a.max(1, keepdim=True).values)
-    inputs[0] = torch.ones_like(inputs[0])
-    for layer, a in zip(reversed(layers), reversed(inputs)):
-        if isinstance(layer, nn.Flatten):
-            relevance = relevance.view(a.shape)
-            continue
-        if isinstance(layer, nn.ReLU):
-            continue
-        if 0 < top_k < 1:
-            flat = relevance.flatten(1)
-            top = flat.topk(max(1, int(top_k * flat.shape[1])), dim=1)
-            relevance = torch.zeros_like(flat).scatter_(1, top.indices, top.values).view_as(relevance)
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            layer = copy.deepcopy(layer)
-            layer.weight.data.clamp_(min=0)
-            layer.bias.data.zero_()
-        elif isinstance(layer, nn.MaxPool2d):
-            layer = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode)
-        a = a.detach().requires_grad_()
-        z = layer(a) + 1e-5
-        (z * (relevance / z).detach()).sum().backward()
-        relevance = (a * a.grad).detach()
-    return relevance.sum(1)
 
 
 @pytest.mark.parametrize("top_k", [0.0, 0.1])

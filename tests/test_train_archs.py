@@ -4,9 +4,6 @@ safety and per-architecture options."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -20,7 +17,7 @@ from realtime_lrp.cli import cli
 from realtime_lrp.data import fashion_mnist_dir, read_idx_gz
 from realtime_lrp.models import build_from_card
 from realtime_lrp.training import load_checkpoint
-from tiny_data import make_imagefolder
+from tiny_data import make_imagefolder, train_ddp_two_cpu_processes
 
 RESNET = ["--arch", "resnet18", "--width", "0.125", "--input-size", "32", "--batch-size", "4",
           "--workers", "0", "--device", "cpu"]
@@ -82,18 +79,8 @@ def test_resnet18_on_fashion_mnist_trains_exports_reloads_and_explains(tmp_path:
     assert any(name in result.output for name in card["classes"])
 
 
-def _env() -> dict[str, str]:
-    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-
-
 def test_ddp_two_cpu_processes_with_gloo_resnet18(folder: Path, tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "realtime_lrp.cli", "train", "--dataset", f"imagefolder:{folder}", *RESNET,
-           "--epochs", "2", "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = train_ddp_two_cpu_processes(folder, tmp_path, RESNET, timeout=300)
     # 16 images over 2 ranks with batch 4: 2 steps per epoch; rank 0 alone writes.
     assert [(x["epoch"], x["step"], x["world_size"]) for x in lines] == [(1, 2, 2), (2, 4, 2)]
     ckpt = load_checkpoint(tmp_path)

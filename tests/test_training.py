@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from realtime_lrp.cli import cli
 from realtime_lrp.data import DataError, fashion_mnist_dir, load_datasets, read_idx_gz
 from realtime_lrp.training import augment, load_checkpoint
-from tiny_data import TINY, make_imagefolder
+from tiny_data import TINY, make_imagefolder, train_ddp_two_cpu_processes
 
 needs_fashion_mnist = pytest.mark.skipif(
     fashion_mnist_dir() is None,
@@ -135,12 +135,7 @@ def test_ctrl_c_writes_a_checkpoint_that_resume_continues(folder: Path, tmp_path
 
 
 def test_ddp_two_cpu_processes_with_gloo(folder: Path, tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "realtime_lrp.cli", "train", "--dataset", f"imagefolder:{folder}", *TINY,
-           "--epochs", "2", "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = train_ddp_two_cpu_processes(folder, tmp_path, TINY, timeout=180)
     # 16 images over 2 ranks with batch 4: 2 steps per epoch; rank 0 alone writes.
     assert [(x["epoch"], x["step"], x["world_size"]) for x in lines] == [(1, 2, 2), (2, 4, 2)]
     ckpt = load_checkpoint(tmp_path)

@@ -1,6 +1,10 @@
 """A tiny two-class ``imagefolder`` dataset and tiny VGG settings for fast CPU tests."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -22,3 +26,16 @@ def make_imagefolder(root: Path, train: int = 8, val: int = 4, seed: int = 0) ->
                 image = np.clip(base + rng.normal(0, 25, (20, 24, 3)), 0, 255).astype(np.uint8)
                 assert cv2.imwrite(str(folder / f"{i:03d}.png"), image)
     return root
+
+
+def train_ddp_two_cpu_processes(folder: Path, out: Path, model_args: list[str], timeout: float) -> list[dict]:
+    """``rtlrp train`` for 2 epochs under ``torchrun`` with 2 CPU processes (gloo) on ``folder``;
+    the run's metrics lines. The run must succeed."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "realtime_lrp.cli", "train", "--dataset", f"imagefolder:{folder}", *model_args,
+           "--epochs", "2", "--out", str(out)]
+    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
