@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from media import model_file, rtlrp_command, run_rtlrp
+from media import model_file
 from realtime_lrp.cli import cli
 from realtime_lrp.writer import VideoWriter, WriterError, resolve_codec
 
