@@ -352,7 +352,7 @@ class FastProcessor:
 
         ``stable=False`` (independent stills) resets the running scale before each frame.
         """
-        frames = [np.ascontiguousarray(_bgr(f)) for f in frames]
+        frames = [np.ascontiguousarray(render.to_bgr(f)) for f in frames]
         if not frames:
             return [], []
         h, w = frames[0].shape[:2]
@@ -378,9 +378,3 @@ class FastProcessor:
         for image, pred in zip(rendered, preds):
             render.draw_label(image, pred.label)
         return rendered, preds
-
-
-def _bgr(frame: np.ndarray) -> np.ndarray:
-    if frame.ndim == 2:
-        return np.repeat(frame[:, :, None], 3, axis=2)
-    return frame[:, :, :3]

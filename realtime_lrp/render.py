@@ -171,7 +171,8 @@ def draw_label(image: np.ndarray, text: str) -> np.ndarray:
     return image
 
 
-def _to_bgr(frame: np.ndarray) -> np.ndarray:
+def to_bgr(frame: np.ndarray) -> np.ndarray:
+    """A gray (2-D or one-channel), BGRA or BGR frame as the BGR frame it shows."""
     if frame.ndim == 2 or frame.shape[2] == 1:
         return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
     if frame.shape[2] == 4:
@@ -192,7 +193,7 @@ def render(frame: np.ndarray, relevance: np.ndarray, scale: float, cmap: str | C
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    frame = _to_bgr(frame)
+    frame = to_bgr(frame)
     h, w = frame.shape[:2]
     r = np.asarray(relevance, dtype=np.float32)
     if r.shape != (h, w):
@@ -221,7 +222,7 @@ def contact_sheet(images: Sequence[np.ndarray], columns: int = 5, gap: int = 4) 
     """Tile BGR images into one picture, ``columns`` per row, each cell the size of the largest."""
     if not images:
         raise ValueError("no images for the sheet")
-    images = [_to_bgr(im) for im in images]
+    images = [to_bgr(im) for im in images]
     ch = max(im.shape[0] for im in images)
     cw = max(im.shape[1] for im in images)
     cols = min(columns, len(images))

@@ -307,12 +307,12 @@ def test_an_empty_batch_renders_nothing_and_builds_nothing() -> None:
 
 
 def test_gray_and_bgra_frames_render_like_their_bgr_frame() -> None:
-    """The fast path takes 2-D gray and BGRA frames as the BGR frame they show."""
+    """The fast path takes 2-D and one-channel gray and BGRA frames as the BGR frame they show."""
     _, fast = processors(3, top_k=0.0)
     gray = frame_for(2, (32, 32))[:, :, 1].copy()
     bgra = np.concatenate([frame_for(3, (32, 32)), np.full((32, 32, 1), 9, np.uint8)], axis=2)
-    expected = [np.repeat(gray[:, :, None], 3, axis=2), frame_for(3, (32, 32))]
-    for frame, bgr in zip((gray, bgra), expected):
+    expected = [np.repeat(gray[:, :, None], 3, axis=2)] * 2 + [frame_for(3, (32, 32))]
+    for frame, bgr in zip((gray, gray[:, :, None], bgra), expected):
         assert np.array_equal(fast.process([frame], stable=False)[0][0], fast.process([bgr], stable=False)[0][0])
 
 
