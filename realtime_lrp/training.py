@@ -130,8 +130,26 @@ class Dist:
             return values
         t = torch.tensor(values, dtype=torch.float64,
                          device=self.device if self.device.type == "cuda" else "cpu")
-        dist.all_reduce(t)
+        all_reduce_released(t)
         return t.tolist()
+
+
+def all_reduce_released(t: torch.Tensor, timeout: float = 10.0) -> None:
+    """``dist.all_reduce(t)`` that returns only once gloo's worker thread has let go of ``t``.
+
+    gloo wakes the caller before its worker frees the finished work, and that free drops the
+    worker's reference to ``t``. If the caller's rank exits meanwhile (its last act was a
+    collective), the free lands in interpreter shutdown, needs the GIL, and aborts the rank
+    ("terminate called without an active exception"), failing a finished torchrun job. Waiting
+    for the reference count (microseconds) closes that window. NCCL keeps CUDA tensors until
+    its watchdog runs, so CUDA tensors are not waited on.
+    """
+    dist.all_reduce(t)
+    if t.device.type != "cpu":
+        return
+    deadline = time.monotonic() + timeout
+    while t._use_count() > 1 and time.monotonic() < deadline:
+        time.sleep(1e-4)
 
 
 def init_distributed(device: str) -> Dist:
