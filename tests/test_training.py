@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from realtime_lrp.cli import cli
 from realtime_lrp.data import DataError, fashion_mnist_dir, load_datasets, read_idx_gz
 from realtime_lrp.training import augment, load_checkpoint
-from tiny_data import TINY, make_imagefolder, train_ddp_two_cpu_processes
+from tiny_data import TINY, make_imagefolder, torchrun_two_cpu_processes, train_ddp_two_cpu_processes
 
 needs_fashion_mnist = pytest.mark.skipif(
     fashion_mnist_dir() is None,
@@ -164,13 +164,9 @@ def test_all_reduce_returns_only_after_gloo_lets_go_of_the_tensor(tmp_path: Path
     # active exception"): 10 of 30 runs of such a loop without the wait, 1 in 40-70 DDP trainings.
     script = tmp_path / "release.py"
     script.write_text(_RELEASE_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(script)]
-    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(x for x in proc.stdout.splitlines() if x.startswith("rank ")) == [f"rank {r}: gloo still held 0 of 200 tensors"
-                                                   for r in (0, 1)], proc.stdout
+    proc = torchrun_two_cpu_processes([str(script)], timeout=120)
+    lines = sorted(x for x in proc.stdout.splitlines() if x.startswith("rank "))
+    assert lines == [f"rank {r}: gloo still held 0 of 200 tensors" for r in (0, 1)], proc.stdout
 
 
 def test_truncated_idx_file_is_a_data_error(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from media import model_file
+from tiny_data import torchrun_two_cpu_processes
 from realtime_lrp.cli import cli
 from realtime_lrp.writer import VideoWriter, WriterError, resolve_codec
 
@@ -223,11 +224,8 @@ def test_many_videos_resume_and_redo_on_new_settings(tmp_path: Path, weights: Pa
 def test_two_processes_share_the_videos_under_torchrun(tmp_path: Path, weights: Path) -> None:
     inputs = [make_clip(tmp_path / f"c{i}.mp4", [0, 40, 80], audio_seconds=None) for i in range(3)]
     out_dir = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "realtime_lrp.cli", "video", *map(str, inputs), "--out-dir", str(out_dir),
-           "--weights", str(weights), "--device", "cpu"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = torchrun_two_cpu_processes(["-m", "realtime_lrp.cli", "video", *map(str, inputs), "--out-dir",
+                                       str(out_dir), "--weights", str(weights), "--device", "cpu"], timeout=300)
     assert sorted(p.name for p in out_dir.iterdir()) == ["c0_lrp.mp4", "c1_lrp.mp4", "c2_lrp.mp4"]
     assert proc.stdout.count("rtlrp video: 3 inputs") == 1, "one summary, from rank 0"
     assert proc.stdout.count(" done ") == 3 and "on 2 processes" in proc.stdout

@@ -1,4 +1,4 @@
-"""A tiny two-class ``imagefolder`` dataset and tiny VGG settings for fast CPU tests."""
+"""A tiny two-class ``imagefolder`` dataset, tiny VGG settings and two-process ``torchrun`` runs for fast CPU tests."""
 from __future__ import annotations
 
 import json
@@ -28,14 +28,20 @@ def make_imagefolder(root: Path, train: int = 8, val: int = 4, seed: int = 0) ->
     return root
 
 
-def train_ddp_two_cpu_processes(folder: Path, out: Path, model_args: list[str], timeout: float) -> list[dict]:
-    """``rtlrp train`` for 2 epochs under ``torchrun`` with 2 CPU processes (gloo) on ``folder``;
-    the run's metrics lines. The run must succeed."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "realtime_lrp.cli", "train", "--dataset", f"imagefolder:{folder}", *model_args,
-           "--epochs", "2", "--out", str(out)]
+def torchrun_two_cpu_processes(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """``torchrun`` with 2 CPU processes (gloo, one thread each) running ``args`` (a script, or
+    ``-m`` and a module with its arguments), ``tests/`` on the path; it must succeed."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def train_ddp_two_cpu_processes(folder: Path, out: Path, model_args: list[str], timeout: float) -> list[dict]:
+    """``rtlrp train`` for 2 epochs under ``torchrun`` with 2 CPU processes (gloo) on ``folder``;
+    the run's metrics lines. The run must succeed."""
+    torchrun_two_cpu_processes(["-m", "realtime_lrp.cli", "train", "--dataset", f"imagefolder:{folder}",
+                                *model_args, "--epochs", "2", "--out", str(out)], timeout)
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
