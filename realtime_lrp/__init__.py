@@ -1,5 +1,8 @@
 """Real-time Layer-wise Relevance Propagation for CNN image classifiers (VGG, ResNet, ResNeXt, AlexNet).
 
+The package is in wings, each importing only wings below it: ``lrp`` (the core), ``models``,
+``pipeline``, ``media``, ``util``, ``apps`` and ``cli``.
+
 The heavy names are imported lazily so that ``rtlrp --help`` does not pay for torch.
 """
 from __future__ import annotations
@@ -8,9 +11,9 @@ __version__ = "0.1.0"
 __all__ = ["LRP", "LRPResult", "load_model", "__version__"]
 
 _LAZY = {
-    "LRP": "realtime_lrp.engine",
-    "LRPResult": "realtime_lrp.engine",
-    "load_model": "realtime_lrp.models",
+    "LRP": "realtime_lrp.lrp.engine",
+    "LRPResult": "realtime_lrp.lrp.engine",
+    "load_model": "realtime_lrp.models.loading",
 }
 
 

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from realtime_lrp.models import build_vgg
+from realtime_lrp.models.architectures import build_vgg
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]

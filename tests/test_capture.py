@@ -13,13 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from realtime_lrp.capture import (
-    CameraError,
-    CameraSpec,
-    EndOfStream,
-    LiveSource,
-    parse_camera,
-)
+from realtime_lrp.media.capture import CameraError, CameraSpec, EndOfStream, LiveSource, parse_camera
 
 FPS = 29.97
 SIZE = (97, 75)  # odd width and height (OpenCV's mp4v encoder rounds them down to even)

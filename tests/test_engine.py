@@ -11,9 +11,9 @@ from torch import nn
 import vgg_reference
 from zplus_reference import slow_zplus, topk_scatter
 from realtime_lrp import LRP
-from realtime_lrp.engine import IMAGENET_MEAN, IMAGENET_STD, initial_relevance, pixel_bounds
-from realtime_lrp.filter import RelevanceFilter
-from realtime_lrp.layers import UnsupportedModelError
+from realtime_lrp.lrp.engine import IMAGENET_MEAN, IMAGENET_STD, initial_relevance, pixel_bounds
+from realtime_lrp.lrp.filter import RelevanceFilter
+from realtime_lrp.lrp.graph import UnsupportedModelError
 
 
 def vgg(bn: bool, classes: int = 5, seed: int = 0, cfg=(8, "M", 16, "M", 16, 16, "M"), hidden: int = 64) -> nn.Module:

@@ -11,9 +11,13 @@ import torch
 from click.testing import CliRunner
 
 from media import frame_for, model_file, tiny_card, tiny_model, write_video
-from realtime_lrp import evaluate as ev
+from realtime_lrp.apps.evaluate.inputs import load_inputs
+from realtime_lrp.apps.evaluate.methods import EvaluationError, gradient_explainer
+from realtime_lrp.apps.evaluate.metrics import FlipProtocol, aopc, flip_curves, flip_order, gini, pearson_rows, replacement, sensitivity
+from realtime_lrp.apps.evaluate.runner import EvalConfig, ROW_KEYS, evaluate
 from realtime_lrp.cli import cli
-from realtime_lrp.engine import LRP
+from realtime_lrp.lrp.engine import LRP
+from realtime_lrp.lrp.presets import PRESET_NAMES
 
 REQUIRED = ("method", "preset", "top_k", "dtype", "aopc_morf", "aopc_lerf", "sensitivity_r", "gini", "images")
 
@@ -26,7 +30,7 @@ def normalised_images(n: int, channels: int, size: int = 32, seed: int = 0) -> t
     """Images with structure (a bright block on a gradient), normalised with the tiny card."""
     card = tiny_card(channels, size)
     frames = [frame_for(seed + i, (size, size)) for i in range(n)]
-    from realtime_lrp.preprocess import frames_to_tensor
+    from realtime_lrp.pipeline.preprocess import frames_to_tensor
 
     return frames_to_tensor(frames, card)
 
@@ -50,13 +54,13 @@ def test_gini_matches_the_pairwise_definition() -> None:
     maps = rng.normal(size=(4, 9, 7)).astype(np.float32)
     maps[1][rng.random((9, 7)) < 0.7] = 0.0  # sparse
     maps[2] = np.abs(maps[2]) ** 4  # heavy-tailed
-    ours = ev.gini(torch.from_numpy(maps)).numpy()
+    ours = gini(torch.from_numpy(maps)).numpy()
     for got, m in zip(ours, maps):
         assert got == pytest.approx(gini_reference(m), abs=1e-5)
     extremes = torch.zeros(3, 10)
     extremes[0, 3] = 5.0  # one pixel holds everything
     extremes[1] = -2.0  # spread evenly (sign is ignored)
-    g = ev.gini(extremes)
+    g = gini(extremes)
     assert g[0].item() == pytest.approx(0.9) and g[1].item() == pytest.approx(0.0, abs=1e-7)
     assert torch.isnan(g[2])  # an all-zero map has no Gini index
 
@@ -65,10 +69,10 @@ def test_pearson_rows_match_numpy() -> None:
     rng = np.random.default_rng(1)
     a = rng.normal(size=(5, 6, 6))
     b = a + rng.normal(scale=[[[0.1]], [[1]], [[3]], [[0.01]], [[10]]], size=(5, 6, 6))
-    ours = ev.pearson_rows(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    ours = pearson_rows(torch.from_numpy(a), torch.from_numpy(b)).numpy()
     for got, x, y in zip(ours, a, b):
         assert got == pytest.approx(np.corrcoef(x.ravel(), y.ravel())[0, 1], abs=1e-6)
-    assert torch.isnan(ev.pearson_rows(torch.ones(1, 4), torch.arange(4.0)[None]))[0]
+    assert torch.isnan(pearson_rows(torch.ones(1, 4), torch.arange(4.0)[None]))[0]
 
 
 def flip_reference(model, x: torch.Tensor, relevance: np.ndarray, target: int, value: torch.Tensor,
@@ -99,21 +103,21 @@ def test_flip_curves_and_aopc_match_a_pixel_by_pixel_reference(channels: int, va
     relevance = rng.normal(size=(2, 32, 32)).astype(np.float32)  # continuous: no ties to order
     target = torch.tensor([3, 7])
     generator = torch.Generator().manual_seed(0)
-    fill = ev.replacement(x, value, card["mean"], card["std"], generator)
+    fill = replacement(x, value, card["mean"], card["std"], generator)
     if value == "mean":
         assert torch.equal(fill, torch.zeros_like(x))
     else:
         black = (0.0 - np.array(card["mean"])) / np.array(card["std"])
         assert torch.allclose(fill, torch.tensor(black, dtype=torch.float32).view(1, -1, 1, 1).expand_as(x))
-    morf, lerf = ev.flip_curves(model, x, torch.from_numpy(relevance), target, ev.FlipProtocol(value=value),
+    morf, lerf = flip_curves(model, x, torch.from_numpy(relevance), target, FlipProtocol(value=value),
                                 fill, generator)
     assert morf.shape == lerf.shape == (2, 26)
     for i in range(2):
         for curve, most_first in ((morf, True), (lerf, False)):
             reference = flip_reference(model, x[i], relevance[i], int(target[i]), fill[i], most_first)
             assert curve[i].tolist() == pytest.approx(reference, abs=1e-5)
-            aopc = np.mean([reference[0] - s for s in reference[1:]])
-            assert ev.aopc(curve)[i].item() == pytest.approx(aopc, abs=1e-5)
+            expected = np.mean([reference[0] - s for s in reference[1:]])
+            assert aopc(curve)[i].item() == pytest.approx(expected, abs=1e-5)
 
 
 def test_all_steps_of_a_batch_go_through_one_forward_pass_per_order() -> None:
@@ -121,32 +125,32 @@ def test_all_steps_of_a_batch_go_through_one_forward_pass_per_order() -> None:
     calls = []
     model.register_forward_hook(lambda module, inp, out: calls.append(inp[0].shape[0]))
     x = normalised_images(4, 1)
-    ev.flip_curves(model, x, torch.randn(4, 32, 32), torch.zeros(4, dtype=torch.long), ev.FlipProtocol(),
+    flip_curves(model, x, torch.randn(4, 32, 32), torch.zeros(4, dtype=torch.long), FlipProtocol(),
                    torch.zeros_like(x), torch.Generator().manual_seed(0))
     assert calls == [4 * 26, 4 * 26]  # MoRF, then LeRF: 25 steps plus the clean image each
 
 
 def test_flip_protocol_counts_and_options() -> None:
-    p = ev.FlipProtocol()
+    p = FlipProtocol()
     assert p.steps == 25 and p.fractions()[-1] == 0.5
     assert p.counts(32 * 32) == [round(0.02 * k * 1024) for k in range(26)]
-    assert ev.FlipProtocol(step=0.1, max_fraction=0.3).counts(100) == [0, 10, 20, 30]
-    with pytest.raises(ev.EvaluationError, match="step"):
-        ev.FlipProtocol(step=0.6, max_fraction=0.5)
-    with pytest.raises(ev.EvaluationError, match="unknown flip value 'grey'; choose one of mean, black, uniform"):
-        ev.FlipProtocol(value="grey")
+    assert FlipProtocol(step=0.1, max_fraction=0.3).counts(100) == [0, 10, 20, 30]
+    with pytest.raises(EvaluationError, match="step"):
+        FlipProtocol(step=0.6, max_fraction=0.5)
+    with pytest.raises(EvaluationError, match="unknown flip value 'grey'; choose one of mean, black, uniform"):
+        FlipProtocol(value="grey")
 
 
 def test_ties_are_flipped_in_a_seeded_random_order() -> None:
     relevance = torch.zeros(1, 8, 8)
     relevance[0, 6:, :] = 1.0  # 16 relevant pixels, 48 tied at zero
-    first = ev.flip_order(relevance, True, torch.Generator().manual_seed(0))[0]
-    again = ev.flip_order(relevance, True, torch.Generator().manual_seed(0))[0]
-    other = ev.flip_order(relevance, True, torch.Generator().manual_seed(1))[0]
+    first = flip_order(relevance, True, torch.Generator().manual_seed(0))[0]
+    again = flip_order(relevance, True, torch.Generator().manual_seed(0))[0]
+    other = flip_order(relevance, True, torch.Generator().manual_seed(1))[0]
     assert set(first[:16].tolist()) == set(range(48, 64))  # the relevant pixels first
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert not torch.equal(first[16:], torch.arange(48))  # ties are not taken in raster order
-    last = ev.flip_order(relevance, False, torch.Generator().manual_seed(0))[0]
+    last = flip_order(relevance, False, torch.Generator().manual_seed(0))[0]
     assert set(last[48:].tolist()) == set(range(48, 64))
 
 
@@ -164,7 +168,7 @@ def test_sensitivity_matches_a_reference_on_the_noisy_inputs_it_used() -> None:
     maps = explain(x, target)
     seen.clear()
     sigma = torch.tensor(0.5 / 255 / 0.35).view(1, 1, 1, 1)
-    got = ev.sensitivity(explain, x, target, maps, sigma, 4, torch.Generator().manual_seed(0))
+    got = sensitivity(explain, x, target, maps, sigma, 4, torch.Generator().manual_seed(0))
     assert len(seen) == 4
     noise = torch.stack([s - x for s in seen])
     assert noise.std().item() == pytest.approx(sigma.item(), rel=0.05)
@@ -180,8 +184,8 @@ def test_gradient_baselines_match_per_image_autograd() -> None:
     model = tiny_model(3)
     x = normalised_images(2, 3)
     target = torch.tensor([4, 9])
-    saliency = ev.gradient_explainer(model, times_input=False)(x, target)
-    times_input = ev.gradient_explainer(model, times_input=True)(x, target)
+    saliency = gradient_explainer(model, times_input=False)(x, target)
+    times_input = gradient_explainer(model, times_input=True)(x, target)
     for i in range(2):
         xi = x[i:i + 1].clone().requires_grad_(True)
         model(xi)[0, target[i]].backward()
@@ -195,14 +199,14 @@ def test_random_maps_and_bf16_rows_on_a_video(tmp_path) -> None:
     src = tmp_path / "clip.avi"
     write_video(src, 40, (32, 32), 25.0, fourcc="MJPG")
     card = tiny_card(1)
-    inputs = ev.load_inputs(str(src), card, 40)
+    inputs = load_inputs(str(src), card, 40)
     assert inputs.video and inputs.x.shape == (40, 1, 32, 32)
-    config = ev.EvalConfig(methods=["random"], draws=1, batch=16)
-    plain = ev.evaluate(tiny_model(1), card, inputs, config, torch.device("cpu"))[0]
+    config = EvalConfig(methods=["random"], draws=1, batch=16)
+    plain = evaluate(tiny_model(1), card, inputs, config, torch.device("cpu"))[0]
     assert abs(plain["frame_r"]) < 0.03 and abs(plain["sensitivity_r"]) < 0.05
     assert abs(plain["aopc_morf"] - plain["aopc_lerf"]) < 0.05
     config.smooth = 0.5
-    smooth = ev.evaluate(tiny_model(1), card, inputs, config, torch.device("cpu"))[0]
+    smooth = evaluate(tiny_model(1), card, inputs, config, torch.device("cpu"))[0]
     assert smooth["frame_r"] == pytest.approx(0.5, abs=0.05)
 
 
@@ -210,13 +214,14 @@ def test_random_maps_and_bf16_rows_on_a_video(tmp_path) -> None:
 
 
 def shipped_inputs(n: int):
-    from realtime_lrp.data import fashion_mnist_dir
-    from realtime_lrp.models import load_model, shipped_weights
+    from realtime_lrp.models.datasets import fashion_mnist_dir
+    from realtime_lrp.models.cards import shipped_weights
+    from realtime_lrp.models.loading import load_model
 
     if not shipped_weights().is_file() or fashion_mnist_dir() is None:
         pytest.skip("needs the shipped weights and Fashion-MNIST (Debian package dataset-fashion-mnist)")
     model, card = load_model("shipped")
-    return model, card, ev.load_inputs(None, card, n)
+    return model, card, load_inputs(None, card, n)
 
 
 @pytest.mark.slow
@@ -227,9 +232,9 @@ def test_every_preset_beats_random_maps_on_the_shipped_model() -> None:
     Random maps score about 0 on MoRF − LeRF (± 0.015 on 64 images), hence the 0.02 margin."""
     model, card, inputs = shipped_inputs(64)
     for value, key in (("mean", "aopc_diff"), ("black", "aopc_morf")):
-        config = ev.EvalConfig(top_ks=(0.0, 0.02), dtypes=["fp32"], methods=[*ev.PRESET_NAMES, "random"],
-                               draws=1, flip=ev.FlipProtocol(value=value))
-        rows = ev.evaluate(model, card, inputs, config, torch.device("cpu"))
+        config = EvalConfig(top_ks=(0.0, 0.02), dtypes=["fp32"], methods=[*PRESET_NAMES, "random"],
+                               draws=1, flip=FlipProtocol(value=value))
+        rows = evaluate(model, card, inputs, config, torch.device("cpu"))
         random_row = next(r for r in rows if r["method"] == "random")
         lrp_rows = [r for r in rows if r["kind"] == "lrp"]
         assert len(lrp_rows) == 6
@@ -253,7 +258,7 @@ def test_cli_end_to_end_with_json_and_plot(tmp_path) -> None:
         "epsilon-plus-flat k=0.05 bf16", "zplus k=0 fp32", "zplus k=0 bf16", "zplus k=0.05 fp32",
         "zplus k=0.05 bf16", "random", "gradient", "gradient-x-input"]
     for r in rows:
-        assert set(REQUIRED) <= set(r) == set(ev.ROW_KEYS)
+        assert set(REQUIRED) <= set(r) == set(ROW_KEYS)
         assert r["images"] == 12 and r["dtype"] in ("fp32", "bf16")
         assert -1 <= r["aopc_morf"] <= 1 and -1 <= r["aopc_lerf"] <= 1
         assert r["aopc_diff"] == pytest.approx(r["aopc_morf"] - r["aopc_lerf"], abs=1e-6)

@@ -78,7 +78,7 @@ def test_explain_bad_option_values(tmp_path, weights):
 
 
 def test_explain_with_the_shipped_model_on_cpu(tmp_path):
-    from realtime_lrp.models import shipped_weights
+    from realtime_lrp.models.cards import shipped_weights
 
     if not shipped_weights().is_file():
         pytest.skip("the shipped weights are not in weights/")

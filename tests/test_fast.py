@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from media import frame_for, read_video, tiny_card, tiny_model, write_video
-from realtime_lrp.engine import LRP
-from realtime_lrp.fast import CapturedCall, FastProcessor, percentile_rows
-from realtime_lrp.filter import RelevanceFilter, kth_largest
-from realtime_lrp.processor import FrameProcessor, ProcessingError
-from realtime_lrp.render import StableScale
-from realtime_lrp.video import process_video
+from realtime_lrp.lrp.engine import LRP
+from realtime_lrp.pipeline.fast import CapturedCall, FastProcessor, percentile_rows
+from realtime_lrp.lrp.filter import RelevanceFilter, kth_largest
+from realtime_lrp.pipeline.processor import FrameProcessor, ProcessingError
+from realtime_lrp.pipeline.render import StableScale
+from realtime_lrp.apps.video import process_video
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -66,7 +66,7 @@ def test_radix_filter_keeps_what_topk_scatter_keeps(mode: str, kind: str) -> Non
 def test_each_method_runs_its_own_selection(monkeypatch: pytest.MonkeyPatch) -> None:
     """``radix`` runs the radix select, ``topk`` and ``auto`` on the CPU do not (auto takes topk
     there); a filter passes its method on."""
-    from realtime_lrp import filter as filter_module
+    from realtime_lrp.lrp import filter as filter_module
 
     calls: list[int] = []
     radix = filter_module._radix_kth_largest
@@ -82,7 +82,7 @@ def test_each_method_runs_its_own_selection(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_negative_zero_is_zero_to_the_radix_select() -> None:
     """-0.0 and +0.0 get one key, and keys map back to the values (zeros as +0.0)."""
-    from realtime_lrp.filter import _sortable, _unsortable
+    from realtime_lrp.lrp.filter import _sortable, _unsortable
 
     x = values("zeros", 2, 300, 1)
     keys = _sortable(x)

@@ -20,10 +20,13 @@ import pytest
 import torch
 
 from media import frame_count, interrupt_rtlrp, model_file, read_video, rtlrp_command, run_rtlrp, write_video
-from realtime_lrp import models
-from realtime_lrp.writer import VideoWriter
+from realtime_lrp.models.cards import SHIPPED_NAME
+from realtime_lrp.models.imagenet import ImagenetUnavailable, _imagenet_weights, imagenet_cache_file, load_imagenet
+from realtime_lrp.models.loading import load_model
+from realtime_lrp.models import imagenet as imagenet_module
+from realtime_lrp.media.writer import VideoWriter
 
-SHIPPED_NAME = models.SHIPPED_NAME
+SHIPPED_NAME = SHIPPED_NAME
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +97,14 @@ def test_planted_file_with_a_matching_hash_is_still_not_unpickled(monkeypatch: p
     staging = plant(tmp_path / "stage", "x.pth", marker)
     name = f"vgg16-{sha(staging)[:8]}.pth"  # a name whose hash prefix the file does match
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    real = models._imagenet_weights("vgg16")
+    real = _imagenet_weights("vgg16")
     fake = types.SimpleNamespace(url=f"https://example.invalid/{name}", meta=real.meta)
-    monkeypatch.setattr(models, "_imagenet_weights", lambda arch: fake)
-    cached = models.imagenet_cache_file("vgg16")
+    monkeypatch.setattr(imagenet_module, "_imagenet_weights", lambda arch: fake)
+    cached = imagenet_cache_file("vgg16")
     cached.parent.mkdir(parents=True)
     shutil.copy(staging, cached)
-    with pytest.raises(models.ImagenetUnavailable, match="cannot load cached ImageNet weights") as info:
-        models.load_imagenet("vgg16")
+    with pytest.raises(ImagenetUnavailable, match="cannot load cached ImageNet weights") as info:
+        load_imagenet("vgg16")
     assert info.value.why == "the cached file was rejected"
     assert not marker.exists()
 
@@ -124,7 +127,7 @@ def test_auto_says_why_it_fell_back(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(urllib.request, "urlopen", urlopen)
     notices: list[str] = []
-    _, card = models.load_model("auto", notify=notices.append)
+    _, card = load_model("auto", notify=notices.append)
     assert card["arch"] == "vgg11_bn" and len(notices) == 1
     assert notices[0].endswith(f"ImageNet vgg16 {why}")
     assert not list((tmp_path / "torch").rglob("*.pth")), "nothing half-downloaded is left in the cache"
@@ -298,7 +301,9 @@ def test_nan_and_raw_pickle_weights(tmp_path: Path, weights: Path) -> None:
 
 def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch,
                                                                       capsys: pytest.CaptureFixture) -> None:
-    from realtime_lrp import cli, presets
+    from realtime_lrp.cli import info
+    from realtime_lrp.cli.main import main
+    from realtime_lrp.lrp import presets
 
     class Exploding:
         """A preset description that fails when printed: an error no command expects."""
@@ -307,14 +312,14 @@ def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(monkeypatc
             raise RuntimeError("something deep went wrong\nwith a second line")
 
     monkeypatch.setitem(presets.PRESETS, "broken", types.SimpleNamespace(description=Exploding(), reference=""))
-    monkeypatch.setattr(cli, "PRESET_NAMES", ("broken",))
+    monkeypatch.setattr(info, "PRESET_NAMES", ("broken",))
     with pytest.raises(SystemExit) as ended:
-        cli.main(["presets"])
+        main(["presets"])
     assert ended.value.code == 1
     line = one_line(capsys.readouterr().err)
     assert line == "rtlrp presets: RuntimeError: something deep went wrong (--debug shows the traceback)"
     with pytest.raises(RuntimeError, match="something deep went wrong"):
-        cli.main(["--debug", "presets"])
+        main(["--debug", "presets"])
 
 
 # -- 5. the output is the input under another name -------------------------------------------
@@ -344,7 +349,7 @@ def test_training_finds_an_unwritable_out_before_the_first_step(tmp_path: Path) 
 
 
 def test_sigterm_during_training_writes_a_checkpoint(tmp_path: Path) -> None:
-    from realtime_lrp.training import load_checkpoint
+    from realtime_lrp.apps.train.loop import load_checkpoint
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["train", *TINY, "--dataset", "fashion-mnist", "--epochs", "1000", "--out", tmp_path]
@@ -358,7 +363,7 @@ def test_sigterm_during_training_writes_a_checkpoint(tmp_path: Path) -> None:
 
 
 def test_resume_refuses_changed_settings_and_unfit_checkpoints(tmp_path: Path) -> None:
-    from realtime_lrp.training import load_checkpoint
+    from realtime_lrp.apps.train.loop import load_checkpoint
 
     proc = run_rtlrp(["train", *TINY, "--dataset", "fashion-mnist", "--max-steps", "2", "--out", tmp_path])
     assert proc.returncode == 0, proc.stderr

@@ -10,9 +10,26 @@ import torchvision
 from click.testing import CliRunner
 
 from realtime_lrp import load_model
-from realtime_lrp import models
-from realtime_lrp.models import (ARCHS, WeightsError, build_vgg, infer_architecture,
-                                 load_weights_file, sha256_file)
+from realtime_lrp.models import imagenet as imagenet_module
+from realtime_lrp.models.architectures import (
+    ARCHS,
+    ENGINE_ARCHS,
+    RESNET_ARCHS,
+    build_model,
+    build_vgg,
+    infer_architecture,
+)
+from realtime_lrp.models.cards import (
+    CARD_FORMAT,
+    arch_fields,
+    build_from_card,
+    read_card,
+    shipped_weights,
+    validate_card,
+)
+from realtime_lrp.models.errors import WeightsError
+from realtime_lrp.models.files import load_weights_file, safe_load, sha256_file
+from realtime_lrp.models.imagenet import _imagenet_weights, hash_prefix, imagenet_cache_file
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -63,7 +80,7 @@ def _exported(tmp_path: Path) -> Path:
     info = infer_architecture(torch.load(path, weights_only=True))
     card = {**info, "classes": list("abcd"), "input_size": [32, 32], "mean": [0.5] * 3,
             "std": [0.25] * 3, "dataset": "test", "test_accuracy": 0.5, "command": "x",
-            "sha256": sha256_file(path), "format": models.CARD_FORMAT}
+            "sha256": sha256_file(path), "format": CARD_FORMAT}
     path.with_suffix(".json").write_text(json.dumps(card))
     return path
 
@@ -137,7 +154,7 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def fail(url: str, dest: Path, timeout: float = 0) -> None:
         raise OSError("offline")
 
-    monkeypatch.setattr(models, "download", fail)
+    monkeypatch.setattr(imagenet_module, "download", fail)
 
 
 def test_imagenet_offline_is_one_line_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -150,7 +167,7 @@ def test_imagenet_offline_is_one_line_error(monkeypatch: pytest.MonkeyPatch, tmp
 def test_corrupt_imagenet_cache_is_one_line_error(monkeypatch: pytest.MonkeyPatch,
                                                   tmp_path: Path) -> None:
     _offline(monkeypatch, tmp_path)
-    cached = models.imagenet_cache_file("vgg16")
+    cached = imagenet_cache_file("vgg16")
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"truncated download")
     with pytest.raises(WeightsError, match="does not match the SHA-256 prefix 397923af.*delete it"):
@@ -161,8 +178,8 @@ def test_auto_falls_back_to_shipped_offline(monkeypatch: pytest.MonkeyPatch, tmp
     _offline(monkeypatch, tmp_path)
     monkeypatch.setenv("RTLRP_WEIGHTS_DIR", str(tmp_path))
     shipped = _exported(tmp_path)
-    shipped.rename(models.shipped_weights())
-    shipped.with_suffix(".json").rename(models.shipped_weights().with_suffix(".json"))
+    shipped.rename(shipped_weights())
+    shipped.with_suffix(".json").rename(shipped_weights().with_suffix(".json"))
     notices: list[str] = []
     model, card = load_model("auto", notify=notices.append)
     assert card["classes"] == list("abcd") and not model.training
@@ -180,7 +197,7 @@ def test_auto_without_imagenet_or_shipped(monkeypatch: pytest.MonkeyPatch, tmp_p
 def test_weights_option_reports_one_line(tmp_path: Path) -> None:
     import click
 
-    from realtime_lrp.cli import load_weights, weights_option
+    from realtime_lrp.cli.options import load_weights, weights_option
 
     @click.command()
     @weights_option
@@ -208,13 +225,13 @@ def test_load_weights_file_reads_training_checkpoints(tmp_path: Path) -> None:
 
 # -- every engine architecture: plain state dicts, cards, imagenet:ARCH -----------------------
 
-@pytest.mark.parametrize("arch", models.RESNET_ARCHS + ("alexnet",))
+@pytest.mark.parametrize("arch", RESNET_ARCHS + ("alexnet",))
 def test_infer_architecture_recognises_plain_torchvision_state_dicts(arch: str) -> None:
     with torch.device("meta"):
         state = getattr(torchvision.models, arch)(num_classes=7).state_dict()
     info = infer_architecture(state)
     assert info["arch"] == arch and info["num_classes"] == 7 and info["input_channels"] == 3
-    assert set(info) == {"arch", "num_classes", "input_channels", *models.arch_fields(arch)}
+    assert set(info) == {"arch", "num_classes", "input_channels", *arch_fields(arch)}
     if arch != "alexnet":
         assert info["width"] == 1.0 and info["small_input"] is False
 
@@ -223,10 +240,10 @@ def test_infer_architecture_recognises_plain_torchvision_state_dicts(arch: str) 
                                          ("wide_resnet50_2", 0.3)])
 def test_narrow_small_input_resnets_round_trip_through_their_shapes(arch: str, width: float) -> None:
     torch.manual_seed(0)
-    net = models.build_model(arch, 6, 1, small_input=True, width=width).eval()
+    net = build_model(arch, 6, 1, small_input=True, width=width).eval()
     info = infer_architecture(net.state_dict())
     assert (info["arch"], info["small_input"], info["num_classes"], info["input_channels"]) == (arch, True, 6, 1)
-    rebuilt = models.build_from_card(info).eval()
+    rebuilt = build_from_card(info).eval()
     rebuilt.load_state_dict(net.state_dict())
     x = torch.randn(2, 1, 32, 32)
     torch.testing.assert_close(rebuilt(x), net(x), rtol=0, atol=0)
@@ -234,7 +251,7 @@ def test_narrow_small_input_resnets_round_trip_through_their_shapes(arch: str, w
 
 def test_too_narrow_resnext_is_a_one_line_error() -> None:
     with pytest.raises(WeightsError, match="width 0.1 is too small for resnext50_32x4d"):
-        models.build_model("resnext50_32x4d", width=0.1)
+        build_model("resnext50_32x4d", width=0.1)
 
 
 def test_plain_resnet_state_dict_loads_without_a_card(tmp_path: Path) -> None:
@@ -254,7 +271,7 @@ def test_plain_resnet_state_dict_loads_without_a_card(tmp_path: Path) -> None:
 def test_plain_alexnet_state_dict_loads_without_a_card(tmp_path: Path) -> None:
     path = tmp_path / "alexnet.pt"
     torch.manual_seed(0)
-    original = models.build_model("alexnet", 3, 1).eval()
+    original = build_model("alexnet", 3, 1).eval()
     torch.save(original.state_dict(), path)
     model, card = load_model(path)
     assert (card["arch"], card["num_classes"], card["input_channels"]) == ("alexnet", 3, 1)
@@ -263,10 +280,10 @@ def test_plain_alexnet_state_dict_loads_without_a_card(tmp_path: Path) -> None:
 
 
 def _resnet_card(path: Path) -> dict:
-    torch.save(models.build_model("resnet18", 4, 1, small_input=True, width=0.125).state_dict(), path)
+    torch.save(build_model("resnet18", 4, 1, small_input=True, width=0.125).state_dict(), path)
     return {"arch": "resnet18", "width": 0.125, "small_input": True, "num_classes": 4, "classes": list("abcd"),
             "input_size": [32, 32], "input_channels": 1, "mean": [0.5], "std": [0.25], "dataset": "test",
-            "test_accuracy": None, "command": None, "sha256": sha256_file(path), "format": models.CARD_FORMAT}
+            "test_accuracy": None, "command": None, "sha256": sha256_file(path), "format": CARD_FORMAT}
 
 
 def test_resnet_cards_carry_their_own_fields(tmp_path: Path) -> None:
@@ -291,9 +308,9 @@ def test_resnet_cards_carry_their_own_fields(tmp_path: Path) -> None:
 
 
 def test_shipped_card_still_validates_unchanged() -> None:
-    card_file = models.shipped_weights().with_suffix(".json")
+    card_file = shipped_weights().with_suffix(".json")
     card = json.loads(card_file.read_text())
-    assert models.read_card(card_file) == card and card["arch"] == "vgg11_bn"
+    assert read_card(card_file) == card and card["arch"] == "vgg11_bn"
     assert {"width", "hidden", "pool"} <= card.keys() and "small_input" not in card
 
 
@@ -305,13 +322,13 @@ def _plant_imagenet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, arch: str) 
     staging = tmp_path / "staging.pth"
     torch.save(state, staging)
     name = f"{arch}-{sha256_file(staging)[:8]}.pth"
-    real = models._imagenet_weights(arch)
+    real = _imagenet_weights(arch)
     fake = type("Weights", (), {"url": f"https://example.invalid/{name}", "meta": real.meta,
                                 "__str__": lambda self: str(real)})()
-    monkeypatch.setattr(models, "_imagenet_weights", lambda wanted: fake)
+    monkeypatch.setattr(imagenet_module, "_imagenet_weights", lambda wanted: fake)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(models, "download", lambda *args, **kwargs: pytest.fail("nothing may be downloaded"))
-    cached = models.imagenet_cache_file(arch)
+    monkeypatch.setattr(imagenet_module, "download", lambda *args, **kwargs: pytest.fail("nothing may be downloaded"))
+    cached = imagenet_cache_file(arch)
     cached.parent.mkdir(parents=True)
     staging.rename(cached)
     return state
@@ -322,26 +339,26 @@ def test_imagenet_arch_loads_planted_weights_through_the_safe_loader(monkeypatch
                                                                    tmp_path: Path, arch: str) -> None:
     state = _plant_imagenet(monkeypatch, tmp_path, arch)
     loads: list[Path] = []
-    safe = models.safe_load
-    monkeypatch.setattr(models, "safe_load", lambda path: loads.append(path) or safe(path))
+    safe = safe_load
+    monkeypatch.setattr(imagenet_module, "safe_load", lambda path: loads.append(path) or safe(path))
     model, card = load_model(f"imagenet:{arch}")
-    assert loads == [models.imagenet_cache_file(arch)]
+    assert loads == [imagenet_cache_file(arch)]
     loaded = model.state_dict()
     assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
     assert (card["arch"], card["width"], card["small_input"], card["num_classes"]) == (arch, 1.0, False, 1000)
     assert card["weights"] == str(torchvision.models.get_model_weights(arch).DEFAULT)
     assert "hidden" not in card and len(card["classes"]) == 1000
-    models.validate_card(card)
+    validate_card(card)
 
 
 def test_imagenet_arch_rejects_a_file_that_does_not_match_its_name(monkeypatch: pytest.MonkeyPatch,
                                                                    tmp_path: Path) -> None:
     _plant_imagenet(monkeypatch, tmp_path, "resnet18")
-    cached = models.imagenet_cache_file("resnet18")
+    cached = imagenet_cache_file("resnet18")
     data = bytearray(cached.read_bytes())
     data[-100] ^= 1
     cached.write_bytes(bytes(data))
-    prefix = models.hash_prefix(cached)
+    prefix = hash_prefix(cached)
     with pytest.raises(WeightsError, match=f"does not match the SHA-256 prefix {prefix}"):
         load_model("imagenet:resnet18")
 
@@ -351,10 +368,10 @@ def test_unknown_architectures_are_one_line_errors(tmp_path: Path) -> None:
         with pytest.raises(WeightsError, match=f"unknown architecture '{name[9:]}'; choose one of vgg11") as info:
             load_model(name)
         assert "\n" not in str(info.value)
-    from realtime_lrp.cli import cli
-
     import cv2
     import numpy as np
+
+    from realtime_lrp.cli.group import cli
 
     image = tmp_path / "x.png"
     cv2.imwrite(str(image), np.full((28, 28), 128, np.uint8))
@@ -367,6 +384,6 @@ def test_unknown_architectures_are_one_line_errors(tmp_path: Path) -> None:
 
 
 def test_train_offers_every_engine_architecture() -> None:
-    from realtime_lrp.cli import TRAIN_ARCHS
+    from realtime_lrp.cli.train import TRAIN_ARCHS
 
-    assert TRAIN_ARCHS == models.ENGINE_ARCHS
+    assert TRAIN_ARCHS == ENGINE_ARCHS

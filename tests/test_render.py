@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from media import tiny_card, tiny_model
-from realtime_lrp import render
-from realtime_lrp.preprocess import frames_to_tensor, parse_size
-from realtime_lrp.processor import FrameProcessor, parse_target
+from realtime_lrp.pipeline import render
+from realtime_lrp.pipeline.preprocess import frames_to_tensor, parse_size
+from realtime_lrp.pipeline.processor import FrameProcessor, parse_target
 
 
 def test_colorize_numpy_and_torch_agree():

@@ -16,9 +16,9 @@ from torch import nn
 
 from zplus_reference import slow_zplus
 from realtime_lrp import LRP
-from realtime_lrp.engine import IMAGENET_MEAN, IMAGENET_STD, pixel_bounds
-from realtime_lrp.graph import canonize
-from realtime_lrp.layers import UnsupportedModelError
+from realtime_lrp.lrp.engine import IMAGENET_MEAN, IMAGENET_STD, pixel_bounds
+from realtime_lrp.lrp.graph import canonize
+from realtime_lrp.lrp.graph import UnsupportedModelError
 
 
 class HeadFirst(nn.Module):

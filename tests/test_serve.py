@@ -30,11 +30,13 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from realtime_lrp import render
-from realtime_lrp.processor import FrameProcessor
-from realtime_lrp.sample import CLASSES, load_items, write_sample
-from realtime_lrp.serve import Limits, LrpServer, decode_result, needs_token
-from realtime_lrp.serve_bench import run_load, summary_table
+from realtime_lrp.pipeline import render
+from realtime_lrp.pipeline.processor import FrameProcessor
+from realtime_lrp.apps.sample import CLASSES, load_items, write_sample
+from realtime_lrp.apps.serve.auth import needs_token
+from realtime_lrp.apps.serve.protocol import Limits, decode_result
+from realtime_lrp.apps.serve.server import LrpServer
+from realtime_lrp.apps.serve.bench import run_load, summary_table
 
 from media import rtlrp_command
 

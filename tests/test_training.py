@@ -15,8 +15,8 @@ import torch
 from click.testing import CliRunner
 
 from realtime_lrp.cli import cli
-from realtime_lrp.data import DataError, fashion_mnist_dir, load_datasets, read_idx_gz
-from realtime_lrp.training import augment, load_checkpoint
+from realtime_lrp.models.datasets import DataError, fashion_mnist_dir, load_datasets, read_idx_gz
+from realtime_lrp.apps.train.loop import augment, load_checkpoint
 from tiny_data import TINY, make_imagefolder, torchrun_two_cpu_processes, train_ddp_two_cpu_processes
 
 needs_fashion_mnist = pytest.mark.skipif(
@@ -146,7 +146,7 @@ def test_ddp_two_cpu_processes_with_gloo(folder: Path, tmp_path: Path) -> None:
 _RELEASE_SCRIPT = """
 import sys
 import torch, torch.distributed as dist
-from realtime_lrp.training import all_reduce_released
+from realtime_lrp.apps.train.loop import all_reduce_released
 dist.init_process_group("gloo")
 rank, held = dist.get_rank(), 0
 for i in range(200):
@@ -220,7 +220,7 @@ def test_a_short_run_on_fashion_mnist_learns(tmp_path: Path) -> None:
 def test_cifar10_is_read_from_the_binary_release_without_unpickling(tmp_path: Path) -> None:
     import numpy as np
 
-    from realtime_lrp.data import CIFAR10_CLASSES
+    from realtime_lrp.models.datasets import CIFAR10_CLASSES
 
     folder = tmp_path / "cifar-10-batches-bin"
     folder.mkdir()

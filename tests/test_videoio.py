@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from media import model_file
 from tiny_data import torchrun_two_cpu_processes
 from realtime_lrp.cli import cli
-from realtime_lrp.writer import VideoWriter, WriterError, resolve_codec
+from realtime_lrp.media.writer import VideoWriter, WriterError, resolve_codec
 
 VFR_MS = [0, 33, 66, 150, 200, 400, 433, 466, 700, 1000, 1040, 1300]
 AUDIO_SECONDS = 1.5
@@ -174,7 +174,7 @@ def test_crf_trades_size_for_quality(tmp_path: Path, weights: Path) -> None:
 
 
 def test_nvenc_falls_back_to_h264_with_a_notice_without_a_driver(tmp_path: Path, weights: Path) -> None:
-    from realtime_lrp.writer import _opens
+    from realtime_lrp.media.writer import _opens
 
     src = make_clip(tmp_path / "in.mp4", [0, 40, 80], audio_seconds=None)
     out = tmp_path / "out.mp4"
@@ -243,7 +243,8 @@ def test_a_plain_install_carries_the_shipped_model(tmp_path: Path) -> None:
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "RTLRP_WEIGHTS_DIR"}
     env["PYTHONPATH"] = str(target)
-    code = ("import realtime_lrp, json; from realtime_lrp.models import load_model, shipped_weights;"
+    code = ("import realtime_lrp, json; from realtime_lrp.models import load_model;"
+            " from realtime_lrp.models.cards import shipped_weights;"
             " m, card = load_model('shipped');"
             " print(json.dumps([realtime_lrp.__file__, str(shipped_weights()), card['arch']]))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, capture_output=True, text=True, env=env)
@@ -363,7 +364,7 @@ def test_frames_reach_the_disk_as_they_are_encoded(tmp_path: Path) -> None:
 
 
 def test_the_encoder_probe(tmp_path: Path) -> None:
-    from realtime_lrp.writer import _opens
+    from realtime_lrp.media.writer import _opens
 
     assert _opens("libx264") and not _opens("no_such_encoder")
 

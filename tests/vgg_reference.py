@@ -54,7 +54,7 @@ def cases() -> list[dict]:
 
 def run(case: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(relevance, explained class) of the engine on PYTHONPATH for one case."""
-    from realtime_lrp.engine import LRP
+    from realtime_lrp.lrp.engine import LRP
 
     dtype = DTYPES[case["dtype"]]
     model = vgg(case["bn"], seed=21).to(dtype)

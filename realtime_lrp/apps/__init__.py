@@ -1,0 +1,1 @@
+"""The applications behind the commands: video, webcam, stills, sample, serve, evaluate, bench, train."""

@@ -1,0 +1,311 @@
+"""Explain every frame of a video file, in order, none dropped, each at its own timestamp.
+
+Three stages joined by bounded queues: a reader thread decodes frames
+(:class:`~realtime_lrp.media.reader.VideoReader`), the calling thread explains them in batches
+(:class:`~realtime_lrp.pipeline.processor.FrameProcessor`), and a writer thread encodes them
+(:class:`~realtime_lrp.media.writer.VideoWriter`). Each queue ends with a sentinel and the
+threads are joined in ``finally``.
+
+How a run ends decides where its frames go:
+
+- complete: verified, then moved to the output path (which held the old file until then);
+- a signal (``stop``, a :class:`~realtime_lrp.util.signals.Deferred`): reading stops, the
+  frames in flight are finished, and the playable ``NAME.partial.EXT`` keeps them;
+- a processing error: the same, and :class:`PartialOutput` says where;
+- a failed write (full disk): nothing is kept, :class:`~realtime_lrp.media.writer.WriterError`;
+- the input breaks early: the output is complete for what the input held, and
+  :attr:`VideoResult.missing` counts the frames its header announced but never came.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.text import Text
+
+from realtime_lrp.pipeline.processor import FrameProcessor
+from realtime_lrp.media.reader import DEFAULT_FPS, Frame, InputError, VideoReader
+from realtime_lrp.util.signals import Deferred
+from realtime_lrp.media.writer import VideoWriter, WriterError, read_comment
+
+__all__ = ["FileOutcome", "InputError", "PartialOutput", "VideoResult", "process_video", "process_videos",
+           "video_progress"]
+
+_END = object()
+
+
+class PartialOutput(RuntimeError):
+    """A run failed midway; the frames done were kept in a closed, playable file (said in the message)."""
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    """How a run ended.
+
+    ``output`` is the final path, or the partial file an interrupted run kept (None if
+    no frame was done); ``signum`` the signal that stopped it; ``missing`` the frames the
+    input announced but did not hold.
+    """
+
+    frames: int
+    expected: int
+    fps: float
+    size: tuple[int, int]
+    seconds: float
+    output: Path | None
+    signum: int | None = None
+    missing: int = 0
+    input_error: str | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.signum is not None
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    """Put unless ``stop`` is set first; True if the item went in."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+class _Reader(threading.Thread):
+    def __init__(self, reader: VideoReader, out: queue.Queue, stop: threading.Event):
+        super().__init__(name="rtlrp-reader", daemon=True)
+        self.reader, self.out, self.stop = reader, out, stop
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for frame in self.reader.frames():
+                if not _put(self.out, frame, self.stop):
+                    return
+        except BaseException as exc:  # handed to the main thread
+            self.error = exc
+        finally:
+            _put(self.out, _END, self.stop)
+
+
+class _Writer(threading.Thread):
+    def __init__(self, writer: VideoWriter, inp: queue.Queue):
+        super().__init__(name="rtlrp-writer", daemon=True)
+        self.writer, self.inp = writer, inp
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while (item := self.inp.get()) is not _END:
+                self.writer.write(*item)
+        except BaseException as exc:  # handed to the main thread; the queue is drained below
+            self.error = exc
+            while self.inp.get() is not _END:
+                pass
+
+
+def _hand_over(q: queue.Queue, item: tuple[np.ndarray, int | None], writer: _Writer) -> None:
+    """Queue a frame for the writer, failing fast once the writer has failed."""
+    while True:
+        if writer.error is not None:
+            raise writer.error
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _next_batch(frames_in: queue.Queue, batch: int, stop: Deferred) -> tuple[list[Frame], bool]:
+    """Up to ``batch`` frames and whether the input has ended; stops early when a signal came."""
+    frames: list[Frame] = []
+    while len(frames) < batch and not stop.requested:
+        try:
+            item = frames_in.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if item is _END:
+            return frames, True
+        frames.append(item)
+    return frames, False
+
+
+def process_video(src: str | Path, dst: str | Path, processor: FrameProcessor, batch: int = 1,
+                  progress: Any = None, notice: Callable[[str], None] | None = None,
+                  stop: Deferred | None = None, codec: str | None = None,
+                  crf: int | None = None, settings: str | None = None) -> VideoResult:
+    """Explain every frame of ``src`` into ``dst``, keeping timestamps, frame count and size.
+
+    ``progress`` is an optional ``rich.progress.Progress`` (started by the caller).
+    ``stop`` is the caller's signal handling; without one, signals are deferred here.
+    ``settings`` is stored as the output's ``comment`` tag, so a rerun can tell whether an
+    existing output was made the same way.
+    Raises :class:`InputError` before any work for a bad input, :class:`WriterError` for a
+    failed write, :class:`PartialOutput` for a processing error after some frames.
+    """
+    notice = notice or (lambda _msg: None)
+    dst = Path(dst)
+    reader = VideoReader(src)
+    info = reader.info
+    try:
+        writer = VideoWriter(dst, info.rate, processor.output_size(info.size), codec=codec, crf=crf,
+                             time_base=info.time_base, audio_from=src if info.audio_streams else None,
+                             metadata={"comment": settings} if settings else None, notice=notice)
+    except BaseException:
+        reader.close()
+        raise
+    if info.fps_guessed:
+        notice(f"{src} does not say its frame rate: writing at {DEFAULT_FPS:g} fps")
+    own_stop = stop is None
+    stop = Deferred().__enter__() if own_stop else stop
+    halt = threading.Event()
+    frames_in: queue.Queue = queue.Queue(maxsize=2 * batch + 2)
+    frames_out: queue.Queue = queue.Queue(maxsize=2 * batch + 2)
+    read_thread = _Reader(reader, frames_in, halt)
+    write_thread = _Writer(writer, frames_out)
+    task = progress.add_task("explaining", total=info.frame_count or None) if progress is not None else None
+    failure: BaseException | None = None
+    processed = 0
+    start = time.perf_counter()
+    read_thread.start()
+    write_thread.start()
+    try:
+        done = False
+        while not done and not stop.requested:
+            frames, done = _next_batch(frames_in, batch, stop)
+            if read_thread.error is not None:
+                raise read_thread.error
+            if frames:
+                rendered, _ = processor.process([f.image for f in frames])
+                for frame, out in zip(frames, rendered):
+                    _hand_over(frames_out, (out, frame.pts), write_thread)
+                processed += len(frames)
+                if task is not None:
+                    progress.update(task, completed=processed)
+    except BaseException as exc:  # the output is settled below, then the error is reported
+        failure = exc
+    finally:
+        halt.set()
+        read_thread.join()
+        frames_out.put(_END)
+        write_thread.join()
+        reader.close()
+        if own_stop:
+            stop.__exit__(None, None, None)
+    failure = write_thread.error or failure
+    if isinstance(failure, WriterError):
+        writer.discard()
+        raise failure
+    if failure is not None:
+        kept = writer.keep_partial()
+        if kept is not None and isinstance(failure, Exception):
+            raise PartialOutput(f"{failure}; the {writer.frames} frames done are in {kept} (playable),"
+                                f" {dst} was left as it was") from failure
+        raise failure
+    output = writer.keep_partial() if stop.requested else writer.finish()
+    if task is not None:
+        progress.update(task, completed=writer.frames, total=None if stop.requested else writer.frames)
+    return VideoResult(writer.frames, info.frame_count, info.fps, writer.size, time.perf_counter() - start,
+                       output, stop.signum, 0 if stop.requested else reader.missing, reader.error)
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """One input of a many-file run: ``status`` is done, skipped, truncated, failed or interrupted."""
+
+    src: Path
+    out: Path
+    status: str
+    frames: int = 0
+    seconds: float = 0.0
+    message: str = ""
+
+
+def output_for(src: Path, out_dir: Path, codec: str | None = None) -> Path:
+    """Where a many-file run writes ``src``: ``OUT_DIR/STEM_lrp.EXT`` (EXT from the codec, .mp4 by default)."""
+    ext = {"vp9": ".webm", "mjpeg": ".avi"}.get(codec or "", ".mp4")
+    return Path(out_dir) / f"{src.stem}_lrp{ext}"
+
+
+def share(items: list[Path], rank: int, world: int) -> list[Path]:
+    """The items one of ``world`` processes takes: every ``world``-th, starting at ``rank``."""
+    return items[rank::world]
+
+
+def already_done(out: Path, settings: str) -> bool:
+    """Whether ``out`` is a complete output made with ``settings`` (outputs are only ever complete)."""
+    return out.is_file() and read_comment(out) == settings
+
+
+def process_videos(sources: list[Path], out_dir: Path, processor: FrameProcessor, settings: str,
+                   batch: int = 1, progress: Any = None, notice: Callable[[str], None] | None = None,
+                   stop: Deferred | None = None, codec: str | None = None, crf: int | None = None,
+                   rank: int = 0, world: int = 1) -> list[FileOutcome]:
+    """Explain this process's share of ``sources`` into ``out_dir``, skipping finished outputs.
+
+    A file whose output is already there, made with the same ``settings``, is skipped, so a
+    rerun resumes. A failing file is recorded and the next one started; a signal ends the run
+    after the current file's frames in flight.
+    """
+    notice = notice or (lambda _msg: None)
+    outcomes = []
+    for src in share(sources, rank, world):
+        out = output_for(src, out_dir, codec)
+        if stop is not None and stop.requested:
+            break
+        if already_done(out, settings):
+            outcomes.append(FileOutcome(src, out, "skipped", message="already done with these settings"))
+            continue
+        processor.reset()
+        try:
+            result = process_video(src, out, processor, batch, progress, notice, stop, codec, crf, settings)
+        except (InputError, WriterError, PartialOutput) as exc:
+            outcomes.append(FileOutcome(src, out, "failed", message=str(exc)))
+            continue
+        if result.interrupted:
+            outcomes.append(FileOutcome(src, result.output or out, "interrupted", result.frames, result.seconds,
+                                        f"{result.frames} frames kept in {result.output}" if result.output else ""))
+            break
+        status = "truncated" if result.missing else "done"
+        message = f"input ended {result.missing} frames early" if result.missing else ""
+        outcomes.append(FileOutcome(src, out, status, result.frames, result.seconds, message))
+    return outcomes
+
+
+def gather(outcomes: list[FileOutcome], world: int) -> list[FileOutcome] | None:
+    """Every process's outcomes on rank 0 (None on the others); a no-op for one process."""
+    if world == 1:
+        return outcomes
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    everything: list[list[FileOutcome] | None] = [None] * world
+    dist.all_gather_object(everything, outcomes)
+    rank = dist.get_rank()
+    dist.destroy_process_group()
+    return [o for part in everything for o in (part or [])] if rank == 0 else None
+
+
+class _FpsColumn(ProgressColumn):
+    """Frames per second over rich's recent-sample window."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:6.1f} fps" if speed else "   --- fps", style="progress.data.speed")
+
+
+def video_progress(console: Console | None = None) -> Progress:
+    """A progress bar for video: frames done / total, fps, elapsed time and ETA."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _FpsColumn(),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)

@@ -1,0 +1,205 @@
+"""The LRP engine: one forward pass, then relevance sent back node by node.
+
+``LRP`` is built once per model (the model read as a graph by :mod:`realtime_lrp.lrp.graph`,
+rule weights precomputed in the model's dtype) and called on every frame. The backward
+pass walks the graph in reverse with explicit tensor operations, no autograd graph, in
+fp32, fp16 or bf16 on CPU or CUDA. A VGG is a chain; in a ResNet, relevance reaching one
+tensor from several consumers is added up. A call has no host synchronisation, so it can
+be captured in a CUDA graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from realtime_lrp.lrp.filter import FilterMode, RelevanceFilter
+from realtime_lrp.lrp.graph import FILTERED_KINDS, PARAM_KINDS, RULE_KINDS, Node, UnsupportedModelError, canonize
+from realtime_lrp.lrp.presets import PRESETS
+from realtime_lrp.lrp.rules import Propagator, pow2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Target = Union[None, int, str, Sequence[int], Tensor]
+Scaled = tuple[Tensor, Union[Tensor, None]]
+"""Relevance as (R, log2_scale): the true relevance is ``R * 2**log2_scale`` per sample
+(no scale: None)."""
+
+
+@dataclass
+class LRPResult:
+    """Relevance maps (N, H, W) in fp32, the logits (N, classes) and the explained class (N,)."""
+
+    relevance: Tensor
+    logits: Tensor
+    target: Tensor
+
+
+@dataclass
+class _Step:
+    node: Node
+    weight: Union[Tensor, None]
+    bias: Union[Tensor, None]
+    propagate: Union[Propagator, None]
+
+
+def pixel_bounds(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
+    """Normalised bounds of pixels in [0, 1]: ``((0 - mean) / std, (1 - mean) / std)``."""
+    m = torch.as_tensor(mean, dtype=torch.float32)
+    s = torch.as_tensor(std, dtype=torch.float32)
+    return (0 - m) / s, (1 - m) / s
+
+
+def _merge(a: Scaled, b: Scaled) -> Scaled:
+    """Add two relevances that carry different per-sample scales: both are brought to the
+    larger scale first, by powers of two (exact), then added."""
+    (ra, la), (rb, lb) = a, b
+    if la is None and lb is None:
+        return ra + rb, None
+    la = torch.zeros_like(lb) if la is None else la
+    lb = torch.zeros_like(la) if lb is None else lb
+    common = torch.maximum(la, lb)
+    shape = (-1,) + (1,) * (ra.dim() - 1)
+    return ra * pow2(la - common).view(shape) + rb * pow2(lb - common).view(shape), common
+
+
+class LRP:
+    """Layer-wise Relevance Propagation with an optional top-k relevance filter.
+
+    ``model`` is a CNN classifier built from Conv2d (batch norm after a conv is folded),
+    ReLU, max/average pools, flatten, dropout, Linear and residual additions: torchvision's
+    VGG, ResNet, ResNeXt, Wide-ResNet and AlexNet, this project's VGGs, or a plain
+    ``nn.Sequential``, on the device and in the dtype it will run in. Other layers raise
+    :class:`realtime_lrp.lrp.graph.UnsupportedModelError`. ``mean``/``std`` give the pixel
+    bounds of the z^B rule (ImageNet's by default for 3-channel models). ``top_k`` in
+    (0, 1) keeps that fraction of relevance before each conv, linear and pool node; 0 or 1
+    turn it off.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        preset: str = "epsilon-plus-flat",
+        top_k: float = 0.0,
+        filter_mode: FilterMode = "signed",
+        mean: Union[Sequence[float], None] = None,
+        std: Union[Sequence[float], None] = None,
+    ):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        self.preset = PRESETS[preset]
+        self.filter = RelevanceFilter(top_k, filter_mode)
+        graph = canonize(model)  # before reading a parameter: a model without any is refused in one line
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.output = graph.output
+        first = next(node for node in graph.nodes if node.kind in PARAM_KINDS)
+        if first.kind != "conv":  # the input's channels, and z^B's pixel bounds, come from a first conv
+            raise UnsupportedModelError(f"{type(model).__name__} starts with a Linear layer, not a Conv2d: "
+                                        "the engine explains image CNNs")
+        self.in_channels = first.weight.shape[1] * first.conv_args.get("groups", 1)
+        if mean is None and self.in_channels == 3:
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        bounds = pixel_bounds(mean, std) if mean is not None else (None, None)
+        self.steps = []
+        for node in graph.nodes:
+            propagate = None
+            if node.kind in RULE_KINDS:
+                first = node.first_conv if self.preset.first_conv_only else node.first
+                propagate = self.preset.rule_for(node.kind, first, bounds).bind(node, self.dtype)
+            weight = node.weight_in(self.dtype)
+            bias = None if node.bias is None else node.bias.to(self.device, self.dtype)
+            self.steps.append(_Step(node, weight, bias, propagate))
+
+    @property
+    def signed(self) -> bool:
+        """Whether the preset's maps are signed (diverging colour map) or positive-only."""
+        return self.preset.signed
+
+    @property
+    def top_k(self) -> float:
+        return self.filter.top_k
+
+    @top_k.setter
+    def top_k(self, value: float) -> None:
+        self.filter = RelevanceFilter(value, self.filter.mode, self.filter.method)
+
+    def __call__(self, x: Tensor, target: Target = None) -> LRPResult:
+        """Explain ``x`` (N, C, H, W): the top-1 class, given classes, or ``"softmax"``."""
+        self._check_input(x)
+        with torch.no_grad():
+            return self._explain(x, target)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.dtype != self.dtype or x.device != self.device:
+            raise ValueError(f"input is {x.dtype} on {x.device}, the model is {self.dtype} on {self.device}")
+
+    def _explain(self, x: Tensor, target: Target) -> LRPResult:
+        values: list[Tensor] = [x]
+        aux: list[Union[Tensor, None]] = [None]
+        for step in self.steps[1:]:
+            inputs = step.node.inputs
+            a = values[inputs[0]] if len(inputs) == 1 else tuple(values[i] for i in inputs)
+            out, extra = step.node.forward(a, step.weight, step.bias)
+            values.append(out)
+            aux.append(extra)
+        logits = values[self.output].float()
+        relevance, explained = initial_relevance(logits, target)
+        pending: list[Union[Scaled, None]] = [None] * len(self.steps)
+        pending[self.output] = (relevance, None)
+        for i in range(len(self.steps) - 1, 0, -1):
+            entry, out, extra = pending[i], values[i], aux[i]
+            pending[i] = values[i] = aux[i] = None  # only later nodes read node i: free it for reuse
+            if entry is None:
+                continue
+            relevance, log_scale = entry
+            step = self.steps[i]
+            inputs = step.node.inputs
+            a = values[inputs[0]] if len(inputs) == 1 else tuple(values[j] for j in inputs)
+            if step.propagate is None:
+                relevance = relevance.reshape(a.shape) if step.node.kind == "flatten" else relevance
+            else:
+                if self.filter.active and step.node.kind in FILTERED_KINDS:
+                    relevance = self.filter(relevance)
+                relevance, log_factor = step.propagate(a, out, extra, relevance)
+                if log_factor is not None:
+                    log_scale = log_factor if log_scale is None else log_scale + log_factor
+            parts = relevance if len(inputs) > 1 else (relevance,)
+            for j, part in zip(inputs, parts):
+                pending[j] = (part, log_scale) if pending[j] is None else _merge(pending[j], (part, log_scale))
+        relevance, log_scale = pending[0]
+        maps = relevance.sum(1)
+        if log_scale is not None:
+            maps = (maps.double() * torch.exp2(log_scale.double()).view(-1, 1, 1)).float()
+        return LRPResult(maps, logits, explained)
+
+
+def initial_relevance(logits: Tensor, target: Target) -> tuple[Tensor, Tensor]:
+    """Relevance at the output and the explained class per sample.
+
+    ``None``: the top-1 class, one-hot times its logit; an int or one class per sample:
+    those classes; ``"softmax"``: the softmax over all classes.
+    """
+    n, classes = logits.shape
+    if isinstance(target, str):
+        if target != "softmax":
+            raise ValueError(f"target must be None, a class index or 'softmax', got {target!r}")
+        return torch.softmax(logits, dim=1), logits.argmax(1)
+    if target is None:
+        chosen = logits.argmax(1)
+    else:
+        chosen = torch.as_tensor(target).to(logits.device, torch.long).flatten()
+        if chosen.numel() == 1:
+            chosen = chosen.expand(n)
+        if chosen.numel() != n:
+            raise ValueError(f"got {chosen.numel()} targets for a batch of {n}")
+        if not isinstance(target, Tensor) or target.device.type == "cpu":
+            if int(chosen.min()) < 0 or int(chosen.max()) >= classes:
+                raise ValueError(f"target class out of range: the model has {classes} classes")
+    index = chosen.view(-1, 1)
+    return torch.zeros_like(logits).scatter_(1, index, logits.gather(1, index)), chosen

@@ -1,0 +1,1 @@
+"""Frame to tensor to relevance to frame: preprocessing, the frame processors, colour maps and overlays."""

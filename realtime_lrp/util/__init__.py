@@ -1,0 +1,1 @@
+"""Small mechanisms every app shares: outputs committed atomically, and signal handling."""
