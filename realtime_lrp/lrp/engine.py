@@ -16,9 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from realtime_lrp.lrp.filter import FilterMode, RelevanceFilter
-from realtime_lrp.lrp.graph import FILTERED_KINDS, PARAM_KINDS, RULE_KINDS, Node, UnsupportedModelError, canonize
-from realtime_lrp.lrp.presets import PRESETS
-from realtime_lrp.lrp.rules import Propagator, pow2
+from realtime_lrp.lrp.graph import canonize
+from realtime_lrp.lrp.nodes import Node, UnsupportedModelError
+from realtime_lrp.lrp.ops import PRESET
+from realtime_lrp.lrp.presets import PRESETS, Preset, RuleSpec
+from realtime_lrp.lrp.rules import Propagator, RuleContext, pow2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,6 +46,7 @@ class _Step:
     weight: Union[Tensor, None]
     bias: Union[Tensor, None]
     propagate: Union[Propagator, None]
+    filtered: bool = False
 
 
 def pixel_bounds(mean: Sequence[float], std: Sequence[float]) -> tuple[Tensor, Tensor]:
@@ -72,11 +75,15 @@ class LRP:
     ``model`` is a CNN classifier built from Conv2d (batch norm after a conv is folded),
     ReLU, max/average pools, flatten, dropout, Linear and residual additions: torchvision's
     VGG, ResNet, ResNeXt, Wide-ResNet and AlexNet, this project's VGGs, or a plain
-    ``nn.Sequential``, on the device and in the dtype it will run in. Other layers raise
-    :class:`realtime_lrp.lrp.graph.UnsupportedModelError`. ``mean``/``std`` give the pixel
-    bounds of the z^B rule (ImageNet's by default for 3-channel models). ``top_k`` in
-    (0, 1) keeps that fraction of relevance before each conv, linear and pool node; 0 or 1
-    turn it off.
+    ``nn.Sequential``. Which operations it reads, and how, is the op registry's
+    (:mod:`realtime_lrp.lrp.ops`); a node the registry or the preset has no rule for raises
+    :class:`realtime_lrp.lrp.UnsupportedModelError` naming it. The model is canonised from
+    its own weights as they are (fp32 for a model in fp32) and never changed; the engine runs
+    in ``dtype`` on ``device`` (default: the model's), so give an fp32 model and
+    ``dtype=torch.float16`` rather than a model already cast to fp16. ``mean``/``std`` give
+    the pixel bounds of the z^B rule (ImageNet's by default for 3-channel models, [0, 1]
+    unnormalised otherwise). ``top_k`` in (0, 1) keeps that fraction of relevance before
+    each node whose op is filtered (conv, linear, pools); 0 or 1 turn it off.
     """
 
     def __init__(
@@ -87,6 +94,8 @@ class LRP:
         filter_mode: FilterMode = "signed",
         mean: Union[Sequence[float], None] = None,
         std: Union[Sequence[float], None] = None,
+        dtype: Union[torch.dtype, None] = None,
+        device: Union[str, torch.device, None] = None,
     ):
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -94,25 +103,26 @@ class LRP:
         self.filter = RelevanceFilter(top_k, filter_mode)
         graph = canonize(model)  # before reading a parameter: a model without any is refused in one line
         param = next(model.parameters())
-        self.device, self.dtype = param.device, param.dtype
+        self.device = torch.device(device) if device is not None else param.device
+        self.dtype = dtype if dtype is not None else param.dtype
         self.output = graph.output
-        first = next(node for node in graph.nodes if node.kind in PARAM_KINDS)
+        first = next(node for node in graph.nodes if node.op.params)
         if first.kind != "conv":  # the input's channels, and z^B's pixel bounds, come from a first conv
             raise UnsupportedModelError(f"{type(model).__name__} starts with a Linear layer, not a Conv2d: "
                                         "the engine explains image CNNs")
         self.in_channels = first.weight.shape[1] * first.conv_args.get("groups", 1)
-        if mean is None and self.in_channels == 3:
-            mean, std = IMAGENET_MEAN, IMAGENET_STD
-        bounds = pixel_bounds(mean, std) if mean is not None else (None, None)
+        if mean is None:
+            mean, std = (IMAGENET_MEAN, IMAGENET_STD) if self.in_channels == 3 else ((0.0,), (1.0,))
+        low, high = pixel_bounds(mean, std)
+        context = RuleContext((low.to(self.device), high.to(self.device)))
         self.steps = []
-        for node in graph.nodes:
-            propagate = None
-            if node.kind in RULE_KINDS:
-                first = node.first_conv if self.preset.first_conv_only else node.first
-                propagate = self.preset.rule_for(node.kind, first, bounds).bind(node, self.dtype)
-            weight = node.weight_in(self.dtype)
-            bias = None if node.bias is None else node.bias.to(self.device, self.dtype)
-            self.steps.append(_Step(node, weight, bias, propagate))
+        for i, node in enumerate(graph.nodes):
+            if node.weight is not None:  # fp32 on the engine's device: rules derive their weights from these
+                node.weight = node.weight.to(self.device)
+                node.bias = None if node.bias is None else node.bias.to(self.device)
+            propagate = _spec(self.preset, node).build().bind(node, self.dtype, context) if i else None
+            bias = None if node.bias is None else node.bias.to(self.dtype)
+            self.steps.append(_Step(node, node.weight_in(self.dtype), bias, propagate, node.op.filtered))
 
     @property
     def signed(self) -> bool:
@@ -161,14 +171,11 @@ class LRP:
             step = self.steps[i]
             inputs = step.node.inputs
             a = values[inputs[0]] if len(inputs) == 1 else tuple(values[j] for j in inputs)
-            if step.propagate is None:
-                relevance = relevance.reshape(a.shape) if step.node.kind == "flatten" else relevance
-            else:
-                if self.filter.active and step.node.kind in FILTERED_KINDS:
-                    relevance = self.filter(relevance)
-                relevance, log_factor = step.propagate(a, out, extra, relevance)
-                if log_factor is not None:
-                    log_scale = log_factor if log_scale is None else log_scale + log_factor
+            if self.filter.active and step.filtered:
+                relevance = self.filter(relevance)
+            relevance, log_factor = step.propagate(a, out, extra, relevance)
+            if log_factor is not None:
+                log_scale = log_factor if log_scale is None else log_scale + log_factor
             parts = relevance if len(inputs) > 1 else (relevance,)
             for j, part in zip(inputs, parts):
                 pending[j] = (part, log_scale) if pending[j] is None else _merge(pending[j], (part, log_scale))
@@ -177,6 +184,18 @@ class LRP:
         if log_scale is not None:
             maps = (maps.double() * torch.exp2(log_scale.double()).view(-1, 1, 1)).float()
         return LRPResult(maps, logits, explained)
+
+
+def _spec(preset: Preset, node: Node) -> RuleSpec:
+    """The rule of ``node``: the one its op fixes, or the preset's (an error naming all three if it has none)."""
+    if node.op.relevance != PRESET:
+        return node.op.relevance
+    first = node.first_conv if preset.first_conv_only else node.first
+    spec = preset.spec_for(node.kind, first)
+    if spec is None:
+        raise UnsupportedModelError(f"preset {preset.name!r} has no rule for {node.kind} nodes such as "
+                                    f"'{node.name}'")
+    return spec
 
 
 def initial_relevance(logits: Tensor, target: Target) -> tuple[Tensor, Tensor]:

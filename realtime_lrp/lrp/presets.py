@@ -1,21 +1,47 @@
-"""Named LRP presets: which rule each node of a model's graph gets.
+"""Named LRP presets, as data: for each kind of op a preset binds, the rule it gets.
 
-A preset maps a node's kind (``conv``, ``linear``, ``maxpool``, ``avgpool``,
-``adaptive_avgpool``, ``add`` for residual sums) and whether it is the first layer (in
-``named_modules()`` order, as zennit counts: the first Conv/Linear, or the first Conv for
-``first_conv_only`` presets) to a rule from :mod:`realtime_lrp.lrp.rules`.
-Adding a preset is adding one entry to ``PRESETS``.
-This module imports no torch at import time, so the CLI can list presets cheaply.
+A preset is a table ``kind -> rule`` (``conv``, ``linear``, ``maxpool``, ``avgpool``,
+``adaptive_avgpool``, ``add``, ...; the kinds of :mod:`realtime_lrp.lrp.ops` whose rule a
+preset chooses), plus the rules of the first layer (in ``named_modules()`` order, as zennit
+counts: the first Conv/Linear, or the first Conv for ``first_conv_only`` presets). A kind
+the table does not name is an error naming the kind, the preset and the node, raised when
+the engine is built; no rule is ever chosen by default.
+
+Rules are named by :class:`RuleSpec`, a class of :mod:`realtime_lrp.lrp.rules` and its
+arguments, so this module imports no torch and the CLI can list presets cheaply. Adding a
+preset is adding one entry to ``PRESETS``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Mapping, Sequence
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A rule by name: the class ``name`` of :mod:`realtime_lrp.lrp.rules` with ``args``."""
+
+    name: str
+    args: tuple[tuple[str, Any], ...] = ()
+
+    def build(self) -> Any:
+        """The rule object."""
+        from realtime_lrp.lrp import rules
+
+        return getattr(rules, self.name)(**dict(self.args))
+
+    def __str__(self) -> str:
+        return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.args)})"
+
+
+def rule(name: str, **args: Any) -> RuleSpec:
+    """``rule("ZPlus", stabilizer=1e-5)``: the spec of a rule of :mod:`realtime_lrp.lrp.rules`."""
+    return RuleSpec(name, tuple(args.items()))
 
 
 @dataclass(frozen=True)
 class Preset:
-    """A rule set: ``rule_for(kind, first, bounds)`` returns the rule for one node.
+    """A rule set: ``rules`` maps each kind to its rule, ``first`` overrides it on the first layer.
 
     ``first_conv_only``: the first-layer rule goes to the first Conv (zennit's
     ``EpsilonGammaBox``), not to the first Conv or Linear (its ``EpsilonPlusFlat``).
@@ -25,49 +51,18 @@ class Preset:
     description: str
     reference: str
     signed: bool
-    select: Callable[[str, bool, tuple], object] = field(repr=False)
+    rules: Mapping[str, RuleSpec] = field(repr=False)
+    first: Mapping[str, RuleSpec] = field(default_factory=dict, repr=False)
     first_conv_only: bool = False
 
-    def rule_for(self, kind: str, first: bool, bounds: tuple) -> object:
-        """Rule for a node of ``kind``; ``bounds`` are the (low, high) normalised pixel bounds."""
-        return self.select(kind, first, bounds)
+    def spec_for(self, kind: str, first: bool) -> RuleSpec | None:
+        """The rule of a node of ``kind`` (the first layer if ``first``), or None if the preset has none."""
+        if first and kind in self.first:
+            return self.first[kind]
+        return self.rules.get(kind)
 
 
-def _epsilon_plus_flat(kind: str, first: bool, bounds: tuple) -> object:
-    from realtime_lrp.lrp import rules
-
-    if kind == "conv":
-        return rules.Flat() if first else rules.ZPlus()
-    if kind == "linear":
-        return rules.Flat() if first else rules.Epsilon()
-    if kind == "maxpool":
-        return rules.WinnerTakeAll()
-    return rules.Norm()
-
-
-def _epsilon_gamma_box(kind: str, first: bool, bounds: tuple) -> object:
-    from realtime_lrp.lrp import rules
-
-    if kind == "conv":
-        return rules.ZBox(*bounds) if first else rules.Gamma(0.25)
-    if kind == "linear":
-        return rules.Epsilon()
-    if kind == "maxpool":
-        return rules.WinnerTakeAll()
-    return rules.Norm()
-
-
-def _zplus(kind: str, first: bool, bounds: tuple) -> object:
-    from realtime_lrp.lrp import rules
-
-    if kind in ("conv", "linear"):
-        return rules.ZPlus(stabilizer=1e-5, zero_bias=True, ones_input=first)
-    if kind == "maxpool":
-        return rules.AvgPoolZ(stabilizer=1e-5)
-    if kind == "add":
-        return rules.SumZPlus(stabilizer=1e-5)
-    return rules.Norm(stabilizer=1e-5, signed_stabilizer=False)
-
+_POOLS_NORM = {"avgpool": rule("Norm"), "adaptive_avgpool": rule("Norm"), "add": rule("Norm")}
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -78,14 +73,18 @@ PRESETS: dict[str, Preset] = {
             "Norm on residual sums",
             "zennit EpsilonPlusFlat()",
             True,
-            _epsilon_plus_flat,
+            rules={"conv": rule("ZPlus"), "linear": rule("Epsilon"), "maxpool": rule("WinnerTakeAll"),
+                   **_POOLS_NORM},
+            first={"conv": rule("Flat"), "linear": rule("Flat")},
         ),
         Preset(
             "epsilon-gamma-box",
             "ZBox on the first conv, gamma(0.25) on the other convs, epsilon on linears, Norm on residual sums",
             "zennit EpsilonGammaBox(low, high)",
             True,
-            _epsilon_gamma_box,
+            rules={"conv": rule("Gamma", gamma=0.25), "linear": rule("Epsilon"), "maxpool": rule("WinnerTakeAll"),
+                   **_POOLS_NORM},
+            first={"conv": rule("ZBox")},
             first_conv_only=True,
         ),
         Preset(
@@ -94,7 +93,14 @@ PRESETS: dict[str, Preset] = {
             "all-ones input, residual sums by z+ on their positive summands",
             "PyTorchRelevancePropagation",
             False,
-            _zplus,
+            rules={"conv": rule("ZPlus", stabilizer=1e-5, zero_bias=True),
+                   "linear": rule("ZPlus", stabilizer=1e-5, zero_bias=True),
+                   "maxpool": rule("AvgPoolZ", stabilizer=1e-5),
+                   "avgpool": rule("Norm", stabilizer=1e-5, signed_stabilizer=False),
+                   "adaptive_avgpool": rule("Norm", stabilizer=1e-5, signed_stabilizer=False),
+                   "add": rule("SumZPlus", stabilizer=1e-5)},
+            first={"conv": rule("ZPlus", stabilizer=1e-5, zero_bias=True, ones_input=True),
+                   "linear": rule("ZPlus", stabilizer=1e-5, zero_bias=True, ones_input=True)},
         ),
     )
 }

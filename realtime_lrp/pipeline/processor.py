@@ -12,6 +12,8 @@ preset's default), ``layout`` and ``alpha`` (attributes), :meth:`scale_top_k`,
 """
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -145,8 +147,8 @@ class MapSmoother:
 class FrameProcessor:
     """Explain and render BGR frames with one model; keeps a stable colour scale per stream.
 
-    ``model`` is an eval-mode model (any device/dtype; it is moved to the selected one)
-    and ``card`` its model card. ``size`` is the processing (H, W), default the card's
+    ``model`` is an eval-mode model (any device; never moved or cast: the engine canonises it
+    from its own weights and runs in the selected device and dtype) and ``card`` its model card. ``size`` is the processing (H, W), default the card's
     input size. ``cmap=None`` picks ``hot`` for positive-only presets and ``diverging``
     for signed ones. ``smooth`` in [0, 1) is the weight of the previous map in an
     exponential moving average of a stream's maps (:class:`MapSmoother`; 0 is off).
@@ -168,9 +170,10 @@ class FrameProcessor:
         self.size = processing_size(card, size)
         self.target = parse_target(target, self.classes)
         self.device, self.dtype = select_device(device, notice)
-        self.model = model.to(self.device, self.dtype).eval()
+        self.model = model if not model.training else copy.deepcopy(model).eval()  # the caller's stays as it is
         check_input_size(self.model, card, self.size)
-        self.lrp = LRP(self.model, preset=preset, top_k=top_k, mean=card["mean"], std=card["std"])
+        self.lrp = LRP(self.model, preset=preset, top_k=top_k, mean=card["mean"], std=card["std"], dtype=self.dtype,
+                       device=self.device)
         self.preset = preset
         self._cmap: str | None = None
         self.cmap = cmap

@@ -1,57 +1,19 @@
-"""LRP rules: how relevance at a node's output is sent back to its input.
+"""Rules for Conv2d and Linear nodes: epsilon, z+, gamma, flat and z^B.
 
-Every rule is a small class whose ``bind(node, dtype)`` precomputes what the rule needs
-once (W+, W + gamma W+, ...) and returns a propagator, a callable
-``(a, out, aux, R) -> (R_in, log_scale)``. Propagators use explicit convolution,
-conv-transpose, matrix and pooling-backward calls, never autograd, so a whole pass can be
-captured in a CUDA graph.
-
-Mixed precision: the heavy products run in the model's dtype (fp16, bf16 or fp32), while
-relevance, denominators and stabilisers stay in fp32, so a stabiliser of 1e-6 behaves the
-same in every dtype. In fp16 and bf16, before the quotient ``s = R / z`` is cast to the
-compute dtype it is multiplied, per sample, by a power of two that brings its largest
-magnitude just below a target chosen from the node's weights: at most 2**14, and small
-enough that the transposed product stays below 2**14. The propagator returns the exponent
-it applied, negated (an integer as fp32: ``R_true = R_in * 2**log2_scale``), or None in
-fp32, which needs no rescaling; the engine adds these up and restores them at the end.
-Multiplying by a power of two is exact, so fp16 maps equal fp32 maps up to the rounding of
-the products, and branches with different factors can be brought to one factor exactly
-where they meet (:func:`pow2`).
-
-The linear rules follow one pattern: groups of terms ``(input, weight, bias)``; each group
-has the denominator ``z = sum(input @ weight + bias)`` and contributes
+They follow one pattern: groups of terms ``(input, weight, bias)``; each group has the
+denominator ``z = sum(input @ weight + bias)`` and contributes
 ``input * weight^T (R / stabilise(z))`` to the input relevance.
-
-Residual sums (``add`` nodes) take zennit's Norm rule, ``R_i = x_i R / stabilise(sum_j x_j)``
-(:class:`Norm`), or, in the ``zplus`` preset, its z+ form on the positive parts
-(:class:`SumZPlus`). They run in fp32 and return no scale factor.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from realtime_lrp.lrp.graph import Node, UnsupportedModelError
-
-Propagator = Callable[[Any, Tensor, Union[Tensor, None], Tensor], tuple[Any, Union[Tensor, None]]]
-"""``(a, out, aux, R) -> (R_in, log_scale)``; for an ``add`` node ``a`` and ``R_in`` are tuples."""
-
-_TINY = 1e-30
-
-
-def stabilise(z: Tensor, eps: float, signed: bool) -> Tensor:
-    """``z + eps * sign(z)`` with sign(0) = +1 (zennit's convention), or ``z + eps``.
-
-    Rules whose z cannot be negative pass ``signed=False``: the result is the same, in one
-    pass over z instead of three.
-    """
-    if not signed:
-        return z + eps
-    return z + torch.where(z >= 0, eps, -eps)
+from realtime_lrp.lrp.nodes import Node
+from realtime_lrp.lrp.rules.base import TINY, Propagator, Rule, RuleContext, pow2, stabilise
 
 
 @dataclass
@@ -105,7 +67,7 @@ class _ZPropagator:
                 self.groups.append(_Group(cast, mask, conv_bias=bias))
         if self.scaled:
             bound = torch.stack([_column_bound(t.weight) for terms, _ in groups for t in terms]).amax()
-            self.log_target = torch.floor(torch.log2(2.0**14 / bound.clamp_min(_TINY))).clamp(max=14).to(torch.int32)
+            self.log_target = torch.floor(torch.log2(2.0**14 / bound.clamp_min(TINY))).clamp(max=14).to(torch.int32)
         self.bias_shape = (1, -1, 1, 1) if node.kind == "conv" else (1, -1)
 
     def _cast(self, weight: Tensor) -> Tensor:
@@ -152,7 +114,7 @@ class _ZPropagator:
             quotients.append(s)
         log_scale = None
         if self.scaled:
-            peak = torch.stack([s.flatten(1).abs().amax(1) for s in quotients]).amax(0).clamp_min(_TINY)
+            peak = torch.stack([s.flatten(1).abs().amax(1) for s in quotients]).amax(0).clamp_min(TINY)
             shift = self.log_target - torch.frexp(peak).exponent  # peak * 2**shift lies in [target / 2, target)
             factor = pow2(shift).view((-1,) + (1,) * (R.dim() - 1))
             quotients = [(s * factor).to(self.dtype) for s in quotients]
@@ -174,28 +136,8 @@ def _column_bound(weight: Tensor) -> Tensor:
     return weight.double().abs().sum(dim=dims).amax()
 
 
-def pow2(exponent: Tensor) -> Tensor:
-    """``2**exponent`` in fp32 for an integer-valued tensor, built from its bits, so exact
-    (no exp2 rounding); 0 below 2**-126, 2**127 at most."""
-    biased = (exponent.to(torch.int32) + 127).clamp(0, 254)
-    return (biased << 23).view(torch.float32)
-
-
 def _split(weight: Tensor) -> tuple[Tensor, Tensor]:
     return weight.clamp(min=0), weight.clamp(max=0)
-
-
-class Rule:
-    """Base class: a rule binds to one canonical node and returns its propagator."""
-
-    kinds: tuple[str, ...] = ()
-
-    def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
-        raise NotImplementedError
-
-    def _check(self, node: Node) -> None:
-        if node.kind not in self.kinds:
-            raise ValueError(f"rule {type(self).__name__} does not apply to node '{node.name}' ({node.kind})")
 
 
 class Epsilon(Rule):
@@ -206,7 +148,7 @@ class Epsilon(Rule):
     def __init__(self, epsilon: float = 1e-6):
         self.epsilon = epsilon
 
-    def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
+    def bind(self, node: Node, dtype: torch.dtype, context: RuleContext) -> Propagator:
         self._check(node)
         return _ZPropagator(node, [([_Term("id", node.weight, node.bias)], None)], self.epsilon, True, dtype)
 
@@ -227,7 +169,7 @@ class ZPlus(Rule):
         self.zero_bias = zero_bias
         self.ones_input = ones_input
 
-    def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
+    def bind(self, node: Node, dtype: torch.dtype, context: RuleContext) -> Propagator:
         self._check(node)
         w_pos, w_neg = _split(node.weight)
         bias = None if self.zero_bias or node.bias is None else node.bias.clamp(min=0)
@@ -249,7 +191,7 @@ class Gamma(Rule):
         self.gamma = gamma
         self.stabilizer = stabilizer
 
-    def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
+    def bind(self, node: Node, dtype: torch.dtype, context: RuleContext) -> Propagator:
         self._check(node)
         w, b, g = node.weight, node.bias, self.gamma
         w_up = w + g * w.clamp(min=0)
@@ -274,18 +216,23 @@ class Flat(Rule):
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = stabilizer
 
-    def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
+    def bind(self, node: Node, dtype: torch.dtype, context: RuleContext) -> Propagator:
         self._check(node)
         ones = _Term("ones", torch.ones_like(node.weight), None)
         return _ZPropagator(node, [([ones], None)], self.stabilizer, False, dtype)  # z counts inputs: >= 0
 
 
 class ZBox(Rule):
-    """z^B for pixel layers bounded by ``low`` and ``high`` (per-channel tensors or floats)."""
+    """z^B for pixel layers bounded by ``low`` and ``high`` (per-channel tensors or floats).
+
+    Without bounds, those of the engine's context are used: the model's pixel range after
+    its normalisation.
+    """
 
     kinds = ("conv", "linear")
 
-    def __init__(self, low: Union[Tensor, float], high: Union[Tensor, float], stabilizer: float = 1e-6):
+    def __init__(self, low: Union[Tensor, float, None] = None, high: Union[Tensor, float, None] = None,
+                 stabilizer: float = 1e-6):
         self.low = low
         self.high = high
         self.stabilizer = stabilizer
@@ -298,124 +245,13 @@ class ZBox(Rule):
         shape = (1, -1, 1, 1) if node.kind == "conv" else (1, -1)
         return value.expand(channels).reshape(shape).to(node.weight.device)
 
-    def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
+    def bind(self, node: Node, dtype: torch.dtype, context: RuleContext) -> Propagator:
         self._check(node)
         w_pos, w_neg = _split(node.weight)
+        low, high = context.bounds if self.low is None or self.high is None else (self.low, self.high)
         terms = [
             _Term("id", node.weight, None),
-            _Term(self._bound(self.low, node), -w_pos, None),
-            _Term(self._bound(self.high, node), -w_neg, None),
+            _Term(self._bound(low, node), -w_pos, None),
+            _Term(self._bound(high, node), -w_neg, None),
         ]
         return _ZPropagator(node, [(terms, None)], self.stabilizer, True, dtype)
-
-
-class WinnerTakeAll(Rule):
-    """Max-pool by its gradient: each output's relevance goes to the input that won the max."""
-
-    kinds = ("maxpool",)
-
-    def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
-        self._check(node)
-
-        def propagate(a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, None]:
-            n, c = a.shape[:2]
-            r_in = R.new_zeros(n, c, a.shape[2] * a.shape[3])
-            r_in.scatter_add_(2, aux.flatten(2), R.flatten(2))
-            return r_in.view(a.shape), None
-
-        return propagate
-
-
-def _window(node: Node) -> tuple[list[int], list[int], list[int]]:
-    """Kernel, stride and padding of a pool module as lists of two ints."""
-    m = node.module
-    pair = torch.nn.modules.utils._pair
-    return list(pair(m.kernel_size)), list(pair(m.stride or m.kernel_size)), list(pair(m.padding))
-
-
-class Norm(Rule):
-    """zennit's Norm rule, the z-rule of parameter-free nodes, in fp32.
-
-    Average pools: ``R_in = a * pool^T (R / stabilise(pool(a)))``. Residual sums:
-    ``R_i = x_i R / stabilise(sum_j x_j)``, each summand in proportion to its value.
-    """
-
-    kinds = ("avgpool", "adaptive_avgpool", "add")
-
-    def __init__(self, stabilizer: float = 1e-6, signed_stabilizer: bool = True):
-        self.stabilizer = stabilizer
-        self.signed_stabilizer = signed_stabilizer
-
-    def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
-        self._check(node)
-        if node.kind == "add":
-            return _sum_propagator(self.stabilizer, self.signed_stabilizer, positive=False)
-        eps, signed = self.stabilizer, self.signed_stabilizer and not node.nonneg_input
-
-        def propagate(a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, None]:
-            a32 = a.float()
-            s = R / stabilise(out.float(), eps, signed)
-            if node.kind == "adaptive_avgpool":
-                return a32 * torch.ops.aten._adaptive_avg_pool2d_backward(s, a32), None
-            m = node.module
-            back = torch.ops.aten.avg_pool2d_backward(s, a32, *_window(node), m.ceil_mode, m.count_include_pad,
-                                                      m.divisor_override)
-            return a32 * back, None
-
-        return propagate
-
-
-class SumZPlus(Rule):
-    """z+ on a residual sum: ``R_i = x_i+ R / (sum_j x_j+ + eps)``, only positive summands get relevance.
-
-    The sum is a layer with unit weights, so this is the z+ rule (alpha=1, beta=0) of the
-    ``zplus`` preset; it keeps that preset's maps non-negative on a ResNet.
-    """
-
-    kinds = ("add",)
-
-    def __init__(self, stabilizer: float = 1e-5):
-        self.stabilizer = stabilizer
-
-    def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
-        self._check(node)
-        return _sum_propagator(self.stabilizer, False, positive=True)
-
-
-def _sum_propagator(eps: float, signed: bool, positive: bool) -> Propagator:
-    def propagate(a: tuple[Tensor, ...], out: Tensor, aux: None, R: Tensor) -> tuple[tuple[Tensor, ...], None]:
-        parts = tuple(x.float().clamp(min=0) if positive else x.float() for x in a)
-        z = out if out.dtype == torch.float32 and not positive else sum(parts[1:], parts[0])  # sum in fp32
-        s = R / stabilise(z, eps, signed)
-        return tuple(p * s for p in parts), None
-
-    return propagate
-
-
-class AvgPoolZ(Rule):
-    """A max-pool propagated by the z-rule as an average pool over the same windows.
-
-    PyTorchRelevancePropagation replaces a VGG's 2x2 max-pools by ``AvgPool2d(2)``, the
-    same windows; a ResNet's 3x3 stride-2 padded max-pool becomes the matching average
-    pool (zero padding counted).
-    """
-
-    kinds = ("maxpool",)
-
-    def __init__(self, stabilizer: float = 1e-5):
-        self.stabilizer = stabilizer
-
-    def bind(self, node: Node, dtype: torch.dtype) -> Propagator:
-        self._check(node)
-        if torch.nn.modules.utils._pair(node.module.dilation) != (1, 1):
-            raise UnsupportedModelError(f"no LRP rule for node '{node.name}' (dilated MaxPool2d as an average pool)")
-        kernel, stride, pad = _window(node)
-        ceil, eps = node.module.ceil_mode, self.stabilizer
-
-        def propagate(a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, None]:
-            a32 = a.float()
-            z = F.avg_pool2d(a32, kernel, stride, pad, ceil, True)
-            s = R / stabilise(z, eps, False)
-            return a32 * torch.ops.aten.avg_pool2d_backward(s, a32, kernel, stride, pad, ceil, True, None), None
-
-        return propagate

@@ -1,0 +1,208 @@
+"""The op registry: every kind of operation the engine explains, declared once.
+
+An :class:`Op` says
+- **match**: the module types (subclasses included), module class names (for types of
+  libraries the core does not import), functions and tensor methods that are this op;
+- **read**: how a traced call becomes a canonical node (its inputs and parameters), or an
+  alias of its input (identity-like ops), or a rewrite (batch norm folded into its conv);
+- **forward**: what the engine runs in its own forward pass;
+- **sign**: ``"nonneg"`` if the output is never negative, ``"keep"`` if it is non-negative
+  whenever every input is, ``"any"`` otherwise, so rules can drop terms that are zero;
+- **relevance**: :data:`PRESET` if a preset binds its rule (a preset without an entry for
+  the kind is an error naming the node), or the rule the op fixes by definition (identity
+  for activations, index maps for reshapes);
+- **filtered**: whether the top-k relevance filter runs before its rule.
+
+Adding an operation is one entry here (and its test); the engine, the capture loop and the
+CLI do not change. :func:`op_for_module`, :func:`op_for_function` and :func:`op_for_method`
+are how :mod:`realtime_lrp.lrp.graph` finds an entry.
+
+Readers take ``(reader, op, fx_node, module)``: ``reader`` is the graph builder of
+:mod:`realtime_lrp.lrp.graph` (``producer``, ``source``, ``add``, ``alias``,
+``fold_batchnorm``, ``unsupported``); ``module`` is None for functions and methods.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from realtime_lrp.lrp.nodes import Activation, Node
+from realtime_lrp.lrp.presets import RuleSpec, rule
+
+PRESET = "preset"
+"""``Op.relevance`` of ops whose rule the preset chooses."""
+
+Forward = Callable[[Node, Activation, Union[Tensor, None], Union[Tensor, None]], tuple[Tensor, Union[Tensor, None]]]
+Reader = Callable[[Any, "Op", Any, Union[nn.Module, None]], None]
+
+
+@dataclass(frozen=True, eq=False)
+class Op:
+    """One kind of operation: how it is recognised, read, run and explained (module docstring)."""
+
+    kind: str
+    read: Reader
+    forward: Union[Forward, None] = None
+    modules: tuple[type, ...] = ()
+    module_names: tuple[str, ...] = ()
+    functions: tuple[object, ...] = ()
+    methods: tuple[str, ...] = ()
+    sign: str = "any"
+    relevance: Union[str, RuleSpec] = PRESET
+    filtered: bool = False
+    params: bool = False
+
+    def __post_init__(self) -> None:
+        if self.sign not in ("nonneg", "keep", "any"):
+            raise ValueError(f"op {self.kind}: sign must be 'nonneg', 'keep' or 'any', got {self.sign!r}")
+
+
+# -- readers ---------------------------------------------------------------------------------
+
+def _one_input(reader: Any, fx_node: Any, module: Union[nn.Module, None]) -> int:
+    """The producer of a call's only tensor input; a module called with more is refused."""
+    if module is not None and (len(fx_node.args) != 1 or fx_node.kwargs):
+        raise reader.unsupported(fx_node, f"{type(module).__name__} called with {len(fx_node.args)} arguments")
+    return reader.producer(fx_node, fx_node.args[0])
+
+
+def _read_plain(reader: Any, op: Op, fx_node: Any, module: Union[nn.Module, None]) -> None:
+    """An op of one input and no parameters of its own (activations, pools)."""
+    reader.add(fx_node, op, (_one_input(reader, fx_node, module),), module)
+
+
+def _read_identity(reader: Any, op: Op, fx_node: Any, module: Union[nn.Module, None]) -> None:
+    """Dropout and identity: the identity in eval mode, so the node is its input."""
+    reader.alias(fx_node, _one_input(reader, fx_node, module))
+
+
+def _read_params(reader: Any, op: Op, fx_node: Any, module: nn.Module) -> None:
+    """Conv2d and Linear: fp32 copies of the weight and bias, and a conv's geometry."""
+    source = _one_input(reader, fx_node, module)
+    attrs: dict[str, Any] = {}
+    if isinstance(module, nn.Conv2d):
+        if module.padding_mode != "zeros":
+            raise reader.unsupported(fx_node, f"Conv2d with padding_mode={module.padding_mode!r}")
+        attrs["conv"] = dict(stride=module.stride, padding=module.padding, dilation=module.dilation,
+                             groups=module.groups)
+    node = reader.add(fx_node, op, (source,), module, attrs)
+    node.weight = module.weight.detach().float()
+    node.bias = module.bias.detach().float() if module.bias is not None else None
+
+
+def _read_batchnorm(reader: Any, op: Op, fx_node: Any, module: nn.Module) -> None:
+    reader.fold_batchnorm(fx_node, module, _one_input(reader, fx_node, module))
+
+
+def _read_add(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    if len(fx_node.args) != 2 or fx_node.kwargs:
+        raise reader.unsupported(fx_node, reader.what(fx_node))
+    inputs = tuple(reader.producer(fx_node, arg) for arg in fx_node.args)
+    reader.add(fx_node, op, inputs)
+
+
+def _read_flatten(reader: Any, op: Op, fx_node: Any, module: Union[nn.Module, None]) -> None:
+    """``flatten(x, 1)``: the batch axis kept, the rest flattened (``nn.Flatten``'s default)."""
+    if module is not None:
+        start, end = module.start_dim, module.end_dim
+    else:
+        args = list(fx_node.args[1:])
+        start = fx_node.kwargs.get("start_dim", args[0] if args else 0)
+        end = fx_node.kwargs.get("end_dim", args[1] if len(args) > 1 else -1)
+    if (start, end) != (1, -1):
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} other than flatten(x, 1)")
+    source = _one_input(reader, fx_node, module)
+    reader.add(fx_node, op, (source,), module)
+
+
+# -- forwards --------------------------------------------------------------------------------
+
+def _conv(node: Node, a: Tensor, weight: Tensor, bias: Union[Tensor, None]) -> tuple[Tensor, None]:
+    return F.conv2d(a, weight, bias, **node.conv_args), None
+
+
+def _linear(node: Node, a: Tensor, weight: Tensor, bias: Union[Tensor, None]) -> tuple[Tensor, None]:
+    return F.linear(a, weight, bias), None
+
+
+def _relu(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
+    return F.relu(a), None
+
+
+def _add(node: Node, a: tuple[Tensor, Tensor], weight: None, bias: None) -> tuple[Tensor, None]:
+    return a[0] + a[1], None
+
+
+def _maxpool(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, Tensor]:
+    m = node.module
+    return F.max_pool2d(a, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
+
+
+def _avgpool(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
+    m = node.module
+    return F.avg_pool2d(a, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
+                        m.divisor_override), None
+
+
+def _adaptive_avgpool(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
+    return F.adaptive_avg_pool2d(a, node.module.output_size), None
+
+
+def _flatten(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
+    return a.flatten(1), None
+
+
+# -- the registry ----------------------------------------------------------------------------
+
+CONV = Op("conv", _read_params, _conv, modules=(nn.Conv2d,), filtered=True, params=True)
+LINEAR = Op("linear", _read_params, _linear, modules=(nn.Linear,), filtered=True, params=True)
+RELU = Op("relu", _read_plain, _relu, modules=(nn.ReLU,), functions=(torch.relu, F.relu), methods=("relu",),
+          sign="nonneg", relevance=rule("Pass"))
+MAXPOOL = Op("maxpool", _read_plain, _maxpool, modules=(nn.MaxPool2d,), sign="keep", filtered=True)
+AVGPOOL = Op("avgpool", _read_plain, _avgpool, modules=(nn.AvgPool2d,), sign="keep", filtered=True)
+ADAPTIVE_AVGPOOL = Op("adaptive_avgpool", _read_plain, _adaptive_avgpool, modules=(nn.AdaptiveAvgPool2d,),
+                      sign="keep", filtered=True)
+FLATTEN = Op("flatten", _read_flatten, _flatten, modules=(nn.Flatten,), functions=(torch.flatten,),
+             sign="keep", relevance=rule("Reshape"))
+ADD = Op("add", _read_add, _add, functions=(operator.add, operator.iadd), sign="keep")
+IDENTITY = Op("identity", _read_identity, modules=(nn.Identity, nn.modules.dropout._DropoutNd))
+BATCHNORM = Op("batchnorm", _read_batchnorm, modules=(nn.BatchNorm2d,))
+
+OPS: tuple[Op, ...] = (CONV, LINEAR, RELU, MAXPOOL, AVGPOOL, ADAPTIVE_AVGPOOL, FLATTEN, ADD, IDENTITY, BATCHNORM)
+OPS_BY_KIND: dict[str, Op] = {op.kind: op for op in OPS}
+
+_BY_MODULE: dict[type, Op] = {t: op for op in OPS for t in op.modules}
+_BY_MODULE_NAME: dict[str, Op] = {name: op for op in OPS for name in op.module_names}
+_BY_FUNCTION: dict[object, Op] = {f: op for op in OPS for f in op.functions}
+_BY_METHOD: dict[str, Op] = {m: op for op in OPS for m in op.methods}
+
+
+def op_for_module(module: nn.Module) -> Union[Op, None]:
+    """The op of a module: its own type or the nearest base class registered, or its class name."""
+    for cls in type(module).__mro__:
+        if cls in _BY_MODULE:
+            return _BY_MODULE[cls]
+    return _BY_MODULE_NAME.get(type(module).__name__)
+
+
+def op_for_function(target: object) -> Union[Op, None]:
+    """The op of a ``call_function`` target (``torch.flatten``, ``operator.add``, ...)."""
+    try:
+        return _BY_FUNCTION.get(target)
+    except TypeError:  # an unhashable target matches nothing
+        return None
+
+
+def op_for_method(name: str) -> Union[Op, None]:
+    """The op of a ``call_method`` name (``x.relu()``, ...)."""
+    return _BY_METHOD.get(name)
+
+
+def preset_kinds() -> tuple[str, ...]:
+    """The kinds whose rule a preset must name."""
+    return tuple(op.kind for op in OPS if op.relevance == PRESET and op.forward is not None)

@@ -1,0 +1,19 @@
+"""LRP rules: how relevance at a node's output is sent back to its inputs, one file per family.
+
+- :mod:`~realtime_lrp.lrp.rules.base`: the propagator, stabiliser, exact powers of two, and
+  how fp16 and bf16 stay exact (per-sample power-of-two scaling);
+- :mod:`~realtime_lrp.lrp.rules.linear`: Conv2d and Linear (epsilon, z+, gamma, flat, z^B);
+- :mod:`~realtime_lrp.lrp.rules.pools`: max-pools (winner-take-all, average-pool z-rule);
+- :mod:`~realtime_lrp.lrp.rules.norm`: parameter-free z-rules (average pools, residual sums);
+- :mod:`~realtime_lrp.lrp.rules.identity`: what ops fix by definition (identity, reshapes).
+
+Presets name rules by their class name here (:class:`realtime_lrp.lrp.presets.RuleSpec`).
+"""
+from realtime_lrp.lrp.rules.base import Propagator, Rule, RuleContext, pow2, stabilise
+from realtime_lrp.lrp.rules.identity import Pass, Reshape
+from realtime_lrp.lrp.rules.linear import Epsilon, Flat, Gamma, ZBox, ZPlus
+from realtime_lrp.lrp.rules.norm import Norm, SumZPlus
+from realtime_lrp.lrp.rules.pools import AvgPoolZ, WinnerTakeAll
+
+__all__ = ["AvgPoolZ", "Epsilon", "Flat", "Gamma", "Norm", "Pass", "Propagator", "Reshape", "Rule", "RuleContext",
+           "SumZPlus", "WinnerTakeAll", "ZBox", "ZPlus", "pow2", "stabilise"]
