@@ -88,6 +88,49 @@ def _resolve(value: Any, shapes: Mapping[int, torch.Size]) -> Any:
     return value.value(shapes) if isinstance(value, _Sym) else value
 
 
+def _channel_term(term: torch.fx.Node) -> Union[tuple[torch.fx.Node, int, float, float, list], None]:
+    """``unsqueeze(x[:, i], 1) * a + b`` (or ``x[:, i:i+1]``, either factor optional): ``(x, i, a, b, nodes)``."""
+    scale, shift, nodes = 1.0, 0.0, []
+    node = term
+    if node.op == "call_function" and node.target is operator.add and isinstance(node.args[1], float):
+        shift, nodes, node = node.args[1], nodes + [node], node.args[0]
+    if isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target is operator.mul \
+            and isinstance(node.args[1], float):
+        scale, nodes, node = node.args[1], nodes + [node], node.args[0]
+    if not isinstance(node, torch.fx.Node) or not nodes:
+        return None
+    if node.op == "call_function" and node.target is torch.unsqueeze and node.args[1:] == (1,):
+        nodes, node = nodes + [node], node.args[0]
+        want = lambda key: isinstance(key[1], int)  # noqa: E731
+    else:
+        want = lambda key: isinstance(key[1], slice) and key[1].step is None and key[1].stop == key[1].start + 1  # noqa: E731
+    if node.op != "call_function" or node.target is not operator.getitem:
+        return None
+    source, key = node.args
+    if not (isinstance(key, tuple) and len(key) == 2 and key[0] == slice(None) and want(key)):
+        return None
+    nodes.append(node)
+    if any(len(n.users) != 1 for n in nodes):
+        return None
+    index = key[1] if isinstance(key[1], int) else key[1].start
+    return source, index, scale, shift, nodes
+
+
+def _channel_affines(graph: torch.fx.Graph) -> dict[torch.fx.Node, tuple[torch.fx.Node, list, list, list]]:
+    """Per-channel affine maps written channel by channel and joined by ``torch.cat(..., 1)``
+    (torchvision's GoogLeNet and Inception-v3 ``transform_input``): cat -> (x, scales, shifts, nodes)."""
+    found = {}
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target is not torch.cat or node.kwargs or node.args[1:] != (1,):
+            continue
+        terms = [_channel_term(t) if isinstance(t, torch.fx.Node) else None for t in node.args[0]]
+        if not terms or any(t is None for t in terms) or len({t[0] for t in terms}) != 1 \
+                or [t[1] for t in terms] != list(range(len(terms))):
+            continue
+        found[node] = (terms[0][0], [t[2] for t in terms], [t[3] for t in terms], [n for t in terms for n in t[4]])
+    return found
+
+
 class _Reader:
     """Turns fx nodes into canonical nodes; ``env`` maps each fx node to the index of its value.
 
@@ -103,6 +146,8 @@ class _Reader:
         self.output: Union[int, None] = None
         self.symbols: dict[torch.fx.Node, _Sym] = {}
         self.tuples: dict[torch.fx.Node, tuple[int, Callable[[int], Any]]] = {}
+        self.affines = _channel_affines(traced.graph)
+        self.absorbed = {n for _, _, _, nodes in self.affines.values() for n in nodes}
 
     # -- what the registry's readers use ---------------------------------------------------
     def producer(self, fx_node: torch.fx.Node, arg: object) -> int:
@@ -226,7 +271,12 @@ class _Reader:
         if fx_node.op == "output":
             self.output = self.producer(fx_node, fx_node.args[0])
             return
-        if self._symbolic(fx_node):
+        if self._symbolic(fx_node) or fx_node in self.absorbed:
+            return
+        if fx_node in self.affines:
+            source, scale, shift, _ = self.affines[fx_node]
+            node = self.add(fx_node, ops.CHANNEL_AFFINE, (self.producer(fx_node, source),))
+            node.weight, node.bias = torch.tensor(scale), torch.tensor(shift)
             return
         module = self.traced.get_submodule(fx_node.target) if fx_node.op == "call_module" else None
         if fx_node.op == "call_module":
@@ -267,6 +317,9 @@ def _mark_first(model: nn.Module, nodes: list[Node], modules: dict[int, nn.Modul
     for node in params:
         node.first = modules[id(node)] is modules[id(first)]
         node.first_conv = first_conv is not None and modules[id(node)] is modules[id(first_conv)]
+        before = nodes[node.inputs[0]]
+        if before.kind == "channel_affine" and before.inputs == (0,):  # z^B's pixel bounds, mapped through it
+            node.attrs["input_affine"] = (before.weight, before.bias)
 
 
 def canonize(model: nn.Module) -> Graph:

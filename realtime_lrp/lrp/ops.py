@@ -334,6 +334,14 @@ def _permute(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, N
     return a.permute(node.attrs["order"](a.dim())), None
 
 
+def _channel_affine(node: Node, a: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, None]:
+    return a * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1), None
+
+
+CHANNEL_AFFINE = Op("channel_affine", lambda *args: None, _channel_affine, relevance=rule("Pass"))
+"""A per-channel ``x * a + b`` written channel by channel (torchvision's ``transform_input``), read by the
+graph from its pattern: relevance passes per pixel and channel (the identity rule on a constant affine map),
+and the first conv's z^B bounds are mapped through it."""
 CAT = Op("cat", _read_cat, _cat, functions=(torch.cat, torch.concat, torch.concatenate), sign="keep",
          relevance=rule("Concat"))
 PARTS = Op("parts", _read_parts, functions=(torch.chunk, torch.split), methods=("chunk", "split"))
@@ -360,7 +368,7 @@ AVGPOOL = Op("avgpool", _read_plain, _avgpool, modules=(nn.AvgPool2d,), sign="ke
 ADAPTIVE_AVGPOOL = Op("adaptive_avgpool", _read_plain, _adaptive_avgpool, modules=(nn.AdaptiveAvgPool2d,),
                       sign="keep", filtered=True)
 FLATTEN = Op("flatten", _read_flatten, _flatten, modules=(nn.Flatten,), functions=(torch.flatten,),
-             methods=("flatten",), sign="keep", relevance=rule("Reshape"))
+             sign="keep", relevance=rule("Reshape"))
 ADD = Op("add", _read_add, _add, functions=(operator.add, operator.iadd), sign="keep")
 IDENTITY = Op("identity", _read_identity, modules=(nn.Identity, nn.modules.dropout._DropoutNd))
 BATCHNORM = Op("batchnorm", _read_batchnorm, modules=(nn.BatchNorm2d,))
