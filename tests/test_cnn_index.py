@@ -299,3 +299,109 @@ def test_family_zplus_equals_slow_reference(family) -> None:
     error = relative_error(LRP(model, preset="zplus")(x, target=target).relevance, ref)
     print(f"{name} zplus: max error {error.max():.2e}")
     assert (error <= 1e-4).all()
+
+
+# -- batch norm merged into the layer after it ----------------------------------------------------
+
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
+    return scale, (bn.bias - bn.running_mean * scale).detach()
+
+
+class ThreshReLU(nn.ReLU):
+    """Pahde's thresholded ReLU (an nn.ReLU, so zennit gives it Pass): ``x`` where ``s x + t > 0``, else ``-t/s``."""
+
+    def __init__(self, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.scale, self.shift = bn_affine(bn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s, t = self.scale.view(1, -1, 1, 1), self.shift.view(1, -1, 1, 1)
+        return torch.where(s * x + t > 0, x, -t / s)
+
+
+def merged_right(layer: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
+    """The test's canonizer (Pahde's SequentialMergeBatchNormtoRight) for one layer: weight times the
+    BN's scale per input channel, bias plus the weights times its shift; a padded conv padded
+    explicitly with ``-t/s`` (whose BN image is the zero a padded conv sees) and run unpadded."""
+    scale, shift = bn_affine(bn)
+    layer = copy.deepcopy(layer)
+    per = layer.weight.shape[1] // scale.numel()
+    view = (1, -1, 1, 1) if isinstance(layer, nn.Conv2d) else (1, -1)
+    s, t = (v.repeat_interleave(per).view(view) for v in (scale, shift))
+    bias = layer.bias.detach() if layer.bias is not None else 0
+    with torch.no_grad():
+        layer.bias = nn.Parameter(bias + (layer.weight * t).flatten(1).sum(1))
+        layer.weight.mul_(s)
+    if isinstance(layer, nn.Conv2d) and layer.padding != (0, 0):
+        (ph, pw), fill = layer.padding, (-shift / scale).view(1, -1, 1, 1)
+        layer.padding = (0, 0)
+
+        def pad(module: nn.Module, args: tuple) -> tuple:
+            x = args[0]
+            out = fill.expand(x.shape[0], -1, x.shape[2] + 2 * ph, x.shape[3] + 2 * pw).clone()
+            out[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]] = x
+            return (out,)
+
+        layer.register_forward_pre_hook(pad)
+    return layer
+
+
+class BNFirst(nn.Module):
+    """Batch norms before convs and a linear: BN -> ReLU -> padded strided conv, BN -> grouped conv
+    with asymmetric padding, BN -> ReLU -> average pools -> flatten -> linear; scales of both signs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(3, 6, 3)
+        self.bn1, self.conv1 = nn.BatchNorm2d(6), nn.Conv2d(6, 8, 3, padding=1, stride=2)
+        self.bn2, self.conv2 = nn.BatchNorm2d(8), nn.Conv2d(8, 4, 3, padding=(2, 1), groups=2, bias=False)
+        self.bn3, self.pool, self.fc = nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d((2, 3)), nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv0(x))
+        y = self.conv1(torch.relu(self.bn1(y)))
+        y = torch.relu(self.conv2(self.bn2(y)))
+        return self.fc(torch.flatten(self.pool(nn.functional.avg_pool2d(torch.relu(self.bn3(y)), 1)), 1))
+
+
+def bn_first() -> nn.Module:
+    torch.manual_seed(3)
+    model = randomise(BNFirst())
+    model.bn2.weight.data[::3] *= -1  # a negative scale flips the threshold's side
+    return model
+
+
+class BNFirstMerged(nn.Module):
+    """BNFirst canonised by hand (the reference's canonizer)."""
+
+    def __init__(self, m: BNFirst) -> None:
+        super().__init__()
+        self.conv0, self.relu1, self.conv1 = m.conv0, ThreshReLU(m.bn1), merged_right(m.conv1, m.bn1)
+        self.conv2, self.relu3 = merged_right(m.conv2, m.bn2), ThreshReLU(m.bn3)
+        self.pool, self.fc = m.pool, merged_right(m.fc, m.bn3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv0(x))
+        y = torch.relu(self.conv2(self.conv1(self.relu1(y))))
+        return self.fc(torch.flatten(self.pool(self.relu3(y)), 1))
+
+
+def test_batch_norm_before_a_layer_is_merged_into_it() -> None:
+    model = bn_first()
+    kinds = [n.kind for n in canonize(model).nodes]
+    assert "batchnorm_right" not in kinds and kinds.count("shifted_relu") == 2 and kinds.count("border_pad") == 2
+    x = torch.randn(2, 3, 13, 11)
+    with torch.no_grad():
+        assert (BNFirstMerged(model)(x) - model(x)).abs().max() <= 1e-5  # the reference canonizer is exact
+    for preset in ("epsilon-plus-flat", "epsilon-gamma-box", "zplus"):
+        torch.testing.assert_close(LRP(model, preset=preset)(x).logits, model(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", SIGNED)
+def test_batch_norm_merged_right_equals_zennit(preset: str) -> None:
+    model = bn_first()
+    x = torch.randn(2, 3, 13, 11)
+    target = torch.tensor([4, 1])
+    ref = zennit_map(BNFirstMerged(model), x, preset, target)
+    assert (relative_error(LRP(model, preset=preset)(x, target=target).relevance, ref) <= 1e-4).all()

@@ -131,6 +131,15 @@ def _channel_affines(graph: torch.fx.Graph) -> dict[torch.fx.Node, tuple[torch.f
     return found
 
 
+def _affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
+    """A batch norm as ``x * scale + shift`` per channel, in fp32."""
+    mean, var = bn.running_mean.float(), bn.running_var.float()
+    gamma = bn.weight.detach().float() if bn.weight is not None else torch.ones_like(mean)
+    beta = bn.bias.detach().float() if bn.bias is not None else torch.zeros_like(mean)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    return scale, beta - mean * scale
+
+
 class _Reader:
     """Turns fx nodes into canonical nodes; ``env`` maps each fx node to the index of its value.
 
@@ -170,17 +179,19 @@ class _Reader:
         self.env[fx_node] = index
 
     def fold_batchnorm(self, fx_node: torch.fx.Node, bn: nn.Module, source: int) -> None:
-        """Fold ``bn`` into the conv that produced its input; that conv must feed nothing else."""
-        conv = self.nodes[source]
-        conv_fx = fx_node.args[0]
-        if conv.kind != "conv" or conv_fx.op != "call_module" or conv.name != str(conv_fx.target) \
-                or len(conv_fx.users) != 1:
-            raise UnsupportedModelError(
-                f"batch norm '{fx_node.target}' does not follow a Conv2d, so it cannot be folded")
+        """Fold ``bn`` into the conv that produced its input if that conv feeds nothing else; any
+        other batch norm becomes a node that :func:`_merge_right` merges into the layer after it."""
         if bn.running_mean is None or bn.running_var is None:
             raise UnsupportedModelError(f"batch norm '{fx_node.target}' keeps no running statistics to fold")
-        conv.weight, conv.bias = _fold(conv.weight, conv.bias, bn)
-        self.alias(fx_node, source)
+        conv = self.nodes[source]
+        conv_fx = fx_node.args[0]
+        if conv.kind == "conv" and conv_fx.op == "call_module" and conv.name == str(conv_fx.target) \
+                and len(conv_fx.users) == 1:
+            conv.weight, conv.bias = _fold(conv.weight, conv.bias, bn)
+            self.alias(fx_node, source)
+            return
+        node = self.add(fx_node, ops.BATCHNORM_RIGHT, (source,), bn)
+        node.weight, node.bias = _affine(bn)
 
     def parts(self, fx_node: torch.fx.Node, source: int, part: Callable[[int], Any]) -> None:
         """``fx_node`` is a tuple of parts of node ``source`` (chunk, split): ``part(k)`` is how
@@ -296,6 +307,105 @@ INPUT = ops.Op("input", lambda *args: None)
 """The model input: node 0 of every graph."""
 
 
+def _keeps_constants(node: Node) -> bool:
+    """Whether a node maps a per-channel constant image to the same constants (so a batch norm's
+    shift passes it unchanged): flatten, adaptive average pools, average pools without padding."""
+    if node.kind in ("flatten", "adaptive_avgpool"):
+        return True
+    if node.kind != "avgpool" or node.module is None:
+        return False
+    m = node.module
+    padded = torch.nn.modules.utils._pair(m.padding) != (0, 0)
+    return m.divisor_override is None and (not padded or not m.count_include_pad)
+
+
+def _merge_right(nodes: list[Node], output: int) -> tuple[list[Node], int]:
+    """Merge each batch norm that follows no conv into the Conv2d or Linear after it (Pahde et al.
+    2023, ``SequentialMergeBatchNormtoRight``), as in DenseNet's BN -> ReLU -> conv.
+
+    With ``bn(x) = s x + t`` per channel: the layer's weight takes ``s`` per input channel and its
+    bias ``sum W t``; a ReLU between them becomes the thresholded ReLU ``x where s x + t > 0, else
+    -t/s``, whose image under ``s x + t`` is the ReLU's output (Pahde's ``ThreshReLUMergeBatchNorm``);
+    average pools and flatten in between keep constants, so the shift passes them. A padded conv
+    sees zeros at its border, where ``s x + t`` would give ``t``: the border is padded explicitly with
+    ``-t/s``, whose image is 0, and the conv runs unpadded, so the output is exact at every position
+    (the padding's relevance is the border's share of the bias, and is dropped, as a bias's is).
+    """
+    users: dict[int, list[int]] = {i: [] for i in range(len(nodes))}
+    for j, node in enumerate(nodes):
+        for i in node.inputs[:node.attrs.get("data_inputs")]:
+            users[i].append(j)
+    alias: dict[int, int] = {}
+    pads: dict[int, Node] = {}
+    for b, bn in enumerate(nodes):
+        if bn.kind != ops.BATCHNORM_RIGHT.kind:
+            continue
+        refused = UnsupportedModelError(
+            f"batch norm '{bn.name}' follows no Conv2d and leads to no Conv2d or Linear (through a ReLU, "
+            "average pools and flatten), so it cannot be merged")
+        scale, shift = bn.weight, bn.bias
+        if (scale == 0).any():
+            raise UnsupportedModelError(f"batch norm '{bn.name}' has a zero scale, so it cannot be merged to the right")
+        chain, j = [], b
+        while True:
+            if j == output or len(users[j]) != 1 or any(users[j][0] == k for k in chain):
+                raise refused
+            j = users[j][0]
+            node = nodes[j]
+            if node.kind in ("conv", "linear"):
+                break
+            if not (node.kind == "relu" and not chain or _keeps_constants(node)):
+                raise refused
+            chain.append(j)
+        layer, channels = nodes[j], scale.numel()
+        if layer.kind == "conv":
+            groups, out = layer.conv_args.get("groups", 1), layer.weight.shape[0]
+            padding = layer.conv_args.get("padding", 0)
+            if isinstance(padding, str) or layer.weight.shape[1] * groups != channels:
+                raise refused
+            per = (scale.view(groups, -1), shift.view(groups, -1))
+            s, t = (v.repeat_interleave(out // groups, 0).view(out, -1, 1, 1) for v in per)
+            if torch.nn.modules.utils._pair(padding) != (0, 0):
+                pads[j] = Node(f"{bn.name}.border", ops.BORDER_PAD, (j,), attrs={"pad": _pair2(padding)})
+                pads[j].weight = -shift / scale
+                layer.attrs = {**layer.attrs, "conv": {**layer.conv_args, "padding": (0, 0)}}
+            bias = (layer.weight * t).sum((1, 2, 3))
+        else:
+            if layer.weight.shape[1] % channels:
+                raise refused
+            per = layer.weight.shape[1] // channels
+            s, t = scale.repeat_interleave(per).view(1, -1), shift.repeat_interleave(per).view(1, -1)
+            bias = (layer.weight * t).sum(1)
+        layer.bias = bias if layer.bias is None else layer.bias + bias
+        layer.weight = layer.weight * s
+        if chain and nodes[chain[0]].kind == "relu":
+            relu = nodes[chain[0]]
+            nodes[chain[0]] = Node(relu.name, ops.SHIFTED_RELU, relu.inputs, relu.module, weight=torch.sign(scale),
+                                   bias=-shift / scale)
+        alias[b] = bn.inputs[0]
+    if not alias:
+        return nodes, output
+    index: dict[int, int] = {}
+    merged: list[Node] = []
+    for i, node in enumerate(nodes):
+        if i in alias:
+            index[i] = index[alias[i]]
+            continue
+        inputs = tuple(index[k] for k in node.inputs)
+        if i in pads:
+            pads[i].inputs = inputs[:1]
+            merged.append(pads[i])
+            inputs = (len(merged) - 1,) + inputs[1:]
+        node.inputs = inputs
+        index[i] = len(merged)
+        merged.append(node)
+    return merged, index[output]
+
+
+def _pair2(padding: Any) -> tuple[int, int]:
+    return tuple(torch.nn.modules.utils._pair(padding))
+
+
 def _mark_signs(nodes: list[Node]) -> None:
     """Set ``nonneg_input`` from the ops' signs: e.g. ReLU outputs are non-negative, pools keep their input's sign."""
     nonneg: list[bool] = []
@@ -331,9 +441,10 @@ def canonize(model: nn.Module) -> Graph:
     nodes = reader.nodes
     if reader.output is None or not nodes:
         raise UnsupportedModelError(f"{type(model).__name__} has no input or no output to explain")
+    nodes, output = _merge_right(nodes, reader.output)
     modules = {id(n): traced.get_submodule(n.name) for n in nodes if n.op.params}
     if not modules:
         raise UnsupportedModelError(f"{type(model).__name__} has no Conv2d or Linear layer to explain")
     _mark_signs(nodes)
     _mark_first(model, nodes, modules)
-    return Graph(nodes, reader.output)
+    return Graph(nodes, output)
