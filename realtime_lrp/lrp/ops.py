@@ -23,11 +23,14 @@ Readers take ``(reader, op, fx_node, module)``: ``reader`` is the graph builder 
 """
 from __future__ import annotations
 
+import copy
+import inspect
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -157,6 +160,78 @@ def _flatten(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, N
     return a.flatten(1), None
 
 
+# -- activations, gates and functional forms -------------------------------------------------
+
+def _no_inplace(module: nn.Module) -> nn.Module:
+    """The module, or a shallow copy computing out of place: the engine keeps every node's
+    output, so an activation must not overwrite its input."""
+    if not getattr(module, "inplace", False):
+        return module
+    copy_ = copy.copy(module)
+    copy_.inplace = False
+    return copy_
+
+
+def _bound_call(reader: Any, fx_node: Any, fn: Callable[..., Tensor]) -> Callable[[Tensor], Tensor]:
+    """``fn`` with the traced call's arguments after the input (constants only), out of place."""
+    extra, kwargs = fx_node.args[1:], dict(fx_node.kwargs)
+    if any(isinstance(v, torch.fx.Node) for v in (*extra, *kwargs.values())):
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} with a tensor argument besides its input")
+    try:
+        bound = inspect.signature(fn).bind(None, *extra, **kwargs)
+        bound.arguments.pop("inplace", None)
+        extra, kwargs = bound.args[1:], bound.kwargs
+    except (TypeError, ValueError):  # builtins (torch.sigmoid, F.gelu) have no signature: take the call as it is
+        pass
+
+    def call(a: Tensor) -> Tensor:
+        return fn(a, *extra, **kwargs)
+
+    return call
+
+
+def _read_activation(reader: Any, op: Op, fx_node: Any, module: Union[nn.Module, None]) -> None:
+    """An element-wise activation: a module (copied out of place), a function or a tensor method;
+    what it computes is kept as ``attrs["fn"]``."""
+    source = _one_input(reader, fx_node, module)
+    if module is not None:
+        fn = _no_inplace(module)
+    elif fx_node.op == "call_method":
+        fn = _bound_call(reader, fx_node, getattr(Tensor, fx_node.target))
+    else:
+        fn = _bound_call(reader, fx_node, fx_node.target)
+    reader.add(fx_node, op, (source,), module, {"fn": fn})
+
+
+def _activation(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
+    return node.attrs["fn"](a), None
+
+
+def _activation_op(kind: str, modules: tuple[type, ...], functions: tuple[object, ...] = (),
+                   methods: tuple[str, ...] = (), sign: str = "any") -> Op:
+    """An element-wise activation with the identity rule (zennit's ``Pass``, AttnLRP Eq. 9)."""
+    return Op(kind, _read_activation, _activation, modules=modules, functions=functions, methods=methods, sign=sign,
+              relevance=rule("Pass"))
+
+
+RELU6 = _activation_op("relu6", (nn.ReLU6,), (F.relu6,), sign="nonneg")
+HARDTANH = _activation_op("hardtanh", (nn.Hardtanh,), (F.hardtanh,))
+SILU = _activation_op("silu", (nn.SiLU,), (F.silu,))
+HARDSWISH = _activation_op("hardswish", (nn.Hardswish,), (F.hardswish,))
+GELU = _activation_op("gelu", (nn.GELU,), (F.gelu,))
+LEAKY_RELU = _activation_op("leaky_relu", (nn.LeakyReLU,), (F.leaky_relu,))
+ELU = _activation_op("elu", (nn.ELU,), (F.elu,))
+MISH = _activation_op("mish", (nn.Mish,), (F.mish,))
+SIGMOID = _activation_op("sigmoid", (nn.Sigmoid,), (torch.sigmoid, F.sigmoid), ("sigmoid",), sign="nonneg")
+HARDSIGMOID = _activation_op("hardsigmoid", (nn.Hardsigmoid,), (F.hardsigmoid,), sign="nonneg")
+TANH = _activation_op("tanh", (nn.Tanh,), (torch.tanh, F.tanh), ("tanh",))
+STOCHASTIC_DEPTH = Op("stochastic_depth", _read_identity, module_names=("StochasticDepth",))
+"""torchvision's ``StochasticDepth``: the identity in eval mode, like dropout."""
+
+_ACTIVATION_OPS: tuple[Op, ...] = (RELU6, HARDTANH, SILU, HARDSWISH, GELU, LEAKY_RELU, ELU, MISH, SIGMOID,
+                                   HARDSIGMOID, TANH, STOCHASTIC_DEPTH)
+
+
 # -- the registry ----------------------------------------------------------------------------
 
 CONV = Op("conv", _read_params, _conv, modules=(nn.Conv2d,), filtered=True, params=True)
@@ -173,7 +248,8 @@ ADD = Op("add", _read_add, _add, functions=(operator.add, operator.iadd), sign="
 IDENTITY = Op("identity", _read_identity, modules=(nn.Identity, nn.modules.dropout._DropoutNd))
 BATCHNORM = Op("batchnorm", _read_batchnorm, modules=(nn.BatchNorm2d,))
 
-OPS: tuple[Op, ...] = (CONV, LINEAR, RELU, MAXPOOL, AVGPOOL, ADAPTIVE_AVGPOOL, FLATTEN, ADD, IDENTITY, BATCHNORM)
+OPS: tuple[Op, ...] = (CONV, LINEAR, RELU, MAXPOOL, AVGPOOL, ADAPTIVE_AVGPOOL, FLATTEN, ADD, IDENTITY, BATCHNORM,
+                       *_ACTIVATION_OPS)
 OPS_BY_KIND: dict[str, Op] = {op.kind: op for op in OPS}
 
 _BY_MODULE: dict[type, Op] = {t: op for op in OPS for t in op.modules}
