@@ -16,7 +16,7 @@ from torch import nn
 from realtime_lrp import LRP
 from realtime_lrp.lrp import ops
 from realtime_lrp.lrp.engine import IMAGENET_MEAN, IMAGENET_STD, pixel_bounds
-from realtime_lrp.lrp.graph import canonize
+from realtime_lrp.lrp.graph import UnsupportedModelError, canonize
 
 SIGNED = ("epsilon-plus-flat", "epsilon-gamma-box")
 
@@ -154,3 +154,72 @@ def test_stochastic_depth_and_dropout2d_are_the_identity_in_eval() -> None:
     assert [n.kind for n in canonize(with_identities).nodes] == [n.kind for n in canonize(plain).nodes]
     x = torch.randn(2, 3, 12, 18)
     assert torch.equal(LRP(with_identities)(x).relevance, LRP(plain)(x).relevance)
+
+
+# -- functional forms --------------------------------------------------------------------------
+
+def pooling_cnn(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1, ceil_mode=True),
+        nn.Conv2d(6, 8, 3, padding=1), nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d((2, 3)), nn.Conv2d(8, 8, 1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+
+
+class FunctionalPools(nn.Module):
+    """``pooling_cnn`` with each pool, the global mean and the flatten written as functions or methods."""
+
+    def __init__(self, seq: nn.Sequential, tail: str) -> None:
+        super().__init__()
+        self.seq, self.tail = seq, tail
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.seq
+        x = F.max_pool2d(s[1](s[0](x)), 3, 2, 1, ceil_mode=True)
+        x = F.avg_pool2d(s[3](x), 3, stride=1, padding=1, count_include_pad=False)
+        x = F.adaptive_avg_pool2d(s[6](s[5](x)), (2, 3))
+        x = s[9](s[8](x))
+        if self.tail == "mean":
+            x = x.mean((2, 3))
+        elif self.tail == "torch.mean keepdim":
+            x = torch.mean(x, [-2, -1], keepdim=True).flatten(1)
+        else:
+            x = F.adaptive_avg_pool2d(x, 1).flatten(start_dim=1)
+        return s[12](x)
+
+
+@pytest.mark.parametrize("tail", ["mean", "torch.mean keepdim", "adaptive flatten"])
+def test_functional_pools_mean_and_flatten_are_their_module_forms(tail: str) -> None:
+    seq = pooling_cnn()
+    functional = FunctionalPools(seq, tail)
+    assert [n.kind for n in canonize(functional).nodes] == [n.kind for n in canonize(seq).nodes]
+    x = torch.randn(2, 3, 19, 26, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = functional(x)
+    for preset in (*SIGNED, "zplus"):
+        ref = LRP(seq, preset=preset)(x, target=[0, 3])
+        ours = LRP(functional, preset=preset)(x, target=[0, 3])
+        torch.testing.assert_close(ours.logits, expected)
+        torch.testing.assert_close(ours.relevance, ref.relevance, rtol=1e-6, atol=1e-9)
+        assert ours.relevance.abs().amax() > 0
+
+
+class OtherMean(nn.Module):
+    def __init__(self, forward) -> None:
+        super().__init__()
+        self.conv, self.fc, self.fn = nn.Conv2d(3, 4, 3), nn.Linear(4, 2), forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.fn(self.conv(x)))
+
+
+@pytest.mark.parametrize("forward, message", [
+    (lambda x: x.mean(1).mean((1, 2)).unsqueeze(1).expand(-1, 4), r"'mean' \(Tensor\.mean over dims 1 "),
+    (lambda x: x.mean((2, 3), dtype=torch.float64).float(), r"'mean' \(Tensor\.mean over dims \(2, 3\)"),
+    (lambda x: x.flatten(2).mean(2), r"other than flatten\(x, 1\)"),
+])
+def test_other_reductions_are_refused_in_one_line_naming_the_node(forward, message: str) -> None:
+    with pytest.raises(UnsupportedModelError, match=message) as error:
+        LRP(OtherMean(forward))
+    assert "\n" not in str(error.value)

@@ -225,11 +225,73 @@ MISH = _activation_op("mish", (nn.Mish,), (F.mish,))
 SIGMOID = _activation_op("sigmoid", (nn.Sigmoid,), (torch.sigmoid, F.sigmoid), ("sigmoid",), sign="nonneg")
 HARDSIGMOID = _activation_op("hardsigmoid", (nn.Hardsigmoid,), (F.hardsigmoid,), sign="nonneg")
 TANH = _activation_op("tanh", (nn.Tanh,), (torch.tanh, F.tanh), ("tanh",))
+def _call_args(reader: Any, fx_node: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The constant arguments after the input of a traced call, by name (``names`` in their
+    positional order); a tensor argument or an unknown name is refused."""
+    extra = fx_node.args[1:]
+    if len(extra) > len(names) or set(fx_node.kwargs) - set(names):
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} with arguments {fx_node.args[1:]}, {fx_node.kwargs}")
+    given = {**dict(zip(names, extra)), **fx_node.kwargs}
+    if any(isinstance(v, torch.fx.Node) for v in given.values()):
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} with a tensor argument besides its input")
+    return given
+
+
+def _read_max_pool_function(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``F.max_pool2d(x, ...)``: a max-pool node, as ``nn.MaxPool2d`` with the same arguments."""
+    args = _call_args(reader, fx_node, ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"))
+    args.pop("return_indices", None)  # False here: fx resolves True to max_pool2d_with_indices, which is refused
+    reader.add(fx_node, MAXPOOL, (reader.producer(fx_node, fx_node.args[0]),), nn.MaxPool2d(**args))
+
+
+def _read_avg_pool_function(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``F.avg_pool2d(x, ...)``: an average-pool node, as ``nn.AvgPool2d`` with the same arguments."""
+    args = _call_args(reader, fx_node, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                                        "divisor_override"))
+    reader.add(fx_node, AVGPOOL, (reader.producer(fx_node, fx_node.args[0]),), nn.AvgPool2d(**args))
+
+
+def _read_adaptive_avg_pool_function(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``F.adaptive_avg_pool2d(x, size)``: an adaptive average-pool node, as the module."""
+    args = _call_args(reader, fx_node, ("output_size",))
+    reader.add(fx_node, ADAPTIVE_AVGPOOL, (reader.producer(fx_node, fx_node.args[0]),),
+               nn.AdaptiveAvgPool2d(**args))
+
+
+def _read_mean(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``x.mean((2, 3))`` of an (N, C, H, W) map: a global average pool (``keepdim=True``), then a
+    flatten to (N, C) without keepdim; any other reduction is refused."""
+    args = _call_args(reader, fx_node, ("dim", "keepdim", "dtype"))
+    dims = args.get("dim")
+    dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
+    if sorted(dims) not in ([2, 3], [-2, -1]) or args.get("dtype") is not None:
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} over dims {args.get('dim')} (only the spatial "
+                                          "mean over (2, 3) of an (N, C, H, W) map)")
+    source = reader.producer(fx_node, fx_node.args[0])
+    reader.add(fx_node, ADAPTIVE_AVGPOOL, (source,), nn.AdaptiveAvgPool2d(1))
+    if not args.get("keepdim", False):
+        reader.add(fx_node, FLATTEN, (len(reader.nodes) - 1,))
+
+
+def _read_flatten_method(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``x.flatten(1)``: the flatten node of ``torch.flatten(x, 1)``."""
+    _read_flatten(reader, FLATTEN, fx_node, None)
+
+
+MAX_POOL_FUNCTION = Op("max_pool_function", _read_max_pool_function, functions=(F.max_pool2d,))
+AVG_POOL_FUNCTION = Op("avg_pool_function", _read_avg_pool_function, functions=(F.avg_pool2d,))
+ADAPTIVE_AVG_POOL_FUNCTION = Op("adaptive_avg_pool_function", _read_adaptive_avg_pool_function,
+                                functions=(F.adaptive_avg_pool2d,))
+MEAN = Op("mean", _read_mean, functions=(torch.mean,), methods=("mean",))
+FLATTEN_METHOD = Op("flatten_method", _read_flatten_method, methods=("flatten",))
+"""Functional forms, read as the nodes of their module forms (so presets bind the same rules)."""
+
 STOCHASTIC_DEPTH = Op("stochastic_depth", _read_identity, module_names=("StochasticDepth",))
 """torchvision's ``StochasticDepth``: the identity in eval mode, like dropout."""
 
 _ACTIVATION_OPS: tuple[Op, ...] = (RELU6, HARDTANH, SILU, HARDSWISH, GELU, LEAKY_RELU, ELU, MISH, SIGMOID,
-                                   HARDSIGMOID, TANH, STOCHASTIC_DEPTH)
+                                   HARDSIGMOID, TANH, STOCHASTIC_DEPTH, MAX_POOL_FUNCTION, AVG_POOL_FUNCTION,
+                                   ADAPTIVE_AVG_POOL_FUNCTION, MEAN, FLATTEN_METHOD)
 
 
 # -- the registry ----------------------------------------------------------------------------
