@@ -326,6 +326,12 @@ def merged_right(layer: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
     explicitly with ``-t/s`` (whose BN image is the zero a padded conv sees) and run unpadded."""
     scale, shift = bn_affine(bn)
     layer = copy.deepcopy(layer)
+    if isinstance(layer, nn.Conv2d) and layer.groups > 1:  # the same conv with a block-diagonal dense weight
+        out_g, in_g = layer.out_channels // layer.groups, layer.in_channels // layer.groups
+        dense = layer.weight.new_zeros(layer.out_channels, layer.in_channels, *layer.kernel_size)
+        for g in range(layer.groups):
+            dense[g * out_g:(g + 1) * out_g, g * in_g:(g + 1) * in_g] = layer.weight.data[g * out_g:(g + 1) * out_g]
+        layer.groups, layer.weight = 1, nn.Parameter(dense)
     per = layer.weight.shape[1] // scale.numel()
     view = (1, -1, 1, 1) if isinstance(layer, nn.Conv2d) else (1, -1)
     s, t = (v.repeat_interleave(per).view(view) for v in (scale, shift))
@@ -349,20 +355,25 @@ def merged_right(layer: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
 
 class BNFirst(nn.Module):
     """Batch norms before convs and a linear: BN -> ReLU -> padded strided conv, BN -> grouped conv
-    with asymmetric padding, BN -> ReLU -> average pools -> flatten -> linear; scales of both signs."""
+    with asymmetric padding, BN -> ReLU -> average pools -> flatten -> linear; scales of both signs.
+
+    The ReLUs before a batch norm are modules: zennit gives those Pass, as the engine does every
+    ReLU, while it takes a functional ReLU's gradient, which drops the relevance that the merged
+    layer gives the thresholded ReLU's floor where the ReLU before was 0."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv0 = nn.Conv2d(3, 6, 3)
+        self.conv0, self.act0, self.act1, self.act2 = nn.Conv2d(3, 6, 3), nn.ReLU(), nn.ReLU(), nn.ReLU()
         self.bn1, self.conv1 = nn.BatchNorm2d(6), nn.Conv2d(6, 8, 3, padding=1, stride=2)
         self.bn2, self.conv2 = nn.BatchNorm2d(8), nn.Conv2d(8, 4, 3, padding=(2, 1), groups=2, bias=False)
         self.bn3, self.pool, self.fc = nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d((2, 3)), nn.Linear(24, 5)
+        self.avg = nn.AvgPool2d(2, ceil_mode=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.conv0(x))
-        y = self.conv1(torch.relu(self.bn1(y)))
-        y = torch.relu(self.conv2(self.bn2(y)))
-        return self.fc(torch.flatten(self.pool(nn.functional.avg_pool2d(torch.relu(self.bn3(y)), 1)), 1))
+        y = self.act0(self.conv0(x))
+        y = self.act1(self.conv1(torch.relu(self.bn1(y))))
+        y = self.act2(self.conv2(self.bn2(y)))
+        return self.fc(torch.flatten(self.pool(self.avg(torch.relu(self.bn3(y)))), 1))
 
 
 def bn_first() -> nn.Module:
@@ -377,14 +388,15 @@ class BNFirstMerged(nn.Module):
 
     def __init__(self, m: BNFirst) -> None:
         super().__init__()
-        self.conv0, self.relu1, self.conv1 = m.conv0, ThreshReLU(m.bn1), merged_right(m.conv1, m.bn1)
+        self.conv0, self.act0, self.act1, self.act2, self.avg = m.conv0, m.act0, m.act1, m.act2, m.avg
+        self.relu1, self.conv1 = ThreshReLU(m.bn1), merged_right(m.conv1, m.bn1)
         self.conv2, self.relu3 = merged_right(m.conv2, m.bn2), ThreshReLU(m.bn3)
         self.pool, self.fc = m.pool, merged_right(m.fc, m.bn3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.conv0(x))
-        y = torch.relu(self.conv2(self.conv1(self.relu1(y))))
-        return self.fc(torch.flatten(self.pool(self.relu3(y)), 1))
+        y = self.act0(self.conv0(x))
+        y = self.act2(self.conv2(self.act1(self.conv1(self.relu1(y)))))
+        return self.fc(torch.flatten(self.pool(self.avg(self.relu3(y))), 1))
 
 
 def test_batch_norm_before_a_layer_is_merged_into_it() -> None:
