@@ -384,6 +384,18 @@ def test_batch_norm_before_a_layer_is_merged_into_it() -> None:
         torch.testing.assert_close(LRP(model, preset=preset)(x).logits, model(x), rtol=1e-5, atol=1e-6)
 
 
+def test_batch_norm_of_zero_scale_is_merged_exactly() -> None:
+    """A channel a batch norm sets to a constant (gamma 0, as in pruned models) stays that constant."""
+    model = bn_first()
+    for bn in (model.bn1, model.bn2, model.bn3):
+        bn.weight.data[1] = 0
+    x = torch.randn(2, 3, 13, 11)
+    for preset in ("epsilon-plus-flat", "epsilon-gamma-box", "zplus"):
+        result = LRP(model, preset=preset)(x)
+        torch.testing.assert_close(result.logits, model(x), rtol=1e-5, atol=1e-6)
+        assert torch.isfinite(result.relevance).all() and result.relevance.abs().amax() > 0
+
+
 @pytest.mark.parametrize("preset", SIGNED)
 def test_batch_norm_merged_right_equals_zennit(preset: str) -> None:
     model = bn_first()
