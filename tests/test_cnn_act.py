@@ -7,6 +7,7 @@ method forms against the module forms.
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -223,3 +224,137 @@ def test_other_reductions_are_refused_in_one_line_naming_the_node(forward, messa
     with pytest.raises(UnsupportedModelError, match=message) as error:
         LRP(OtherMean(forward))
     assert "\n" not in str(error.value)
+
+
+# -- gates, products with constants, and whole torchvision families ----------------------------
+
+class SignalOnlyGate(torch.autograd.Function):
+    """``gate * signal`` whose backward (zennit passes relevance, not gradients) gives the signal
+    all of it and the gate nothing: Pahde et al. 2023's gate rule, written here."""
+
+    @staticmethod
+    def forward(ctx, gate: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
+        return gate * signal
+
+    @staticmethod
+    def backward(ctx, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros_like(relevance), relevance
+
+
+def _sum(module: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return module.canonizer_sum(torch.stack([a, b], dim=-1))
+
+
+def _mobilenet_v2_block(self, x):
+    return _sum(self, x, self.conv(x)) if self.use_res_connect else self.conv(x)
+
+
+def _mobilenet_v3_block(self, x):
+    return _sum(self, self.block(x), x) if self.use_res_connect else self.block(x)
+
+
+def _mbconv(self, x):
+    return _sum(self, self.stochastic_depth(self.block(x)), x) if self.use_res_connect else self.block(x)
+
+
+def _mnasnet_block(self, x):
+    return _sum(self, self.layers(x), x) if self.apply_residual else self.layers(x)
+
+
+def _regnet_block(self, x):
+    return self.activation(_sum(self, self.proj(x) if self.proj is not None else x, self.f(x)))
+
+
+def _squeeze_excitation(self, x):
+    return SignalOnlyGate.apply(self._scale(x), x)
+
+
+def _pooled_head(features: str, classifier: str):
+    """A model forward whose global mean (``F.adaptive_avg_pool2d``, ``x.mean``) is a pool module,
+    which zennit hooks (with ``Norm``); an unhooked function would pass the plain gradient."""
+    def forward(self, x):
+        return getattr(self, classifier)(torch.flatten(self.canonizer_pool(getattr(self, features)(x)), 1))
+    return forward
+
+
+def family_canonizers() -> list:
+    """The test's canonizers, in the manner of Pahde et al.'s ``EfficientNetBNCanonizer``: a zennit
+    ``Sum`` for each block's residual, the signal-only gate for each squeeze-excitation, the global
+    mean as a module, and zennit's merge of each batch norm into the conv before it."""
+    zcanon = pytest.importorskip("zennit.canonizers")
+    zlayer = pytest.importorskip("zennit.layer")
+    tv = pytest.importorskip("torchvision")
+    from torchvision.models import efficientnet, mnasnet, mobilenetv2, mobilenetv3, regnet
+
+    blocks = {mobilenetv2.InvertedResidual: _mobilenet_v2_block, mobilenetv3.InvertedResidual: _mobilenet_v3_block,
+              efficientnet.MBConv: _mbconv, mnasnet._InvertedResidual: _mnasnet_block,
+              regnet.ResBottleneckBlock: _regnet_block}
+    heads = {mobilenetv2.MobileNetV2: _pooled_head("features", "classifier"),
+             mnasnet.MNASNet: _pooled_head("layers", "classifier")}
+
+    def attributes(name: str, module: nn.Module):
+        for cls, forward in blocks.items():
+            if type(module) is cls:
+                return {"forward": forward.__get__(module), "canonizer_sum": zlayer.Sum()}
+        for cls, forward in heads.items():
+            if type(module) is cls:
+                return {"forward": forward.__get__(module), "canonizer_pool": nn.AdaptiveAvgPool2d(1)}
+        if isinstance(module, tv.ops.SqueezeExcitation):
+            return {"forward": _squeeze_excitation.__get__(module)}
+        return None
+
+    return [zcanon.SequentialMergeBatchNorm(), zcanon.AttributeCanonizer(attributes)]
+
+
+FAMILIES = {
+    "mobilenet_v2": {"width_mult": 0.5},
+    "mobilenet_v3_small": {},
+    "mobilenet_v3_large": {"width_mult": 0.5},
+    "efficientnet_b0": {},
+    "mnasnet0_5": {},
+    "regnet_x_400mf": {},
+    "regnet_y_400mf": {},
+}
+
+
+@functools.lru_cache(maxsize=None)
+def family(arch: str) -> nn.Module:
+    """A torchvision model with random weights, conv and linear biases, and batch-norm statistics."""
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(len(arch))
+    model = tv.models.get_model(arch, num_classes=10, **FAMILIES[arch])
+    g = torch.Generator().manual_seed(len(arch))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            c = module.num_features
+            module.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+            module.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+            module.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            module.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and module.bias is not None:
+            module.bias.data.copy_(torch.randn(module.bias.shape, generator=g) * 0.05)
+        if isinstance(module, nn.Linear):
+            module.weight.data.copy_(torch.randn(module.weight.shape, generator=g) / module.in_features**0.5)
+    return model.eval()
+
+
+def family_input(arch: str, n: int = 2, h: int = 64, w: int = 80) -> tuple[torch.Tensor, torch.Tensor]:
+    """A non-square batch and explicit targets other than the top-1."""
+    x = torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(h * w + len(arch)))
+    with torch.no_grad():
+        top1 = family(arch)(x).argmax(1)
+    return x, (top1 + 1 + torch.arange(n)) % 10
+
+
+@pytest.mark.parametrize("preset", SIGNED)
+@pytest.mark.parametrize("arch", list(FAMILIES))
+def test_families_equal_zennit_with_the_canonizers_of_pahde_et_al(arch: str, preset: str) -> None:
+    model = family(arch)
+    x, target = family_input(arch)
+    result = LRP(model, preset=preset)(x, target=target)
+    assert torch.equal(result.target, target) and result.relevance.shape == (2, 64, 80)
+    ref = zennit_map(model, x, preset, target, family_canonizers())
+    assert (ref.flatten(1).abs().amax(1) > 0).all()
+    error = relative_error(result.relevance, ref)
+    print(f"{arch} {preset}: max relative error {error.max().item():.2e}")
+    assert (error <= 1e-4).all()

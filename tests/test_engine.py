@@ -207,8 +207,8 @@ def test_filter_keeps_all_ties_at_threshold() -> None:
 
 def test_unsupported_layer_is_named() -> None:
     model = vgg(False)
-    model.features[1] = nn.GELU()
-    with pytest.raises(UnsupportedModelError, match=r"'features\.1' \(GELU\)"):
+    model.features[1] = nn.Softplus()
+    with pytest.raises(UnsupportedModelError, match=r"'features\.1' \(Softplus\)"):
         LRP(model)
 
 
@@ -223,6 +223,13 @@ class _Concat(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(torch.cat([self.a(x), self.b(x)], 1), 1))
+
+
+class _Product(_Concat):
+    """The product of two conv branches, neither a gate of the other."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.a(x) * self.b(x), 1))
 
 
 class _Attention(nn.Module):
@@ -240,8 +247,8 @@ class _Attention(nn.Module):
 
 
 @pytest.mark.parametrize("model, message", [
-    (lambda: torchvision.models.efficientnet_b0(num_classes=3), r"'features\.0\.2' \(SiLU\)"),
-    (lambda: torchvision.models.mobilenet_v2(num_classes=3), r"'features\.0\.2' \(ReLU6\)"),
+    (_Product, r"'mul' \(operator\.mul of two tensors, neither a sigmoid gate computed from the other"),
+    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.PReLU(), nn.Flatten(), nn.Linear(144, 2)), r"'1' \(PReLU\)"),
     (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm([4, 6, 6]), nn.Flatten(), nn.Linear(144, 2)),
      r"'1' \(LayerNorm\)"),
     (_Concat, r"'cat' \(torch\.cat\)"),
