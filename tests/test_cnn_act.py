@@ -358,3 +358,134 @@ def test_families_equal_zennit_with_the_canonizers_of_pahde_et_al(arch: str, pre
     error = relative_error(result.relevance, ref)
     print(f"{arch} {preset}: max relative error {error.max().item():.2e}")
     assert (error <= 1e-4).all()
+
+
+class LayerScale(nn.Module):
+    """``gamma * x`` with a per-channel parameter (ConvNeXt's layer scale) and a number."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.rand(channels, 1, 1) - 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * torch.mul(self.gamma, x).mul(3.0)
+
+
+class Gated(nn.Module):
+    """A squeeze-excitation gate written either way round, as ``x * gate`` or ``gate * x``."""
+
+    def __init__(self, gate_first: bool, hard: bool) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 8, 3, padding=1)
+        self.squeeze, self.excite = nn.Conv2d(6, 3, 1), nn.Conv2d(3, 6, 1)
+        self.fc, self.gate_first, self.hard = nn.Linear(8, 5), gate_first, hard
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.excite(F.relu(self.squeeze(F.adaptive_avg_pool2d(x, 1))))
+        return F.hardsigmoid(s) if self.hard else torch.sigmoid(s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = self.gate(x) * x if self.gate_first else x * self.gate(x)
+        return self.fc(F.relu(self.conv2(x)).mean((2, 3)))
+
+
+def test_a_product_with_a_constant_passes_all_relevance_to_the_tensor() -> None:
+    """zennit with ``Pass`` on the scale module is the reference: unhooked, autograd would multiply
+    the relevance by the factor."""
+    rules = pytest.importorskip("zennit.rules")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), LayerScale(6), nn.Conv2d(6, 8, 3, padding=1),
+                          nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    assert [n.kind for n in canonize(model).nodes].count("scale") == 3
+    x, target = torch.randn(2, 3, 10, 14), torch.tensor([1, 4])
+    for preset in SIGNED:
+        ours = LRP(model, preset=preset)(x, target=target)
+        torch.testing.assert_close(ours.logits, model(x).detach())
+        ref = copy.deepcopy(model)
+        with composite(preset).context(ref) as modified:
+            handle = rules.Pass().register(modified[2])
+            xg = x.clone().requires_grad_()
+            out = modified(xg)
+            grad = torch.zeros_like(out).scatter_(1, target.view(-1, 1), out.gather(1, target.view(-1, 1)))
+            (attribution,) = torch.autograd.grad(out, xg, grad)
+            handle.remove()
+        assert (relative_error(ours.relevance, attribution.sum(1)) <= 1e-4).all()
+
+
+@pytest.mark.parametrize("gate_first", [True, False])
+@pytest.mark.parametrize("hard", [True, False])
+def test_a_gate_either_way_round_gives_the_signal_all_relevance_and_keeps_the_sign(gate_first: bool,
+                                                                                   hard: bool) -> None:
+    torch.manual_seed(1)
+    model = Gated(gate_first, hard).eval()
+    nodes = canonize(model).nodes
+    gate = next(n for n in nodes if n.kind == "gate")
+    signal, side = (nodes[i] for i in gate.inputs)
+    assert signal.kind == "relu" and side.kind == ("hardsigmoid" if hard else "sigmoid")
+    assert gate.nonneg_input and nodes[nodes.index(gate) + 1].nonneg_input  # the conv after the gate
+    x, target = torch.randn(2, 3, 10, 14), torch.tensor([0, 2])
+    for preset in SIGNED:
+        ours = LRP(model, preset=preset)(x, target=target).relevance
+        ref = zennit_map(GatedReference(model), x, preset, target)
+        assert (relative_error(ours, ref) <= 1e-4).all()
+
+
+class GatedReference(nn.Module):
+    """``Gated`` as zennit needs it: activations and pools as modules, the gate a signal-only gate."""
+
+    def __init__(self, m: Gated) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.squeeze, self.excite, self.fc = m.conv1, m.conv2, m.squeeze, m.excite, m.fc
+        self.relu1, self.relu2, self.relu3 = nn.ReLU(), nn.ReLU(), nn.ReLU()
+        self.pool, self.mean, self.sigmoid = nn.AdaptiveAvgPool2d(1), nn.AdaptiveAvgPool2d(1), (
+            nn.Hardsigmoid() if m.hard else nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu1(self.conv1(x))
+        g = self.sigmoid(self.excite(self.relu2(self.squeeze(self.pool(x)))))
+        x = SignalOnlyGate.apply(g, x)
+        return self.fc(torch.flatten(self.mean(self.relu3(self.conv2(x))), 1))
+
+
+class Products(nn.Module):
+    def __init__(self, forward) -> None:
+        super().__init__()
+        self.a, self.b, self.fc, self.fn = nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 3), nn.Linear(4, 2), forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.fn(self, x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("forward", [
+    lambda m, x: m.a(x) * m.b(x),  # two branches of the input, neither computed from the other
+    lambda m, x: m.a(x) * torch.tanh(m.a(x)),  # computed from it, but not a sigmoid
+    lambda m, x: torch.sigmoid(m.b(x)) * m.a(x),  # a sigmoid, of another branch
+])
+def test_a_product_of_two_tensors_that_is_not_a_gate_is_refused(forward) -> None:
+    with pytest.raises(UnsupportedModelError, match=r"^no LRP rule for node 'mul\w*' \(operator\.mul of two tensors"):
+        LRP(Products(forward))
+
+
+def test_frozen_batch_norm_is_folded_as_batch_norm() -> None:
+    tv = pytest.importorskip("torchvision")
+    model = small_cnn_with(nn.BatchNorm2d(6))
+    bn = model[1]
+    bn.running_mean.normal_(0, 0.2)
+    bn.running_var.uniform_(0.5, 2.0)
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.normal_(0, 0.1)
+    frozen = copy.deepcopy(model)
+    frozen[1] = tv.ops.FrozenBatchNorm2d(6)
+    frozen[1].load_state_dict({k: v for k, v in bn.state_dict().items() if k != "num_batches_tracked"})
+    x = torch.randn(2, 3, 10, 14)
+    torch.testing.assert_close(frozen(x), model(x))
+    assert [n.kind for n in canonize(frozen).nodes] == [n.kind for n in canonize(model).nodes]
+    for preset in (*SIGNED, "zplus"):
+        assert torch.equal(LRP(frozen, preset=preset)(x).relevance, LRP(model, preset=preset)(x).relevance)
+
+
+def small_cnn_with(norm: nn.Module) -> nn.Sequential:
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), norm, nn.Hardswish(), nn.Conv2d(6, 8, 3, padding=1),
+                         nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()

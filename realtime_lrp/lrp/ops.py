@@ -341,12 +341,15 @@ SCALE = Op("scale", _read_mul, _scale, sign="any", relevance=rule("Pass"))
 GATE = Op("gate", _read_mul, _gate, sign="keep", relevance=rule("SignalTakeAll"))
 """A multiplicative gate (signal, gate): the signal takes all relevance, the gate none (Pahde et al. 2023)."""
 
+FROZEN_BATCHNORM = Op("frozen_batchnorm", _read_batchnorm, module_names=("FrozenBatchNorm2d",))
+"""torchvision's ``FrozenBatchNorm2d`` (statistics and affine parameters as buffers): folded as batch norm."""
+
 STOCHASTIC_DEPTH = Op("stochastic_depth", _read_identity, module_names=("StochasticDepth",))
 """torchvision's ``StochasticDepth``: the identity in eval mode, like dropout."""
 
 _ACTIVATION_OPS: tuple[Op, ...] = (RELU6, HARDTANH, SILU, HARDSWISH, GELU, LEAKY_RELU, ELU, MISH, SIGMOID,
                                    HARDSIGMOID, TANH, STOCHASTIC_DEPTH, MAX_POOL_FUNCTION, AVG_POOL_FUNCTION,
-                                   ADAPTIVE_AVG_POOL_FUNCTION, MEAN, FLATTEN_METHOD, MUL, SCALE, GATE)
+                                   ADAPTIVE_AVG_POOL_FUNCTION, MEAN, FLATTEN_METHOD, MUL, SCALE, GATE, FROZEN_BATCHNORM)
 
 
 # -- the registry ----------------------------------------------------------------------------
