@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from zplus_reference import topk_scatter
 
 from realtime_lrp import LRP
 from realtime_lrp.lrp import ops
@@ -40,16 +41,18 @@ def composite(preset: str, canonizers: list | None = None):
                                       canonizers=canonizers or [])
 
 
-def zennit_map(model: nn.Module, x: torch.Tensor, preset: str, target: torch.Tensor,
+def zennit_map(model: nn.Module, x: torch.Tensor, preset, target: torch.Tensor,
                canonizers: list | None = None) -> torch.Tensor:
-    """zennit's attribution of ``logit * one_hot(target)``.
+    """zennit's attribution of ``logit * one_hot(target)`` under a signed preset's composite (or the
+    composite given).
 
     zennit's merge-batch-norm canonizer keeps each merged batch norm's eps (``x / sqrt(1 + eps)``);
     as in test_architectures, those are set to 0 after the merge: the model with batch norm folded.
     """
     model = copy.deepcopy(model)
     x = x.clone().requires_grad_()
-    with composite(preset, canonizers).context(model) as modified:
+    chosen = composite(preset, canonizers) if isinstance(preset, str) else preset
+    with chosen.context(model) as modified:
         for module in modified.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.eps = 0.0
@@ -489,3 +492,48 @@ def small_cnn_with(norm: nn.Module) -> nn.Sequential:
     torch.manual_seed(2)
     return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), norm, nn.Hardswish(), nn.Conv2d(6, 8, 3, padding=1),
                          nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+
+
+def slow_zplus_composite(top_k: float, canonizers: list):
+    """The zplus preset as zennit hooks, per layer, with the filter (topk values scattered into
+    zeros) before each conv, linear and pool: z+ with zero bias (the first layer on an all-ones
+    input), pools by the z-rule with an unsigned stabiliser, residual sums by z+ on their positive
+    summands, ``Pass`` on activations, gates by the signal-only gate of the canonizers."""
+    core = pytest.importorskip("zennit.core")
+    zcomposites = pytest.importorskip("zennit.composites")
+    zlayer, zrules, ztypes = (pytest.importorskip(f"zennit.{m}") for m in ("layer", "rules", "types"))
+    eps = 1e-5
+
+    def kept(relevance: torch.Tensor) -> torch.Tensor:
+        return topk_scatter(relevance, top_k) if 0 < top_k < 1 else relevance
+
+    def hook(inputs: list, params: list, filtered: bool = True) -> core.BasicHook:
+        return core.BasicHook(
+            input_modifiers=inputs, param_modifiers=params, output_modifiers=[lambda out: out] * len(inputs),
+            gradient_mapper=lambda grad, outs: [(kept(grad) if filtered else grad) / (sum(outs) + eps)] * len(outs),
+            reducer=lambda ins, grads: sum(i * g for i, g in zip(ins, grads)))
+
+    positive, negative = zrules.ClampMod(min=0.0, zero_params=["bias"]), zrules.ClampMod(max=0.0, zero_params=["bias"])
+    zplus = hook([lambda a: a.clamp(min=0), lambda a: a.clamp(max=0)], [positive, negative])
+    ones = hook([torch.ones_like], [positive])
+    pool = hook([lambda a: a], [zrules.NoMod(param_keys=[])])
+    summed = hook([lambda a: a.clamp(min=0)], [zrules.NoMod(param_keys=[])], filtered=False)
+    layers = (ztypes.Convolution, ztypes.Linear)
+    return zcomposites.SpecialFirstLayerMapComposite(
+        layer_map=[(ztypes.Activation, zrules.Pass()), (zlayer.Sum, summed), (ztypes.AvgPool, pool), (layers, zplus)],
+        first_map=[(layers, ones)], canonizers=canonizers)
+
+
+@pytest.mark.parametrize("top_k", [0.0, 0.05])
+@pytest.mark.parametrize("arch", list(FAMILIES))
+def test_families_zplus_equals_the_slow_per_layer_reference(arch: str, top_k: float) -> None:
+    model = family(arch)
+    x, target = family_input(arch)
+    if top_k:  # a signed filter on a class with a negative logit keeps nothing: explain the top-1 there
+        target = model(x).argmax(1)
+    ours = LRP(model, preset="zplus", top_k=top_k)(x, target=target).relevance
+    ref = zennit_map(model, x, slow_zplus_composite(top_k, family_canonizers()), target)
+    assert (ref.flatten(1).abs().amax(1) > 0).all()
+    error = relative_error(ours, ref)
+    print(f"{arch} zplus top_k={top_k}: max relative error {error.max().item():.2e}")
+    assert (error <= 1e-4).all()
