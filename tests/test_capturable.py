@@ -69,6 +69,8 @@ def audited(mode: FakeTensorMode, fn: Callable[[], Any]) -> tuple[Any, DeviceAud
 MODELS = {
     "vgg16_bn": lambda: torchvision.models.vgg16_bn(num_classes=10),
     "resnet50": lambda: torchvision.models.resnet50(num_classes=10),
+    "efficientnet_b0": lambda: torchvision.models.efficientnet_b0(num_classes=10),
+    "mobilenet_v3_large": lambda: torchvision.models.mobilenet_v3_large(num_classes=10),
 }
 
 
