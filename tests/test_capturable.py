@@ -23,8 +23,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from realtime_lrp.lrp.engine import LRP
-from realtime_lrp.pipeline.fast import DevicePass, _DeviceScale, channels_last_weights
 from realtime_lrp.lrp.presets import PRESET_NAMES
+from realtime_lrp.pipeline.fast import DevicePass, _DeviceScale, channels_last_weights
 
 CUDA = torch.device("cuda", 0)
 

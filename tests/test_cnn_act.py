@@ -139,13 +139,19 @@ def test_activations_take_the_identity_rule_as_zennit_pass(name: str, preset: st
 
 
 def test_inplace_activations_leave_the_stored_outputs_alone() -> None:
-    """An in-place activation run as such would overwrite the conv output its rule reads."""
-    inplace = activation_cnn(nn.SiLU(inplace=True))
-    plain = activation_cnn(nn.SiLU())
+    """An in-place activation run as such would overwrite the pool output whose value the pool's
+    rule divides by."""
+    def build(inplace: bool) -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.AvgPool2d(2), nn.SiLU(inplace=inplace),
+                             nn.Conv2d(6, 8, 3, padding=1), nn.AdaptiveAvgPool2d(2), nn.Hardswish(inplace=inplace),
+                             nn.Flatten(), nn.Linear(32, 5)).eval()
+
+    inplace, plain = build(True), build(False)
     x = torch.randn(2, 3, 12, 18)
-    for preset in SIGNED:
+    for preset in (*SIGNED, "zplus"):
         assert torch.equal(LRP(inplace, preset=preset)(x).relevance, LRP(plain, preset=preset)(x).relevance)
-    assert inplace[1].inplace  # the caller's module is unchanged
+    assert inplace[2].inplace and inplace[5].inplace  # the caller's modules are unchanged
 
 
 def test_stochastic_depth_and_dropout2d_are_the_identity_in_eval() -> None:

@@ -6,10 +6,10 @@ import copy
 import pytest
 import torch
 import torchvision
-from torch import nn
-
 import vgg_reference
+from torch import nn
 from zplus_reference import slow_zplus, topk_scatter
+
 from realtime_lrp import LRP
 from realtime_lrp.lrp.engine import IMAGENET_MEAN, IMAGENET_STD, initial_relevance, pixel_bounds
 from realtime_lrp.lrp.filter import RelevanceFilter

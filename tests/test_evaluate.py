@@ -9,12 +9,21 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from media import frame_for, model_file, tiny_card, tiny_model, write_video
+
 from realtime_lrp.apps.evaluate.inputs import load_inputs
 from realtime_lrp.apps.evaluate.methods import EvaluationError, gradient_explainer
-from realtime_lrp.apps.evaluate.metrics import FlipProtocol, aopc, flip_curves, flip_order, gini, pearson_rows, replacement, sensitivity
-from realtime_lrp.apps.evaluate.runner import EvalConfig, ROW_KEYS, evaluate
+from realtime_lrp.apps.evaluate.metrics import (
+    FlipProtocol,
+    aopc,
+    flip_curves,
+    flip_order,
+    gini,
+    pearson_rows,
+    replacement,
+    sensitivity,
+)
+from realtime_lrp.apps.evaluate.runner import ROW_KEYS, EvalConfig, evaluate
 from realtime_lrp.cli import cli
 from realtime_lrp.lrp.engine import LRP
 from realtime_lrp.lrp.presets import PRESET_NAMES
@@ -217,8 +226,8 @@ def test_random_maps_and_bf16_rows_on_a_video(tmp_path) -> None:
 
 
 def shipped_inputs(n: int):
-    from realtime_lrp.models.datasets import fashion_mnist_dir
     from realtime_lrp.models.cards import shipped_weights
+    from realtime_lrp.models.datasets import fashion_mnist_dir
     from realtime_lrp.models.loading import load_model
 
     if not shipped_weights().is_file() or fashion_mnist_dir() is None:

@@ -27,18 +27,17 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 import pytest
+from media import rtlrp_command
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from realtime_lrp.pipeline import render
-from realtime_lrp.pipeline.processor import FrameProcessor
 from realtime_lrp.apps.sample import CLASSES, load_items, write_sample
 from realtime_lrp.apps.serve.auth import needs_token
+from realtime_lrp.apps.serve.bench import run_load, summary_table
 from realtime_lrp.apps.serve.protocol import Limits, decode_result
 from realtime_lrp.apps.serve.server import LrpServer
-from realtime_lrp.apps.serve.bench import run_load, summary_table
-
-from media import rtlrp_command
+from realtime_lrp.pipeline import render
+from realtime_lrp.pipeline.processor import FrameProcessor
 
 TROUSER, SNEAKER = 1, 7
 

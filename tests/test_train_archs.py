@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny_data import make_imagefolder, train_ddp_two_cpu_processes
 
 from realtime_lrp import load_model
-from realtime_lrp.cli import cli
-from realtime_lrp.models.datasets import fashion_mnist_dir, read_idx_gz
-from realtime_lrp.models.cards import build_from_card
 from realtime_lrp.apps.train.loop import load_checkpoint
-from tiny_data import make_imagefolder, train_ddp_two_cpu_processes
+from realtime_lrp.cli import cli
+from realtime_lrp.models.cards import build_from_card
+from realtime_lrp.models.datasets import fashion_mnist_dir, read_idx_gz
 
 RESNET = ["--arch", "resnet18", "--width", "0.125", "--input-size", "32", "--batch-size", "4",
           "--workers", "0", "--device", "cpu"]
