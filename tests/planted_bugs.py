@@ -186,6 +186,10 @@ PLANTS: tuple[Plant, ...] = (
           "if sig is not None)",
           ("tests/test_reliability.py::test_nohup_video_survives_a_real_sighup",
            "tests/test_reliability.py::test_an_ignored_signal_stays_ignored_in_process")),
+    Plant("rename-not-synced", "realtime_lrp/util/atomic.py",
+          "        os.replace(partial, target)\n        sync_folder(Path(target).parent)\n",
+          "        os.replace(partial, target)\n",
+          ("tests/test_reliability.py::test_every_committed_output_syncs_its_folder",)),
 )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -86,3 +87,51 @@ def test_an_ignored_signal_stays_ignored_in_process() -> None:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+# -- durability: the folder is synced after the rename -----------------------------------------
+
+class SyncLog:
+    """Records every ``os.fsync`` (is the fd a folder, its inode) and ``os.replace`` in order."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.events: list[tuple] = []
+        real_fsync, real_replace = os.fsync, os.replace
+
+        def fsync(fd: int) -> None:
+            info = os.fstat(fd)
+            self.events.append(("fsync", stat.S_ISDIR(info.st_mode), info.st_ino))
+            real_fsync(fd)
+
+        def replace(src, dst) -> None:
+            real_replace(src, dst)
+            self.events.append(("replace", Path(dst)))
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "replace", replace)
+
+    def folder_synced_after_replace(self, target: Path) -> bool:
+        """Whether ``target``'s folder was fsynced after the last rename onto ``target``."""
+        renames = [i for i, e in enumerate(self.events) if e[0] == "replace" and e[1] == target]
+        folder = target.parent.stat().st_ino
+        return bool(renames) and ("fsync", True, folder) in self.events[renames[-1] + 1:]
+
+
+def test_every_committed_output_syncs_its_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import numpy as np
+
+    from realtime_lrp.apps.evaluate.report import write_json
+    from realtime_lrp.media.writer import VideoWriter
+    from realtime_lrp.util import atomic
+
+    log = SyncLog(monkeypatch)
+    atomic.write_text(tmp_path / "a" / "settings.json", "{}")
+    assert log.folder_synced_after_replace(tmp_path / "a" / "settings.json"), log.events
+    atomic.write_with(tmp_path / "b" / "model.pt", lambda p: p.write_bytes(b"weights"))
+    assert log.folder_synced_after_replace(tmp_path / "b" / "model.pt"), log.events
+    write_json(tmp_path / "c" / "report.json", {"rows": []})
+    assert log.folder_synced_after_replace(tmp_path / "c" / "report.json"), log.events
+    with VideoWriter(tmp_path / "d" / "out.mp4", 25, (32, 24)) as writer:
+        for i in range(3):
+            writer.write(np.full((24, 32, 3), 40 * i, np.uint8))
+    assert log.folder_synced_after_replace(tmp_path / "d" / "out.mp4"), log.events
