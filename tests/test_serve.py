@@ -166,7 +166,7 @@ def test_each_client_keeps_its_own_settings(server: LrpServer) -> None:
 BAD_MESSAGES = [
     (b"\x00\x01", 1007, "4-byte id"),
     (frame_message(1, b"GIF89a not a jpeg"), 1007, "not a JPEG"),
-    (frame_message(2, item_jpeg(TROUSER)[:60]), 1007, "not a readable JPEG"),
+    (frame_message(2, item_jpeg(TROUSER)[:60]), 1007, "truncated"),
     ("not json", 1007, "not JSON"),
     (json.dumps({"type": "launch"}), 1003, "unknown message type"),
     (json.dumps({"type": "settings", "top_k": 3}), 1007, "bad setting top_k"),

@@ -12,9 +12,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from realtime_lrp.apps.serve.auth import allowed, cookie_name, same_origin
 from realtime_lrp.apps.serve.protocol import (
     CLOSE_INTERNAL,
-    CLOSE_INVALID,
     CLOSE_POLICY,
-    CLOSE_TOO_BIG,
     CLOSE_TRY_LATER,
     CLOSE_UNSUPPORTED,
     Limits,
@@ -23,6 +21,8 @@ from realtime_lrp.apps.serve.protocol import (
     Settings,
     decode_frame,
     frame_id,
+    parse_text,
+    shown,
 )
 from realtime_lrp.apps.serve.worker import Job, Notice, Stream, Worker
 from realtime_lrp.lrp.presets import PRESET_NAMES
@@ -302,15 +302,10 @@ class Hub:
             client.outbox.put(_skipped(old.frame_id, "a newer frame came"))
 
     def _text(self, client: Client, text: str) -> None:
-        if len(text) > 4096:
-            raise ProtocolError(CLOSE_TOO_BIG, f"a text message of {len(text)} characters: at most 4096")
-        try:
-            message = json.loads(text)
-        except ValueError:
-            raise ProtocolError(CLOSE_INVALID, "a text message that is not JSON") from None
-        kind = message.get("type") if isinstance(message, dict) else None
+        message = parse_text(text)
+        kind = message.get("type")
         if kind not in ("settings", "reset"):
-            raise ProtocolError(CLOSE_UNSUPPORTED, f"unknown message type {json.dumps(kind)[:40]}")
+            raise ProtocolError(CLOSE_UNSUPPORTED, f"unknown message type {shown(kind)}")
         if self.kiosk is not None:
             raise ProtocolError(CLOSE_POLICY, "kiosk mode: the server's settings are fixed")
         if kind == "settings":

@@ -141,6 +141,7 @@ class LrpServer:
         config = uvicorn.Config(
             self.hub.app(), log_level="warning", access_log=False, lifespan="off", server_header=False,
             ws_max_size=self.limits.max_message, ws_ping_interval=20.0, ws_ping_timeout=20.0,
+            ws_per_message_deflate=False,  # JPEGs do not compress; 2 MiB of zeros would be 2 KB on the wire
             timeout_graceful_shutdown=3,
             ssl_certfile=str(self.tls[0]) if self.tls else None, ssl_keyfile=str(self.tls[1]) if self.tls else None)
         self._server = uvicorn.Server(config)
