@@ -212,6 +212,26 @@ def test_unsupported_layer_is_named() -> None:
         LRP(model)
 
 
+class _Concat(nn.Module):
+    """Two conv branches joined by torch.cat (as in DenseNet or Inception)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3)
+        self.b = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(torch.cat([self.a(x), self.b(x)], 1), 1))
+
+
+class _Product(_Concat):
+    """The product of two conv branches, neither a gate of the other."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.a(x) * self.b(x), 1))
+
+
 class _Attention(nn.Module):
     """A conv followed by self-attention."""
 
@@ -229,6 +249,8 @@ class _Attention(nn.Module):
 @pytest.mark.parametrize("model, message", [
     (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.LPPool2d(2, 2), nn.Flatten(), nn.Linear(36, 2)),
      r"'1' \(LPPool2d\)"),
+    (_Product, r"'mul' \(operator\.mul of two tensors, neither a sigmoid gate computed from the other"),
+    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.PReLU(), nn.Flatten(), nn.Linear(144, 2)), r"'1' \(PReLU\)"),
     (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm([4, 6, 6]), nn.Flatten(), nn.Linear(144, 2)),
      r"'1' \(LayerNorm\)"),
     (_Attention, r"'attn' \(MultiheadAttention\)"),

@@ -103,6 +103,7 @@ class _Reader:
         self.output: Union[int, None] = None
         self.symbols: dict[torch.fx.Node, _Sym] = {}
         self.tuples: dict[torch.fx.Node, tuple[int, Callable[[int], Any]]] = {}
+        self.constants: dict[torch.fx.Node, Tensor] = {}
 
     # -- what the registry's readers use ---------------------------------------------------
     def producer(self, fx_node: torch.fx.Node, arg: object) -> int:
@@ -170,6 +171,11 @@ class _Reader:
             return tuple(out)
 
         return shape, tuple(sorted(refs))
+    def constant(self, arg: object) -> Union[Tensor, None]:
+        """``arg`` as an fp32 tensor if it is a constant (a number, a parameter or buffer), else None."""
+        if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+            return torch.tensor(float(arg))
+        return self.constants.get(arg) if isinstance(arg, torch.fx.Node) else None
 
     def unsupported(self, fx_node: torch.fx.Node, what: str) -> UnsupportedModelError:
         """The error for a node without a rule, named by its module path (or fx name for functions)."""
@@ -223,6 +229,14 @@ class _Reader:
                 raise UnsupportedModelError(f"{type(self.model).__name__} takes more than one input ('{fx_node.name}')")
             self.add(fx_node, INPUT, ())
             return
+        if fx_node.op == "get_attr":  # a parameter or buffer used as a value: a constant, for the ops that take one
+            value = self.traced
+            for part in fx_node.target.split("."):
+                value = getattr(value, part)
+            if isinstance(value, Tensor):
+                self.constants[fx_node] = value.detach().float()
+                return
+            raise self.unsupported(fx_node, f"attribute {fx_node.target} of type {type(value).__name__}")
         if fx_node.op == "output":
             self.output = self.producer(fx_node, fx_node.args[0])
             return

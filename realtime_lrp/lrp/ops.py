@@ -472,12 +472,70 @@ ADAPTIVE_AVG_POOL_FUNCTION = Op("adaptive_avg_pool_function", _read_adaptive_avg
 MEAN = Op("mean", _read_mean, functions=(torch.mean,), methods=("mean",))
 """Functional forms, read as the nodes of their module forms (so presets bind the same rules)."""
 
+_GATES = ("sigmoid", "hardsigmoid")
+"""Kinds whose output, computed from the signal it multiplies, makes a product a gate."""
+
+
+def _depends_on(nodes: list[Node], index: int, ancestor: int) -> bool:
+    """Whether node ``index`` is computed from node ``ancestor``."""
+    seen, todo = set(), [index]
+    while todo:
+        i = todo.pop()
+        if i == ancestor:
+            return True
+        if i not in seen and i > ancestor:
+            seen.add(i)
+            todo.extend(nodes[i].inputs)
+    return False
+
+
+def _read_mul(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``x * c`` with a constant or a parameter ``c`` (layer scale): a ``scale`` node, the identity
+    rule; ``s * g`` where ``g`` is a sigmoid (hard or not) computed from ``s`` (squeeze-excitation):
+    a ``gate`` node with inputs (signal, gate). Any other product of two tensors is refused."""
+    if len(fx_node.args) != 2 or fx_node.kwargs:
+        raise reader.unsupported(fx_node, reader.what(fx_node))
+    constants = [reader.constant(arg) for arg in fx_node.args]
+    if constants[0] is not None and constants[1] is not None:
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} of two constants")
+    if constants[0] is not None or constants[1] is not None:
+        factor, tensor = (constants[0], fx_node.args[1]) if constants[0] is not None else (constants[1], fx_node.args[0])
+        node = reader.add(fx_node, SCALE, (reader.producer(fx_node, tensor),))
+        node.weight = factor
+        return
+    a, b = (reader.producer(fx_node, arg) for arg in fx_node.args)
+    for signal, gate in ((a, b), (b, a)):
+        if reader.nodes[gate].kind in _GATES and _depends_on(reader.nodes, gate, signal):
+            reader.add(fx_node, GATE, (signal, gate))
+            return
+    raise reader.unsupported(fx_node, f"{reader.what(fx_node)} of two tensors, neither a sigmoid gate computed "
+                                      "from the other (s * sigmoid(f(s)))")
+
+
+def _scale(node: Node, a: Tensor, weight: Tensor, bias: None) -> tuple[Tensor, None]:
+    return a * weight, None
+
+
+def _gate(node: Node, a: tuple[Tensor, Tensor], weight: None, bias: None) -> tuple[Tensor, None]:
+    return a[0] * a[1], None
+
+
+MUL = Op("mul", _read_mul, functions=(operator.mul, operator.imul, torch.mul), methods=("mul",))
+"""Products, read into one of the two ops below."""
+SCALE = Op("scale", _read_mul, _scale, sign="any", relevance=rule("Pass"))
+"""A product with a constant: all relevance goes to the tensor (layer scale, eval-mode stochastic depth)."""
+GATE = Op("gate", _read_mul, _gate, sign="keep", relevance=rule("SignalTakeAll"))
+"""A multiplicative gate (signal, gate): the signal takes all relevance, the gate none (Pahde et al. 2023)."""
+
+FROZEN_BATCHNORM = Op("frozen_batchnorm", _read_batchnorm, module_names=("FrozenBatchNorm2d",))
+"""torchvision's ``FrozenBatchNorm2d`` (statistics and affine parameters as buffers): folded as batch norm."""
+
 STOCHASTIC_DEPTH = Op("stochastic_depth", _read_identity, module_names=("StochasticDepth",))
 """torchvision's ``StochasticDepth``: the identity in eval mode, like dropout."""
 
 _ACTIVATION_OPS: tuple[Op, ...] = (RELU6, HARDTANH, SILU, HARDSWISH, GELU, LEAKY_RELU, ELU, MISH, SIGMOID,
                                    HARDSIGMOID, TANH, STOCHASTIC_DEPTH, MAX_POOL_FUNCTION, AVG_POOL_FUNCTION,
-                                   ADAPTIVE_AVG_POOL_FUNCTION, MEAN)
+                                   ADAPTIVE_AVG_POOL_FUNCTION, MEAN, MUL, SCALE, GATE, FROZEN_BATCHNORM)
 
 
 # -- the registry ----------------------------------------------------------------------------
