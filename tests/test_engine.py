@@ -260,9 +260,10 @@ def test_unsupported_node_is_named(model, message: str) -> None:
         LRP(model().eval())
 
 
-def test_batch_norm_without_a_conv_before_it_is_refused() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 2))
-    with pytest.raises(UnsupportedModelError, match=r"batch norm '2' does not follow a Conv2d"):
+def test_batch_norm_neither_after_a_conv_nor_mergeable_to_the_right_is_refused() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(36, 2))
+    with pytest.raises(UnsupportedModelError, match=r"batch norm '2' follows no Conv2d and leads to no Conv2d"):
         LRP(model.eval())
 
 

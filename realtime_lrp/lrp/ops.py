@@ -157,7 +157,7 @@ def _adaptive_avgpool(node: Node, a: Tensor, weight: None, bias: None) -> tuple[
 
 
 def _flatten(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
-    return a.flatten(*node.attrs["dims"]), None
+    return a.flatten(*node.attrs.get("dims", (1, -1))), None
 
 
 # -- index ops and concatenation ---------------------------------------------------------------
@@ -337,6 +337,33 @@ def _permute(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, N
     return a.permute(node.attrs["order"](a.dim())), None
 
 
+def _channel_affine(node: Node, a: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, None]:
+    return a * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1), None
+
+
+CHANNEL_AFFINE = Op("channel_affine", lambda *args: None, _channel_affine, relevance=rule("Pass"))
+"""A per-channel ``x * a + b`` written channel by channel (torchvision's ``transform_input``), read by the
+graph from its pattern: relevance passes per pixel and channel (the identity rule on a constant affine map),
+and the first conv's z^B bounds are mapped through it."""
+def _shifted_relu(node: Node, a: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, None]:
+    sign, floor = weight.view(1, -1, 1, 1), bias.view(1, -1, 1, 1)
+    return torch.where((a - floor) * sign > 0, a, floor), None
+
+
+def _border_pad(node: Node, a: Tensor, weight: Tensor, bias: None) -> tuple[Tensor, None]:
+    (ph, pw), (n, c, h, w) = node.attrs["pad"], a.shape
+    out = weight.view(1, -1, 1, 1).expand(n, c, h + 2 * ph, w + 2 * pw).clone()
+    out[:, :, ph:ph + h, pw:pw + w] = a
+    return out, None
+
+
+BATCHNORM_RIGHT = Op("batchnorm_right", lambda *args: None)
+"""A batch norm after no conv: the graph merges it into the Conv2d/Linear after it (``graph._merge_right``)."""
+SHIFTED_RELU = Op("shifted_relu", lambda *args: None, _shifted_relu, relevance=rule("Pass"))
+"""The ReLU between a batch norm and the layer it is merged into: ``x`` where the batch norm's output is
+positive, else the input whose batch norm output is 0 (Pahde's thresholded ReLU); the identity rule, as the ReLU's."""
+BORDER_PAD = Op("border_pad", lambda *args: None, _border_pad, relevance=rule("Crop"))
+"""Explicit padding of a conv a batch norm is merged into, with the per-channel value whose batch norm output is 0."""
 CAT = Op("cat", _read_cat, _cat, functions=(torch.cat, torch.concat, torch.concatenate), sign="keep",
          relevance=rule("Concat"))
 PARTS = Op("parts", _read_parts, functions=(torch.chunk, torch.split), methods=("chunk", "split"))
@@ -349,7 +376,8 @@ PERMUTE = Op("permute", _read_permute, _permute, functions=(torch.transpose, tor
              methods=("transpose", "permute"), sign="keep", relevance=rule("Permute"))
 CONTIGUOUS = Op("contiguous", _read_contiguous, methods=("contiguous", "clone"))
 
-_INDEX_OPS: tuple[Op, ...] = (CAT, PARTS, SELECT, VIEW, UNSQUEEZE, PERMUTE, CONTIGUOUS)
+_INDEX_OPS: tuple[Op, ...] = (CAT, PARTS, SELECT, VIEW, UNSQUEEZE, PERMUTE, CONTIGUOUS, CHANNEL_AFFINE,
+                              BATCHNORM_RIGHT, SHIFTED_RELU, BORDER_PAD)
 
 
 # -- activations, gates and functional forms -------------------------------------------------

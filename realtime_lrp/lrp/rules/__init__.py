@@ -14,10 +14,11 @@ Presets name rules by their class name here (:class:`realtime_lrp.lrp.presets.Ru
 from realtime_lrp.lrp.rules.base import Propagator, Rule, RuleContext, pow2, stabilise
 from realtime_lrp.lrp.rules.gate import SignalTakeAll
 from realtime_lrp.lrp.rules.identity import Pass, Reshape
-from realtime_lrp.lrp.rules.index import Concat, Permute, Select, View
+from realtime_lrp.lrp.rules.index import Concat, Crop, Permute, Select, View
 from realtime_lrp.lrp.rules.linear import Epsilon, Flat, Gamma, ZBox, ZPlus
 from realtime_lrp.lrp.rules.norm import Norm, SumZPlus
 from realtime_lrp.lrp.rules.pools import AvgPoolZ, WinnerTakeAll
 
-__all__ = ["AvgPoolZ", "Concat", "Epsilon", "Flat", "Gamma", "Norm", "Pass", "Permute", "Propagator", "Reshape", "Rule",
-           "RuleContext", "Select", "SignalTakeAll", "SumZPlus", "View", "WinnerTakeAll", "ZBox", "ZPlus", "pow2", "stabilise"]
+__all__ = ["AvgPoolZ", "Concat", "Crop", "Epsilon", "Flat", "Gamma", "Norm", "Pass", "Permute", "Propagator",
+           "Reshape", "Rule", "RuleContext", "Select", "SignalTakeAll", "SumZPlus", "View", "WinnerTakeAll", "ZBox", "ZPlus", "pow2",
+           "stabilise"]
