@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import io
 import time
+from contextlib import ExitStack
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 from test_serve import SNEAKER, TROUSER, closed_with, frame_message, hello_of, item_jpeg, round_trip, ws_url
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from realtime_lrp.apps.serve.jpeg import MAX_SCANS, JpegError, inspect
@@ -228,3 +230,114 @@ def test_permessage_deflate_is_not_offered(server: LrpServer) -> None:
     with connect(ws_url(server.url)) as ws:  # the client offers it (websockets does by default)
         assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
         hello_of(ws)
+
+
+# -- floods, slow decoding, leaving early, idling ----------------------------------------------------
+
+def own_server(**limits) -> LrpServer:
+    return LrpServer(FrameProcessor.from_options(weights="shipped", device="cpu"), port=0, limits=Limits(**limits))
+
+
+def wait_until(check, seconds: float = 30.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_client_far_over_its_rate_is_disconnected() -> None:
+    with own_server(max_fps=5) as srv:
+        srv.start()
+        with connect(ws_url(srv.url)) as flood, connect(ws_url(srv.url)) as good:
+            hello_of(flood), hello_of(good)
+            jpeg = item_jpeg(TROUSER)
+            with pytest.raises(Exception):  # the server closes it mid-flood
+                for ident in range(1, 2000):
+                    flood.send(frame_message(ident, jpeg))
+            code, reason = closed_with(flood)
+            assert code == 1008 and "far over 5 frames/s" in reason, (code, reason)
+            assert round_trip(good, 1, item_jpeg(SNEAKER))[0]["class"] == "Sneaker"
+
+
+def test_an_idle_client_is_closed_and_frees_its_slot() -> None:
+    with own_server(idle_seconds=1.5, max_clients=1) as srv:
+        srv.start()
+        with connect(ws_url(srv.url)) as idle:
+            hello_of(idle)
+            code, reason = closed_with(idle)
+        assert code == 1000 and "idle for 1.5 s" in reason
+        with connect(ws_url(srv.url)) as again:  # its place is free
+            hello_of(again)
+            assert round_trip(again, 1, item_jpeg(TROUSER))[0]["class"] == "Trouser"
+
+
+class SlowDecoding(list):
+    """The ids of the frames decoded, each of which took ``delay`` seconds, as a costly JPEG would."""
+
+    delay = 0.3
+
+
+@pytest.fixture()
+def slow_decoding(monkeypatch) -> SlowDecoding:
+    from realtime_lrp.apps.serve import app
+
+    decoded = SlowDecoding()
+
+    def slow(data: bytes, limits: Limits) -> np.ndarray:
+        time.sleep(decoded.delay)
+        decoded.append(int.from_bytes(data[:4], "big"))
+        return decode_frame(data, limits)
+
+    monkeypatch.setattr(app, "decode_frame", slow)
+    return decoded
+
+
+def test_a_client_that_leaves_frees_its_slot_at_once_and_its_queued_frames_are_not_decoded(slow_decoding) -> None:
+    with own_server(max_fps=1000, max_clients=1) as srv:
+        srv.start()
+        with connect(ws_url(srv.url)) as leaving:
+            hello_of(leaving)
+            for ident in range(1, 41):
+                leaving.send(frame_message(ident, item_jpeg(TROUSER)))
+        assert wait_until(lambda: not srv.hub.clients, 5.0), "the slot was still held 5 s after its client left"
+        assert len(slow_decoding) <= 3, slow_decoding  # the one in hand, not the 40 sent (12 s of decoding)
+        with connect(ws_url(srv.url)) as next_client:
+            hello_of(next_client)
+            assert round_trip(next_client, 1, item_jpeg(SNEAKER))[0]["class"] == "Sneaker"
+
+
+def test_a_client_whose_frames_take_too_long_to_decode_is_closed(slow_decoding) -> None:
+    with own_server(max_fps=1000, decode_share=0.05) as srv:
+        srv.start()
+        with connect(ws_url(srv.url)) as ws:
+            hello_of(ws)
+            with pytest.raises(ConnectionClosed):
+                for ident in range(1, 60):
+                    round_trip(ws, ident, item_jpeg(TROUSER))
+            code, reason = closed_with(ws)
+        assert code == 1008 and "of decoding a second" in reason, (code, reason)
+        assert 6 <= len(slow_decoding) <= 12  # a 2 s burst of 0.3 s decodes, then the budget is spent
+
+
+def test_stopping_while_frames_are_being_decoded_leaves_no_traceback(slow_decoding, capfd) -> None:
+    """What SIGTERM and SIGINT do (LrpServer.close), with a decode in hand that outlasts uvicorn's grace period."""
+    slow_decoding.delay = 4.0
+    srv = own_server(max_fps=1000)
+    try:
+        srv.start()
+        with ExitStack() as opened:
+            clients = [opened.enter_context(connect(ws_url(srv.url))) for _ in range(3)]
+            for ws in clients:
+                hello_of(ws)
+                for ident in range(1, 4):
+                    ws.send(frame_message(ident, item_jpeg(TROUSER)))
+            assert wait_until(lambda: sum(c.received for c in srv.hub.clients) == 9)
+            srv.close()
+            for ws in clients:
+                assert closed_with(ws)[0] == 1012
+    finally:
+        srv.close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "CancelledError" not in err, err[-2000:]
