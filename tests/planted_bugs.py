@@ -181,6 +181,15 @@ PLANTS: tuple[Plant, ...] = (
     Plant("empty-batch-unguarded", "realtime_lrp/pipeline/fast.py",
           "        if not frames:\n            return [], []\n", "",
           ("tests/test_fast.py::test_an_empty_batch_renders_nothing_and_builds_nothing",)),
+    Plant("signals-replace-sig-ign", "realtime_lrp/util/signals.py",
+          "if signal.getsignal(sig) is not signal.SIG_IGN or sig in _IGNORED_BY_US)",
+          "if sig is not None)",
+          ("tests/test_reliability.py::test_nohup_video_survives_a_real_sighup",
+           "tests/test_reliability.py::test_an_ignored_signal_stays_ignored_in_process")),
+    Plant("rename-not-synced", "realtime_lrp/util/atomic.py",
+          "        os.replace(partial, target)\n        sync_folder(Path(target).parent)\n",
+          "        os.replace(partial, target)\n",
+          ("tests/test_reliability.py::test_every_committed_output_syncs_its_folder",)),
 )
 
 
