@@ -8,6 +8,7 @@ well-behaved client on the same server keeps getting its frames.
 from __future__ import annotations
 
 import io
+import threading
 import time
 from contextlib import ExitStack
 
@@ -20,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from realtime_lrp.apps.serve.jpeg import MAX_SCANS, JpegError, inspect
-from realtime_lrp.apps.serve.protocol import Limits, ProtocolError, Settings, decode_frame, parse_text
+from realtime_lrp.apps.serve.protocol import Limits, ProtocolError, Settings, decode_frame, decode_result, parse_text
 from realtime_lrp.apps.serve.server import LrpServer
 from realtime_lrp.pipeline.processor import FrameProcessor
 
@@ -341,3 +342,46 @@ def test_stopping_while_frames_are_being_decoded_leaves_no_traceback(slow_decodi
         srv.close()
     err = capfd.readouterr().err
     assert "Traceback" not in err and "CancelledError" not in err, err[-2000:]
+
+
+# -- presets ---------------------------------------------------------------------------------------
+
+def test_every_preset_is_built_after_start_up() -> None:
+    from realtime_lrp.lrp.presets import PRESET_NAMES
+
+    with own_server() as srv:
+        srv.start()
+        assert wait_until(lambda: srv.worker.ready() == set(PRESET_NAMES), 120), srv.worker.ready()
+
+
+def test_a_preset_being_built_stalls_only_the_client_that_chose_it(monkeypatch) -> None:
+    from realtime_lrp.apps.serve.worker import Worker
+
+    release = threading.Event()
+    make = Worker._make
+
+    def blocked(self, preset: str):
+        if preset == "zplus":
+            assert release.wait(60)
+        return make(self, preset)
+
+    monkeypatch.setattr(Worker, "_make", blocked)
+    with own_server(max_fps=1000) as srv:
+        srv.start()
+        try:
+            with connect(ws_url(srv.url)) as chooser, connect(ws_url(srv.url)) as other:
+                hello_of(chooser), hello_of(other)
+                chooser.send('{"type": "settings", "preset": "zplus"}')
+                chooser.send(frame_message(1, item_jpeg(TROUSER)))
+                for ident in range(1, 11):  # all while zplus is being built
+                    meta, _ = round_trip(other, ident, item_jpeg(SNEAKER))
+                    assert meta["class"] == "Sneaker" and meta["preset"] == "epsilon-plus-flat"
+                assert "zplus" not in srv.worker.ready()
+                with pytest.raises(TimeoutError):
+                    chooser.recv(timeout=0.5)  # its frame waits for its preset (not explained with another)
+                release.set()
+                reply = chooser.recv(timeout=60)
+                meta, _ = decode_result(reply)
+                assert meta["id"] == 1 and meta["preset"] == "zplus" and meta["class"] == "Trouser"
+        finally:
+            release.set()
