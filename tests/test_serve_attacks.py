@@ -7,19 +7,38 @@ well-behaved client on the same server keeps getting its frames.
 """
 from __future__ import annotations
 
+import base64
 import io
+import os
+import socket
 import threading
 import time
-from contextlib import ExitStack
+import zlib
+from contextlib import ExitStack, suppress
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from test_serve import SNEAKER, TROUSER, closed_with, frame_message, hello_of, item_jpeg, round_trip, ws_url
+from test_serve import (
+    SNEAKER,
+    TROUSER,
+    ServeProcess,
+    closed_with,
+    frame_message,
+    hello_of,
+    item_jpeg,
+    round_trip,
+    stats,
+    ws_url,
+)
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from realtime_lrp.apps.sample import CLASSES
+from realtime_lrp.apps.serve.bench import run_load
 from realtime_lrp.apps.serve.jpeg import MAX_SCANS, JpegError, inspect
 from realtime_lrp.apps.serve.protocol import Limits, ProtocolError, Settings, decode_frame, decode_result, parse_text
 from realtime_lrp.apps.serve.server import LrpServer
@@ -385,3 +404,129 @@ def test_a_preset_being_built_stalls_only_the_client_that_chose_it(monkeypatch) 
                 assert meta["id"] == 1 and meta["preset"] == "zplus" and meta["class"] == "Trouser"
         finally:
             release.set()
+
+
+# -- the load test -------------------------------------------------------------------------------
+
+def rss_mb(pid: int) -> float:
+    """The resident memory of process ``pid`` in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def compressed_frame(url: str) -> int:
+    """Open ``/ws`` by hand, offering permessage-deflate, then send a 2 MiB frame of zeros compressed to
+    2 KB, as if it had been accepted; the close code the server answers with."""
+    parts = urlsplit(ws_url(url))
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as raw:
+        key = base64.b64encode(os.urandom(16)).decode()
+        raw.sendall((f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+                     f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                     "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += raw.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101") and b"permessage-deflate" not in head.lower(), head
+        squeezer = zlib.compressobj(9, zlib.DEFLATED, -15)
+        payload = squeezer.compress(b"\x00\x00\x00\x01" + bytes(2 * 1024 * 1024)) + squeezer.flush(zlib.Z_SYNC_FLUSH)
+        payload = payload[:-4]
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        raw.sendall(bytes([0x80 | 0x40 | 0x2, 0x80 | 126]) + len(payload).to_bytes(2, "big") + mask + masked)
+        data = head.split(b"\r\n\r\n", 1)[1]
+        while True:
+            while len(data) >= 2 and data[0] & 0x0F != 0x8:  # skip the hello
+                size = data[1] & 0x7F
+                offset = 2 if size < 126 else (4 if size == 126 else 10)
+                size = size if size < 126 else int.from_bytes(data[2:offset], "big")
+                if len(data) < offset + size:
+                    break
+                data = data[offset + size:]
+            if len(data) >= 4 and data[0] & 0x0F == 0x8:
+                return int.from_bytes(data[2:4], "big")
+            chunk = raw.recv(65536)
+            if not chunk:
+                return 1006
+            data += chunk
+
+
+def test_under_attack_a_good_client_keeps_its_frames_and_the_attackers_are_closed(tmp_path: Path) -> None:
+    """One well-behaved client (the page's pace: one frame in flight, 30 frames/s at most), first alone, then
+    beside the attacks: scan bombs, floods of large frames from clients that then vanish, floods over the
+    rate, deep JSON, compressed frames. Prints its rate and latency and the server's memory; asserts the good
+    client is served throughout and each attacker is closed with its code."""
+    served = ServeProcess([], tmp_path)
+    pid = served.proc.pid
+    try:
+        alone = run_load(served.url, 1, 3.0)
+        memory = {"start": rss_mb(pid)}
+        closes: dict[str, list[int]] = {}
+        big = cv2.imencode(".jpg", noise(480, 640), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+
+        def attacker(name: str, message, repeat: int = 3, max_size: int | None = None) -> None:
+            for _ in range(repeat):
+                with connect(ws_url(served.url), max_size=max_size, max_queue=None) as ws:  # it reads nothing
+                    hello_of(ws)
+                    with suppress(ConnectionClosed):  # the server closes it mid-flood
+                        for _ in range(1 if not callable(message) else 1_000_000):
+                            ws.send(message() if callable(message) else message)
+                            time.sleep(0.003 if callable(message) else 0)  # 10 times the rate
+                    closes.setdefault(name, []).append(closed_with(ws)[0])
+
+        def vanishing() -> None:  # large frames as fast as the socket takes them, then gone without a close
+            for _ in range(6):
+                raw = socket.create_connection(("127.0.0.1", urlsplit(served.url).port))
+                ws = connect(ws_url(served.url), sock=raw, max_size=None).__enter__()
+                began = time.monotonic()
+                with suppress(Exception):
+                    ident = 0
+                    while time.monotonic() - began < 0.5:
+                        ident += 1
+                        ws.send(frame_message(ident, big))
+                raw.shutdown(socket.SHUT_RDWR)
+                raw.close()
+                vanished.append(ident)
+
+        ident = iter(range(1, 10**9))
+        vanished: list[int] = []  # frames each vanishing client sent
+        attacks = [
+            threading.Thread(target=attacker, args=("scan bomb", frame_message(1, scan_bomb()))),
+            threading.Thread(target=attacker, args=("deep JSON", "[" * 2000 + "]" * 2000)),
+            threading.Thread(target=attacker, args=("over the rate", lambda: frame_message(next(ident),
+                                                                                         item_jpeg(TROUSER)))),
+            *[threading.Thread(target=vanishing) for _ in range(4)],
+            threading.Thread(target=lambda: closes.setdefault("compressed", []).extend(
+                compressed_frame(served.url) for _ in range(3))),
+        ]
+        good: list = []
+        watcher = threading.Thread(target=lambda: good.append(run_load(served.url, 1, 10.0)))
+        watcher.start()
+        for thread in attacks:
+            thread.start()
+        peak = memory["start"]
+        while watcher.is_alive():
+            peak = max(peak, rss_mb(pid))
+            time.sleep(0.1)
+        for thread in attacks:
+            thread.join(60)
+        memory["peak"] = peak
+        assert wait_until(lambda: not stats(served.url)["clients"], 10), stats(served.url)["clients"]
+        memory["after"] = rss_mb(pid)
+        after = run_load(served.url, 1, 2.0)
+    finally:
+        assert served.stop() == 143
+    for name, load in (("alone", alone), ("under attack", good[0]), ("after", after)):
+        client = load.results[0]
+        print(f"good client {name}: {client.frames} frames, {client.fps:.1f} frames/s, round trip p50"
+              f" {np.percentile(client.latencies_ms, 50):.1f} ms, p95 {np.percentile(client.latencies_ms, 95):.1f} ms")
+    print(f"server memory: {memory['start']:.0f} MB before the attacks, peak {memory['peak']:.0f} MB,"
+          f" {memory['after']:.0f} MB after; {len(vanished)} clients vanished after sending {sum(vanished)} frames"
+          f" of {len(big) // 1024} KB; closes: {closes}")
+    for load in (alone, good[0], after):
+        assert load.errors == [] and load.results[0].frames >= 3 and load.results[0].labels <= set(CLASSES)
+    assert closes["scan bomb"] == [1007] * 3 and closes["deep JSON"] == [1007] * 3
+    assert closes["over the rate"] == [1008] * 3
+    assert closes["compressed"] == [1002] * 3 and len(vanished) == 24
+    assert "Traceback" not in served.stderr
