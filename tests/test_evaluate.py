@@ -9,12 +9,21 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from media import frame_for, model_file, tiny_card, tiny_model, write_video
+
 from realtime_lrp.apps.evaluate.inputs import load_inputs
 from realtime_lrp.apps.evaluate.methods import EvaluationError, gradient_explainer
-from realtime_lrp.apps.evaluate.metrics import FlipProtocol, aopc, flip_curves, flip_order, gini, pearson_rows, replacement, sensitivity
-from realtime_lrp.apps.evaluate.runner import EvalConfig, ROW_KEYS, evaluate
+from realtime_lrp.apps.evaluate.metrics import (
+    FlipProtocol,
+    aopc,
+    flip_curves,
+    flip_order,
+    gini,
+    pearson_rows,
+    replacement,
+    sensitivity,
+)
+from realtime_lrp.apps.evaluate.runner import ROW_KEYS, EvalConfig, evaluate
 from realtime_lrp.cli import cli
 from realtime_lrp.lrp.engine import LRP
 from realtime_lrp.lrp.presets import PRESET_NAMES
@@ -217,8 +226,8 @@ def test_random_maps_and_bf16_rows_on_a_video(tmp_path) -> None:
 
 
 def shipped_inputs(n: int):
-    from realtime_lrp.models.datasets import fashion_mnist_dir
     from realtime_lrp.models.cards import shipped_weights
+    from realtime_lrp.models.datasets import fashion_mnist_dir
     from realtime_lrp.models.loading import load_model
 
     if not shipped_weights().is_file() or fashion_mnist_dir() is None:
@@ -251,7 +260,7 @@ def test_every_preset_beats_random_maps_on_the_shipped_model() -> None:
 def test_cli_end_to_end_with_json_and_plot(tmp_path) -> None:
     shipped_inputs(1)
     out_json, out_png = tmp_path / "eval" / "rows.json", tmp_path / "curves.png"
-    result = run("evaluate", "-n", 12, "--methods", "epsilon-plus-flat,zplus,random,gradient,gradient-x-input",
+    result = run("evaluate", "-n", 12, "--methods", "epsilon-plus-flat,zplus,random,gradient,gradient-x-input,gradcam",
                  "--top-k", "0,0.05", "--draws", 1, "--device", "cpu", "--json", out_json, "--plot", out_png)
     assert result.exit_code == 0, result.output
     document = json.loads(out_json.read_text())
@@ -259,10 +268,11 @@ def test_cli_end_to_end_with_json_and_plot(tmp_path) -> None:
     assert [r["method"] for r in rows] == [
         "epsilon-plus-flat k=0 fp32", "epsilon-plus-flat k=0 bf16", "epsilon-plus-flat k=0.05 fp32",
         "epsilon-plus-flat k=0.05 bf16", "zplus k=0 fp32", "zplus k=0 bf16", "zplus k=0.05 fp32",
-        "zplus k=0.05 bf16", "random", "gradient", "gradient-x-input"]
+        "zplus k=0.05 bf16", "gradcam", "random", "gradient", "gradient-x-input"]
     for r in rows:
         assert set(REQUIRED) <= set(r) == set(ROW_KEYS)
-        assert r["images"] == 12 and r["dtype"] in ("fp32", "bf16")
+        assert r["images"] == 12 and r["dtype"] in ("fp32", "bf16") and r["ms_per_image"] > 0
+        assert r["cam_layer"] == ("features.27" if r["kind"] == "gradcam" else None)
         assert -1 <= r["aopc_morf"] <= 1 and -1 <= r["aopc_lerf"] <= 1
         assert r["aopc_diff"] == pytest.approx(r["aopc_morf"] - r["aopc_lerf"], abs=1e-6)
         assert -1 <= r["sensitivity_r_min"] <= r["sensitivity_r_median"] <= 1
@@ -326,8 +336,8 @@ def test_a_video_gets_the_frame_to_frame_r(tmp_path) -> None:
     (lambda p: (p / "empty").mkdir() or p / "empty", [], "no images (.png"),
     (lambda p: p / "nowhere", [], "no such folder, video file or dataset"),
     (lambda p: folder_of(p, 2, (32, 32)), ["--methods", "zplus,saliency"],
-     "unknown method 'saliency'; choose from epsilon-plus-flat, epsilon-gamma-box, zplus, random, gradient, "
-     "gradient-x-input"),
+     "unknown method 'saliency'; choose from epsilon-plus-flat, epsilon-gamma-box, zplus, gradcam, gradcam++, "
+     "layercam, random, gradient, gradient-x-input"),
     (lambda p: folder_of(p, 2, (32, 32)), ["--top-k", "0,2"], "top-k 2 is outside [0, 1]"),
     (lambda p: folder_of(p, 2, (32, 32)), ["--dtypes", "fp8"], "unknown dtype 'fp8'"),
     (lambda p: folder_of(p, 2, (32, 32)), ["--plot", "curves.jpg"], "--plot must be a .png file"),

@@ -40,7 +40,7 @@ def results_table(rows: Sequence[Mapping[str, Any]], title: str = "rtlrp evaluat
     low = any(r["r_vs_fp32"] is not None for r in rows)
     table = Table(title=title, caption="↑ higher is better, ↓ lower is better; r: Pearson correlation of maps")
     columns = ["method", "top-k", "dtype", "MoRF AOPC ↑", "LeRF AOPC ↓", "MoRF−LeRF ↑", "noise r ↑",
-               "noise r min", "Gini ↑"] + (["r vs fp32"] if low else []) + (["frame r"] if video else [])
+               "noise r min", "Gini ↑"] + (["r vs fp32"] if low else []) + (["frame r"] if video else []) + ["ms/image"]
     for name in columns:
         table.add_column(name, justify="left" if name in ("method", "dtype") else "right")
     best = max(rows, key=lambda r: r["aopc_diff"] if r["aopc_diff"] is not None else -math.inf)
@@ -50,6 +50,7 @@ def results_table(rows: Sequence[Mapping[str, Any]], title: str = "rtlrp evaluat
                  _fmt(r["sensitivity_r_min"]), _fmt(r["gini"])]
         cells += [_fmt(r["r_vs_fp32"], 4)] if low else []
         cells += [_fmt(r["frame_r"])] if video else []
+        cells += [_fmt(r["ms_per_image"], 2)]
         table.add_row(*cells, style="bold" if r is best else None)
     return table
 
@@ -68,9 +69,9 @@ def write_json(path: Path, payload: Mapping[str, Any]) -> None:
 
 def plot_curves(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float], path: Path,
                 title: str = "rtlrp evaluate", score: str = "probability") -> None:
-    """MoRF (top) and LeRF (bottom) curves, one column per preset with the baselines in each.
+    """MoRF (top) and LeRF (bottom) curves, one column per preset with the CAM methods and baselines in each.
 
-    Colour marks the top-k, the line style the dtype, baselines are grey; one legend below
+    Colour marks the top-k, the line style the dtype, baselines are grey, CAM methods coloured; one legend below
     serves every panel (the AOPC values are in the table). Written atomically.
     """
     import matplotlib
@@ -84,7 +85,9 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float], p
     top_ks = list(dict.fromkeys(r["top_k"] for r in rows if r["kind"] == "lrp"))
     colours = {k: plt.get_cmap("viridis")(i / max(1, len(top_ks) - 1) * 0.85) for i, k in enumerate(top_ks)}
     styles = {"fp32": "-", "bf16": "--", "fp16": ":"}
-    base_styles = {"random": ("0.55", ":"), "gradient": ("0.35", "-."), "gradient-x-input": ("0.05", (0, (5, 2)))}
+    base_styles = {"random": ("0.55", ":"), "gradient": ("0.35", "-."), "gradient-x-input": ("0.05", (0, (5, 2))),
+                   "gradcam": ("tab:red", "-."), "gradcam++": ("tab:orange", (0, (3, 1, 1, 1))),
+                   "layercam": ("tab:purple", (0, (1, 1)))}
     xs = [100 * f for f in fractions]
     fig, axes = plt.subplots(2, len(presets), figsize=(4.4 * len(presets) + 0.6, 8.2), sharex=True, sharey=True,
                              squeeze=False)

@@ -9,8 +9,10 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from realtime_lrp.apps.evaluate.cam import cam_layer
 from realtime_lrp.apps.evaluate.inputs import SMOOTH_NEEDS_VIDEO, Inputs, load_inputs, source_kind
 from realtime_lrp.apps.evaluate.methods import (
+    CAM_METHODS,
     METHOD_NAMES,
     EvaluationError,
     Method,
@@ -34,6 +36,7 @@ from realtime_lrp.apps.evaluate.report import payload, plot_curves, write_json
 ROW_KEYS: tuple[str, ...] = (
     "method", "kind", "preset", "top_k", "dtype", "aopc_morf", "aopc_lerf", "aopc_diff", "sensitivity_r",
     "sensitivity_r_median", "sensitivity_r_min", "gini", "r_vs_fp32", "frame_r", "images", "seconds",
+    "ms_per_image", "cam_layer",
     "curve_morf", "curve_lerf",
 )
 
@@ -51,6 +54,7 @@ class EvalConfig:
     batch: int = 64
     smooth: float = 0.0
     seed: int = 0
+    cam_layer: str | None = None
 
 
 def evaluate(model: nn.Module, card: Mapping[str, Any], inputs: Inputs, config: EvalConfig,
@@ -75,6 +79,9 @@ def evaluate(model: nn.Module, card: Mapping[str, Any], inputs: Inputs, config: 
     n, _, h, w = x_all.shape
     std = torch.tensor(card["std"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
     sigma = config.noise / 255.0 / std
+    layer = None
+    if any(m.kind in CAM_METHODS for m in methods):
+        layer = cam_layer(model, x_all[:1].to(device), config.cam_layer)
     targets = torch.cat([score_logits(model, x_all[i:i + config.batch].to(device)).argmax(1)
                          for i in range(0, n, config.batch)])
     task = progress.add_task("evaluating", total=len(methods) * n) if progress is not None else None
@@ -84,14 +91,17 @@ def evaluate(model: nn.Module, card: Mapping[str, Any], inputs: Inputs, config: 
         if task is not None:
             progress.update(task, description=method.name)
         flips, noise, draws = (torch.Generator(device=device).manual_seed(config.seed + i) for i in range(3))
-        explain = _explainer(model, card, method, draws)
+        explain = _explainer(model, card, method, draws, layer)
         smoother = MapSmoother(config.smooth, (h, w), device)
         start = time.perf_counter()
+        explaining = 0.0
         parts: dict[str, list[Tensor]] = {k: [] for k in ("maps", "morf", "lerf", "sens", "gini")}
         for i in range(0, n, config.batch):
             x = x_all[i:i + config.batch].to(device)
             target = targets[i:i + config.batch]
+            began = _clock(device)
             raw = explain(x, target)
+            explaining += _clock(device) - began
             maps = smoother(raw)
             value = replacement(x, config.flip.value, card["mean"], card["std"], flips)
             morf, lerf = flip_curves(model, x, maps, target, config.flip, value, flips)
@@ -106,8 +116,18 @@ def evaluate(model: nn.Module, card: Mapping[str, Any], inputs: Inputs, config: 
         reference = fp32_maps.get((method.preset, method.top_k)) if method.dtype != "fp32" else None
         if method.kind == "lrp" and method.dtype == "fp32":
             fp32_maps[(method.preset, method.top_k)] = joined["maps"]
-        rows.append(_row(method, joined, reference, inputs.video, time.perf_counter() - start))
+        row = _row(method, joined, reference, inputs.video, time.perf_counter() - start)
+        row.update(ms_per_image=round(1000 * explaining / n, 4),
+                   cam_layer=layer if method.kind in CAM_METHODS else None)
+        rows.append(row)
     return rows
+
+
+def _clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once the device's queued work is done (what a method's time per image needs)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def score_logits(model: nn.Module, x: Tensor) -> Tensor:
@@ -188,6 +208,11 @@ def run(source: str | None, model: nn.Module, card: Mapping[str, Any], config: E
     if config.smooth and source_kind(source, card)[0] != "video":
         raise EvaluationError(SMOOTH_NEEDS_VIDEO)
     dev = select_device(device)
+    if any(name in CAM_METHODS for name in config.methods):  # a bad --cam-layer is said before images are read
+        from realtime_lrp.pipeline.preprocess import processing_size
+
+        probe = torch.zeros(1, int(card["input_channels"]), *processing_size(card, size))
+        cam_layer(model.float().eval(), probe, config.cam_layer)
     start = time.perf_counter()
     inputs = load_inputs(source, card, count, size, notice)
     acc = accuracy(model, inputs, dev)
