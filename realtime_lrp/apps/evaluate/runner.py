@@ -25,6 +25,7 @@ from realtime_lrp.apps.evaluate.methods import (
 from realtime_lrp.apps.evaluate.metrics import (
     FlipProtocol,
     aopc,
+    class_sensitivity,
     flip_curves,
     gini,
     pearson_rows,
@@ -32,11 +33,13 @@ from realtime_lrp.apps.evaluate.metrics import (
     sensitivity,
 )
 from realtime_lrp.apps.evaluate.report import payload, plot_curves, write_json
+from realtime_lrp.apps.evaluate.road import NOISE
 
 ROW_KEYS: tuple[str, ...] = (
     "method", "kind", "preset", "top_k", "dtype", "aopc_morf", "aopc_lerf", "aopc_diff", "sensitivity_r",
     "sensitivity_r_median", "sensitivity_r_min", "gini", "r_vs_fp32", "frame_r", "images", "seconds",
-    "ms_per_image", "cam_layer",
+    "ms_per_image", "cam_layer", "aopc_road_morf", "aopc_road_lerf", "aopc_road_diff", "class_r",
+    "curve_road_morf", "curve_road_lerf",
     "curve_morf", "curve_lerf",
 )
 
@@ -55,6 +58,9 @@ class EvalConfig:
     smooth: float = 0.0
     seed: int = 0
     cam_layer: str | None = None
+    road: bool = True
+    road_noise: float = NOISE
+    class_sensitivity: bool = True
 
 
 def evaluate(model: nn.Module, card: Mapping[str, Any], inputs: Inputs, config: EvalConfig,
@@ -62,9 +68,10 @@ def evaluate(model: nn.Module, card: Mapping[str, Any], inputs: Inputs, config: 
     """Measure every method of ``config`` on ``inputs``; one row per method (keys ``ROW_KEYS``).
 
     ``progress`` is an optional started ``rich.progress.Progress``; it gets one task advanced
-    per image and method. Each method's random numbers come from three generators seeded from
-    ``config.seed`` (tie order and uniform fills; sensitivity noise; random maps), so methods are
-    compared on the same noise, and changing ``draws`` leaves the pixel-flipping results alone.
+    per image and method. Each method's random numbers come from five generators seeded from
+    ``config.seed`` (tie order and uniform fills; sensitivity noise; random maps; ROAD's tie order
+    and imputation noise; the other class of the class sensitivity), so methods are compared on
+    the same noise, and changing ``draws`` leaves the pixel-flipping results alone.
     """
     from realtime_lrp.pipeline.processor import MapSmoother
 
@@ -84,18 +91,21 @@ def evaluate(model: nn.Module, card: Mapping[str, Any], inputs: Inputs, config: 
         layer = cam_layer(model, x_all[:1].to(device), config.cam_layer)
     targets = torch.cat([score_logits(model, x_all[i:i + config.batch].to(device)).argmax(1)
                          for i in range(0, n, config.batch)])
+    classes = int(score_logits(model, x_all[:1].to(device)).shape[1])
     task = progress.add_task("evaluating", total=len(methods) * n) if progress is not None else None
     fp32_maps: dict[tuple[str, float], Tensor] = {}
     rows = []
     for method in methods:
         if task is not None:
             progress.update(task, description=method.name)
-        flips, noise, draws = (torch.Generator(device=device).manual_seed(config.seed + i) for i in range(3))
+        flips, noise, draws, road, other = (torch.Generator(device=device).manual_seed(config.seed + i)
+                                            for i in range(5))
         explain = _explainer(model, card, method, draws, layer)
         smoother = MapSmoother(config.smooth, (h, w), device)
         start = time.perf_counter()
         explaining = 0.0
-        parts: dict[str, list[Tensor]] = {k: [] for k in ("maps", "morf", "lerf", "sens", "gini")}
+        parts: dict[str, list[Tensor]] = {k: [] for k in ("maps", "morf", "lerf", "sens", "gini", "road_morf",
+                                                          "road_lerf", "class_r")}
         for i in range(0, n, config.batch):
             x = x_all[i:i + config.batch].to(device)
             target = targets[i:i + config.batch]
@@ -106,13 +116,19 @@ def evaluate(model: nn.Module, card: Mapping[str, Any], inputs: Inputs, config: 
             value = replacement(x, config.flip.value, card["mean"], card["std"], flips)
             morf, lerf = flip_curves(model, x, maps, target, config.flip, value, flips)
             parts["sens"].append(sensitivity(explain, x, target, raw, sigma, config.draws, noise))
+            if config.road:
+                road_morf, road_lerf = flip_curves(model, x, maps, target, config.flip, None, road, config.road_noise)
+                parts["road_morf"].append(road_morf.cpu())
+                parts["road_lerf"].append(road_lerf.cpu())
+            if config.class_sensitivity:
+                parts["class_r"].append(class_sensitivity(explain, x, target, raw, classes, other).cpu())
             parts["maps"].append(maps.cpu())
             parts["morf"].append(morf.cpu())
             parts["lerf"].append(lerf.cpu())
             parts["gini"].append(gini(maps).cpu())
             if task is not None:
                 progress.advance(task, len(x))
-        joined = {k: torch.cat(v) for k, v in parts.items()}
+        joined = {k: torch.cat(v) for k, v in parts.items() if v}
         reference = fp32_maps.get((method.preset, method.top_k)) if method.dtype != "fp32" else None
         if method.kind == "lrp" and method.dtype == "fp32":
             fp32_maps[(method.preset, method.top_k)] = joined["maps"]
@@ -160,7 +176,20 @@ def _row(method: Method, m: dict[str, Tensor], reference: Tensor | None, video: 
         "images": len(m["maps"]), "seconds": round(seconds, 2),
         "curve_morf": [round(float(v), 6) for v in m["morf"].mean(0)],
         "curve_lerf": [round(float(v), 6) for v in m["lerf"].mean(0)],
+        **_road(m), "class_r": _stat(m["class_r"], "mean") if "class_r" in m else None,
     }
+
+
+def _road(m: dict[str, Tensor]) -> dict[str, Any]:
+    """The ROAD columns of a row (None where ROAD was not run)."""
+    if "road_morf" not in m:
+        return dict.fromkeys(("aopc_road_morf", "aopc_road_lerf", "aopc_road_diff", "curve_road_morf",
+                              "curve_road_lerf"))
+    morf, lerf = aopc(m["road_morf"]), aopc(m["road_lerf"])
+    return {"aopc_road_morf": _stat(morf, "mean"), "aopc_road_lerf": _stat(lerf, "mean"),
+            "aopc_road_diff": _stat(morf - lerf, "mean"),
+            "curve_road_morf": [round(float(v), 6) for v in m["road_morf"].mean(0)],
+            "curve_road_lerf": [round(float(v), 6) for v in m["road_lerf"].mean(0)]}
 
 
 def input_frame_r(inputs: Inputs) -> float | None:
