@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from realtime_lrp.util.atomic import commit
 
 if TYPE_CHECKING:
     from realtime_lrp.apps.evaluate.inputs import Inputs
@@ -68,9 +69,7 @@ def write_json(path: Path, payload: Mapping[str, Any]) -> None:
     partial = path.with_name(path.name + ".partial")
     with open(partial, "w", encoding="utf-8") as fh:
         fh.write(json.dumps(payload, indent=2) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(partial, path)
+    commit(partial, path)
 
 
 def plot_curves(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float], path: Path,
@@ -136,7 +135,7 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float], p
     partial = path.with_name(path.name + ".partial")
     fig.savefig(partial, dpi=110, format="png")
     plt.close(fig)
-    os.replace(partial, path)
+    commit(partial, path)
 
 
 def payload(rows: Sequence[Mapping[str, Any]], config: EvalConfig, inputs: Inputs, card: Mapping[str, Any],

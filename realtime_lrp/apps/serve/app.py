@@ -9,12 +9,10 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Mapping
 
-from realtime_lrp.apps.serve.auth import COOKIE, allowed, same_origin
+from realtime_lrp.apps.serve.auth import allowed, cookie_name, same_origin
 from realtime_lrp.apps.serve.protocol import (
     CLOSE_INTERNAL,
-    CLOSE_INVALID,
     CLOSE_POLICY,
-    CLOSE_TOO_BIG,
     CLOSE_TRY_LATER,
     CLOSE_UNSUPPORTED,
     Limits,
@@ -23,6 +21,8 @@ from realtime_lrp.apps.serve.protocol import (
     Settings,
     decode_frame,
     frame_id,
+    parse_text,
+    shown,
 )
 from realtime_lrp.apps.serve.worker import Job, Notice, Stream, Worker
 from realtime_lrp.lrp.presets import PRESET_NAMES
@@ -108,11 +108,14 @@ class Hub:
     """
 
     def __init__(self, worker: Worker, settings: Settings, limits: Limits, token: str | None, secure: bool,
-                 device: str, source: str | None = None, notice: Notice | None = None) -> None:
+                 device: str, source: str | None = None, notice: Notice | None = None, *, port: int = 0,
+                 loopback: bool = True) -> None:
         self.worker = worker
         self.settings = settings
         self.limits = limits
         self.token = token
+        self.cookie = cookie_name(port)
+        self.loopback = loopback
         self.secure = secure
         self.device = device
         self.source = source
@@ -128,7 +131,7 @@ class Hub:
     # -- who gets in ---------------------------------------------------------------------
     def allowed(self, headers: Mapping[str, str], query: Mapping[str, str], cookies: Mapping[str, str]) -> bool:
         """Whether a request may use this server (:func:`~realtime_lrp.apps.serve.auth.allowed`)."""
-        return allowed(self.token, headers, query, cookies)
+        return allowed(self.token, self.loopback, self.cookie, headers, query, cookies)
 
     # -- kiosk ---------------------------------------------------------------------------
     def kiosk_stream(self) -> Stream:
@@ -160,20 +163,21 @@ class Hub:
         from starlette.responses import PlainTextResponse
 
         return PlainTextResponse("403 Forbidden: open the URL that rtlrp serve printed when it started"
-                                 " (on a non-local address it carries a token).\n", status_code=403)
+                                 " (it carries a token).\n", status_code=403)
 
     def _check(self, request: Request) -> bool:
         return self.allowed(request.headers, request.query_params, request.cookies)
 
     async def page(self, request: Request) -> Response:
-        """The page; a valid ``?token=`` also sets the cookie, so the page's own requests carry it."""
+        """The page; a valid ``?token=`` also sets the port's cookie, so the page's own requests carry it
+        (and the page can drop the token from its address)."""
         from starlette.responses import HTMLResponse
 
         if not self._check(request):
             return self._forbidden()
         response = HTMLResponse(_asset("serve.html"), headers=_page_headers())
         if self.token is not None:
-            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict", secure=self.secure)
+            response.set_cookie(self.cookie, self.token, httponly=True, samesite="strict", secure=self.secure)
         return response
 
     async def asset(self, request: Request) -> Response:
@@ -298,15 +302,10 @@ class Hub:
             client.outbox.put(_skipped(old.frame_id, "a newer frame came"))
 
     def _text(self, client: Client, text: str) -> None:
-        if len(text) > 4096:
-            raise ProtocolError(CLOSE_TOO_BIG, f"a text message of {len(text)} characters: at most 4096")
-        try:
-            message = json.loads(text)
-        except ValueError:
-            raise ProtocolError(CLOSE_INVALID, "a text message that is not JSON") from None
-        kind = message.get("type") if isinstance(message, dict) else None
+        message = parse_text(text)
+        kind = message.get("type")
         if kind not in ("settings", "reset"):
-            raise ProtocolError(CLOSE_UNSUPPORTED, f"unknown message type {json.dumps(kind)[:40]}")
+            raise ProtocolError(CLOSE_UNSUPPORTED, f"unknown message type {shown(kind)}")
         if self.kiosk is not None:
             raise ProtocolError(CLOSE_POLICY, "kiosk mode: the server's settings are fixed")
         if kind == "settings":
