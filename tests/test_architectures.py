@@ -18,9 +18,9 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from realtime_lrp import LRP
 from realtime_lrp.lrp.engine import IMAGENET_MEAN, IMAGENET_STD, _merge, pixel_bounds
 from realtime_lrp.lrp.graph import canonize
-from realtime_lrp.lrp.rules import pow2
 from realtime_lrp.models.architectures import ENGINE_ARCHS, build_model
 from realtime_lrp.models.errors import WeightsError
+from realtime_lrp.lrp.rules import pow2
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -226,7 +226,7 @@ def test_build_model_for_other_inputs(arch: str, kwargs: dict) -> None:
     if kwargs.get("small_input"):
         assert net.conv1.kernel_size == (3, 3) and isinstance(net.maxpool, nn.Identity)
     with pytest.raises(WeightsError, match="unknown architecture"):
-        build_model("densenet121")
+        build_model("resnet9")
 
 
 def test_filter_runs_before_every_conv_linear_and_pool_of_a_resnet() -> None:

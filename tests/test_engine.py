@@ -207,8 +207,8 @@ def test_filter_keeps_all_ties_at_threshold() -> None:
 
 def test_unsupported_layer_is_named() -> None:
     model = vgg(False)
-    model.features[1] = nn.Softplus()
-    with pytest.raises(UnsupportedModelError, match=r"'features\.1' \(Softplus\)"):
+    model.features[1] = nn.LocalResponseNorm(2)
+    with pytest.raises(UnsupportedModelError, match=r"'features\.1' \(LocalResponseNorm\)"):
         LRP(model)
 
 
@@ -247,11 +247,12 @@ class _Attention(nn.Module):
 
 
 @pytest.mark.parametrize("model, message", [
+    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.LPPool2d(2, 2), nn.Flatten(), nn.Linear(36, 2)),
+     r"'1' \(LPPool2d\)"),
     (_Product, r"'mul' \(operator\.mul of two tensors, neither a sigmoid gate computed from the other"),
     (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.PReLU(), nn.Flatten(), nn.Linear(144, 2)), r"'1' \(PReLU\)"),
     (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm([4, 6, 6]), nn.Flatten(), nn.Linear(144, 2)),
      r"'1' \(LayerNorm\)"),
-    (_Concat, r"'cat' \(torch\.cat\)"),
     (_Attention, r"'attn' \(MultiheadAttention\)"),
 ])
 def test_unsupported_node_is_named(model, message: str) -> None:
@@ -259,9 +260,10 @@ def test_unsupported_node_is_named(model, message: str) -> None:
         LRP(model().eval())
 
 
-def test_batch_norm_without_a_conv_before_it_is_refused() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 2))
-    with pytest.raises(UnsupportedModelError, match=r"batch norm '2' does not follow a Conv2d"):
+def test_batch_norm_neither_after_a_conv_nor_mergeable_to_the_right_is_refused() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(36, 2))
+    with pytest.raises(UnsupportedModelError, match=r"batch norm '2' follows no Conv2d and leads to no Conv2d"):
         LRP(model.eval())
 
 

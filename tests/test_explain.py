@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from media import frame_for, model_file
 
+from media import frame_for, model_file
 from realtime_lrp.cli import cli
 
 

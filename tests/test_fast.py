@@ -4,14 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from media import frame_for, read_video, tiny_card, tiny_model, write_video
 
-from realtime_lrp.apps.video import process_video
+from media import frame_for, read_video, tiny_card, tiny_model, write_video
 from realtime_lrp.lrp.engine import LRP
-from realtime_lrp.lrp.filter import RelevanceFilter, kth_largest
 from realtime_lrp.pipeline.fast import CapturedCall, FastProcessor, percentile_rows
+from realtime_lrp.lrp.filter import RelevanceFilter, kth_largest
 from realtime_lrp.pipeline.processor import FrameProcessor, ProcessingError
 from realtime_lrp.pipeline.render import StableScale
+from realtime_lrp.apps.video import process_video
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

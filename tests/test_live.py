@@ -18,26 +18,17 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from media import (
-    ends_with_last_shown,
-    interrupt_rtlrp,
-    model_file,
-    read_video,
-    run_rtlrp,
-    spied_count,
-    spy_env,
-    tiny_card,
-    tiny_model,
-)
 from rich.console import Console
 
+from media import (ends_with_last_shown, interrupt_rtlrp, model_file, read_video, run_rtlrp, spied_count, spy_env,
+                   tiny_card, tiny_model)
 from realtime_lrp.apps import live
-from realtime_lrp.apps.live import FpsMeter, LiveLoop, LiveRecorder, fit_frame
-from realtime_lrp.cli import cli
 from realtime_lrp.media.capture import LiveSource
+from realtime_lrp.cli import cli
 from realtime_lrp.media.display import HeadlessDisplay, LiveStats, WindowDisplay, display_problem
-from realtime_lrp.media.writer import VideoWriter
+from realtime_lrp.apps.live import FpsMeter, LiveLoop, LiveRecorder, fit_frame
 from realtime_lrp.pipeline.processor import FrameProcessor
+from realtime_lrp.media.writer import VideoWriter
 
 FPS = 29.97
 SIZE = (97, 75)  # odd sizes, as cameras and files may have

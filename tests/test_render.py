@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from media import tiny_card, tiny_model
 
+from media import tiny_card, tiny_model
 from realtime_lrp.pipeline import render
 from realtime_lrp.pipeline.preprocess import frames_to_tensor, parse_size
 from realtime_lrp.pipeline.processor import FrameProcessor, parse_target

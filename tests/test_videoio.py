@@ -20,9 +20,9 @@ import av
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from media import model_file
 from tiny_data import torchrun_two_cpu_processes
-
 from realtime_lrp.cli import cli
 from realtime_lrp.media.writer import VideoWriter, WriterError, resolve_codec
 
