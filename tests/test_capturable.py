@@ -146,3 +146,26 @@ def test_fast_frame_pass_device_part_has_no_host_sync(fake_models, arch: str, pr
     assert out.dtype == torch.uint8 and out.device == CUDA
     assert out.shape == ((2, 60, 180, 3) if layout == "side" else (2, 60, 90, 3))
     assert preds.shape == (3, 2) and preds.device == CUDA
+
+
+@pytest.fixture(scope="module")
+def fake_densenet() -> tuple[FakeTensorMode, nn.Module]:
+    torch.manual_seed(0)
+    mode = FakeTensorMode()
+    return mode, fake_cuda(torchvision.models.densenet121(num_classes=10), mode, torch.float16)
+
+
+@pytest.mark.parametrize("preset, top_k", [("epsilon-plus-flat", 0.02), ("epsilon-gamma-box", 0.0), ("zplus", 0.02)])
+def test_densenet121_fp16_has_no_host_sync(fake_densenet, preset: str, top_k: float) -> None:
+    """DenseNet-121 (concatenations, batch norms merged into the conv after them, thresholded ReLUs) in
+    fp16: building the engine and a call stay on the device, with no host sync."""
+    mode, model = fake_densenet
+    with mode:
+        lrp = LRP(model, preset=preset, top_k=top_k)
+        channels_last_weights(lrp)
+        target = torch.tensor([3, 7], device=CUDA)
+    assert {"cat", "shifted_relu"} <= {step.node.kind for step in lrp.steps}
+    x = fake_input(mode, 2, 64, 48)
+    result, audit = audited(mode, lambda: lrp(x, target=target))
+    assert audit.off_device == []
+    assert result.relevance.shape == (2, 64, 48) and result.relevance.device == CUDA
