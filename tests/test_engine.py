@@ -6,10 +6,10 @@ import copy
 import pytest
 import torch
 import torchvision
-from torch import nn
-
 import vgg_reference
+from torch import nn
 from zplus_reference import slow_zplus, topk_scatter
+
 from realtime_lrp import LRP
 from realtime_lrp.lrp.engine import IMAGENET_MEAN, IMAGENET_STD, initial_relevance, pixel_bounds
 from realtime_lrp.lrp.filter import RelevanceFilter
@@ -236,16 +236,16 @@ class _Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
-        return self.fc(self.attn(y, y, y)[0])
+        return self.fc(self.attn(y, y, y)[1])  # the attention weights, which no rule explains
 
 
 @pytest.mark.parametrize("model, message", [
     (lambda: torchvision.models.efficientnet_b0(num_classes=3), r"'features\.0\.2' \(SiLU\)"),
     (lambda: torchvision.models.mobilenet_v2(num_classes=3), r"'features\.0\.2' \(ReLU6\)"),
     (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm([4, 6, 6]), nn.Flatten(), nn.Linear(144, 2)),
-     r"'1' \(LayerNorm\)"),
+     r"'1' \(LayerNorm over 3 dims"),
     (_Concat, r"'cat' \(torch\.cat\)"),
-    (_Attention, r"'attn' \(MultiheadAttention\)"),
+    (_Attention, r"'attn' \(MultiheadAttention whose attention weights are used\)"),
 ])
 def test_unsupported_node_is_named(model, message: str) -> None:
     with pytest.raises(UnsupportedModelError, match="no LRP rule for node " + message):

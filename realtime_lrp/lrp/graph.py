@@ -83,6 +83,8 @@ class _Reader:
         self.nodes: list[Node] = []
         self.env: dict[torch.fx.Node, int] = {}
         self.output: Union[int, None] = None
+        self.constants: dict[torch.fx.Node, Tensor] = {}
+        self.skipped: set[torch.fx.Node] = set()
 
     # -- what the registry's readers use ---------------------------------------------------
     def producer(self, fx_node: torch.fx.Node, arg: object) -> int:
@@ -117,6 +119,14 @@ class _Reader:
         conv.weight, conv.bias = _fold(conv.weight, conv.bias, bn)
         self.alias(fx_node, source)
 
+    def constant(self, arg: object) -> Union[Tensor, None]:
+        """The fp32 copy of a parameter or buffer ``arg`` reads (an fx ``get_attr``), else None."""
+        return self.constants.get(arg) if isinstance(arg, torch.fx.Node) else None
+
+    def skip(self, fx_node: torch.fx.Node) -> None:
+        """``fx_node`` has been read with an earlier call (an unused output of it): visiting it does nothing."""
+        self.skipped.add(fx_node)
+
     def unsupported(self, fx_node: torch.fx.Node, what: str) -> UnsupportedModelError:
         """The error for a node without a rule, named by its module path (or fx name for functions)."""
         name = fx_node.target if fx_node.op == "call_module" else fx_node.name
@@ -132,6 +142,16 @@ class _Reader:
 
     # -- the walk ----------------------------------------------------------------------------
     def visit(self, fx_node: torch.fx.Node) -> None:
+        if fx_node in self.env or fx_node in self.skipped:  # read with the call that made it
+            return
+        if fx_node.op == "get_attr":
+            value = self.traced
+            for name in fx_node.target.split("."):
+                value = getattr(value, name)
+            if not isinstance(value, Tensor):
+                raise self.unsupported(fx_node, f"attribute {fx_node.target} of type {type(value).__name__}")
+            self.constants[fx_node] = value.detach().float()
+            return
         if fx_node.op == "placeholder":
             if self.nodes:
                 raise UnsupportedModelError(f"{type(self.model).__name__} takes more than one input ('{fx_node.name}')")

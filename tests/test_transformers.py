@@ -1,0 +1,107 @@
+"""Transformers: LayerNorm, attention and the presets cp-lrp and attnlrp against LXT 2.1.
+
+Per op, each rule of ``attnlrp`` equals LXT's explicit functional rule (``softmax_fn``,
+``matmul_fn``, ``layer_norm_grad_fn``) on random inputs. The bound everywhere is
+max|ours - reference| / max|reference| <= 1e-4 per sample. LXT stabilises by ``z + eps``,
+this engine by ``z + eps sign(z)`` (zennit's convention): where a denominator is within eps
+of zero the two differ, so the per-op products are compared at eps = 1e-9.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from realtime_lrp.lrp import ops, rules
+from realtime_lrp.lrp.nodes import Node
+from realtime_lrp.lrp.rules import RuleContext
+from tests.lxt_reference import explicit_functional
+
+CONTEXT = RuleContext((torch.zeros(3), torch.ones(3)))
+
+
+def rel_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    """max|ours - ref| / max|ref| over each sample, the worst sample."""
+    n = ref.shape[0]
+    diff = (ours.double() - ref.double()).reshape(n, -1).abs().amax(1)
+    return float((diff / ref.double().reshape(n, -1).abs().amax(1)).max())
+
+
+def node(op: ops.Op, inputs: tuple[int, ...] = (0,), **attrs: object) -> Node:
+    return Node("n", op, inputs, attrs=dict(attrs))
+
+
+def test_softmax_rule_equals_lxt_softmax_fn_with_masked_inputs() -> None:
+    lf = explicit_functional()
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 7) * 3
+    x[:, :, :, -2:] = float("-inf")  # a mask, as attention scores carry
+    R = torch.randn(2, 3, 5, 7)
+    xr = x.clone().requires_grad_()
+    lf.softmax(xr, -1).backward(R)
+    propagate = rules.SoftmaxTaylor().bind(node(ops.SOFTMAX, dim=-1), torch.float32, CONTEXT)
+    ours, scale = propagate(x, torch.softmax(x, -1), None, R)
+    assert scale is None
+    assert rel_error(ours, xr.grad) <= 1e-4
+    assert torch.isfinite(ours).all()
+
+
+def test_uniform_product_rule_equals_lxt_matmul_fn() -> None:
+    lf = explicit_functional()
+    torch.manual_seed(1)
+    a, b, R = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 4, 6), torch.randn(2, 3, 5, 6)
+    ar, br = a.clone().requires_grad_(), b.clone().requires_grad_()
+    lf.matmul(ar, br, epsilon=1e-9).backward(R)
+    propagate = rules.UniformProduct(epsilon=1e-9).bind(node(ops.MATMUL, (0, 1)), torch.float32, CONTEXT)
+    (ra, rb), _ = propagate((a, b), a @ b, None, R)
+    assert rel_error(ra, ar.grad) <= 1e-4 and rel_error(rb, br.grad) <= 1e-4
+    # each operand gets half: without the bias-free stabiliser, the two add up to R
+    assert torch.allclose(ra.sum() + rb.sum(), R.sum(), rtol=1e-3)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_layernorm_rule_equals_lxt_layer_norm_grad_fn(affine: bool) -> None:
+    lf = explicit_functional()
+    torch.manual_seed(2)
+    x, R = torch.randn(2, 7, 16) * 2 + 0.5, torch.randn(2, 7, 16)
+    w = torch.randn(16) if affine else None
+    b = torch.randn(16) * 0.1 if affine else None
+    xr = x.clone().requires_grad_()
+    lf.layer_norm_grad_fn.apply(xr, w, b, 1e-5, 1e-9).backward(R)
+    n = node(ops.LAYERNORM, dim=-1, eps=1e-5)
+    n.weight, n.bias = w, b
+    out = torch.nn.functional.layer_norm(x, (16,), w, b, 1e-5)
+    ours, _ = rules.LayerNormCentred(epsilon=1e-9).bind(n, torch.float32, CONTEXT)(x, out, None, R)
+    assert rel_error(ours, xr.grad) <= 1e-4
+
+
+def test_layernorm_over_channels_equals_lxt_on_the_permuted_tensor() -> None:
+    """ConvNeXt's LayerNorm2d normalises (N, C, H, W) over C: the rule over dim 1 is LXT's over the last dim."""
+    lf = explicit_functional()
+    torch.manual_seed(3)
+    x, R, w, b = torch.randn(2, 8, 3, 5), torch.randn(2, 8, 3, 5), torch.randn(8), torch.randn(8)
+    xr = x.permute(0, 2, 3, 1).clone().requires_grad_()
+    lf.layer_norm_grad_fn.apply(xr, w, b, 1e-6, 1e-9).backward(R.permute(0, 2, 3, 1))
+    n = node(ops.LAYERNORM, dim=1, eps=1e-6)
+    n.weight, n.bias = w, b
+    out, _ = ops.LAYERNORM.forward(n, x, w, b)
+    ours, _ = rules.LayerNormCentred(epsilon=1e-9).bind(n, torch.float32, CONTEXT)(x, out, None, R)
+    assert rel_error(ours, xr.grad.permute(0, 3, 1, 2)) <= 1e-4
+
+
+def test_attention_values_rule_is_the_epsilon_rule_with_the_probabilities_held_constant() -> None:
+    torch.manual_seed(4)
+    p = torch.softmax(torch.randn(2, 3, 5, 5), -1)
+    v, R = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    out = p @ v
+    vr = v.clone().requires_grad_()
+    (p @ vr).backward(R / out)  # the epsilon rule of a linear map is Gradient x Input of R / z
+    (rp, rv), _ = rules.AttentionValues().bind(node(ops.MATMUL, (0, 1)), torch.float32, CONTEXT)((p, v), out, None, R)
+    assert rp is None
+    assert rel_error(rv, vr.grad * v) <= 1e-4
+    assert torch.allclose(rv.sum((1, 2, 3)), R.sum((1, 2, 3)), rtol=1e-4)  # conservative: no bias
+
+
+def test_held_constant_softmax_passes_no_relevance() -> None:
+    propagate = rules.HeldConstant().bind(node(ops.SOFTMAX, dim=-1), torch.float32, CONTEXT)
+    x = torch.randn(1, 4)
+    assert propagate(x, torch.softmax(x, -1), None, torch.ones(1, 4)) == (None, None)
