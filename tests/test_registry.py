@@ -68,7 +68,7 @@ def test_modules_are_found_by_their_base_class_and_dropout_of_any_rank_is_the_id
     assert ops.op_for_module(MyReLU()) is ops.RELU
     for dropout in (nn.Dropout(), nn.Dropout1d(), nn.Dropout2d(), nn.Dropout3d(), nn.AlphaDropout()):
         assert ops.op_for_module(dropout) is ops.IDENTITY
-    assert ops.op_for_module(nn.ReLU6()) is None  # a Hardtanh, not a ReLU: no rule of this registry
+    assert ops.op_for_module(nn.ReLU6()) is ops.RELU6  # its own entry, before its base class Hardtanh
     plain = small_cnn()
     torch.manual_seed(0)
     custom = nn.Sequential(MyConv(3, 4, 3, padding=1), nn.Dropout2d(0.3), MyReLU(), *list(plain)[2:]).eval()

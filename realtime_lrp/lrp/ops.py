@@ -23,6 +23,8 @@ Readers take ``(reader, op, fx_node, module)``: ``reader`` is the graph builder 
 """
 from __future__ import annotations
 
+import copy
+import inspect
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Union
@@ -321,6 +323,140 @@ SOFTMAX = Op("softmax", _read_softmax, _softmax, modules=(nn.Softmax,), function
 _TRANSFORMER_OPS: tuple[Op, ...] = (LAYERNORM, SCALE, ADD_CONSTANT, ATTENTION, HEADS, MATMUL, SOFTMAX)
 
 
+# -- activations, gates and functional forms -------------------------------------------------
+
+def _no_inplace(module: nn.Module) -> nn.Module:
+    """The module, or a shallow copy computing out of place: the engine keeps every node's
+    output, so an activation must not overwrite its input."""
+    if not getattr(module, "inplace", False):
+        return module
+    copy_ = copy.copy(module)
+    copy_.inplace = False
+    return copy_
+
+
+def _bound_call(reader: Any, fx_node: Any, fn: Callable[..., Tensor]) -> Callable[[Tensor], Tensor]:
+    """``fn`` with the traced call's arguments after the input (constants only), out of place."""
+    extra, kwargs = fx_node.args[1:], dict(fx_node.kwargs)
+    if any(isinstance(v, torch.fx.Node) for v in (*extra, *kwargs.values())):
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} with a tensor argument besides its input")
+    try:
+        bound = inspect.signature(fn).bind(None, *extra, **kwargs)
+        bound.arguments.pop("inplace", None)
+        extra, kwargs = bound.args[1:], bound.kwargs
+    except (TypeError, ValueError):  # builtins (torch.sigmoid, F.gelu) have no signature: take the call as it is
+        pass
+
+    def call(a: Tensor) -> Tensor:
+        return fn(a, *extra, **kwargs)
+
+    return call
+
+
+def _read_activation(reader: Any, op: Op, fx_node: Any, module: Union[nn.Module, None]) -> None:
+    """An element-wise activation: a module (copied out of place), a function or a tensor method;
+    what it computes is kept as ``attrs["fn"]``."""
+    source = _one_input(reader, fx_node, module)
+    if module is not None:
+        fn = _no_inplace(module)
+    elif fx_node.op == "call_method":
+        fn = _bound_call(reader, fx_node, getattr(Tensor, fx_node.target))
+    else:
+        fn = _bound_call(reader, fx_node, fx_node.target)
+    reader.add(fx_node, op, (source,), module, {"fn": fn})
+
+
+def _activation(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
+    return node.attrs["fn"](a), None
+
+
+def _activation_op(kind: str, modules: tuple[type, ...], functions: tuple[object, ...] = (),
+                   methods: tuple[str, ...] = (), sign: str = "any") -> Op:
+    """An element-wise activation with the identity rule (zennit's ``Pass``, AttnLRP Eq. 9)."""
+    return Op(kind, _read_activation, _activation, modules=modules, functions=functions, methods=methods, sign=sign,
+              relevance=rule("Pass"))
+
+
+RELU6 = _activation_op("relu6", (nn.ReLU6,), (F.relu6,), sign="nonneg")
+HARDTANH = _activation_op("hardtanh", (nn.Hardtanh,), (F.hardtanh,))
+SILU = _activation_op("silu", (nn.SiLU,), (F.silu,))
+HARDSWISH = _activation_op("hardswish", (nn.Hardswish,), (F.hardswish,))
+GELU = _activation_op("gelu", (nn.GELU,), (F.gelu,))
+LEAKY_RELU = _activation_op("leaky_relu", (nn.LeakyReLU,), (F.leaky_relu,))
+ELU = _activation_op("elu", (nn.ELU,), (F.elu,))
+MISH = _activation_op("mish", (nn.Mish,), (F.mish,))
+SIGMOID = _activation_op("sigmoid", (nn.Sigmoid,), (torch.sigmoid, F.sigmoid), ("sigmoid",), sign="nonneg")
+HARDSIGMOID = _activation_op("hardsigmoid", (nn.Hardsigmoid,), (F.hardsigmoid,), sign="nonneg")
+TANH = _activation_op("tanh", (nn.Tanh,), (torch.tanh, F.tanh), ("tanh",))
+def _call_args(reader: Any, fx_node: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The constant arguments after the input of a traced call, by name (``names`` in their
+    positional order); a tensor argument or an unknown name is refused."""
+    extra = fx_node.args[1:]
+    if len(extra) > len(names) or set(fx_node.kwargs) - set(names):
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} with arguments {fx_node.args[1:]}, {fx_node.kwargs}")
+    given = {**dict(zip(names, extra)), **fx_node.kwargs}
+    if any(isinstance(v, torch.fx.Node) for v in given.values()):
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} with a tensor argument besides its input")
+    return given
+
+
+def _read_max_pool_function(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``F.max_pool2d(x, ...)``: a max-pool node, as ``nn.MaxPool2d`` with the same arguments."""
+    args = _call_args(reader, fx_node, ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"))
+    args.pop("return_indices", None)  # False here: fx resolves True to max_pool2d_with_indices, which is refused
+    reader.add(fx_node, MAXPOOL, (reader.producer(fx_node, fx_node.args[0]),), nn.MaxPool2d(**args))
+
+
+def _read_avg_pool_function(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``F.avg_pool2d(x, ...)``: an average-pool node, as ``nn.AvgPool2d`` with the same arguments."""
+    args = _call_args(reader, fx_node, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                                        "divisor_override"))
+    reader.add(fx_node, AVGPOOL, (reader.producer(fx_node, fx_node.args[0]),), nn.AvgPool2d(**args))
+
+
+def _read_adaptive_avg_pool_function(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``F.adaptive_avg_pool2d(x, size)``: an adaptive average-pool node, as the module."""
+    args = _call_args(reader, fx_node, ("output_size",))
+    reader.add(fx_node, ADAPTIVE_AVGPOOL, (reader.producer(fx_node, fx_node.args[0]),),
+               nn.AdaptiveAvgPool2d(**args))
+
+
+def _read_mean(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``x.mean((2, 3))`` of an (N, C, H, W) map: a global average pool (``keepdim=True``), then a
+    flatten to (N, C) without keepdim; any other reduction is refused."""
+    args = _call_args(reader, fx_node, ("dim", "keepdim", "dtype"))
+    dims = args.get("dim")
+    dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
+    if sorted(dims) not in ([2, 3], [-2, -1]) or args.get("dtype") is not None:
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} over dims {args.get('dim')} (only the spatial "
+                                          "mean over (2, 3) of an (N, C, H, W) map)")
+    source = reader.producer(fx_node, fx_node.args[0])
+    reader.add(fx_node, ADAPTIVE_AVGPOOL, (source,), nn.AdaptiveAvgPool2d(1))
+    if not args.get("keepdim", False):
+        reader.add(fx_node, FLATTEN, (len(reader.nodes) - 1,))
+
+
+def _read_flatten_method(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``x.flatten(1)``: the flatten node of ``torch.flatten(x, 1)``."""
+    _read_flatten(reader, FLATTEN, fx_node, None)
+
+
+MAX_POOL_FUNCTION = Op("max_pool_function", _read_max_pool_function, functions=(F.max_pool2d,))
+AVG_POOL_FUNCTION = Op("avg_pool_function", _read_avg_pool_function, functions=(F.avg_pool2d,))
+ADAPTIVE_AVG_POOL_FUNCTION = Op("adaptive_avg_pool_function", _read_adaptive_avg_pool_function,
+                                functions=(F.adaptive_avg_pool2d,))
+MEAN = Op("mean", _read_mean, functions=(torch.mean,), methods=("mean",))
+FLATTEN_METHOD = Op("flatten_method", _read_flatten_method, methods=("flatten",))
+"""Functional forms, read as the nodes of their module forms (so presets bind the same rules)."""
+
+STOCHASTIC_DEPTH = Op("stochastic_depth", _read_identity, module_names=("StochasticDepth",))
+"""torchvision's ``StochasticDepth``: the identity in eval mode, like dropout."""
+
+_ACTIVATION_OPS: tuple[Op, ...] = (RELU6, HARDTANH, SILU, HARDSWISH, GELU, LEAKY_RELU, ELU, MISH, SIGMOID,
+                                   HARDSIGMOID, TANH, STOCHASTIC_DEPTH, MAX_POOL_FUNCTION, AVG_POOL_FUNCTION,
+                                   ADAPTIVE_AVG_POOL_FUNCTION, MEAN, FLATTEN_METHOD)
+
+
 # -- the registry ----------------------------------------------------------------------------
 
 CONV = Op("conv", _read_params, _conv, modules=(nn.Conv2d,), filtered=True, params=True)
@@ -338,7 +474,7 @@ IDENTITY = Op("identity", _read_identity, modules=(nn.Identity, nn.modules.dropo
 BATCHNORM = Op("batchnorm", _read_batchnorm, modules=(nn.BatchNorm2d,))
 
 OPS: tuple[Op, ...] = (CONV, LINEAR, RELU, MAXPOOL, AVGPOOL, ADAPTIVE_AVGPOOL, FLATTEN, ADD, IDENTITY, BATCHNORM,
-                       *_TRANSFORMER_OPS)
+                       *_ACTIVATION_OPS, *_TRANSFORMER_OPS)
 OPS_BY_KIND: dict[str, Op] = {op.kind: op for op in OPS}
 
 _BY_MODULE: dict[type, Op] = {t: op for op in OPS for t in op.modules}
