@@ -20,7 +20,7 @@ import pytest
 
 def efficient() -> Any:
     """``lxt.efficient.patches`` (skips the test where lxt is not installed)."""
-    lxt = pytest.importorskip("lxt", reason="lxt is a test-only extra: pip install --no-deps lxt==2.1")
+    pytest.importorskip("lxt", reason="lxt is a test-only extra: pip install --no-deps lxt==2.1")
     if "lxt.efficient.models" not in sys.modules:
         stub = types.ModuleType("lxt.efficient.models")
 
@@ -31,7 +31,6 @@ def efficient() -> Any:
         sys.modules["lxt.efficient.models"] = stub
     import lxt.efficient.patches as patches
 
-    assert pathlib.Path(patches.__file__).parent.parent == pathlib.Path(lxt.__file__).parent / "efficient"
     return patches
 
 
@@ -54,18 +53,37 @@ def vit_patches() -> dict:
 
 
 @contextlib.contextmanager
-def patched(patch_map: dict) -> Iterator[None]:
-    """Apply an LXT patch map (class -> patch function) and restore every class after."""
-    saved = {cls: {k: cls.__dict__[k] for k in ("forward", "original_forward") if k in cls.__dict__}
-             for cls in patch_map}
+def restored(cls: type, *names: str) -> Iterator[None]:
+    """Whatever is done to ``cls``'s attributes ``names`` inside, they are as before after."""
+    saved = {k: cls.__dict__[k] for k in names if k in cls.__dict__}
     try:
-        for cls, patch in patch_map.items():
-            assert patch(cls), f"LXT did not patch {cls.__name__}"
         yield
     finally:
-        for cls, attrs in saved.items():
-            for k in ("forward", "original_forward"):
-                if k in attrs:
-                    setattr(cls, k, attrs[k])
-                elif k in cls.__dict__:
-                    delattr(cls, k)
+        for k in names:
+            if k in saved:
+                setattr(cls, k, saved[k])
+            elif k in cls.__dict__:
+                delattr(cls, k)
+
+
+@contextlib.contextmanager
+def patched(patch_map: dict) -> Iterator[None]:
+    """Apply an LXT patch map (class -> patch function) and restore every class after."""
+    with contextlib.ExitStack() as stack:
+        for cls, patch in patch_map.items():
+            stack.enter_context(restored(cls, "forward", "original_forward"))
+            assert patch(cls), f"LXT did not patch {cls.__name__}"
+        yield
+
+
+@contextlib.contextmanager
+def zennit_in_gradient_x_input() -> Iterator[None]:
+    """LXT's ``monkey_patch_zennit``: zennit's rules in the Gradient x Input convention, undone after."""
+    efficient()
+    import lxt.efficient.zennit_patches as zennit_patches
+    from zennit.core import BasicHook
+
+    with restored(BasicHook, "forward", "backward"):
+        zennit_patches.monkey_patch_zennit()
+        assert BasicHook.backward is zennit_patches.backward
+        yield

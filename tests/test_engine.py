@@ -212,19 +212,6 @@ def test_unsupported_layer_is_named() -> None:
         LRP(model)
 
 
-class _Concat(nn.Module):
-    """Two conv branches joined by torch.cat (as in DenseNet or Inception)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Conv2d(3, 4, 3)
-        self.b = nn.Conv2d(3, 4, 3)
-        self.fc = nn.Linear(8, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(torch.cat([self.a(x), self.b(x)], 1), 1))
-
-
 class _Attention(nn.Module):
     """A conv followed by self-attention."""
 
@@ -244,7 +231,6 @@ class _Attention(nn.Module):
     (lambda: torchvision.models.mobilenet_v2(num_classes=3), r"'features\.0\.2' \(ReLU6\)"),
     (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm([4, 6, 6]), nn.Flatten(), nn.Linear(144, 2)),
      r"'1' \(LayerNorm over 3 dims"),
-    (_Concat, r"'cat' \(torch\.cat\)"),
     (_Attention, r"'attn' \(MultiheadAttention whose attention weights are used\)"),
 ])
 def test_unsupported_node_is_named(model, message: str) -> None:

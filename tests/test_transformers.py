@@ -105,3 +105,63 @@ def test_held_constant_softmax_passes_no_relevance() -> None:
     propagate = rules.HeldConstant().bind(node(ops.SOFTMAX, dim=-1), torch.float32, CONTEXT)
     x = torch.randn(1, 4)
     assert propagate(x, torch.softmax(x, -1), None, torch.ones(1, 4)) == (None, None)
+
+
+# -- whole ViTs ----------------------------------------------------------------------------------
+
+def random_vit(image_size: int, patch: int, layers: int, heads: int, dim: int, mlp: int, seed: int = 0,
+               classes: int = 7) -> torch.nn.Module:
+    """A torchvision VisionTransformer with random weights everywhere (torchvision zeroes its head
+    and class token, and starts LayerNorms at 1 and 0)."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(seed)
+    model = VisionTransformer(image_size, patch, layers, heads, dim, mlp, num_classes=classes)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".ln" in name:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * torch.randn_like(p))
+            elif name in ("class_token", "encoder.pos_embedding") or name.endswith("bias"):
+                p.normal_(0.0, 0.3)
+            elif p.dim() >= 2:
+                p.normal_(0.0, (1 / p[0].numel()) ** 0.5)
+    return model.eval()
+
+
+VIT_SIZES = {
+    "tiny": (32, 8, 2, 2, 16, 32),
+    "wide": (48, 16, 3, 4, 32, 64),
+    "one-head": (28, 7, 1, 1, 12, 24),
+}
+
+
+def lxt_cp_lrp_map(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """LXT 2.1's CP-LRP for torchvision ViT: Gradient x Input under its own patches (vit_torch.cp_LRP),
+    with zennit's Epsilon(1e-6) on the conv and Linear modules in LXT's Gradient x Input convention,
+    as LXT's ViT example puts zennit rules on them (there: gamma)."""
+    zcomposites = pytest.importorskip("zennit.composites")
+    zrules = pytest.importorskip("zennit.rules")
+    ztypes = pytest.importorskip("zennit.types")
+    from tests.lxt_reference import patched, vit_patches, zennit_in_gradient_x_input
+
+    x = x.clone().requires_grad_()
+    composite = zcomposites.LayerMapComposite([(ztypes.Linear, zrules.Epsilon(epsilon=1e-6))])
+    with patched(vit_patches()), zennit_in_gradient_x_input(), composite.context(model) as modified:
+        out = modified(x)
+        (grad,) = torch.autograd.grad(out.gather(1, target.view(-1, 1)).sum(), x)
+    return (x * grad).detach().sum(1)
+
+
+@pytest.mark.parametrize("size", list(VIT_SIZES))
+def test_cp_lrp_equals_lxt_on_torchvision_vits(size: str) -> None:
+    from realtime_lrp import LRP
+
+    model = random_vit(*VIT_SIZES[size])
+    torch.manual_seed(5)
+    image = VIT_SIZES[size][0]
+    x, target = torch.randn(2, 3, image, image), torch.tensor([2, 6])
+    ref = lxt_cp_lrp_map(model, x, target)
+    ours = LRP(model, preset="cp-lrp")(x, target=target)
+    assert torch.equal(ours.target, target)
+    assert ref.abs().amax() > 0
+    assert rel_error(ours.relevance, ref) <= 1e-4

@@ -176,7 +176,7 @@ class LRP:
             relevance, log_factor = step.propagate(a, out, extra, relevance)
             if log_factor is not None:
                 log_scale = log_factor if log_scale is None else log_scale + log_factor
-            parts = relevance if len(inputs) > 1 else (relevance,)
+            parts = (None,) * len(inputs) if relevance is None else relevance if len(inputs) > 1 else (relevance,)
             for j, part in zip(inputs, parts):
                 if part is None:  # the rule gives this input no relevance (a held-constant operand)
                     continue

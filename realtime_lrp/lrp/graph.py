@@ -19,7 +19,9 @@ and its type.
 """
 from __future__ import annotations
 
-from typing import Union
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Union
 
 import torch
 import torch.fx
@@ -70,6 +72,23 @@ def _fold(weight: Tensor, bias: Union[Tensor, None], bn: nn.Module) -> tuple[Ten
     return folded, (base - mean) * scale + beta
 
 
+@dataclass(frozen=True)
+class _Sym:
+    """An int (or a shape) known only when the engine runs: ``value`` maps node indices to their
+    tensors' shapes; ``refs`` are the nodes whose shapes it reads (``x.size(0)``, ``x.shape[2] // 2``)."""
+
+    refs: frozenset
+    value: Callable[[Mapping[int, torch.Size]], Any]
+
+
+_SHAPE_ARITHMETIC = {operator.floordiv, operator.mul, operator.add, operator.sub, operator.mod, operator.neg,
+                     operator.eq, operator.ne}  # comparisons: the shape checks of torch._assert
+
+
+def _resolve(value: Any, shapes: Mapping[int, torch.Size]) -> Any:
+    return value.value(shapes) if isinstance(value, _Sym) else value
+
+
 class _Reader:
     """Turns fx nodes into canonical nodes; ``env`` maps each fx node to the index of its value.
 
@@ -85,6 +104,8 @@ class _Reader:
         self.output: Union[int, None] = None
         self.constants: dict[torch.fx.Node, Tensor] = {}
         self.skipped: set[torch.fx.Node] = set()
+        self.symbols: dict[torch.fx.Node, _Sym] = {}
+        self.tuples: dict[torch.fx.Node, tuple[int, Callable[[int], Any]]] = {}
 
     # -- what the registry's readers use ---------------------------------------------------
     def producer(self, fx_node: torch.fx.Node, arg: object) -> int:
@@ -126,6 +147,39 @@ class _Reader:
     def skip(self, fx_node: torch.fx.Node) -> None:
         """``fx_node`` has been read with an earlier call (an unused output of it): visiting it does nothing."""
         self.skipped.add(fx_node)
+    def parts(self, fx_node: torch.fx.Node, source: int, part: Callable[[int], Any]) -> None:
+        """``fx_node`` is a tuple of parts of node ``source`` (chunk, split): ``part(k)`` is how
+        its ``getitem`` k reads them."""
+        self.tuples[fx_node] = (source, part)
+
+    def part_of(self, arg: object) -> Union[tuple[int, Callable[[int], Any]], None]:
+        """``(source, part)`` if ``arg`` is a tuple of parts, else None."""
+        return self.tuples.get(arg) if isinstance(arg, torch.fx.Node) else None
+
+    def ints(self, fx_node: torch.fx.Node, sizes: tuple, source: int
+             ) -> tuple[Callable[[Mapping[int, torch.Size]], tuple[int, ...]], tuple[int, ...]]:
+        """Sizes given as ints or run-time values (a shape, or ints read from shapes): a function
+        of the inputs' shapes that gives them, and the nodes besides ``source`` whose shapes it reads."""
+        values = []
+        for size in sizes:
+            if isinstance(size, torch.fx.Node):
+                if size not in self.symbols:
+                    raise self.unsupported(fx_node, f"{self.what(fx_node)} with a size computed from a tensor's values")
+                values.append(self.symbols[size])
+            elif isinstance(size, int) and not isinstance(size, bool):
+                values.append(size)
+            else:
+                raise self.unsupported(fx_node, f"{self.what(fx_node)} with size {size!r}")
+        refs = set().union(*(v.refs for v in values if isinstance(v, _Sym))) - {source}
+
+        def shape(shapes: Mapping[int, torch.Size]) -> tuple[int, ...]:
+            out: list[int] = []
+            for v in values:
+                r = _resolve(v, shapes)
+                out.extend(r if isinstance(r, (tuple, list)) else (r,))
+            return tuple(out)
+
+        return shape, tuple(sorted(refs))
 
     def unsupported(self, fx_node: torch.fx.Node, what: str) -> UnsupportedModelError:
         """The error for a node without a rule, named by its module path (or fx name for functions)."""
@@ -141,6 +195,38 @@ class _Reader:
         return _function_name(fx_node.target)
 
     # -- the walk ----------------------------------------------------------------------------
+    def _symbolic(self, fx_node: torch.fx.Node) -> bool:
+        """Read shape arithmetic (``x.size()``, ``x.shape[1]``, ``c // g``) as a run-time value; True if it was."""
+        args, target = fx_node.args, fx_node.target
+        if fx_node.op == "call_method" and target in ("size", "dim") and args and args[0] in self.env:
+            index = self.env[args[0]]
+            dim = fx_node.kwargs.get("dim", args[1] if len(args) > 1 else None)
+            if not (dim is None or isinstance(dim, int)) or target == "dim" and len(args) > 1:
+                return False
+            if target == "dim":
+                self.symbols[fx_node] = _Sym(frozenset({index}), lambda shapes: len(shapes[index]))
+            else:
+                self.symbols[fx_node] = _Sym(frozenset({index}), lambda shapes: (
+                    tuple(shapes[index]) if dim is None else shapes[index][dim]))
+            return True
+        if fx_node.op != "call_function":
+            return False
+        if target is getattr and len(args) == 2 and args[1] == "shape" and args[0] in self.env:
+            index = self.env[args[0]]
+            self.symbols[fx_node] = _Sym(frozenset({index}), lambda shapes: tuple(shapes[index]))
+            return True
+        syms = [a for a in args if isinstance(a, torch.fx.Node)]
+        if not syms or not all(a in self.symbols for a in syms) or fx_node.kwargs:
+            return False
+        if target is operator.getitem or target in _SHAPE_ARITHMETIC:
+            if not all(isinstance(a, (torch.fx.Node, int, slice)) for a in args):
+                return False
+            values = [self.symbols.get(a, a) if isinstance(a, torch.fx.Node) else a for a in args]
+            refs = frozenset().union(*(self.symbols[a].refs for a in syms))
+            self.symbols[fx_node] = _Sym(refs, lambda shapes: target(*(_resolve(v, shapes) for v in values)))
+            return True
+        return False
+
     def visit(self, fx_node: torch.fx.Node) -> None:
         if fx_node in self.env or fx_node in self.skipped:  # read with the call that made it
             return
@@ -159,6 +245,8 @@ class _Reader:
             return
         if fx_node.op == "output":
             self.output = self.producer(fx_node, fx_node.args[0])
+            return
+        if self._symbolic(fx_node):
             return
         module = self.traced.get_submodule(fx_node.target) if fx_node.op == "call_module" else None
         if fx_node.op == "call_module":
@@ -182,7 +270,7 @@ def _mark_signs(nodes: list[Node]) -> None:
     """Set ``nonneg_input`` from the ops' signs: e.g. ReLU outputs are non-negative, pools keep their input's sign."""
     nonneg: list[bool] = []
     for node in nodes:
-        ins = [nonneg[i] for i in node.inputs]
+        ins = [nonneg[i] for i in node.inputs[:node.attrs.get("data_inputs")]]  # not the shape inputs
         node.nonneg_input = bool(ins) and all(ins)
         sign = node.op.sign
         nonneg.append(sign == "nonneg" or (sign == "keep" and node.nonneg_input))

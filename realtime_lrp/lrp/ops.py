@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import inspect
 import operator
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
@@ -116,17 +117,17 @@ def _read_add(reader: Any, op: Op, fx_node: Any, module: None) -> None:
 
 
 def _read_flatten(reader: Any, op: Op, fx_node: Any, module: Union[nn.Module, None]) -> None:
-    """``flatten(x, 1)``: the batch axis kept, the rest flattened (``nn.Flatten``'s default)."""
+    """``flatten(x, start, end)``, ``x.flatten(...)`` and ``nn.Flatten``: any dims (the relevance is reshaped back)."""
     if module is not None:
         start, end = module.start_dim, module.end_dim
     else:
         args = list(fx_node.args[1:])
         start = fx_node.kwargs.get("start_dim", args[0] if args else 0)
         end = fx_node.kwargs.get("end_dim", args[1] if len(args) > 1 else -1)
-    if (start, end) != (1, -1):
-        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} other than flatten(x, 1)")
+    if not isinstance(start, int) or not isinstance(end, int):
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} with dims known only at run time")
     source = _one_input(reader, fx_node, module)
-    reader.add(fx_node, op, (source,), module)
+    reader.add(fx_node, op, (source,), module, {"dims": (start, end)})
 
 
 # -- forwards --------------------------------------------------------------------------------
@@ -163,7 +164,199 @@ def _adaptive_avgpool(node: Node, a: Tensor, weight: None, bias: None) -> tuple[
 
 
 def _flatten(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
-    return a.flatten(1), None
+    return a.flatten(*node.attrs["dims"]), None
+
+
+# -- index ops and concatenation ---------------------------------------------------------------
+# Ops that only move values: their rule is the backward of their index map (rules/index.py),
+# fixed, so presets need no entry. Shapes given as ``x.size()``/``x.shape`` arithmetic are
+# read by the graph as run-time values (``reader.ints``); the tensors whose shapes they read
+# become extra inputs after the data input, which get no relevance.
+
+def _dim_arg(reader: Any, fx_node: Any, position: int, name: str, default: Any) -> Any:
+    """A call's argument by position or keyword; an int it must be (not a run-time value)."""
+    args = fx_node.args
+    value = fx_node.kwargs.get(name, args[position] if len(args) > position else default)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value):
+        return tuple(value)
+    if not isinstance(value, int):
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} with {name} known only at run time")
+    return value
+
+
+def _read_cat(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``torch.cat(tensors, dim)``; one tensor is the identity."""
+    tensors = fx_node.kwargs.get("tensors", fx_node.args[0] if fx_node.args else None)
+    if not isinstance(tensors, (list, tuple)) or not tensors:
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} of {tensors!r}")
+    inputs = tuple(reader.producer(fx_node, t) for t in tensors)
+    dim = _dim_arg(reader, fx_node, 1, "dim", 0)
+    if len(inputs) == 1:
+        reader.alias(fx_node, inputs[0])
+    else:
+        reader.add(fx_node, op, inputs, attrs={"dim": dim})
+
+
+def _part(split: Callable[[int], list[int]], dim: int, k: int) -> Callable[[torch.Size], tuple]:
+    """The index of part ``k`` of a tensor cut along ``dim`` into the sizes ``split(size)``."""
+    def index(shape: torch.Size) -> tuple:
+        d = dim % len(shape)
+        sizes = split(shape[d])
+        if k >= len(sizes):
+            raise IndexError(f"part {k} of {len(sizes)}")
+        start = sum(sizes[:k])
+        return (slice(None),) * d + (slice(start, start + sizes[k]),)
+
+    return index
+
+
+def _chunk_sizes(chunks: int) -> Callable[[int], list[int]]:
+    def sizes(n: int) -> list[int]:
+        step = -(-n // chunks)
+        return [min(step, n - s) for s in range(0, n, step)] if n else [0]
+
+    return sizes
+
+
+def _split_sizes(size: Union[int, tuple[int, ...]]) -> Callable[[int], list[int]]:
+    def sizes(n: int) -> list[int]:
+        if isinstance(size, tuple):
+            if sum(size) != n:
+                raise ValueError(f"split sizes {size} do not add up to {n}")
+            return list(size)
+        return [min(size, n - s) for s in range(0, n, size)] if n else [0]
+
+    return sizes
+
+
+def _read_parts(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``chunk``/``split`` (function or method): a tuple of parts, each read by a ``getitem`` as a slice."""
+    source = reader.producer(fx_node, fx_node.args[0])
+    name = fx_node.target if isinstance(fx_node.target, str) else fx_node.target.__name__
+    if name == "chunk":
+        sizes = _chunk_sizes(_dim_arg(reader, fx_node, 1, "chunks", None))
+    else:
+        sizes = _split_sizes(_dim_arg(reader, fx_node, 1, "split_size_or_sections",
+                                      fx_node.kwargs.get("split_size", None)))
+    dim = _dim_arg(reader, fx_node, 2, "dim", 0)
+    reader.parts(fx_node, source, lambda k: _part(sizes, dim, k))
+
+
+def _basic_index(reader: Any, fx_node: Any, index: Any) -> tuple:
+    """A tensor's ``[...]`` of ints, slices of ints, None and Ellipsis (what moves values without repeats)."""
+    items = index if isinstance(index, tuple) else (index,)
+    for item in items:
+        fields = (item.start, item.stop, item.step) if isinstance(item, slice) else (item,)
+        if not all(f is None or f is Ellipsis or (isinstance(f, int) and not isinstance(f, bool)) for f in fields):
+            raise reader.unsupported(fx_node, f"indexing a tensor with {item!r} (only ints, slices, None, ...)")
+        if isinstance(item, slice) and item.step is not None and item.step <= 0:
+            raise reader.unsupported(fx_node, f"indexing a tensor with {item!r}")
+    return items
+
+
+def _read_getitem(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``parts[k]`` of a chunk/split, or ``x[...]`` of a tensor: a slice of the input."""
+    container, key = fx_node.args
+    part = reader.part_of(container)
+    if part is not None:
+        source, index_of = part
+        if not isinstance(key, int):
+            raise reader.unsupported(fx_node, f"part {key!r} of a chunk or split")
+        reader.add(fx_node, op, (source,), attrs={"index": index_of(key)})
+        return
+    source = reader.producer(fx_node, container)
+    items = _basic_index(reader, fx_node, key)
+    reader.add(fx_node, op, (source,), attrs={"index": lambda shape: items})
+
+
+def _read_view(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``x.view(...)``, ``x.reshape(...)``, ``torch.reshape(x, shape)``: sizes may be read from shapes at run time."""
+    source = reader.producer(fx_node, fx_node.args[0])
+    sizes = fx_node.args[1:] or (fx_node.kwargs.get("shape", ()),)
+    if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+        sizes = tuple(sizes[0])
+    shape, refs = reader.ints(fx_node, sizes, source)
+    reader.add(fx_node, op, (source, *refs), attrs={"shape": shape, "data_inputs": 1})
+
+
+def _read_unsqueeze(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``unsqueeze(x, d)``/``squeeze(x[, d])``: a reshape with dims fixed when read."""
+    source = reader.producer(fx_node, fx_node.args[0])
+    name = fx_node.target if isinstance(fx_node.target, str) else fx_node.target.__name__
+    dim = _dim_arg(reader, fx_node, 1, "dim", None if name == "squeeze" else 0)
+    reader.add(fx_node, op, (source,), attrs={"squeeze": name == "squeeze", "dim": dim})
+
+
+def _read_permute(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``transpose(x, d0, d1)`` and ``permute(x, dims)`` (methods or functions)."""
+    source = reader.producer(fx_node, fx_node.args[0])
+    name = fx_node.target if isinstance(fx_node.target, str) else fx_node.target.__name__
+    if name == "transpose":
+        d0, d1 = _dim_arg(reader, fx_node, 1, "dim0", None), _dim_arg(reader, fx_node, 2, "dim1", None)
+
+        def order(ndim: int) -> list[int]:
+            dims = list(range(ndim))
+            dims[d0 % ndim], dims[d1 % ndim] = dims[d1 % ndim], dims[d0 % ndim]
+            return dims
+    else:
+        rest = fx_node.args[1:] or (fx_node.kwargs.get("dims"),)
+        dims = tuple(rest[0]) if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else tuple(rest)
+        if not all(isinstance(d, int) for d in dims):
+            raise reader.unsupported(fx_node, f"{reader.what(fx_node)} with dims known only at run time")
+
+        def order(ndim: int) -> list[int]:
+            return [d % ndim for d in dims]
+    reader.add(fx_node, op, (source,), attrs={"order": order})
+
+
+def _read_contiguous(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``x.contiguous()``/``x.clone()``: the same values, so the node is its input."""
+    reader.alias(fx_node, reader.producer(fx_node, fx_node.args[0]))
+
+
+def _data(node: Node, a: Activation) -> tuple[Tensor, dict[int, torch.Size]]:
+    """The data input of a node with shape inputs after it, and every input's shape by node index."""
+    tensors = a if isinstance(a, tuple) else (a,)
+    return tensors[0], {i: t.shape for i, t in zip(node.inputs, tensors)}
+
+
+def _cat(node: Node, a: tuple[Tensor, ...], weight: None, bias: None) -> tuple[Tensor, None]:
+    return torch.cat(a, node.attrs["dim"]), None
+
+
+def _select(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
+    return a[node.attrs["index"](a.shape)], None
+
+
+def _view(node: Node, a: Activation, weight: None, bias: None) -> tuple[Tensor, None]:
+    x, shapes = _data(node, a)
+    return x.reshape(node.attrs["shape"](shapes)), None
+
+
+def _unsqueeze(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
+    dim = node.attrs["dim"]
+    if node.attrs["squeeze"]:
+        return (a.squeeze() if dim is None else a.squeeze(dim)), None
+    return a.unsqueeze(dim), None
+
+
+def _permute(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
+    return a.permute(node.attrs["order"](a.dim())), None
+
+
+CAT = Op("cat", _read_cat, _cat, functions=(torch.cat, torch.concat, torch.concatenate), sign="keep",
+         relevance=rule("Concat"))
+PARTS = Op("parts", _read_parts, functions=(torch.chunk, torch.split), methods=("chunk", "split"))
+SELECT = Op("select", _read_getitem, _select, functions=(operator.getitem,), sign="keep", relevance=rule("Select"))
+VIEW = Op("view", _read_view, _view, functions=(torch.reshape,), methods=("view", "reshape"), sign="keep",
+          relevance=rule("View"))
+UNSQUEEZE = Op("unsqueeze", _read_unsqueeze, _unsqueeze, functions=(torch.unsqueeze, torch.squeeze),
+               methods=("unsqueeze", "squeeze"), sign="keep", relevance=rule("View"))
+PERMUTE = Op("permute", _read_permute, _permute, functions=(torch.transpose, torch.permute),
+             methods=("transpose", "permute"), sign="keep", relevance=rule("Permute"))
+CONTIGUOUS = Op("contiguous", _read_contiguous, methods=("contiguous", "clone"))
+
+_INDEX_OPS: tuple[Op, ...] = (CAT, PARTS, SELECT, VIEW, UNSQUEEZE, PERMUTE, CONTIGUOUS)
 
 
 # -- normalisation, attention and transformers ---------------------------------------------
@@ -247,7 +440,7 @@ def _read_attention(reader: Any, op: Op, fx_node: Any, module: nn.MultiheadAtten
     b = torch.zeros(3 * e) if b is None else b.detach().float()
     projections = []
     for part, factor in zip(range(3), (scale, 1.0, 1.0)):
-        node = reader.add(fx_node, LINEAR, (x,), module)
+        node = reader.add(fx_node, PROJECTION, (x,), module)
         node.weight, node.bias = w[part * e:(part + 1) * e] * factor, b[part * e:(part + 1) * e] * factor
         projections.append(len(reader.nodes) - 1)
     split = [reader.add(fx_node, HEADS, (p,), attrs={"heads": heads, "batch_first": first, "keys": keys,
@@ -259,7 +452,7 @@ def _read_attention(reader: Any, op: Op, fx_node: Any, module: nn.MultiheadAtten
     reader.add(fx_node, MATMUL, (len(reader.nodes) - 1, v))
     reader.add(fx_node, HEADS, (len(reader.nodes) - 1,), attrs={"heads": heads, "batch_first": first,
                                                                   "keys": False, "merge": True})
-    out = reader.add(fx_node, LINEAR, (len(reader.nodes) - 1,), module.out_proj)
+    out = reader.add(fx_node, PROJECTION, (len(reader.nodes) - 1,), module.out_proj)
     out.name = f"{fx_node.target}.out_proj"
     out.weight = module.out_proj.weight.detach().float()
     out.bias = None if module.out_proj.bias is None else module.out_proj.bias.detach().float()
@@ -305,6 +498,56 @@ def _softmax(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, N
     return torch.softmax(a, node.attrs["dim"]), None
 
 
+def _read_expand(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``token.expand(n, -1, -1)`` of a constant (ViT's class token), ``n`` read from a shape at run time:
+    a constant input of the graph, which keeps the relevance it gets."""
+    constant = reader.constant(fx_node.args[0])
+    sizes = fx_node.args[1:]
+    if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+        sizes = tuple(sizes[0])
+    if constant is None or fx_node.kwargs:
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} of an activation (only of a parameter)")
+    shape, refs = reader.ints(fx_node, sizes, -1)
+    node = reader.add(fx_node, op, refs, attrs={"shape": shape})
+    node.weight = constant
+
+
+def _expand(node: Node, a: Activation, weight: Tensor, bias: None) -> tuple[Tensor, None]:
+    tensors = a if isinstance(a, tuple) else (a,)
+    return weight.expand(node.attrs["shape"]({i: t.shape for i, t in zip(node.inputs, tensors)})), None
+
+
+def _read_assert(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``torch._assert(cond, message)`` on shapes (a ViT's image size): checked on every call, where a
+    failure is one line, the model's message with the values it names (``Proxy(h)``) filled in."""
+    cond, message = (list(fx_node.args) + [""])[:2]
+    if not isinstance(cond, torch.fx.Node):
+        if not cond:
+            raise reader.unsupported(fx_node, f"torch._assert that always fails: {message}")
+        reader.skip(fx_node)
+        return
+    check, refs = reader.ints(fx_node, (cond,), -1)
+    named = {n.name: n for n in reader.traced.graph.nodes}
+    fills = {}
+    for name in re.findall(r"Proxy\((\w+)\)", str(message)):
+        if name in named and name not in fills:
+            fills[name], more = reader.ints(fx_node, (named[name],), -1)
+            refs = tuple(sorted(set(refs) | set(more)))
+    reader.add(fx_node, op, refs, attrs={"check": check, "message": str(message), "fills": fills})
+
+
+def _assert(node: Node, a: Activation, weight: None, bias: None) -> tuple[Tensor, None]:
+    tensors = a if isinstance(a, tuple) else (a,)
+    shapes = {i: t.shape for i, t in zip(node.inputs, tensors)}
+    if not all(node.attrs["check"](shapes)):
+        message = node.attrs["message"]
+        for name, value in node.attrs["fills"].items():
+            got = value(shapes)
+            message = message.replace(f"Proxy({name})", str(got[0] if len(got) == 1 else tuple(got)))
+        raise ValueError(message.splitlines()[0] if message else f"the model's check '{node.name}' failed")
+    return tensors[0], None
+
+
 def _internal(reader: Any, op: Op, fx_node: Any, module: None) -> None:
     raise reader.unsupported(fx_node, f"{op.kind}, an op the graph makes only itself")
 
@@ -315,12 +558,20 @@ SCALE = Op("scale", _read_scale, _scale, functions=(operator.mul, torch.mul), me
 ADD_CONSTANT = Op("add_constant", _internal, _add_constant, relevance=rule("ShareWithConstant"))
 """``x + c`` with a constant ``c``, made by the ``add`` reader (ViT's position embedding)."""
 ATTENTION = Op("attention", _read_attention, modules=(nn.MultiheadAttention,))
+PROJECTION = Op("projection", _internal, _linear, filtered=True, params=True)
+"""The q/k/v and output projections inside ``nn.MultiheadAttention``: Linear maps its forward calls
+as functions (``F.multi_head_attention_forward``), not as modules, so LXT's recipe leaves them to
+Gradient x Input while zennit's rules go to the Linear modules; presets bind them apart."""
 HEADS = Op("heads", _internal, _heads, sign="keep", relevance=rule("Heads"))
 MATMUL = Op("matmul", _read_matmul, _matmul, functions=(operator.matmul, torch.matmul), methods=("matmul",))
 SOFTMAX = Op("softmax", _read_softmax, _softmax, modules=(nn.Softmax,), functions=(torch.softmax, F.softmax),
              methods=("softmax",), sign="nonneg")
 
-_TRANSFORMER_OPS: tuple[Op, ...] = (LAYERNORM, SCALE, ADD_CONSTANT, ATTENTION, HEADS, MATMUL, SOFTMAX)
+EXPAND = Op("expand", _read_expand, _expand, methods=("expand",), relevance=rule("HeldConstant"))
+ASSERT = Op("assert", _read_assert, _assert, functions=(torch._assert,), relevance=rule("HeldConstant"))
+"""A shape check: no consumer, so no relevance ever reaches it."""
+
+_TRANSFORMER_OPS: tuple[Op, ...] = (LAYERNORM, SCALE, ADD_CONSTANT, ATTENTION, PROJECTION, HEADS, MATMUL, SOFTMAX, EXPAND, ASSERT)
 
 
 # -- activations, gates and functional forms -------------------------------------------------
@@ -468,13 +719,13 @@ AVGPOOL = Op("avgpool", _read_plain, _avgpool, modules=(nn.AvgPool2d,), sign="ke
 ADAPTIVE_AVGPOOL = Op("adaptive_avgpool", _read_plain, _adaptive_avgpool, modules=(nn.AdaptiveAvgPool2d,),
                       sign="keep", filtered=True)
 FLATTEN = Op("flatten", _read_flatten, _flatten, modules=(nn.Flatten,), functions=(torch.flatten,),
-             sign="keep", relevance=rule("Reshape"))
+             methods=("flatten",), sign="keep", relevance=rule("Reshape"))
 ADD = Op("add", _read_add, _add, functions=(operator.add, operator.iadd), sign="keep")
 IDENTITY = Op("identity", _read_identity, modules=(nn.Identity, nn.modules.dropout._DropoutNd))
 BATCHNORM = Op("batchnorm", _read_batchnorm, modules=(nn.BatchNorm2d,))
 
 OPS: tuple[Op, ...] = (CONV, LINEAR, RELU, MAXPOOL, AVGPOOL, ADAPTIVE_AVGPOOL, FLATTEN, ADD, IDENTITY, BATCHNORM,
-                       *_ACTIVATION_OPS, *_TRANSFORMER_OPS)
+                       *_ACTIVATION_OPS, *_INDEX_OPS, *_TRANSFORMER_OPS)
 OPS_BY_KIND: dict[str, Op] = {op.kind: op for op in OPS}
 
 _BY_MODULE: dict[type, Op] = {t: op for op in OPS for t in op.modules}

@@ -63,11 +63,11 @@ class Preset:
 
 
 _POOLS_NORM = {"avgpool": rule("Norm"), "adaptive_avgpool": rule("Norm"), "add": rule("Norm")}
-_LAYERNORM = {"layernorm": rule("LayerNormCentred")}
-_TRANSFORMER_BASE = {"conv": rule("Epsilon"), "linear": rule("Epsilon"), "maxpool": rule("WinnerTakeAll"),
-                     **_POOLS_NORM, **_LAYERNORM}
-TRANSFORMER_KINDS = ("matmul", "softmax")
+TRANSFORMER_KINDS = ("projection", "matmul", "softmax")
 """Kinds only the transformer presets bind: a model with them is explained by ``cp-lrp`` by default."""
+_LRP0 = 1e-12
+"""The stabiliser of LRP-0 (epsilon negligible, Gradient x Input), where LXT's efficient rules have none."""
+_LAYERNORM = {"layernorm": rule("LayerNormCentred", epsilon=_LRP0)}
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -110,18 +110,25 @@ PRESETS: dict[str, Preset] = {
         Preset(
             "cp-lrp",
             "CP-LRP: attention probabilities held constant (relevance through the values only), LayerNorm with "
-            "its standard deviation held constant, identity on activations, epsilon 1e-6 on every conv and linear",
-            "LXT 2.1 vit_torch.cp_LRP, Gradient x Input (Ali et al. 2022)",
+            "its standard deviation held constant, identity on activations, epsilon 1e-6 on every conv and "
+            "Linear module; LRP-0 inside attention, on LayerNorm's centring and on sums",
+            "LXT 2.1 vit_torch.cp_LRP patches with zennit Epsilon on conv/Linear, Gradient x Input (Ali et al. 2022)",
             True,
-            rules={**_TRANSFORMER_BASE, "matmul": rule("AttentionValues"), "softmax": rule("HeldConstant")},
+            rules={"conv": rule("Epsilon"), "linear": rule("Epsilon"), "maxpool": rule("WinnerTakeAll"),
+                   **{k: rule("Norm", stabilizer=_LRP0) for k in ("avgpool", "adaptive_avgpool", "add")},
+                   **_LAYERNORM, "projection": rule("Epsilon", epsilon=_LRP0),
+                   "matmul": rule("AttentionValues", epsilon=_LRP0), "softmax": rule("HeldConstant")},
         ),
         Preset(
             "attnlrp",
             "AttnLRP: softmax by Prop. 3.1, products of two activations by the uniform epsilon rule (each operand "
-            "half), LayerNorm with its standard deviation held constant, epsilon 1e-6 on every conv and linear",
+            "half), LayerNorm with its standard deviation held constant, identity on activations, epsilon 1e-6 "
+            "on every conv, Linear and attention projection",
             "LXT 2.1 explicit softmax_fn, matmul_fn, layer_norm_grad_fn (Achtibat et al. 2024)",
             True,
-            rules={**_TRANSFORMER_BASE, "matmul": rule("UniformProduct"), "softmax": rule("SoftmaxTaylor")},
+            rules={"conv": rule("Epsilon"), "linear": rule("Epsilon"), "maxpool": rule("WinnerTakeAll"),
+                   **_POOLS_NORM, "layernorm": rule("LayerNormCentred"), "projection": rule("Epsilon"),
+                   "matmul": rule("UniformProduct"), "softmax": rule("SoftmaxTaylor")},
         ),
     )
 }

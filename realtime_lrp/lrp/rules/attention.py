@@ -63,9 +63,10 @@ class Heads(Rule):
 
 
 class HeldConstant(Rule):
-    """CP-LRP's softmax: the attention probabilities are constants, so no relevance passes."""
+    """CP-LRP's softmax: the attention probabilities are constants, so no relevance passes; also
+    a constant of the graph (an expanded class token), which keeps the relevance it gets."""
 
-    kinds = ("softmax",)
+    kinds = ("softmax", "expand", "assert")
 
     def bind(self, node: Node, dtype: torch.dtype, context: RuleContext) -> Propagator:
         self._check(node)

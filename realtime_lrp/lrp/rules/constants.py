@@ -3,8 +3,8 @@
 - A product with a constant (ConvNeXt's layer scale ``gamma * x``, a scalar): all relevance
   goes to ``x`` (the identity rule; the notes' "product with a constant"), :class:`Pass`.
 - A sum with a constant (ViT's added position embedding, a bias): ``R_x = x R / stabilise(x + c)``,
-  the constant absorbs its share, as a bias does in the epsilon rule (LXT's ``add2`` with
-  one input constant; Gradient x Input equals it).
+  the constant absorbs its share, as a bias does in LRP-0 (LXT's ``add2`` with one input
+  constant; Gradient x Input equals it). The stabiliser only guards against 0 / 0.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class ShareWithConstant(Rule):
 
     kinds = ("add_constant",)
 
-    def __init__(self, epsilon: float = 1e-6):
+    def __init__(self, epsilon: float = 1e-12):
         self.epsilon = epsilon
 
     def bind(self, node: Node, dtype: torch.dtype, context: RuleContext) -> Propagator:
