@@ -13,8 +13,15 @@ How a run ends decides where its frames go:
   frames in flight are finished, and the playable ``NAME.partial.EXT`` keeps them;
 - a processing error: the same, and :class:`PartialOutput` says where;
 - a failed write (full disk): nothing is kept, :class:`~realtime_lrp.media.writer.WriterError`;
-- the input breaks early: the output is complete for what the input held, and
-  :attr:`VideoResult.missing` counts the frames its header announced but never came.
+- the input breaks early (a decoder or demuxer error, fewer packets than its index says):
+  the output is complete for what the input held, :attr:`VideoResult.truncated` is set and
+  :attr:`VideoResult.missing` counts the frames its header announced but never came. A
+  count that differs without a break (an MP4 edit list) is only a notice.
+
+Frames come upright (:mod:`~realtime_lrp.media.reader` applies the display matrix) and the
+output is written with the rotated pixels and no display matrix, so it plays as the input
+does. A frame whose size differs from the first one's (an MPEG-TS that switches resolution,
+concatenated clips) is letterboxed to the first size, said once with its frame number.
 """
 from __future__ import annotations
 
@@ -27,14 +34,22 @@ from typing import Any, Callable
 
 import numpy as np
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
-from realtime_lrp.pipeline.processor import FrameProcessor
 from realtime_lrp.media.reader import DEFAULT_FPS, Frame, InputError, VideoReader
+from realtime_lrp.media.writer import FrameSizeError, VideoWriter, WriterError, read_comment
+from realtime_lrp.pipeline.processor import FrameProcessor
 from realtime_lrp.util.signals import Deferred
-from realtime_lrp.media.writer import VideoWriter, WriterError, read_comment
 
 __all__ = ["FileOutcome", "InputError", "PartialOutput", "VideoResult", "process_video", "process_videos",
            "video_progress"]
@@ -64,6 +79,7 @@ class VideoResult:
     signum: int | None = None
     missing: int = 0
     input_error: str | None = None
+    truncated: bool = False
 
     @property
     def interrupted(self) -> bool:
@@ -81,15 +97,41 @@ def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
     return False
 
 
+def letterbox(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` scaled to fit (width, height) ``size`` with its aspect kept, centred on black."""
+    import cv2
+
+    w, h = size
+    ih, iw = image.shape[:2]
+    scale = min(w / iw, h / ih)
+    nw, nh = max(1, min(w, round(iw * scale))), max(1, min(h, round(ih * scale)))
+    resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    out = np.zeros((h, w, 3), np.uint8)
+    x, y = (w - nw) // 2, (h - nh) // 2
+    out[y:y + nh, x:x + nw] = resized
+    return out
+
+
 class _Reader(threading.Thread):
-    def __init__(self, reader: VideoReader, out: queue.Queue, stop: threading.Event):
+    def __init__(self, reader: VideoReader, out: queue.Queue, stop: threading.Event,
+                 notice: Callable[[str], None]):
         super().__init__(name="rtlrp-reader", daemon=True)
-        self.reader, self.out, self.stop = reader, out, stop
+        self.reader, self.out, self.stop, self.notice = reader, out, stop, notice
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        size = self.reader.info.size
+        said = False
         try:
-            for frame in self.reader.frames():
+            for index, frame in enumerate(self.reader.frames()):
+                h, w = frame.image.shape[:2]
+                if (w, h) != size:
+                    if not said:
+                        said = True
+                        self.notice(f"the input's frame size changes at frame {index} (0-based) from "
+                                    f"{size[0]}x{size[1]} to {w}x{h}: frames of another size are letterboxed"
+                                    f" to {size[0]}x{size[1]}")
+                    frame = Frame(letterbox(frame.image, size), frame.pts)
                 if not _put(self.out, frame, self.stop):
                     return
         except BaseException as exc:  # handed to the main thread
@@ -166,12 +208,15 @@ def process_video(src: str | Path, dst: str | Path, processor: FrameProcessor, b
         raise
     if info.fps_guessed:
         notice(f"{src} does not say its frame rate: writing at {DEFAULT_FPS:g} fps")
+    if info.rotation:
+        notice(f"{src} is shown turned {info.rotation} degrees counter-clockwise (its display matrix): explained"
+               f" upright and written upright as {info.size[0]}x{info.size[1]} pixels, without a display matrix")
     own_stop = stop is None
     stop = Deferred().__enter__() if own_stop else stop
     halt = threading.Event()
     frames_in: queue.Queue = queue.Queue(maxsize=2 * batch + 2)
     frames_out: queue.Queue = queue.Queue(maxsize=2 * batch + 2)
-    read_thread = _Reader(reader, frames_in, halt)
+    read_thread = _Reader(reader, frames_in, halt, notice)
     write_thread = _Writer(writer, frames_out)
     task = progress.add_task("explaining", total=info.frame_count or None) if progress is not None else None
     failure: BaseException | None = None
@@ -203,7 +248,7 @@ def process_video(src: str | Path, dst: str | Path, processor: FrameProcessor, b
         if own_stop:
             stop.__exit__(None, None, None)
     failure = write_thread.error or failure
-    if isinstance(failure, WriterError):
+    if isinstance(failure, WriterError) and not isinstance(failure, FrameSizeError):
         writer.discard()
         raise failure
     if failure is not None:
@@ -215,8 +260,12 @@ def process_video(src: str | Path, dst: str | Path, processor: FrameProcessor, b
     output = writer.keep_partial() if stop.requested else writer.finish()
     if task is not None:
         progress.update(task, completed=writer.frames, total=None if stop.requested else writer.frames)
+    if not stop.requested and reader.count_mismatch:
+        notice(f"{src} announces {info.frame_count} frames and delivered {reader.frames_read} without an error"
+               " (an edit list or a dropped damaged frame): all of them were explained")
+    truncated = not stop.requested and reader.truncated
     return VideoResult(writer.frames, info.frame_count, info.fps, writer.size, time.perf_counter() - start,
-                       output, stop.signum, 0 if stop.requested else reader.missing, reader.error)
+                       output, stop.signum, reader.missing if truncated else 0, reader.error, truncated)
 
 
 @dataclass(frozen=True)
@@ -276,8 +325,8 @@ def process_videos(sources: list[Path], out_dir: Path, processor: FrameProcessor
             outcomes.append(FileOutcome(src, result.output or out, "interrupted", result.frames, result.seconds,
                                         f"{result.frames} frames kept in {result.output}" if result.output else ""))
             break
-        status = "truncated" if result.missing else "done"
-        message = f"input ended {result.missing} frames early" if result.missing else ""
+        status = "truncated" if result.truncated else "done"
+        message = f"input ended {result.missing} frames early" if result.truncated else ""
         outcomes.append(FileOutcome(src, out, status, result.frames, result.seconds, message))
     return outcomes
 

@@ -85,10 +85,12 @@ def video_command(sources: tuple[Path, ...], out: Path | None, out_dir: Path | N
     speed = result.frames / result.seconds if result.seconds > 0 else 0.0
     console.print(f"Wrote {result.frames} frames ({w}x{h}, {result.fps:.3f} fps), checked by reading them back,"
                   f" to {out} in {result.seconds:.1f} s ({speed:.1f} frames/s)")
-    if result.missing:
-        console.print(f"{src} ended after {result.frames} of the {result.expected} frames its header announces"
-                      f" ({result.missing} missing{': ' + result.input_error if result.input_error else ''}):"
-                      f" {out} holds the {result.frames} frames it had.", style="yellow")
+    if result.truncated:
+        why = f": {result.input_error}" if result.input_error else ""
+        ended = (f"ended after {result.frames} of the {result.expected} frames its header announces"
+                 f" ({result.missing} missing{why})" if result.missing
+                 else f"broke after {result.frames} frames ({result.input_error or 'the container ended early'})")
+        console.print(f"{src} {ended}: {out} holds the {result.frames} frames it had.", style="yellow")
         sys.exit(signals.EXIT_TRUNCATED)
 
 

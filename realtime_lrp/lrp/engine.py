@@ -178,7 +178,7 @@ class LRP:
                 log_scale = log_factor if log_scale is None else log_scale + log_factor
             parts = (None,) * len(inputs) if relevance is None else relevance if len(inputs) > 1 else (relevance,)
             for j, part in zip(inputs, parts):
-                if part is None:  # the rule gives this input no relevance (a held-constant operand)
+                if part is None:  # no relevance for this input (a gate, a held constant): its branch is skipped
                     continue
                 pending[j] = (part, log_scale) if pending[j] is None else _merge(pending[j], (part, log_scale))
         relevance, log_scale = pending[0]

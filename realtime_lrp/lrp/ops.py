@@ -164,7 +164,7 @@ def _adaptive_avgpool(node: Node, a: Tensor, weight: None, bias: None) -> tuple[
 
 
 def _flatten(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
-    return a.flatten(*node.attrs["dims"]), None
+    return a.flatten(*node.attrs.get("dims", (1, -1))), None
 
 
 # -- index ops and concatenation ---------------------------------------------------------------
@@ -344,6 +344,33 @@ def _permute(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, N
     return a.permute(node.attrs["order"](a.dim())), None
 
 
+def _channel_affine(node: Node, a: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, None]:
+    return a * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1), None
+
+
+CHANNEL_AFFINE = Op("channel_affine", lambda *args: None, _channel_affine, relevance=rule("Pass"))
+"""A per-channel ``x * a + b`` written channel by channel (torchvision's ``transform_input``), read by the
+graph from its pattern: relevance passes per pixel and channel (the identity rule on a constant affine map),
+and the first conv's z^B bounds are mapped through it."""
+def _shifted_relu(node: Node, a: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, None]:
+    sign, floor = weight.view(1, -1, 1, 1), bias.view(1, -1, 1, 1)
+    return torch.where((a - floor) * sign > 0, a, floor), None
+
+
+def _border_pad(node: Node, a: Tensor, weight: Tensor, bias: None) -> tuple[Tensor, None]:
+    (ph, pw), (n, c, h, w) = node.attrs["pad"], a.shape
+    out = weight.view(1, -1, 1, 1).expand(n, c, h + 2 * ph, w + 2 * pw).clone()
+    out[:, :, ph:ph + h, pw:pw + w] = a
+    return out, None
+
+
+BATCHNORM_RIGHT = Op("batchnorm_right", lambda *args: None)
+"""A batch norm after no conv: the graph merges it into the Conv2d/Linear after it (``graph._merge_right``)."""
+SHIFTED_RELU = Op("shifted_relu", lambda *args: None, _shifted_relu, relevance=rule("Pass"))
+"""The ReLU between a batch norm and the layer it is merged into: ``x`` where the batch norm's output is
+positive, else the input whose batch norm output is 0 (Pahde's thresholded ReLU); the identity rule, as the ReLU's."""
+BORDER_PAD = Op("border_pad", lambda *args: None, _border_pad, relevance=rule("Crop"))
+"""Explicit padding of a conv a batch norm is merged into, with the per-channel value whose batch norm output is 0."""
 CAT = Op("cat", _read_cat, _cat, functions=(torch.cat, torch.concat, torch.concatenate), sign="keep",
          relevance=rule("Concat"))
 PARTS = Op("parts", _read_parts, functions=(torch.chunk, torch.split), methods=("chunk", "split"))
@@ -356,12 +383,13 @@ PERMUTE = Op("permute", _read_permute, _permute, functions=(torch.transpose, tor
              methods=("transpose", "permute"), sign="keep", relevance=rule("Permute"))
 CONTIGUOUS = Op("contiguous", _read_contiguous, methods=("contiguous", "clone"))
 
-_INDEX_OPS: tuple[Op, ...] = (CAT, PARTS, SELECT, VIEW, UNSQUEEZE, PERMUTE, CONTIGUOUS)
+_INDEX_OPS: tuple[Op, ...] = (CAT, PARTS, SELECT, VIEW, UNSQUEEZE, PERMUTE, CONTIGUOUS, CHANNEL_AFFINE,
+                              BATCHNORM_RIGHT, SHIFTED_RELU, BORDER_PAD)
 
 
 # -- normalisation, attention and transformers ---------------------------------------------
-# LayerNorm (std held constant), products and sums with a constant (layer scale, position
-# embedding: get_attr parameters or numbers), nn.MultiheadAttention read as its parts
+# LayerNorm (std held constant), sums with a constant (position embedding: a get_attr
+# parameter or a number; products with one are the activation section's scale), nn.MultiheadAttention read as its parts
 # (q/k/v projections, heads, Q K^T, softmax, P V, merge, output projection), and the
 # softmax and matmul of two activations that Swin's and MaxViT's attention call directly.
 
@@ -393,27 +421,10 @@ def _tensor_and_constant(reader: Any, fx_node: Any) -> Union[tuple[int, Tensor],
     if len(fx_node.args) != 2 or fx_node.kwargs:
         return None
     for x, c in (fx_node.args, fx_node.args[::-1]):
-        if isinstance(x, torch.fx.Node) and x in reader.env:
-            constant = reader.constant(c)
-            if constant is None and isinstance(c, (int, float)) and not isinstance(c, bool):
-                constant = torch.tensor(float(c))
-            if constant is not None:
-                return reader.env[x], constant
+        constant = reader.constant(c)
+        if isinstance(x, torch.fx.Node) and x in reader.env and constant is not None:
+            return reader.env[x], constant
     return None
-
-
-def _read_scale(reader: Any, op: Op, fx_node: Any, module: None) -> None:
-    """``gamma * x`` (ConvNeXt's layer scale) or ``x * 0.5``: a product with a constant."""
-    operands = _tensor_and_constant(reader, fx_node)
-    if operands is None:
-        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} of two activations")
-    source, constant = operands
-    node = reader.add(fx_node, op, (source,))
-    node.weight = constant
-
-
-def _scale(node: Node, a: Tensor, weight: Tensor, bias: None) -> tuple[Tensor, None]:
-    return a * weight, None
 
 
 def _add_constant(node: Node, a: Tensor, weight: Tensor, bias: None) -> tuple[Tensor, None]:
@@ -553,8 +564,6 @@ def _internal(reader: Any, op: Op, fx_node: Any, module: None) -> None:
 
 
 LAYERNORM = Op("layernorm", _read_layernorm, _layernorm, modules=(nn.LayerNorm,))
-SCALE = Op("scale", _read_scale, _scale, functions=(operator.mul, torch.mul), methods=("mul",),
-           relevance=rule("Pass"))
 ADD_CONSTANT = Op("add_constant", _internal, _add_constant, relevance=rule("ShareWithConstant"))
 """``x + c`` with a constant ``c``, made by the ``add`` reader (ViT's position embedding)."""
 ATTENTION = Op("attention", _read_attention, modules=(nn.MultiheadAttention,))
@@ -571,7 +580,7 @@ EXPAND = Op("expand", _read_expand, _expand, methods=("expand",), relevance=rule
 ASSERT = Op("assert", _read_assert, _assert, functions=(torch._assert,), relevance=rule("HeldConstant"))
 """A shape check: no consumer, so no relevance ever reaches it."""
 
-_TRANSFORMER_OPS: tuple[Op, ...] = (LAYERNORM, SCALE, ADD_CONSTANT, ATTENTION, PROJECTION, HEADS, MATMUL, SOFTMAX, EXPAND, ASSERT)
+_TRANSFORMER_OPS: tuple[Op, ...] = (LAYERNORM, ADD_CONSTANT, ATTENTION, PROJECTION, HEADS, MATMUL, SOFTMAX, EXPAND, ASSERT)
 
 
 # -- activations, gates and functional forms -------------------------------------------------
@@ -684,12 +693,7 @@ def _read_mean(reader: Any, op: Op, fx_node: Any, module: None) -> None:
     source = reader.producer(fx_node, fx_node.args[0])
     reader.add(fx_node, ADAPTIVE_AVGPOOL, (source,), nn.AdaptiveAvgPool2d(1))
     if not args.get("keepdim", False):
-        reader.add(fx_node, FLATTEN, (len(reader.nodes) - 1,))
-
-
-def _read_flatten_method(reader: Any, op: Op, fx_node: Any, module: None) -> None:
-    """``x.flatten(1)``: the flatten node of ``torch.flatten(x, 1)``."""
-    _read_flatten(reader, FLATTEN, fx_node, None)
+        reader.add(fx_node, FLATTEN, (len(reader.nodes) - 1,), None, {"dims": (1, -1)})
 
 
 MAX_POOL_FUNCTION = Op("max_pool_function", _read_max_pool_function, functions=(F.max_pool2d,))
@@ -697,15 +701,72 @@ AVG_POOL_FUNCTION = Op("avg_pool_function", _read_avg_pool_function, functions=(
 ADAPTIVE_AVG_POOL_FUNCTION = Op("adaptive_avg_pool_function", _read_adaptive_avg_pool_function,
                                 functions=(F.adaptive_avg_pool2d,))
 MEAN = Op("mean", _read_mean, functions=(torch.mean,), methods=("mean",))
-FLATTEN_METHOD = Op("flatten_method", _read_flatten_method, methods=("flatten",))
 """Functional forms, read as the nodes of their module forms (so presets bind the same rules)."""
+
+_GATES = ("sigmoid", "hardsigmoid")
+"""Kinds whose output, computed from the signal it multiplies, makes a product a gate."""
+
+
+def _depends_on(nodes: list[Node], index: int, ancestor: int) -> bool:
+    """Whether node ``index`` is computed from node ``ancestor``."""
+    seen, todo = set(), [index]
+    while todo:
+        i = todo.pop()
+        if i == ancestor:
+            return True
+        if i not in seen and i > ancestor:
+            seen.add(i)
+            todo.extend(nodes[i].inputs)
+    return False
+
+
+def _read_mul(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``x * c`` with a constant or a parameter ``c`` (layer scale): a ``scale`` node, the identity
+    rule; ``s * g`` where ``g`` is a sigmoid (hard or not) computed from ``s`` (squeeze-excitation):
+    a ``gate`` node with inputs (signal, gate). Any other product of two tensors is refused."""
+    if len(fx_node.args) != 2 or fx_node.kwargs:
+        raise reader.unsupported(fx_node, reader.what(fx_node))
+    constants = [reader.constant(arg) for arg in fx_node.args]
+    if constants[0] is not None and constants[1] is not None:
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} of two constants")
+    if constants[0] is not None or constants[1] is not None:
+        factor, tensor = (constants[0], fx_node.args[1]) if constants[0] is not None else (constants[1], fx_node.args[0])
+        node = reader.add(fx_node, SCALE, (reader.producer(fx_node, tensor),))
+        node.weight = factor
+        return
+    a, b = (reader.producer(fx_node, arg) for arg in fx_node.args)
+    for signal, gate in ((a, b), (b, a)):
+        if reader.nodes[gate].kind in _GATES and _depends_on(reader.nodes, gate, signal):
+            reader.add(fx_node, GATE, (signal, gate))
+            return
+    raise reader.unsupported(fx_node, f"{reader.what(fx_node)} of two tensors, neither a sigmoid gate computed "
+                                      "from the other (s * sigmoid(f(s)))")
+
+
+def _scale(node: Node, a: Tensor, weight: Tensor, bias: None) -> tuple[Tensor, None]:
+    return a * weight, None
+
+
+def _gate(node: Node, a: tuple[Tensor, Tensor], weight: None, bias: None) -> tuple[Tensor, None]:
+    return a[0] * a[1], None
+
+
+MUL = Op("mul", _read_mul, functions=(operator.mul, operator.imul, torch.mul), methods=("mul",))
+"""Products, read into one of the two ops below."""
+SCALE = Op("scale", _read_mul, _scale, sign="any", relevance=rule("Pass"))
+"""A product with a constant: all relevance goes to the tensor (layer scale, eval-mode stochastic depth)."""
+GATE = Op("gate", _read_mul, _gate, sign="keep", relevance=rule("SignalTakeAll"))
+"""A multiplicative gate (signal, gate): the signal takes all relevance, the gate none (Pahde et al. 2023)."""
+
+FROZEN_BATCHNORM = Op("frozen_batchnorm", _read_batchnorm, module_names=("FrozenBatchNorm2d",))
+"""torchvision's ``FrozenBatchNorm2d`` (statistics and affine parameters as buffers): folded as batch norm."""
 
 STOCHASTIC_DEPTH = Op("stochastic_depth", _read_identity, module_names=("StochasticDepth",))
 """torchvision's ``StochasticDepth``: the identity in eval mode, like dropout."""
 
 _ACTIVATION_OPS: tuple[Op, ...] = (RELU6, HARDTANH, SILU, HARDSWISH, GELU, LEAKY_RELU, ELU, MISH, SIGMOID,
                                    HARDSIGMOID, TANH, STOCHASTIC_DEPTH, MAX_POOL_FUNCTION, AVG_POOL_FUNCTION,
-                                   ADAPTIVE_AVG_POOL_FUNCTION, MEAN, FLATTEN_METHOD)
+                                   ADAPTIVE_AVG_POOL_FUNCTION, MEAN, MUL, SCALE, GATE, FROZEN_BATCHNORM)
 
 
 # -- the registry ----------------------------------------------------------------------------
