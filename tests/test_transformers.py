@@ -165,3 +165,121 @@ def test_cp_lrp_equals_lxt_on_torchvision_vits(size: str) -> None:
     assert torch.equal(ours.target, target)
     assert ref.abs().amax() > 0
     assert rel_error(ours.relevance, ref) <= 1e-4
+
+
+# -- attnlrp on a whole ViT: a slow reference of the same rules, by autograd -----------------------
+# Each rule is an autograd Function whose backward takes relevance and returns relevance (the
+# zennit convention); index ops between them (reshape, permute, cat, select) route it by their
+# own backward, and branches add up. Nothing here shares code with the engine.
+
+def _stab(z: torch.Tensor, eps: float) -> torch.Tensor:
+    return z + torch.where(z >= 0, eps, -eps)
+
+
+class _Epsilon(torch.autograd.Function):
+    """``z = fn(*inputs)``, linear in its inputs plus a bias: R_i = x_i * d/dx_i (z . R / stab(z))."""
+
+    @staticmethod
+    def forward(ctx, fn, eps, *inputs):
+        with torch.enable_grad():
+            ctx.inputs = [t.detach().requires_grad_() for t in inputs]
+            ctx.z = fn(*ctx.inputs)
+        ctx.eps = eps
+        return ctx.z.detach()
+
+    @staticmethod
+    def backward(ctx, R):
+        grads = torch.autograd.grad(ctx.z, ctx.inputs, R / _stab(ctx.z.detach(), ctx.eps))
+        return (None, None, *(t.detach() * g for t, g in zip(ctx.inputs, grads)))
+
+
+class _Identity(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, fn, x):
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx, R):
+        return None, R
+
+
+class _Softmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.x, ctx.s = x, torch.softmax(x, -1)
+        return ctx.s
+
+    @staticmethod
+    def backward(ctx, R):
+        return ctx.x * (R - ctx.s * R.sum(-1, keepdim=True))
+
+
+class _Uniform(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.a, ctx.b, ctx.z = a, b, a @ b
+        return ctx.z
+
+    @staticmethod
+    def backward(ctx, R):
+        s = R / _stab(2 * ctx.z, 1e-6)
+        return ctx.a * (s @ ctx.b.transpose(-1, -2)), ctx.b * (ctx.a.transpose(-1, -2) @ s)
+
+
+def _eps(fn, *inputs, eps: float = 1e-6):
+    return _Epsilon.apply(fn, eps, *inputs)
+
+
+def _layer_norm(ln: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    def centred(t: torch.Tensor) -> torch.Tensor:
+        std = (t.var(-1, unbiased=False, keepdim=True) + ln.eps).sqrt().detach()
+        return (t - t.mean(-1, keepdim=True)) / std * ln.weight + ln.bias
+    return _eps(centred, x)
+
+
+def _attention(attn: torch.nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    n, t, e = x.shape
+    h = attn.num_heads
+    w, b = attn.in_proj_weight, attn.in_proj_bias
+    q, k, v = (_eps(lambda y, i=i: torch.nn.functional.linear(y, w[i * e:(i + 1) * e], b[i * e:(i + 1) * e]), x)
+               for i in range(3))
+    q = _Identity.apply(lambda y: y * (e // h) ** -0.5, q)  # a product with a constant
+    q, k, v = (y.reshape(n, t, h, e // h).transpose(1, 2) for y in (q, k, v))
+    p = _Softmax.apply(_Uniform.apply(q, k.transpose(-1, -2)))
+    o = _Uniform.apply(p, v).transpose(1, 2).reshape(n, t, e)
+    return _eps(attn.out_proj, o)
+
+
+def attnlrp_reference(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """AttnLRP on a torchvision ViT, rule by rule (epsilon 1e-6 on conv, linears and projections,
+    sums and LayerNorm's centring; the position embedding absorbs its share with no epsilon)."""
+    x = x.clone().requires_grad_()
+    n = x.shape[0]
+    h = _eps(model.conv_proj, x).reshape(n, model.hidden_dim, -1).permute(0, 2, 1)
+    h = torch.cat([model.class_token.detach().expand(n, -1, -1), h], 1)
+    pos = model.encoder.pos_embedding.detach()
+    h = _eps(lambda y: y + pos, h, eps=1e-12)
+    for block in model.encoder.layers:
+        h = _eps(torch.add, _attention(block.self_attention, _layer_norm(block.ln_1, h)), h)
+        y = _eps(block.mlp[0], _layer_norm(block.ln_2, h))
+        y = _eps(block.mlp[3], _Identity.apply(block.mlp[1], y))
+        h = _eps(torch.add, h, y)
+    logits = _eps(model.heads.head, _layer_norm(model.encoder.ln, h)[:, 0])
+    R = torch.zeros_like(logits).scatter_(1, target.view(-1, 1), logits.gather(1, target.view(-1, 1)))
+    (relevance,) = torch.autograd.grad(logits, x, R)
+    return relevance.sum(1)
+
+
+@pytest.mark.parametrize("size", ["tiny", "wide"])
+def test_attnlrp_equals_a_slow_reference_of_its_rules_on_torchvision_vits(size: str) -> None:
+    from realtime_lrp import LRP
+
+    model = random_vit(*VIT_SIZES[size], seed=1)
+    torch.manual_seed(6)
+    image = VIT_SIZES[size][0]
+    x, target = torch.randn(2, 3, image, image), torch.tensor([0, 4])
+    ref = attnlrp_reference(model, x, target)
+    ours = LRP(model, preset="attnlrp")(x, target=target).relevance
+    assert ref.abs().amax() > 0
+    assert rel_error(ours, ref) <= 1e-4
+    assert rel_error(LRP(model, preset="cp-lrp")(x, target=target).relevance, ref) > 1e-2  # the presets differ
