@@ -176,9 +176,9 @@ class LRP:
             relevance, log_factor = step.propagate(a, out, extra, relevance)
             if log_factor is not None:
                 log_scale = log_factor if log_scale is None else log_scale + log_factor
-            parts = relevance if len(inputs) > 1 else (relevance,)
+            parts = (None,) * len(inputs) if relevance is None else relevance if len(inputs) > 1 else (relevance,)
             for j, part in zip(inputs, parts):
-                if part is None:  # a rule that gives this input nothing (a gate): its branch is skipped
+                if part is None:  # no relevance for this input (a gate, a held constant): its branch is skipped
                     continue
                 pending[j] = (part, log_scale) if pending[j] is None else _merge(pending[j], (part, log_scale))
         relevance, log_scale = pending[0]

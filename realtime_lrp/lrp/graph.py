@@ -81,7 +81,8 @@ class _Sym:
     value: Callable[[Mapping[int, torch.Size]], Any]
 
 
-_SHAPE_ARITHMETIC = {operator.floordiv, operator.mul, operator.add, operator.sub, operator.mod, operator.neg}
+_SHAPE_ARITHMETIC = {operator.floordiv, operator.mul, operator.add, operator.sub, operator.mod, operator.neg,
+                     operator.eq, operator.ne}  # comparisons: the shape checks of torch._assert
 
 
 def _resolve(value: Any, shapes: Mapping[int, torch.Size]) -> Any:
@@ -153,6 +154,7 @@ class _Reader:
         self.nodes: list[Node] = []
         self.env: dict[torch.fx.Node, int] = {}
         self.output: Union[int, None] = None
+        self.skipped: set[torch.fx.Node] = set()
         self.symbols: dict[torch.fx.Node, _Sym] = {}
         self.tuples: dict[torch.fx.Node, tuple[int, Callable[[int], Any]]] = {}
         self.constants: dict[torch.fx.Node, Tensor] = {}
@@ -194,6 +196,10 @@ class _Reader:
         node = self.add(fx_node, ops.BATCHNORM_RIGHT, (source,), bn)
         node.weight, node.bias = _affine(bn)
 
+    def skip(self, fx_node: torch.fx.Node) -> None:
+        """``fx_node`` has been read with an earlier call (an unused output of it): visiting it does nothing."""
+        self.skipped.add(fx_node)
+
     def parts(self, fx_node: torch.fx.Node, source: int, part: Callable[[int], Any]) -> None:
         """``fx_node`` is a tuple of parts of node ``source`` (chunk, split): ``part(k)`` is how
         its ``getitem`` k reads them."""
@@ -227,6 +233,7 @@ class _Reader:
             return tuple(out)
 
         return shape, tuple(sorted(refs))
+
     def constant(self, arg: object) -> Union[Tensor, None]:
         """``arg`` as an fp32 tensor if it is a constant (a number, a parameter or buffer), else None."""
         if isinstance(arg, (int, float)) and not isinstance(arg, bool):
@@ -280,6 +287,8 @@ class _Reader:
         return False
 
     def visit(self, fx_node: torch.fx.Node) -> None:
+        if fx_node in self.env or fx_node in self.skipped:  # read with the call that made it
+            return
         if fx_node.op == "placeholder":
             if self.nodes:
                 raise UnsupportedModelError(f"{type(self.model).__name__} takes more than one input ('{fx_node.name}')")
