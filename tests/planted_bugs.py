@@ -208,6 +208,16 @@ PLANTS: tuple[Plant, ...] = (
           "if isinstance(failure, WriterError) and not isinstance(failure, FrameSizeError):",
           "if isinstance(failure, WriterError):",
           ("tests/test_reliability.py::test_frames_of_a_size_that_is_not_handled_keep_the_frames_done",)),
+    Plant("one-input-failure-aborts-all", "realtime_lrp/apps/video.py",
+          "        except Exception as exc:  # any failure of one input",
+          "        except (InputError, WriterError, PartialOutput) as exc:  # any failure of one input",
+          ("tests/test_reliability.py::test_out_of_memory_on_one_input_is_its_row_and_the_others_go_on",)),
+    Plant("lost-rank-waited-for", "realtime_lrp/apps/video.py",
+          "elif time.monotonic() - since > self.timeout:", "elif time.monotonic() - since > 1e9:",
+          ("tests/test_reliability.py::test_rank_zero_gives_up_on_a_rank_whose_heartbeat_stopped",)),
+    Plant("broken-rank-does-not-report", "realtime_lrp/cli/video.py",
+          "            if world == 1:\n                raise\n", "            raise\n",
+          ("tests/test_reliability.py::test_a_failing_rank_reports_and_no_rank_waits",)),
 )
 
 
