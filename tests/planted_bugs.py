@@ -218,6 +218,19 @@ PLANTS: tuple[Plant, ...] = (
     Plant("broken-rank-does-not-report", "realtime_lrp/cli/video.py",
           "            if world == 1:\n                raise\n", "            raise\n",
           ("tests/test_reliability.py::test_a_failing_rank_reports_and_no_rank_waits",)),
+    Plant("gradcam-unweighted", "realtime_lrp/apps/evaluate/cam.py",
+          "cam = (grads.mean((2, 3), keepdim=True) * acts).sum(1)", "cam = acts.sum(1)",
+          ("tests/test_cam.py::test_maps_equal_pytorch_grad_cam",)),
+    Plant("road-fills-the-mean", "realtime_lrp/apps/evaluate/road.py",
+          "return torch.where(removed.expand_as(x), filled, x)",
+          "return torch.where(removed.expand_as(x), torch.zeros_like(x), x)",
+          ("tests/test_road.py::test_imputation_equals_the_librarys_sparse_solve",)),
+    Plant("road-stops-early", "realtime_lrp/apps/evaluate/road.py",
+          "    for i in range(h * w):", "    for i in range(4):",
+          ("tests/test_road.py::test_imputation_equals_the_librarys_sparse_solve",)),
+    Plant("class-r-same-class", "realtime_lrp/apps/evaluate/metrics.py",
+          "shift = torch.randint(1, classes,", "shift = torch.randint(0, classes,",
+          ("tests/test_evaluate.py::test_class_sensitivity_compares_with_a_random_other_class",)),
 )
 
 

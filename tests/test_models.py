@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from realtime_lrp import load_model
 from realtime_lrp.models import imagenet as imagenet_module
 from realtime_lrp.models.architectures import (
+    ALL_ARCHS,
     ARCHS,
-    ENGINE_ARCHS,
     RESNET_ARCHS,
     build_model,
     build_vgg,
@@ -296,7 +296,7 @@ def test_resnet_cards_carry_their_own_fields(tmp_path: Path) -> None:
     for edit, message in [({"small_input": False}, "does not fit resnet18 with 4 classes: conv1.weight"),
                           ({"small_input": "yes"}, "invalid 'small_input' field"),
                           ({"width": 0.25}, "does not fit resnet18"),
-                          ({"arch": "densenet121"}, "invalid 'arch' field"),
+                          ({"arch": "googlenet"}, "invalid 'arch' field"),
                           ({"arch": "vgg11"}, "lacks field.s. of vgg11: hidden, pool")]:
         card_path.write_text(json.dumps({**card, **edit}))
         with pytest.raises(WeightsError, match=message) as info:
@@ -364,7 +364,7 @@ def test_imagenet_arch_rejects_a_file_that_does_not_match_its_name(monkeypatch: 
 
 
 def test_unknown_architectures_are_one_line_errors(tmp_path: Path) -> None:
-    for name in ("imagenet:resnet9", "imagenet:densenet121"):
+    for name in ("imagenet:resnet9", "imagenet:googlenet"):
         with pytest.raises(WeightsError, match=f"unknown architecture '{name[9:]}'; choose one of vgg11") as info:
             load_model(name)
         assert "\n" not in str(info.value)
@@ -383,7 +383,7 @@ def test_unknown_architectures_are_one_line_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "resnet9" in result.stderr
 
 
-def test_train_offers_every_engine_architecture() -> None:
+def test_train_offers_every_architecture() -> None:
     from realtime_lrp.cli.train import TRAIN_ARCHS
 
-    assert TRAIN_ARCHS == ENGINE_ARCHS
+    assert TRAIN_ARCHS == ALL_ARCHS

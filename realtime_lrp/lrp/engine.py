@@ -178,6 +178,8 @@ class LRP:
                 log_scale = log_factor if log_scale is None else log_scale + log_factor
             parts = relevance if len(inputs) > 1 else (relevance,)
             for j, part in zip(inputs, parts):
+                if part is None:  # a rule that gives this input nothing (a gate): its branch is skipped
+                    continue
                 pending[j] = (part, log_scale) if pending[j] is None else _merge(pending[j], (part, log_scale))
         relevance, log_scale = pending[0]
         maps = relevance.sum(1)

@@ -23,11 +23,14 @@ Readers take ``(reader, op, fx_node, module)``: ``reader`` is the graph builder 
 """
 from __future__ import annotations
 
+import copy
+import inspect
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -107,17 +110,17 @@ def _read_add(reader: Any, op: Op, fx_node: Any, module: None) -> None:
 
 
 def _read_flatten(reader: Any, op: Op, fx_node: Any, module: Union[nn.Module, None]) -> None:
-    """``flatten(x, 1)``: the batch axis kept, the rest flattened (``nn.Flatten``'s default)."""
+    """``flatten(x, start, end)``, ``x.flatten(...)`` and ``nn.Flatten``: any dims (the relevance is reshaped back)."""
     if module is not None:
         start, end = module.start_dim, module.end_dim
     else:
         args = list(fx_node.args[1:])
         start = fx_node.kwargs.get("start_dim", args[0] if args else 0)
         end = fx_node.kwargs.get("end_dim", args[1] if len(args) > 1 else -1)
-    if (start, end) != (1, -1):
-        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} other than flatten(x, 1)")
+    if not isinstance(start, int) or not isinstance(end, int):
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} with dims known only at run time")
     source = _one_input(reader, fx_node, module)
-    reader.add(fx_node, op, (source,), module)
+    reader.add(fx_node, op, (source,), module, {"dims": (start, end)})
 
 
 # -- forwards --------------------------------------------------------------------------------
@@ -154,7 +157,413 @@ def _adaptive_avgpool(node: Node, a: Tensor, weight: None, bias: None) -> tuple[
 
 
 def _flatten(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
-    return a.flatten(1), None
+    return a.flatten(*node.attrs.get("dims", (1, -1))), None
+
+
+# -- index ops and concatenation ---------------------------------------------------------------
+# Ops that only move values: their rule is the backward of their index map (rules/index.py),
+# fixed, so presets need no entry. Shapes given as ``x.size()``/``x.shape`` arithmetic are
+# read by the graph as run-time values (``reader.ints``); the tensors whose shapes they read
+# become extra inputs after the data input, which get no relevance.
+
+def _dim_arg(reader: Any, fx_node: Any, position: int, name: str, default: Any) -> Any:
+    """A call's argument by position or keyword; an int it must be (not a run-time value)."""
+    args = fx_node.args
+    value = fx_node.kwargs.get(name, args[position] if len(args) > position else default)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value):
+        return tuple(value)
+    if not isinstance(value, int):
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} with {name} known only at run time")
+    return value
+
+
+def _read_cat(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``torch.cat(tensors, dim)``; one tensor is the identity."""
+    tensors = fx_node.kwargs.get("tensors", fx_node.args[0] if fx_node.args else None)
+    if not isinstance(tensors, (list, tuple)) or not tensors:
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} of {tensors!r}")
+    inputs = tuple(reader.producer(fx_node, t) for t in tensors)
+    dim = _dim_arg(reader, fx_node, 1, "dim", 0)
+    if len(inputs) == 1:
+        reader.alias(fx_node, inputs[0])
+    else:
+        reader.add(fx_node, op, inputs, attrs={"dim": dim})
+
+
+def _part(split: Callable[[int], list[int]], dim: int, k: int) -> Callable[[torch.Size], tuple]:
+    """The index of part ``k`` of a tensor cut along ``dim`` into the sizes ``split(size)``."""
+    def index(shape: torch.Size) -> tuple:
+        d = dim % len(shape)
+        sizes = split(shape[d])
+        if k >= len(sizes):
+            raise IndexError(f"part {k} of {len(sizes)}")
+        start = sum(sizes[:k])
+        return (slice(None),) * d + (slice(start, start + sizes[k]),)
+
+    return index
+
+
+def _chunk_sizes(chunks: int) -> Callable[[int], list[int]]:
+    def sizes(n: int) -> list[int]:
+        step = -(-n // chunks)
+        return [min(step, n - s) for s in range(0, n, step)] if n else [0]
+
+    return sizes
+
+
+def _split_sizes(size: Union[int, tuple[int, ...]]) -> Callable[[int], list[int]]:
+    def sizes(n: int) -> list[int]:
+        if isinstance(size, tuple):
+            if sum(size) != n:
+                raise ValueError(f"split sizes {size} do not add up to {n}")
+            return list(size)
+        return [min(size, n - s) for s in range(0, n, size)] if n else [0]
+
+    return sizes
+
+
+def _read_parts(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``chunk``/``split`` (function or method): a tuple of parts, each read by a ``getitem`` as a slice."""
+    source = reader.producer(fx_node, fx_node.args[0])
+    name = fx_node.target if isinstance(fx_node.target, str) else fx_node.target.__name__
+    if name == "chunk":
+        sizes = _chunk_sizes(_dim_arg(reader, fx_node, 1, "chunks", None))
+    else:
+        sizes = _split_sizes(_dim_arg(reader, fx_node, 1, "split_size_or_sections",
+                                      fx_node.kwargs.get("split_size", None)))
+    dim = _dim_arg(reader, fx_node, 2, "dim", 0)
+    reader.parts(fx_node, source, lambda k: _part(sizes, dim, k))
+
+
+def _basic_index(reader: Any, fx_node: Any, index: Any) -> tuple:
+    """A tensor's ``[...]`` of ints, slices of ints, None and Ellipsis (what moves values without repeats)."""
+    items = index if isinstance(index, tuple) else (index,)
+    for item in items:
+        fields = (item.start, item.stop, item.step) if isinstance(item, slice) else (item,)
+        if not all(f is None or f is Ellipsis or (isinstance(f, int) and not isinstance(f, bool)) for f in fields):
+            raise reader.unsupported(fx_node, f"indexing a tensor with {item!r} (only ints, slices, None, ...)")
+        if isinstance(item, slice) and item.step is not None and item.step <= 0:
+            raise reader.unsupported(fx_node, f"indexing a tensor with {item!r}")
+    return items
+
+
+def _read_getitem(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``parts[k]`` of a chunk/split, or ``x[...]`` of a tensor: a slice of the input."""
+    container, key = fx_node.args
+    part = reader.part_of(container)
+    if part is not None:
+        source, index_of = part
+        if not isinstance(key, int):
+            raise reader.unsupported(fx_node, f"part {key!r} of a chunk or split")
+        reader.add(fx_node, op, (source,), attrs={"index": index_of(key)})
+        return
+    source = reader.producer(fx_node, container)
+    items = _basic_index(reader, fx_node, key)
+    reader.add(fx_node, op, (source,), attrs={"index": lambda shape: items})
+
+
+def _read_view(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``x.view(...)``, ``x.reshape(...)``, ``torch.reshape(x, shape)``: sizes may be read from shapes at run time."""
+    source = reader.producer(fx_node, fx_node.args[0])
+    sizes = fx_node.args[1:] or (fx_node.kwargs.get("shape", ()),)
+    if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+        sizes = tuple(sizes[0])
+    shape, refs = reader.ints(fx_node, sizes, source)
+    reader.add(fx_node, op, (source, *refs), attrs={"shape": shape, "data_inputs": 1})
+
+
+def _read_unsqueeze(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``unsqueeze(x, d)``/``squeeze(x[, d])``: a reshape with dims fixed when read."""
+    source = reader.producer(fx_node, fx_node.args[0])
+    name = fx_node.target if isinstance(fx_node.target, str) else fx_node.target.__name__
+    dim = _dim_arg(reader, fx_node, 1, "dim", None if name == "squeeze" else 0)
+    reader.add(fx_node, op, (source,), attrs={"squeeze": name == "squeeze", "dim": dim})
+
+
+def _read_permute(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``transpose(x, d0, d1)`` and ``permute(x, dims)`` (methods or functions)."""
+    source = reader.producer(fx_node, fx_node.args[0])
+    name = fx_node.target if isinstance(fx_node.target, str) else fx_node.target.__name__
+    if name == "transpose":
+        d0, d1 = _dim_arg(reader, fx_node, 1, "dim0", None), _dim_arg(reader, fx_node, 2, "dim1", None)
+
+        def order(ndim: int) -> list[int]:
+            dims = list(range(ndim))
+            dims[d0 % ndim], dims[d1 % ndim] = dims[d1 % ndim], dims[d0 % ndim]
+            return dims
+    else:
+        rest = fx_node.args[1:] or (fx_node.kwargs.get("dims"),)
+        dims = tuple(rest[0]) if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else tuple(rest)
+        if not all(isinstance(d, int) for d in dims):
+            raise reader.unsupported(fx_node, f"{reader.what(fx_node)} with dims known only at run time")
+
+        def order(ndim: int) -> list[int]:
+            return [d % ndim for d in dims]
+    reader.add(fx_node, op, (source,), attrs={"order": order})
+
+
+def _read_contiguous(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``x.contiguous()``/``x.clone()``: the same values, so the node is its input."""
+    reader.alias(fx_node, reader.producer(fx_node, fx_node.args[0]))
+
+
+def _data(node: Node, a: Activation) -> tuple[Tensor, dict[int, torch.Size]]:
+    """The data input of a node with shape inputs after it, and every input's shape by node index."""
+    tensors = a if isinstance(a, tuple) else (a,)
+    return tensors[0], {i: t.shape for i, t in zip(node.inputs, tensors)}
+
+
+def _cat(node: Node, a: tuple[Tensor, ...], weight: None, bias: None) -> tuple[Tensor, None]:
+    return torch.cat(a, node.attrs["dim"]), None
+
+
+def _select(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
+    return a[node.attrs["index"](a.shape)], None
+
+
+def _view(node: Node, a: Activation, weight: None, bias: None) -> tuple[Tensor, None]:
+    x, shapes = _data(node, a)
+    return x.reshape(node.attrs["shape"](shapes)), None
+
+
+def _unsqueeze(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
+    dim = node.attrs["dim"]
+    if node.attrs["squeeze"]:
+        return (a.squeeze() if dim is None else a.squeeze(dim)), None
+    return a.unsqueeze(dim), None
+
+
+def _permute(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
+    return a.permute(node.attrs["order"](a.dim())), None
+
+
+def _channel_affine(node: Node, a: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, None]:
+    return a * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1), None
+
+
+CHANNEL_AFFINE = Op("channel_affine", lambda *args: None, _channel_affine, relevance=rule("Pass"))
+"""A per-channel ``x * a + b`` written channel by channel (torchvision's ``transform_input``), read by the
+graph from its pattern: relevance passes per pixel and channel (the identity rule on a constant affine map),
+and the first conv's z^B bounds are mapped through it."""
+def _shifted_relu(node: Node, a: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, None]:
+    sign, floor = weight.view(1, -1, 1, 1), bias.view(1, -1, 1, 1)
+    return torch.where((a - floor) * sign > 0, a, floor), None
+
+
+def _border_pad(node: Node, a: Tensor, weight: Tensor, bias: None) -> tuple[Tensor, None]:
+    (ph, pw), (n, c, h, w) = node.attrs["pad"], a.shape
+    out = weight.view(1, -1, 1, 1).expand(n, c, h + 2 * ph, w + 2 * pw).clone()
+    out[:, :, ph:ph + h, pw:pw + w] = a
+    return out, None
+
+
+BATCHNORM_RIGHT = Op("batchnorm_right", lambda *args: None)
+"""A batch norm after no conv: the graph merges it into the Conv2d/Linear after it (``graph._merge_right``)."""
+SHIFTED_RELU = Op("shifted_relu", lambda *args: None, _shifted_relu, relevance=rule("Pass"))
+"""The ReLU between a batch norm and the layer it is merged into: ``x`` where the batch norm's output is
+positive, else the input whose batch norm output is 0 (Pahde's thresholded ReLU); the identity rule, as the ReLU's."""
+BORDER_PAD = Op("border_pad", lambda *args: None, _border_pad, relevance=rule("Crop"))
+"""Explicit padding of a conv a batch norm is merged into, with the per-channel value whose batch norm output is 0."""
+CAT = Op("cat", _read_cat, _cat, functions=(torch.cat, torch.concat, torch.concatenate), sign="keep",
+         relevance=rule("Concat"))
+PARTS = Op("parts", _read_parts, functions=(torch.chunk, torch.split), methods=("chunk", "split"))
+SELECT = Op("select", _read_getitem, _select, functions=(operator.getitem,), sign="keep", relevance=rule("Select"))
+VIEW = Op("view", _read_view, _view, functions=(torch.reshape,), methods=("view", "reshape"), sign="keep",
+          relevance=rule("View"))
+UNSQUEEZE = Op("unsqueeze", _read_unsqueeze, _unsqueeze, functions=(torch.unsqueeze, torch.squeeze),
+               methods=("unsqueeze", "squeeze"), sign="keep", relevance=rule("View"))
+PERMUTE = Op("permute", _read_permute, _permute, functions=(torch.transpose, torch.permute),
+             methods=("transpose", "permute"), sign="keep", relevance=rule("Permute"))
+CONTIGUOUS = Op("contiguous", _read_contiguous, methods=("contiguous", "clone"))
+
+_INDEX_OPS: tuple[Op, ...] = (CAT, PARTS, SELECT, VIEW, UNSQUEEZE, PERMUTE, CONTIGUOUS, CHANNEL_AFFINE,
+                              BATCHNORM_RIGHT, SHIFTED_RELU, BORDER_PAD)
+
+
+# -- activations, gates and functional forms -------------------------------------------------
+
+def _no_inplace(module: nn.Module) -> nn.Module:
+    """The module, or a shallow copy computing out of place: the engine keeps every node's
+    output, so an activation must not overwrite its input."""
+    if not getattr(module, "inplace", False):
+        return module
+    copy_ = copy.copy(module)
+    copy_.inplace = False
+    return copy_
+
+
+def _bound_call(reader: Any, fx_node: Any, fn: Callable[..., Tensor]) -> Callable[[Tensor], Tensor]:
+    """``fn`` with the traced call's arguments after the input (constants only), out of place."""
+    extra, kwargs = fx_node.args[1:], dict(fx_node.kwargs)
+    if any(isinstance(v, torch.fx.Node) for v in (*extra, *kwargs.values())):
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} with a tensor argument besides its input")
+    try:
+        bound = inspect.signature(fn).bind(None, *extra, **kwargs)
+        bound.arguments.pop("inplace", None)
+        extra, kwargs = bound.args[1:], bound.kwargs
+    except (TypeError, ValueError):  # builtins (torch.sigmoid, F.gelu) have no signature: take the call as it is
+        pass
+
+    def call(a: Tensor) -> Tensor:
+        return fn(a, *extra, **kwargs)
+
+    return call
+
+
+def _read_activation(reader: Any, op: Op, fx_node: Any, module: Union[nn.Module, None]) -> None:
+    """An element-wise activation: a module (copied out of place), a function or a tensor method;
+    what it computes is kept as ``attrs["fn"]``."""
+    source = _one_input(reader, fx_node, module)
+    if module is not None:
+        fn = _no_inplace(module)
+    elif fx_node.op == "call_method":
+        fn = _bound_call(reader, fx_node, getattr(Tensor, fx_node.target))
+    else:
+        fn = _bound_call(reader, fx_node, fx_node.target)
+    reader.add(fx_node, op, (source,), module, {"fn": fn})
+
+
+def _activation(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
+    return node.attrs["fn"](a), None
+
+
+def _activation_op(kind: str, modules: tuple[type, ...], functions: tuple[object, ...] = (),
+                   methods: tuple[str, ...] = (), sign: str = "any") -> Op:
+    """An element-wise activation with the identity rule (zennit's ``Pass``, AttnLRP Eq. 9)."""
+    return Op(kind, _read_activation, _activation, modules=modules, functions=functions, methods=methods, sign=sign,
+              relevance=rule("Pass"))
+
+
+RELU6 = _activation_op("relu6", (nn.ReLU6,), (F.relu6,), sign="nonneg")
+HARDTANH = _activation_op("hardtanh", (nn.Hardtanh,), (F.hardtanh,))
+SILU = _activation_op("silu", (nn.SiLU,), (F.silu,))
+HARDSWISH = _activation_op("hardswish", (nn.Hardswish,), (F.hardswish,))
+GELU = _activation_op("gelu", (nn.GELU,), (F.gelu,))
+LEAKY_RELU = _activation_op("leaky_relu", (nn.LeakyReLU,), (F.leaky_relu,))
+ELU = _activation_op("elu", (nn.ELU,), (F.elu,))
+MISH = _activation_op("mish", (nn.Mish,), (F.mish,))
+SIGMOID = _activation_op("sigmoid", (nn.Sigmoid,), (torch.sigmoid, F.sigmoid), ("sigmoid",), sign="nonneg")
+HARDSIGMOID = _activation_op("hardsigmoid", (nn.Hardsigmoid,), (F.hardsigmoid,), sign="nonneg")
+TANH = _activation_op("tanh", (nn.Tanh,), (torch.tanh, F.tanh), ("tanh",))
+def _call_args(reader: Any, fx_node: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The constant arguments after the input of a traced call, by name (``names`` in their
+    positional order); a tensor argument or an unknown name is refused."""
+    extra = fx_node.args[1:]
+    if len(extra) > len(names) or set(fx_node.kwargs) - set(names):
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} with arguments {fx_node.args[1:]}, {fx_node.kwargs}")
+    given = {**dict(zip(names, extra)), **fx_node.kwargs}
+    if any(isinstance(v, torch.fx.Node) for v in given.values()):
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} with a tensor argument besides its input")
+    return given
+
+
+def _read_max_pool_function(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``F.max_pool2d(x, ...)``: a max-pool node, as ``nn.MaxPool2d`` with the same arguments."""
+    args = _call_args(reader, fx_node, ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"))
+    args.pop("return_indices", None)  # False here: fx resolves True to max_pool2d_with_indices, which is refused
+    reader.add(fx_node, MAXPOOL, (reader.producer(fx_node, fx_node.args[0]),), nn.MaxPool2d(**args))
+
+
+def _read_avg_pool_function(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``F.avg_pool2d(x, ...)``: an average-pool node, as ``nn.AvgPool2d`` with the same arguments."""
+    args = _call_args(reader, fx_node, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                                        "divisor_override"))
+    reader.add(fx_node, AVGPOOL, (reader.producer(fx_node, fx_node.args[0]),), nn.AvgPool2d(**args))
+
+
+def _read_adaptive_avg_pool_function(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``F.adaptive_avg_pool2d(x, size)``: an adaptive average-pool node, as the module."""
+    args = _call_args(reader, fx_node, ("output_size",))
+    reader.add(fx_node, ADAPTIVE_AVGPOOL, (reader.producer(fx_node, fx_node.args[0]),),
+               nn.AdaptiveAvgPool2d(**args))
+
+
+def _read_mean(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``x.mean((2, 3))`` of an (N, C, H, W) map: a global average pool (``keepdim=True``), then a
+    flatten to (N, C) without keepdim; any other reduction is refused."""
+    args = _call_args(reader, fx_node, ("dim", "keepdim", "dtype"))
+    dims = args.get("dim")
+    dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
+    if sorted(dims) not in ([2, 3], [-2, -1]) or args.get("dtype") is not None:
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} over dims {args.get('dim')} (only the spatial "
+                                          "mean over (2, 3) of an (N, C, H, W) map)")
+    source = reader.producer(fx_node, fx_node.args[0])
+    reader.add(fx_node, ADAPTIVE_AVGPOOL, (source,), nn.AdaptiveAvgPool2d(1))
+    if not args.get("keepdim", False):
+        reader.add(fx_node, FLATTEN, (len(reader.nodes) - 1,), None, {"dims": (1, -1)})
+
+
+MAX_POOL_FUNCTION = Op("max_pool_function", _read_max_pool_function, functions=(F.max_pool2d,))
+AVG_POOL_FUNCTION = Op("avg_pool_function", _read_avg_pool_function, functions=(F.avg_pool2d,))
+ADAPTIVE_AVG_POOL_FUNCTION = Op("adaptive_avg_pool_function", _read_adaptive_avg_pool_function,
+                                functions=(F.adaptive_avg_pool2d,))
+MEAN = Op("mean", _read_mean, functions=(torch.mean,), methods=("mean",))
+"""Functional forms, read as the nodes of their module forms (so presets bind the same rules)."""
+
+_GATES = ("sigmoid", "hardsigmoid")
+"""Kinds whose output, computed from the signal it multiplies, makes a product a gate."""
+
+
+def _depends_on(nodes: list[Node], index: int, ancestor: int) -> bool:
+    """Whether node ``index`` is computed from node ``ancestor``."""
+    seen, todo = set(), [index]
+    while todo:
+        i = todo.pop()
+        if i == ancestor:
+            return True
+        if i not in seen and i > ancestor:
+            seen.add(i)
+            todo.extend(nodes[i].inputs)
+    return False
+
+
+def _read_mul(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``x * c`` with a constant or a parameter ``c`` (layer scale): a ``scale`` node, the identity
+    rule; ``s * g`` where ``g`` is a sigmoid (hard or not) computed from ``s`` (squeeze-excitation):
+    a ``gate`` node with inputs (signal, gate). Any other product of two tensors is refused."""
+    if len(fx_node.args) != 2 or fx_node.kwargs:
+        raise reader.unsupported(fx_node, reader.what(fx_node))
+    constants = [reader.constant(arg) for arg in fx_node.args]
+    if constants[0] is not None and constants[1] is not None:
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} of two constants")
+    if constants[0] is not None or constants[1] is not None:
+        factor, tensor = (constants[0], fx_node.args[1]) if constants[0] is not None else (constants[1], fx_node.args[0])
+        node = reader.add(fx_node, SCALE, (reader.producer(fx_node, tensor),))
+        node.weight = factor
+        return
+    a, b = (reader.producer(fx_node, arg) for arg in fx_node.args)
+    for signal, gate in ((a, b), (b, a)):
+        if reader.nodes[gate].kind in _GATES and _depends_on(reader.nodes, gate, signal):
+            reader.add(fx_node, GATE, (signal, gate))
+            return
+    raise reader.unsupported(fx_node, f"{reader.what(fx_node)} of two tensors, neither a sigmoid gate computed "
+                                      "from the other (s * sigmoid(f(s)))")
+
+
+def _scale(node: Node, a: Tensor, weight: Tensor, bias: None) -> tuple[Tensor, None]:
+    return a * weight, None
+
+
+def _gate(node: Node, a: tuple[Tensor, Tensor], weight: None, bias: None) -> tuple[Tensor, None]:
+    return a[0] * a[1], None
+
+
+MUL = Op("mul", _read_mul, functions=(operator.mul, operator.imul, torch.mul), methods=("mul",))
+"""Products, read into one of the two ops below."""
+SCALE = Op("scale", _read_mul, _scale, sign="any", relevance=rule("Pass"))
+"""A product with a constant: all relevance goes to the tensor (layer scale, eval-mode stochastic depth)."""
+GATE = Op("gate", _read_mul, _gate, sign="keep", relevance=rule("SignalTakeAll"))
+"""A multiplicative gate (signal, gate): the signal takes all relevance, the gate none (Pahde et al. 2023)."""
+
+FROZEN_BATCHNORM = Op("frozen_batchnorm", _read_batchnorm, module_names=("FrozenBatchNorm2d",))
+"""torchvision's ``FrozenBatchNorm2d`` (statistics and affine parameters as buffers): folded as batch norm."""
+
+STOCHASTIC_DEPTH = Op("stochastic_depth", _read_identity, module_names=("StochasticDepth",))
+"""torchvision's ``StochasticDepth``: the identity in eval mode, like dropout."""
+
+_ACTIVATION_OPS: tuple[Op, ...] = (RELU6, HARDTANH, SILU, HARDSWISH, GELU, LEAKY_RELU, ELU, MISH, SIGMOID,
+                                   HARDSIGMOID, TANH, STOCHASTIC_DEPTH, MAX_POOL_FUNCTION, AVG_POOL_FUNCTION,
+                                   ADAPTIVE_AVG_POOL_FUNCTION, MEAN, MUL, SCALE, GATE, FROZEN_BATCHNORM)
 
 
 # -- the registry ----------------------------------------------------------------------------
@@ -168,12 +577,13 @@ AVGPOOL = Op("avgpool", _read_plain, _avgpool, modules=(nn.AvgPool2d,), sign="ke
 ADAPTIVE_AVGPOOL = Op("adaptive_avgpool", _read_plain, _adaptive_avgpool, modules=(nn.AdaptiveAvgPool2d,),
                       sign="keep", filtered=True)
 FLATTEN = Op("flatten", _read_flatten, _flatten, modules=(nn.Flatten,), functions=(torch.flatten,),
-             sign="keep", relevance=rule("Reshape"))
+             methods=("flatten",), sign="keep", relevance=rule("Reshape"))
 ADD = Op("add", _read_add, _add, functions=(operator.add, operator.iadd), sign="keep")
 IDENTITY = Op("identity", _read_identity, modules=(nn.Identity, nn.modules.dropout._DropoutNd))
 BATCHNORM = Op("batchnorm", _read_batchnorm, modules=(nn.BatchNorm2d,))
 
-OPS: tuple[Op, ...] = (CONV, LINEAR, RELU, MAXPOOL, AVGPOOL, ADAPTIVE_AVGPOOL, FLATTEN, ADD, IDENTITY, BATCHNORM)
+OPS: tuple[Op, ...] = (CONV, LINEAR, RELU, MAXPOOL, AVGPOOL, ADAPTIVE_AVGPOOL, FLATTEN, ADD, IDENTITY, BATCHNORM,
+                       *_ACTIVATION_OPS, *_INDEX_OPS)
 OPS_BY_KIND: dict[str, Op] = {op.kind: op for op in OPS}
 
 _BY_MODULE: dict[type, Op] = {t: op for op in OPS for t in op.modules}

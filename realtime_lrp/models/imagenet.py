@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from realtime_lrp.models.architectures import ENGINE_ARCHS
+from realtime_lrp.models.architectures import ALL_ARCHS
 from realtime_lrp.models.cards import _TORCHVISION_FIELDS, IMAGENET_MEAN, IMAGENET_STD, arch_fields
 from realtime_lrp.models.errors import WeightsError
 from realtime_lrp.models.files import check_finite, safe_load, sha256_file
@@ -21,8 +21,8 @@ from realtime_lrp.models.files import check_finite, safe_load, sha256_file
 def _imagenet_weights(arch: str) -> Any:
     from torchvision.models import get_model_weights
 
-    if arch not in ENGINE_ARCHS:
-        raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(ENGINE_ARCHS)}")
+    if arch not in ALL_ARCHS:
+        raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(ALL_ARCHS)}")
     return get_model_weights(arch).DEFAULT
 
 
@@ -97,7 +97,7 @@ def _download_failure(error: OSError) -> str:
 
 def load_imagenet(arch: str = "vgg16", timeout: float = 10.0) -> tuple[nn.Module, dict[str, Any]]:
     """torchvision's ImageNet weights (its ``DEFAULT``, the most accurate) for any ``arch`` of
-    :data:`ENGINE_ARCHS`, downloaded once to the torch hub cache.
+    :data:`ALL_ARCHS`, downloaded once to the torch hub cache.
 
     The cached file is untrusted (whoever can write the cache could plant one): its
     SHA-256 must start with the prefix its name carries, and it is read with

@@ -20,7 +20,11 @@ Explain = Callable[[Tensor, Tensor], Tensor]
 BASELINES: tuple[str, ...] = ("random", "gradient", "gradient-x-input")
 
 
-METHOD_NAMES: tuple[str, ...] = (*PRESET_NAMES, *BASELINES)
+CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "layercam")
+"""The class-activation-map family (:mod:`realtime_lrp.apps.evaluate.cam`), what users pick instead of LRP."""
+
+
+METHOD_NAMES: tuple[str, ...] = (*PRESET_NAMES, *CAM_METHODS, *BASELINES)
 
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -32,7 +36,7 @@ class EvaluationError(ValueError):
 
 @dataclass(frozen=True)
 class Method:
-    """One explanation method of a run: an LRP preset at a top-k and dtype, or a baseline."""
+    """One explanation method of a run: an LRP preset at a top-k and dtype, a CAM method or a baseline."""
 
     kind: str
     preset: str | None = None
@@ -48,7 +52,7 @@ class Method:
 
 
 def plan_methods(names: Sequence[str], top_ks: Sequence[float], dtypes: Sequence[str]) -> list[Method]:
-    """The methods of a run, in table order: each preset × top-k × dtype, then the baselines.
+    """The methods of a run, in table order: each preset × top-k × dtype, the CAM methods, the baselines.
 
     Unknown names, top-k values outside [0, 1] and unknown dtypes are one-line errors.
     """
@@ -64,7 +68,7 @@ def plan_methods(names: Sequence[str], top_ks: Sequence[float], dtypes: Sequence
     ordered_dtypes = [d for d in DTYPES if d in dtypes]
     methods = [Method("lrp", p, float(k), d) for p in PRESET_NAMES if p in names
                for k in dict.fromkeys(top_ks) for d in ordered_dtypes]
-    return methods + [Method(b) for b in BASELINES if b in names]
+    return methods + [Method(b) for b in (*CAM_METHODS, *BASELINES) if b in names]
 
 
 def run_dtypes(requested: Sequence[str] | None, device: torch.device, notice: Notice) -> list[str]:
@@ -130,9 +134,21 @@ def select_device(requested: str) -> torch.device:
         raise EvaluationError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N") from None
 
 
-def _explainer(model: nn.Module, card: Mapping[str, Any], method: Method, generator: torch.Generator) -> Explain:
+def cam_explainer(model: nn.Module, method: str, layer: str) -> Explain:
+    """``method``'s maps (Grad-CAM, Grad-CAM++ or LayerCAM) from the activations of ``layer``."""
+    from realtime_lrp.apps.evaluate.cam import cam_maps
+
+    def explain(x: Tensor, target: Tensor) -> Tensor:
+        return cam_maps(model, layer, x, target, method)
+    return explain
+
+
+def _explainer(model: nn.Module, card: Mapping[str, Any], method: Method, generator: torch.Generator,
+               cam_layer: str | None = None) -> Explain:
     if method.kind == "lrp":
         return lrp_explainer(model, card, method)
+    if method.kind in CAM_METHODS:
+        return cam_explainer(model, method.kind, str(cam_layer))
     if method.kind == "random":
         return random_explainer(generator)
     return gradient_explainer(model, times_input=method.kind == "gradient-x-input")
