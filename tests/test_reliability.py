@@ -434,3 +434,90 @@ def test_rank_zero_gives_up_on_a_rank_whose_heartbeat_stopped(tmp_path: Path) ->
     everything = result[0]
     lost = [o for o in everything if o.status == "failed"]
     assert [o.src for o in lost] == [sources[1]] and "rank 1 stopped answering for 1.5 s" in lost[0].message
+
+
+# -- first run: a download says what it fetches, how big, and shows its progress -------------------
+
+@pytest.fixture()
+def weight_server(tmp_path: Path):
+    """A loopback HTTP server for the files in ``tmp_path / "served"``; yields its base URL."""
+    import functools
+    import http.server
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", folder
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def serve_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, base: str, folder: Path, arch: str,
+                  corrupt: bool = False) -> dict:
+    """A random torchvision ``arch`` state dict served as torchvision's URL would name it."""
+    import torch
+    import torchvision
+
+    from realtime_lrp.models import imagenet
+    from realtime_lrp.models.files import sha256_file
+
+    torch.manual_seed(0)
+    state = getattr(torchvision.models, arch)().state_dict()
+    staging = tmp_path / "staging.pth"
+    torch.save(state, staging)
+    name = f"{arch}-{('0' * 8) if corrupt else sha256_file(staging)[:8]}.pth"
+    staging.rename(folder / name)
+    real = imagenet._imagenet_weights(arch)
+    fake = type("Weights", (), {"url": f"{base}/{name}", "meta": real.meta, "__str__": lambda self: str(real)})()
+    monkeypatch.setattr(imagenet, "_imagenet_weights", lambda wanted: fake)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return state
+
+
+def test_a_first_run_download_says_its_size_and_shows_progress(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                weight_server, capsys: pytest.CaptureFixture) -> None:
+    import torch
+
+    from realtime_lrp.models.loading import load_model
+
+    base, folder = weight_server
+    state = serve_weights(monkeypatch, tmp_path, base, folder, "mobilenet_v3_small")
+    served = next(folder.iterdir())
+    notices: list[str] = []
+    model, card = load_model("imagenet:mobilenet_v3_small", notify=notices.append)
+    size = served.stat().st_size / 1e6
+    assert notices == [f"downloading {served.name} ({size:,.1f} MB) from {base}/{served.name} to "
+                       f"{tmp_path / 'torch' / 'hub' / 'checkpoints'} (once; later runs read the cache)"]
+    bar = capsys.readouterr().err
+    assert served.name in bar and f"{size:.1f}/{size:.1f} MB" in bar, bar
+    assert all(torch.equal(model.state_dict()[k].cpu(), v) for k, v in state.items())
+    cached = list((tmp_path / "torch").rglob("*.pth"))
+    assert [p.name for p in cached] == [served.name] and not list((tmp_path / "torch").rglob("*partial*"))
+    notices.clear()
+    load_model("imagenet:mobilenet_v3_small", notify=notices.append)
+    assert notices == [], "a cached file is not downloaded again"
+
+
+def test_a_corrupt_download_is_refused_and_leaves_no_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                          weight_server) -> None:
+    from realtime_lrp.models.errors import WeightsError
+    from realtime_lrp.models.loading import load_model
+
+    base, folder = weight_server
+    serve_weights(monkeypatch, tmp_path, base, folder, "mobilenet_v3_small", corrupt=True)
+    with pytest.raises(WeightsError, match="download was corrupt"):
+        load_model("imagenet:mobilenet_v3_small", notify=lambda msg: None)
+    notices: list[str] = []
+    _, card = load_model("auto", arch="mobilenet_v3_small", notify=notices.append)
+    assert card["arch"] != "mobilenet_v3_small" and notices[-1].endswith("the download was corrupt")
+    assert not [p for p in (tmp_path / "torch").rglob("*") if p.is_file()]
