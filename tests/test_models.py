@@ -152,7 +152,7 @@ def test_wrong_network_state_dict(tmp_path: Path) -> None:
 def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
-    def fail(url: str, dest: Path, timeout: float = 0) -> None:
+    def fail(url: str, dest: Path, timeout: float = 0, **kwargs: object) -> None:
         raise OSError("offline")
 
     monkeypatch.setattr(imagenet_module, "download", fail)

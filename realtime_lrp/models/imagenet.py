@@ -5,9 +5,8 @@ The cache is untrusted: a file's SHA-256 must start with the prefix its name car
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -15,7 +14,7 @@ from torch import nn
 from realtime_lrp.models.architectures import ALL_ARCHS
 from realtime_lrp.models.cards import _TORCHVISION_FIELDS, IMAGENET_MEAN, IMAGENET_STD, arch_fields
 from realtime_lrp.models.errors import WeightsError
-from realtime_lrp.models.files import check_finite, safe_load, sha256_file
+from realtime_lrp.models.files import DownloadCorrupt, check_finite, download, hash_prefix, safe_load, sha256_file
 
 # The ImageNet weights of the architectures beyond ReLU CNNs: torchvision's enum member (its
 # DEFAULT in torchvision 0.29) and the file its URL names, SHA-256 prefix included; pinned so
@@ -78,12 +77,6 @@ class ImagenetUnavailable(WeightsError):
         self.why = why
 
 
-def hash_prefix(path: Path) -> str | None:
-    """The SHA-256 prefix a torch.hub file name carries (``vgg16-397923af.pth`` → ``397923af``)."""
-    match = re.search(r"-([a-f0-9]{6,})\.", path.name)
-    return match.group(1) if match else None
-
-
 def check_hash_prefix(path: Path) -> None:
     """Raise :class:`ImagenetUnavailable` unless ``path``'s SHA-256 starts with the prefix in its name."""
     prefix = hash_prefix(path)
@@ -94,36 +87,13 @@ def check_hash_prefix(path: Path) -> None:
             "the cached file was rejected")
 
 
-def download(url: str, dest: Path, timeout: float = 10.0) -> None:
-    """Fetch ``url`` into ``dest``: written beside it, hash-checked, then moved into place.
-
-    Every socket wait is bounded by ``timeout``; the torch.hub hash prefix in the file
-    name is checked before the file replaces anything.
-    """
-    import urllib.request
-
-    from realtime_lrp.util.atomic import partial_path, remove
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(dest)
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as fh:
-            for block in iter(lambda: response.read(1 << 20), b""):
-                fh.write(block)
-        prefix = hash_prefix(dest)
-        if prefix is not None and not sha256_file(tmp).startswith(prefix):
-            raise ImagenetUnavailable(f"the download of {url} does not match the SHA-256 prefix {prefix}",
-                                      "the download was corrupt")
-        os.replace(tmp, dest)
-    finally:
-        remove(tmp)
-
-
 def _download_failure(error: OSError) -> str:
     """``not cached and offline`` for a network that cannot be reached, else ``download failed``."""
     import socket
     import urllib.error
 
+    if isinstance(error, DownloadCorrupt):
+        return "not cached and the download was corrupt"
     if isinstance(error, urllib.error.HTTPError):
         return f"not cached and the download failed (HTTP {error.code})"
     cause = getattr(error, "reason", error)
@@ -133,14 +103,16 @@ def _download_failure(error: OSError) -> str:
     return f"not cached and the download failed ({type(cause).__name__})"
 
 
-def load_imagenet(arch: str = "vgg16", timeout: float = 10.0) -> tuple[nn.Module, dict[str, Any]]:
+def load_imagenet(arch: str = "vgg16", timeout: float = 10.0,
+                  notify: Callable[[str], None] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """torchvision's ImageNet weights (its ``DEFAULT``, the most accurate) for any ``arch`` of
     :data:`ALL_ARCHS`, downloaded once to the torch hub cache.
 
     The cached file is untrusted (whoever can write the cache could plant one): its
     SHA-256 must start with the prefix its name carries, and it is read with
     ``weights_only=True`` here rather than by torchvision's loader, which unpickles
-    arbitrary objects. Failures raise :class:`ImagenetUnavailable` saying why.
+    arbitrary objects. A download is announced through ``notify`` with its size and shown
+    with a progress bar. Failures raise :class:`ImagenetUnavailable` saying why.
     """
     from torchvision import models as tv_models
 
@@ -148,7 +120,7 @@ def load_imagenet(arch: str = "vgg16", timeout: float = 10.0) -> tuple[nn.Module
     cached = imagenet_cache_file(arch)
     if not cached.is_file():
         try:
-            download(weights.url, cached, timeout)
+            download(weights.url, cached, timeout, notify=notify, expected_mb=weights.meta.get("_file_size"))
         except OSError as exc:
             why = _download_failure(exc)
             raise ImagenetUnavailable(
