@@ -371,7 +371,7 @@ def test_every_preset_is_built_after_start_up() -> None:
 
     with own_server() as srv:
         srv.start()
-        assert wait_until(lambda: srv.worker.ready() == set(PRESET_NAMES), 120), srv.worker.ready()
+        assert wait_until(lambda: srv.worker.ready() == set(PRESET_NAMES), 60), srv.worker.ready()
 
 
 def test_a_preset_being_built_stalls_only_the_client_that_chose_it(monkeypatch) -> None:
