@@ -252,9 +252,14 @@ PLANTS: tuple[Plant, ...] = (
                  "        arrival, client.inbox = client.inbox, None\n"
                  "        await run_in_threadpool(decode_frame, arrival.data, self.limits)\n\n"
                  "    async def _decode(self, client: Client) -> None:"),)),
-    Plant("serve-presets-never-built", "realtime_lrp/apps/serve/worker.py",
-          "        self._builder.start()\n", "",
-          ("tests/test_serve_attacks.py::test_every_preset_is_built_after_start_up",)),
+    Plant("serve-presets-built-on-demand", "realtime_lrp/apps/serve/worker.py",
+          "        for preset in PRESET_NAMES:\n            if preset in self._processors:",
+          "        for preset in ():\n            if preset in self._processors:",
+          ("tests/test_serve_attacks.py::test_every_preset_is_built_at_start_up_and_none_on_a_switch",),
+          more=(("        return self._processors[preset]",
+                 "        if preset not in self._processors:\n"
+                 "            self._processors[preset] = self._make(preset)\n"
+                 "        return self._processors[preset]"),)),
 )
 
 
