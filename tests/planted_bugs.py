@@ -255,6 +255,76 @@ PLANTS: tuple[Plant, ...] = (
     Plant("scale-claims-nonneg", "realtime_lrp/lrp/ops.py",
           'SCALE = Op("scale", _read_mul, _scale, sign="any"', 'SCALE = Op("scale", _read_mul, _scale, sign="keep"',
           ("tests/test_cnn_act.py::test_a_product_with_a_constant_passes_all_relevance_to_the_tensor",)),
+    Plant("serve-loopback-without-token", "realtime_lrp/apps/serve/server.py",
+          "self.token = (token or new_token()) if require_token else None",
+          "self.token = (token or new_token()) if require_token and not loopback else None",
+          ("tests/test_serve.py::test_on_loopback_too_the_token_is_required_and_its_cookie_carries_the_port",)),
+    Plant("serve-cookie-shared-by-ports", "realtime_lrp/apps/serve/auth.py",
+          'return f"rtlrp_token_{port}"', 'return "rtlrp_token"',
+          ("tests/test_serve.py::test_on_loopback_too_the_token_is_required_and_its_cookie_carries_the_port",)),
+    Plant("serve-page-keeps-token", "realtime_lrp/assets/serve.js",
+          "      history.replaceState(history.state, '', location.pathname", "      (() => {})('', location.pathname",
+          ("tests/test_serve.py::test_the_page_drops_the_token_from_its_address_and_reloads_with_the_cookie",)),
+    Plant("serve-huge-integers", "realtime_lrp/apps/serve/protocol.py",
+          'if len(text.lstrip("-")) > MAX_DIGITS:', "if False:",
+          ("tests/test_serve_attacks.py::test_malformed_settings_are_invalid_messages",)),
+    Plant("serve-deep-json-traceback", "realtime_lrp/apps/serve/protocol.py",
+          "    except RecursionError:\n        raise", "    except MemoryError:\n        raise",
+          ("tests/test_serve_attacks.py::test_malformed_settings_are_invalid_messages",)),
+    Plant("serve-progressive-taken", "realtime_lrp/apps/serve/jpeg.py",
+          "if marker not in (0xC0, 0xC1):", "if marker not in (0xC0, 0xC1, 0xC2):",
+          ("tests/test_serve_attacks.py::test_the_scan_bomb_and_progressive_jpegs_are_refused_unread",)),
+    Plant("serve-scans-uncounted", "realtime_lrp/apps/serve/jpeg.py",
+          "if scans > MAX_SCANS:", "if scans > 10 ** 9:",
+          ("tests/test_serve_attacks.py::test_a_baseline_jpeg_with_too_many_scans_is_refused",)),
+    Plant("serve-short-data-taken", "realtime_lrp/apps/serve/jpeg.py",
+          "if available < bits or", "if False and",
+          ("tests/test_serve_attacks.py::test_truncated_and_size_patched_jpegs_are_refused", "tests/test_serve_attacks.py::test_restart_markers_are_counted_exactly")),
+    Plant("serve-bomb-header-1007", "realtime_lrp/apps/serve/jpeg.py",
+          "pixels a side\", too_big=True)", "pixels a side\", too_big=False)",
+          ("tests/test_serve_attacks.py::test_decompression_bomb_headers_are_too_big_not_broken",)),
+    Plant("serve-deflate-on", "realtime_lrp/apps/serve/server.py",
+          "ws_per_message_deflate=False,", "ws_per_message_deflate=True,",
+          ("tests/test_serve_attacks.py::test_permessage_deflate_is_not_offered",)),
+    Plant("serve-decoding-unbudgeted", "realtime_lrp/apps/serve/app.py",
+          "client.budget.spend(time.perf_counter() - began)", "client.budget.spend(0.0)",
+          ("tests/test_serve_attacks.py::test_a_client_whose_frames_take_too_long_to_decode_is_closed",)),
+    Plant("serve-flood-never-closed", "realtime_lrp/apps/serve/app.py",
+          "            if client.rate.flooding:", "            if False:",
+          ("tests/test_serve_attacks.py::test_a_client_far_over_its_rate_is_disconnected",)),
+    Plant("serve-idle-forever", "realtime_lrp/apps/serve/app.py",
+          "idle = None if self.kiosk is not None else self.limits.idle_seconds", "idle = None",
+          ("tests/test_serve_attacks.py::test_an_idle_client_is_closed_and_frees_its_slot",)),
+    Plant("serve-stop-awaits-decoding", "realtime_lrp/apps/serve/app.py",
+          "                self._frame(client, message[\"bytes\"])",
+          "                self._frame(client, message[\"bytes\"])\n"
+          "                await asyncio.sleep(0) if client.inbox is None else await self._decode_now(client)",
+          ("tests/test_serve_attacks.py::test_stopping_while_frames_are_being_decoded_leaves_no_traceback",),
+          more=(("    async def _decode(self, client: Client) -> None:",
+                 "    async def _decode_now(self, client: Client) -> None:\n"
+                 "        from starlette.concurrency import run_in_threadpool\n\n"
+                 "        arrival, client.inbox = client.inbox, None\n"
+                 "        await run_in_threadpool(decode_frame, arrival.data, self.limits)\n\n"
+                 "    async def _decode(self, client: Client) -> None:"),)),
+    Plant("serve-slot-held-while-decoding", "realtime_lrp/apps/serve/app.py",
+          "                self._frame(client, message[\"bytes\"])",
+          "                self._frame(client, message[\"bytes\"])\n"
+          "                await asyncio.sleep(0) if client.inbox is None else await self._decode_now(client)",
+          ("tests/test_serve_attacks.py::test_a_client_that_leaves_frees_its_slot_at_once_and_its_queued_frames_are_not_decoded",),
+          more=(("    async def _decode(self, client: Client) -> None:",
+                 "    async def _decode_now(self, client: Client) -> None:\n"
+                 "        from starlette.concurrency import run_in_threadpool\n\n"
+                 "        arrival, client.inbox = client.inbox, None\n"
+                 "        await run_in_threadpool(decode_frame, arrival.data, self.limits)\n\n"
+                 "    async def _decode(self, client: Client) -> None:"),)),
+    Plant("serve-presets-built-on-demand", "realtime_lrp/apps/serve/worker.py",
+          "        for preset in PRESET_NAMES:\n            if preset in self._processors:",
+          "        for preset in ():\n            if preset in self._processors:",
+          ("tests/test_serve_attacks.py::test_every_preset_is_built_at_start_up_and_none_on_a_switch",),
+          more=(("        return self._processors[preset]",
+                 "        if preset not in self._processors:\n"
+                 "            self._processors[preset] = self._make(preset)\n"
+                 "        return self._processors[preset]"),)),
 )
 
 

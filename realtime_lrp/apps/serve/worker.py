@@ -70,10 +70,10 @@ class Worker:
     Frames wait in one slot per stream (a newer frame replaces the older one, which
     :meth:`submit` returns so its sender can be told). Each turn takes the waiting
     frames of up to ``batch`` streams, oldest first, and explains them in one call per
-    (preset, top-k) group, with one processor per preset (sharing the model). The other
-    presets' processors are built in a background thread after start-up; a frame of a preset
-    not built yet waits for it while the other streams go on. Colour scale, colour map,
-    layout and alpha are applied per stream.
+    (preset, top-k) group, with one processor per preset (sharing the model), all built at
+    start-up: building one on first use stalled every stream, and building one in another
+    thread races the worker (torch.fx tracing patches ``Module.__call__`` process-wide).
+    Colour scale, colour map, layout and alpha are applied per stream.
     """
 
     def __init__(self, processor: FrameProcessor, batch: int = 8, notice: Notice | None = None) -> None:
@@ -82,7 +82,6 @@ class Worker:
         self.notice = notice
         self._processors: dict[str, FrameProcessor] = {processor.preset: processor}
         self._unbuildable: dict[str, str] = {}
-        self._builder = threading.Thread(target=self._build_all, name="rtlrp serve presets", daemon=True)
         self._pending: OrderedDict[Stream, Job] = OrderedDict()
         self._cond = threading.Condition()
         self._stopping = False
@@ -92,34 +91,25 @@ class Worker:
         self.batches = 0
 
     def start(self) -> None:
-        """Run the first-call set-up, then start the thread."""
+        """Build and warm up every preset's processor (a preset that fails answers its frames with
+        the error), then start the thread."""
         h, w = self.base.size
         self.base.explain([np.zeros((h, w, 3), np.uint8)])
-        self._thread.start()
-        self._builder.start()
-
-    def ready(self) -> set[str]:
-        """The presets whose processors are built."""
-        with self._cond:
-            return set(self._processors)
-
-    def _build_all(self) -> None:
-        """Build (and warm up) every other preset's processor, one by one, without holding up the worker."""
-        h, w = self.base.size
         for preset in PRESET_NAMES:
-            if self._stopping or preset in self._processors:
+            if preset in self._processors:
                 continue
             try:
                 processor = self._make(preset)
                 processor.explain([np.zeros((h, w, 3), np.uint8)])
-            except Exception as exc:  # noqa: BLE001 - its frames are answered with the error
-                with self._cond:
-                    self._unbuildable[preset] = f"cannot explain with {preset}: {exc}"
-                    self._cond.notify_all()
+            except Exception as exc:  # noqa: BLE001 - the other presets still serve
+                self._unbuildable[preset] = f"cannot explain with {preset}: {exc}"
                 continue
-            with self._cond:
-                self._processors[preset] = processor
-                self._cond.notify_all()
+            self._processors[preset] = processor
+        self._thread.start()
+
+    def ready(self) -> set[str]:
+        """The presets whose processors are built."""
+        return set(self._processors)
 
     def _make(self, preset: str) -> FrameProcessor:
         base = self.base
@@ -131,9 +121,8 @@ class Worker:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        for thread in (self._thread, self._builder):
-            if thread.is_alive():
-                thread.join(30)
+        if self._thread.is_alive():
+            self._thread.join(30)
 
     @property
     def fps(self) -> float:
@@ -156,16 +145,15 @@ class Worker:
             self._pending.pop(stream, None)
 
     def _take(self) -> list[tuple[Stream, Job]] | None:
-        """Up to ``batch`` waiting frames, oldest first, of presets that are built (or cannot be)."""
         with self._cond:
-            while True:
-                if self._stopping:
-                    return None
-                ready = [stream for stream, job in self._pending.items()
-                         if job.settings.preset in self._processors or job.settings.preset in self._unbuildable]
-                if ready:
-                    return [(stream, self._pending.pop(stream)) for stream in ready[:self.batch]]
+            while not self._pending and not self._stopping:
                 self._cond.wait()
+            if self._stopping:
+                return None
+            items = []
+            while self._pending and len(items) < self.batch:
+                items.append(self._pending.popitem(last=False))
+            return items
 
     def _run(self) -> None:
         while (items := self._take()) is not None:
@@ -184,10 +172,9 @@ class Worker:
                         stream.deliver(json.dumps({"type": "error", "message": message}))
 
     def _processor(self, preset: str) -> FrameProcessor:
-        with self._cond:
-            if preset in self._unbuildable:
-                raise ProcessingError(self._unbuildable[preset])
-            return self._processors[preset]
+        if preset in self._unbuildable:
+            raise ProcessingError(self._unbuildable[preset])
+        return self._processors[preset]
 
     def _explain(self, key: tuple[str, float], group: list[tuple[Stream, Job]]) -> None:
         """Explain one (preset, top-k) group in one call, then render and send each stream's frame."""
