@@ -203,6 +203,12 @@ PLANTS: tuple[Plant, ...] = (
     Plant("class-r-same-class", "realtime_lrp/apps/evaluate/metrics.py",
           "shift = torch.randint(1, classes,", "shift = torch.randint(0, classes,",
           ("tests/test_evaluate.py::test_class_sensitivity_compares_with_a_random_other_class",)),
+    Plant("clrp-ignores-dual", "realtime_lrp/lrp/targets.py",
+          "return (own - dual * scale).clamp(min=0)", "return own.clamp(min=0)",
+          ("tests/test_targets.py::test_contrastive_equals_clrp_from_its_definition",)),
+    Plant("sglrp-drops-p-t", "realtime_lrp/lrp/targets.py",
+          "return p_t * (torch.zeros_like(p)", "return (torch.zeros_like(p)",
+          ("tests/test_targets.py::test_softmax_gradient_equals_sglrp_from_its_definition",)),
 )
 
 
