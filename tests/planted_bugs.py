@@ -325,6 +325,12 @@ PLANTS: tuple[Plant, ...] = (
                  "        if preset not in self._processors:\n"
                  "            self._processors[preset] = self._make(preset)\n"
                  "        return self._processors[preset]"),)),
+    Plant("clrp-ignores-dual", "realtime_lrp/lrp/targets.py",
+          "return (own - dual * scale).clamp(min=0)", "return own.clamp(min=0)",
+          ("tests/test_targets.py::test_contrastive_equals_clrp_from_its_definition",)),
+    Plant("sglrp-drops-p-t", "realtime_lrp/lrp/targets.py",
+          "return p_t * (torch.zeros_like(p)", "return (torch.zeros_like(p)",
+          ("tests/test_targets.py::test_softmax_gradient_equals_sglrp_from_its_definition",)),
 )
 
 
