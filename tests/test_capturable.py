@@ -23,8 +23,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from realtime_lrp.lrp.engine import LRP
-from realtime_lrp.pipeline.fast import DevicePass, _DeviceScale, channels_last_weights
 from realtime_lrp.lrp.presets import PRESET_NAMES
+from realtime_lrp.pipeline.fast import MODES, DevicePass, channels_last_weights
+from realtime_lrp.pipeline.preprocess import FITS, Fit
+from realtime_lrp.pipeline.stream import StreamState
 
 CUDA = torch.device("cuda", 0)
 
@@ -127,19 +129,24 @@ def test_the_checks_catch_a_sync_and_a_host_copy(fake_models) -> None:
 @pytest.mark.parametrize("preset", PRESET_NAMES)
 @pytest.mark.parametrize("top_k", [0.0, 0.02])
 def test_fast_frame_pass_device_part_has_no_host_sync(fake_models, arch: str, preset: str, top_k: float) -> None:
-    """The fast path's device part (resize, normalise, LRP, colour scale, colour map, blend)
-    on uint8 frames of another size than the processing size; each case takes one layout."""
+    """The frame pass's device part (conversion, fit, antialiased resize, normalise, LRP,
+    smoothing, colour scale, colour map, blend) on uint8 frames of another size than the
+    processing size; each case takes one layout, one fit and one mode, with a padded frame."""
     mode, models = fake_models
-    layout = ("overlay", "side", "heatmap")[(PRESET_NAMES.index(preset) + list(MODELS).index(arch)) % 3]
+    case = PRESET_NAMES.index(preset) + list(MODELS).index(arch) + int(top_k > 0)
+    layout = ("overlay", "side", "heatmap")[case % 3]
+    fit = FITS[(case // 3) % 3]
+    pass_mode = MODES[case % 3]
     with mode:
         lrp = LRP(models[arch], preset=preset, top_k=top_k)
         channels_last_weights(lrp)
-        scale = _DeviceScale(CUDA, 99.5, 0.1)
+        state = StreamState(0.5, (64, 48), CUDA, 2 if pass_mode == "streams" else 1)
         target = torch.full((2,), 4, dtype=torch.long, device=CUDA)
-        device_pass = DevicePass(lrp, (64, 48), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], scale,
-                                 "diverging", layout, 0.6, target)
+        device_pass = DevicePass(lrp, Fit.of(fit, (60, 90), (64, 48)), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225],
+                                 state, "diverging", layout, 0.6, target, pass_mode)
         frames = torch.randint(0, 256, (2, 60, 90, 3), dtype=torch.uint8, device=CUDA)
-    (out, preds), audit = audited(mode, lambda: device_pass(frames))
+        valid = torch.tensor([True, False], device=CUDA)
+    (out, preds), audit = audited(mode, lambda: device_pass(frames, valid))
     assert audit.off_device == []
     assert out.dtype == torch.uint8 and out.device == CUDA
     assert out.shape == ((2, 60, 180, 3) if layout == "side" else (2, 60, 90, 3))

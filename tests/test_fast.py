@@ -4,14 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from media import frame_for, read_video, tiny_card, tiny_model, write_video
-from realtime_lrp.lrp.engine import LRP
-from realtime_lrp.pipeline.fast import CapturedCall, FastProcessor, percentile_rows
-from realtime_lrp.lrp.filter import RelevanceFilter, kth_largest
-from realtime_lrp.pipeline.processor import FrameProcessor, ProcessingError
-from realtime_lrp.pipeline.render import StableScale
+
 from realtime_lrp.apps.video import process_video
+from realtime_lrp.lrp.engine import LRP
+from realtime_lrp.lrp.filter import RelevanceFilter, kth_largest
+from realtime_lrp.pipeline.fast import CapturedCall, FastProcessor
+from realtime_lrp.pipeline.processor import FrameProcessor, ProcessingError
+from realtime_lrp.pipeline.stream import StableScale, percentile_rows
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -156,15 +156,20 @@ def test_fast_resizes_and_converts_to_gray_like_the_plain_processor() -> None:
         assert (diff > 8).mean() < 0.02
 
 
-def test_stills_reset_the_scale_per_frame() -> None:
+def test_stills_are_scaled_each_on_its_own_and_leave_the_stream_alone() -> None:
+    """One batch of stills renders each frame as a fresh stream renders it as its first frame;
+    the stream's own state is not touched."""
     plain, fast = processors(3, top_k=0.05)
     frames = [frame_for(i, (32, 32)) for i in range(3)]
+    fast.process(frames[:1])
+    before = fast.scale.value.clone()
     stills, _ = fast.process(frames, stable=False)
     for frame, still in zip(frames, stills):
         fresh = FastProcessor(FrameProcessor(tiny_model(3), tiny_card(3), device="cpu", top_k=0.05))
         assert np.array_equal(fresh.process([frame])[0][0], still)
-    scale = StableScale.frame_scale(plain.explain(frames[-1:])[0][0])
-    assert fast.scale.value.item() == pytest.approx(scale, rel=1e-5)
+    assert torch.equal(fast.scale.value, before)
+    scale = StableScale.frame_scale(torch.from_numpy(plain.explain(frames[:1])[0]))
+    assert before.item() == pytest.approx(scale.item(), rel=1e-5)
 
 
 def test_settings_changes_build_new_passes() -> None:
@@ -271,7 +276,7 @@ def test_pass_with_copies_outside_the_graph_renders_the_same() -> None:
     split.reset()
     (pass_,) = split._passes.values()
     pass_.copies_outside = True
-    pass_.call = CapturedCall(pass_._compute, [pass_.dev_in])
+    pass_.call = CapturedCall(pass_._compute, [pass_.dev_in, pass_.dev_valid])
     rendered, _ = split.process(frames)
     assert all(np.array_equal(a, b) for a, b in zip(expected, rendered))
 
@@ -296,7 +301,7 @@ def test_pass_cache_keeps_the_most_recent_shapes_and_settings() -> None:
     assert np.array_equal(again, first[(32, 32)])
     fast.processor.cmap = "inferno"  # another setting is another pass
     fast.process([frame_for(1, (32, 32))], stable=False)
-    assert [key[:3] + key[5:6] for key in fast._passes] == [(1, 32, 32, "diverging"), (1, 32, 32, "inferno")]
+    assert [key[:3] + key[6:7] for key in fast._passes] == [(1, 32, 32, "diverging"), (1, 32, 32, "inferno")]
 
 
 def test_an_empty_batch_renders_nothing_and_builds_nothing() -> None:
@@ -337,6 +342,6 @@ def test_label_names_the_explained_class_when_it_is_not_the_top_class(fast_path:
     classes = tiny_card(3)["classes"]
     for target, suffix in ((None, ""), (top.index, ""), (other, f"  [LRP: {classes[other]}]")):
         proc = FrameProcessor(tiny_model(3), tiny_card(3), device="cpu", target=target)
-        (pred,) = (FastProcessor(proc) if fast_path else proc).process([frame])[1]
+        (pred,) = FastProcessor(proc).process([frame])[1] if fast_path else proc.explain([frame])[1]
         assert (pred.index, pred.explained) == (top.index, top.index if target is None else target)
         assert pred.label == f"{classes[top.index]}  {100 * pred.probability:.1f}%{suffix}"

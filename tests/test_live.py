@@ -18,17 +18,26 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from media import (
+    ends_with_last_shown,
+    interrupt_rtlrp,
+    model_file,
+    read_video,
+    run_rtlrp,
+    spied_count,
+    spy_env,
+    tiny_card,
+    tiny_model,
+)
 from rich.console import Console
 
-from media import (ends_with_last_shown, interrupt_rtlrp, model_file, read_video, run_rtlrp, spied_count, spy_env,
-                   tiny_card, tiny_model)
 from realtime_lrp.apps import live
-from realtime_lrp.media.capture import LiveSource
-from realtime_lrp.cli import cli
-from realtime_lrp.media.display import HeadlessDisplay, LiveStats, WindowDisplay, display_problem
 from realtime_lrp.apps.live import FpsMeter, LiveLoop, LiveRecorder, fit_frame
-from realtime_lrp.pipeline.processor import FrameProcessor
+from realtime_lrp.cli import cli
+from realtime_lrp.media.capture import LiveSource
+from realtime_lrp.media.display import HeadlessDisplay, LiveStats, WindowDisplay, display_problem
 from realtime_lrp.media.writer import VideoWriter
+from realtime_lrp.pipeline.processor import FrameProcessor
 
 FPS = 29.97
 SIZE = (97, 75)  # odd sizes, as cameras and files may have
@@ -99,7 +108,8 @@ class ScriptedDisplay:
 @pytest.fixture
 def processor() -> FrameProcessor:
     processor = FrameProcessor(tiny_model(3), tiny_card(3), device="cpu")
-    processor.explain([np.zeros((SIZE[1], SIZE[0], 3), np.uint8)])  # warm up before the camera runs
+    processor.process([np.zeros((SIZE[1], SIZE[0], 3), np.uint8)])  # warm up before the camera runs
+    processor.reset()
     return processor
 
 
@@ -197,14 +207,14 @@ def test_loop_shows_each_new_frame_once_with_label_and_fps(clip: Path, processor
     clock = [100.0]
     monkeypatch.setattr(live, "time", SimpleNamespace(monotonic=lambda: clock[0], strftime=time.strftime))
     explained: list[np.ndarray] = []
-    explain = processor.explain
+    process = processor.process
 
-    def slow_explain(images):
+    def slow_process(images):
         explained.extend(images)
         clock[0] += 0.05 * len(explained)
-        return explain(images)
+        return process(images)
 
-    monkeypatch.setattr(processor, "explain", slow_explain)
+    monkeypatch.setattr(processor, "process", slow_process)
     source = camera_source(clip)
     delivered = []
     read = source.read
