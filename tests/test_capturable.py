@@ -151,3 +151,45 @@ def test_fast_frame_pass_device_part_has_no_host_sync(fake_models, arch: str, pr
     assert out.dtype == torch.uint8 and out.device == CUDA
     assert out.shape == ((2, 60, 180, 3) if layout == "side" else (2, 60, 90, 3))
     assert preds.shape == (3, 2) and preds.device == CUDA
+
+
+def test_the_webcam_loops_own_pass_has_no_host_sync_on_fake_cuda_fp16(fake_models, tmp_path, monkeypatch) -> None:
+    """The pass the real webcam loop builds (run here on the CPU over a file camera, with a class
+    target, smoothing and a crop) replayed on fake CUDA in fp16 with VGG16-BN: device work only."""
+    from media import tiny_card, tiny_model
+    from test_live import SIZE, ScriptedDisplay, camera_source, write_clip
+
+    from realtime_lrp.apps.live import LiveLoop
+    from realtime_lrp.pipeline.processor import FrameProcessor
+
+    built: list[DevicePass] = []
+    init = DevicePass.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(DevicePass, "__init__", spy)
+    processor = FrameProcessor(tiny_model(3), tiny_card(3), device="cpu", target=4, smooth=0.5, fit="crop")
+    source = camera_source(write_clip(tmp_path / "camera.avi", 30))
+    try:
+        summary = LiveLoop(source, processor, ScriptedDisplay(), max_frames=2).run()
+    finally:
+        source.close()
+    assert summary.frames == 2 and len(built) == 1
+    live = built[0]
+    assert (live.mode, live.fit.mode, live.fit.frame) == ("stream", "crop", (SIZE[1], SIZE[0]))
+    target = int(live.target[0])
+    mode, models = fake_models
+    with mode:
+        lrp = LRP(models["vgg16_bn"], preset=processor.preset, top_k=processor.top_k)
+        channels_last_weights(lrp)
+        state = StreamState(live.state.smoother.alpha, processor.size, CUDA)
+        device_pass = DevicePass(lrp, live.fit, processor.card["mean"], processor.card["std"], state,
+                                 processor.cmap, live.layout, live.alpha, torch.full((1,), target, device=CUDA),
+                                 live.mode)
+        frames = torch.randint(0, 256, (1, SIZE[1], SIZE[0], 3), dtype=torch.uint8, device=CUDA)
+        valid = torch.ones(1, dtype=torch.bool, device=CUDA)
+    (out, preds), audit = audited(mode, lambda: device_pass(frames, valid))
+    assert audit.off_device == [] and out.shape == (1, SIZE[1], SIZE[0], 3) and out.device == CUDA
+    assert tuple(preds.shape) == (3, 1) and preds.device == CUDA
