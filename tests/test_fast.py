@@ -301,7 +301,7 @@ def test_pass_cache_keeps_the_most_recent_shapes_and_settings() -> None:
     assert np.array_equal(again, first[(32, 32)])
     fast.processor.cmap = "inferno"  # another setting is another pass
     fast.process([frame_for(1, (32, 32))], stable=False)
-    assert [key[:3] + key[6:7] for key in fast._passes] == [(1, 32, 32, "diverging"), (1, 32, 32, "inferno")]
+    assert [key[:3] + key[6:7] for key in fast._passes] == [(1, 32, 32, "signed"), (1, 32, 32, "inferno")]
 
 
 def test_an_empty_batch_renders_nothing_and_builds_nothing() -> None:
@@ -345,3 +345,19 @@ def test_label_names_the_explained_class_when_it_is_not_the_top_class(fast_path:
         (pred,) = FastProcessor(proc).process([frame])[1] if fast_path else proc.explain([frame])[1]
         assert (pred.index, pred.explained) == (top.index, top.index if target is None else target)
         assert pred.label == f"{classes[top.index]}  {100 * pred.probability:.1f}%{suffix}"
+
+
+def test_fit_is_said_once_per_frame_size_and_crop_shows_the_centre() -> None:
+    notices: list[str] = []
+    proc = FrameProcessor(tiny_model(3), tiny_card(3), device="cpu", fit="crop", top_k=0.0, notice=notices.append)
+    wide = frame_for(1, (128, 64))
+    for _ in range(2):
+        out = proc.process([wide])[0][0]
+    proc.process([frame_for(1, (32, 32))])
+    assert notices == ["--fit crop: the model sees the centre 64x64 of the 128x64 frames (resized to 32x32);"
+                       " the rest is dimmed. --fit pad shows it all, --size WxH sets the aspect"]
+    below = slice(40, None)  # below the label
+    assert np.array_equal(out[below, :32], wide[below, :32] // 2)
+    assert np.array_equal(out[below, 96:], wide[below, 96:] // 2)
+    centre = proc.explain([wide[:, 32:96]], stream=False)[1][0]
+    assert proc.process([wide], stable=False)[1][0].probability == pytest.approx(centre.probability, rel=1e-5)

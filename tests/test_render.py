@@ -32,6 +32,16 @@ def hot_lut() -> np.ndarray:
     return np.rint(255 * np.stack([np.interp(x, knots, channel) for channel in rgb[::-1]], axis=1))
 
 
+def overlay_reference(frame: np.ndarray, r: np.ndarray, scale: float, cmap: str, alpha: float) -> np.ndarray:
+    """The overlay's definition, per pixel: v = min(|R| / scale, 1), w = alpha v; the pixel pulled
+    towards [30, 225] by w; then moved by w towards the map's colour at sign(R) (1 + v) / 2 (its strong half)."""
+    v = np.minimum(np.abs(r) / scale, 1.0)[:, :, None]
+    w = alpha * v
+    pulled = frame.astype(np.float64) + w * (30.0 - 60.0 / 255.0 * frame)
+    strong = render.colorize((np.sign(r) * (0.5 + 0.5 * v[:, :, 0])).astype(np.float32), 1.0, cmap).astype(np.float64)
+    return np.floor(pulled + w * (strong - pulled) + 0.5).astype(np.uint8)
+
+
 def both_paths(r: np.ndarray, scale: float, cmap: str) -> list[np.ndarray]:
     """``colorize`` of ``r``, as int arrays."""
     return [render.colorize(r, scale, cmap).astype(int)]
@@ -132,8 +142,12 @@ def test_layouts_sizes_and_label():
     assert np.abs(heat[bands[2]].astype(int) - half).max() <= 3  # one LUT entry: bilinear weights round
     overlay = render.render(frame, r, 2.0, "hot", "overlay", alpha=0.6)
     assert overlay.shape == (27, 33, 3)
-    assert (overlay[bands[0]] == round(90 + 0.6 * (255 - 90))).all() and (overlay[bands[1]] == 90).all()
-    assert np.abs(overlay[bands[2]].astype(int) - (90 + 0.3 * (half - 90))).max() <= 1
+    full, half_strong = hot_lut()[255], hot_lut()[191]
+    pulled = 90 + 0.6 * (30 - 60 / 255 * 90)
+    assert (np.abs(overlay[bands[0]].astype(int) - (pulled + 0.6 * (full - pulled))) <= 1).all()
+    assert (overlay[bands[1]] == 90).all()
+    pulled = 90 + 0.3 * (30 - 60 / 255 * 90)
+    assert np.abs(overlay[bands[2]].astype(int) - (pulled + 0.3 * (half_strong - pulled))).max() <= 3
     side = render.render(frame, r, 2.0, "hot", "side")
     assert side.shape == (27, 66, 3)
     np.testing.assert_array_equal(side[:, :33], frame)
@@ -202,15 +216,27 @@ def test_overlay_depends_on_relevance():
 
 
 def test_overlay_blends_by_relevance_over_scale_with_alpha_0_6_by_default():
-    """Each pixel moves from the frame towards its colour by ``alpha * min(|R| / scale, 1)``."""
-    frame = np.full((4, 8, 3), 100, np.uint8)
+    """Each pixel follows :func:`overlay_reference` (alpha 0.6 by default), on light and dark frames."""
     relevance = np.array([[0.0, 0.5, 1.0, 2.0, -1.0, -0.5, 0.25, 0.0]] * 4, np.float32)
-    out = render.render(frame, relevance, 1.0, "hot")
-    heat = render.colorize(relevance, 1.0, "hot").astype(np.float32)
-    weight = 0.6 * np.minimum(np.abs(relevance), 1.0)[:, :, None]
-    np.testing.assert_array_equal(out, np.floor(100 + weight * (heat - 100) + 0.5).astype(np.uint8))
+    for level in (100, 230, 20):
+        frame = np.full((4, 8, 3), level, np.uint8)
+        for cmap in ("hot", "signed", "fire"):
+            out = render.render(frame, relevance, 1.0, cmap)
+            assert np.abs(out.astype(int) - overlay_reference(frame, relevance, 1.0, cmap, 0.6)).max() <= 1
     with pytest.raises(ValueError, match="^unknown layout 'tiles'; choose one of overlay, side, heatmap$"):
         render.render(frame, relevance, 1.0, "hot", "tiles")
+
+
+def test_default_overlays_stand_out_on_white_and_on_black():
+    """At full relevance the default maps move a white and a black pixel by a colour distance of at
+    least 100 (Euclidean over B, G, R, of 441): hot's white top moves white by 12."""
+    for signed in (False, True):
+        cmap = render.default_cmap(signed)
+        for level in (255, 0):
+            frame = np.full((2, 2, 3), level, np.uint8)
+            for sign in (1.0, -1.0) if signed else (1.0,):
+                out = render.render(frame, np.full((2, 2), sign, np.float32), 1.0, cmap)
+                assert np.linalg.norm(out.astype(float) - level, axis=2).min() >= 100, (cmap, level, sign)
 
 
 def test_preprocess_whole_frame_gray_and_rgb():
@@ -264,14 +290,14 @@ def test_processor_renders_labels_and_runtime_controls():
     out, preds = proc.process(frames)
     assert [o.shape for o in out] == [(45, 61, 3)] * 3
     assert all(p.name in tiny_card()["classes"] and 0 < p.probability <= 1 for p in preds)
-    assert proc.cmap == "diverging"  # epsilon-plus-flat is signed
+    assert proc.cmap == "signed"  # epsilon-plus-flat is signed
     assert proc.next_cmap() != "diverging"
     assert proc.next_layout() == "side"
     assert proc.process(frames[:1])[0][0].shape == (45, 122, 3)
     proc.top_k = 0.1
     assert proc.lrp.top_k == pytest.approx(0.1)
     assert proc.scale_top_k(0.5) == pytest.approx(0.05)
-    assert FrameProcessor(tiny_model(), tiny_card(), preset="zplus", device="cpu").cmap == "hot"
+    assert FrameProcessor(tiny_model(), tiny_card(), preset="zplus", device="cpu").cmap == "fire"
 
 
 def test_processor_overlay_follows_its_relevance():
@@ -321,3 +347,55 @@ def test_contact_sheet_tiles_are_one_size_with_no_gaps():
     with pytest.raises(ValueError, match="^no images for the sheet$"):
         render.contact_sheet([])
     assert render.contact_sheet(images[:2], columns=5).shape == (10, 2 * 6, 3)
+
+
+# -- --fit: the frame's geometry ---------------------------------------------------------------
+def test_fit_geometry_of_crop_pad_and_squash():
+    from realtime_lrp.pipeline.preprocess import Fit, default_fit
+
+    wide, tall = (50, 100), (90, 30)  # (H, W) frames for a square model
+    assert Fit.of("crop", wide, (32, 32)).region == (0, 50, 25, 75)
+    assert Fit.of("crop", tall, (32, 32)).region == (30, 60, 0, 30)
+    assert Fit.of("crop", wide, (32, 64)).region == (0, 50, 0, 100)  # the model's aspect: nothing cut
+    pad = Fit.of("pad", wide, (32, 32))
+    assert pad.region == (0, 50, 0, 100) and pad.placed == (8, 24, 0, 32)
+    assert Fit.of("squash", wide, (32, 32)).placed == (0, 32, 0, 32)
+    assert Fit.of("crop", wide, (32, 32)).scaled(3).region == (0, 150, 75, 225)
+    assert default_fit({"dataset": "imagenet"}) == "crop" and default_fit({"dataset": "fashion-mnist"}) == "squash"
+    assert default_fit({"dataset": "imagenet", "fit": "pad"}) == "pad"
+    with pytest.raises(ValueError, match="^unknown fit 'zoom'; choose one of crop, squash, pad$"):
+        Fit.of("zoom", wide, (32, 32))
+    assert "centre 50x50 of the 100x50 frames" in Fit.of("crop", wide, (32, 32)).describe()
+    assert "letterboxed into 32x32" in pad.describe() and "stretched" in Fit.of("squash", wide, (32, 32)).describe()
+    assert Fit.of("crop", (64, 64), (32, 32)).describe() is None
+
+
+def test_crop_and_pad_feed_the_model_what_they_say():
+    """crop: the model's input is the centre square, resized; pad: the whole frame resized into the
+    middle rows, the rest zero (the mean colour after normalisation)."""
+    rng = np.random.default_rng(7)
+    frame = rng.integers(0, 255, (40, 80, 3), dtype=np.uint8)
+    card = {"input_size": [20, 20], "input_channels": 3, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.4]}
+    crop = frames_to_tensor([frame], card, fit="crop")
+    torch.testing.assert_close(crop, frames_to_tensor([frame[:, 20:60]], card, fit="squash"))
+    pad = frames_to_tensor([frame], card, fit="pad")
+    assert (pad[:, :, :5] == 0).all() and (pad[:, :, 15:] == 0).all()
+    torch.testing.assert_close(pad[:, :, 5:15], frames_to_tensor([frame], dict(card, input_size=[10, 20]), fit="squash"))
+
+
+def test_the_map_is_shown_over_the_region_the_model_saw():
+    """A map that is 1 on its left half and 0 elsewhere: with crop, the heat covers the left half
+    of the centre square only, and outside the square the frame is dimmed to half, uncoloured;
+    with pad, the letterbox rows of the map are cut off before it is laid over the frame."""
+    frame = np.full((40, 80, 3), 100, np.uint8)
+    r = np.zeros((20, 20), np.float32)
+    r[:, :10] = 1.0
+    crop = render.render(frame, r, 1.0, "hot", "heatmap", fit="crop")
+    assert (crop[:, :20] == 0).all() and (crop[:, 60:] == 0).all()  # outside: the colour of zero
+    assert (crop[:, 22:38] == 255).all() and (crop[:, 42:58] == 0).all()
+    overlay = render.render(frame, r, 1.0, "hot", "overlay", alpha=0.6, fit="crop")
+    assert (overlay[:, :20] == 50).all() and (overlay[:, 42:58] == 100).all()
+    letterbox = np.zeros((20, 20), np.float32)
+    letterbox[5:15] = 1.0  # the frame's rows in the model's input
+    padded = render.render(frame, letterbox, 1.0, "hot", "heatmap", fit="pad")
+    assert (padded == 255).all()

@@ -113,8 +113,9 @@ def processing_options(func: F) -> F:
                           " frame, or pad it (letterbox); default: crop for ImageNet models, else squash."
                           " The map is shown over the region the model saw."),
         click.option("--cmap", default=None, metavar="NAME", callback=check_cmap,
-                     help="Colour map: hot, diverging, or an OpenCV map (inferno, turbo, viridis, jet, ...);"
-                          " default: hot for positive-only presets, diverging for signed ones."),
+                     help="Colour map: fire, signed, hot, diverging, or an OpenCV map (inferno, turbo, viridis,"
+                          " jet, ...); default: fire for positive-only presets, signed for signed ones (both stay"
+                          " visible on light and dark frames)."),
         click.option("--layout", type=click.Choice(["overlay", "side", "heatmap"]), default="overlay",
                      show_default=True, help="Map over the frame, frame and map side by side, or the map alone."),
         click.option("--alpha", type=click.FloatRange(0, 1), default=0.6, show_default=True,

@@ -271,6 +271,7 @@ class FastProcessor:
         self._targets: dict[int, Tensor] = {}
         self._top_k = processor.top_k
         self.runs = 0  # passes run, for the tests and the benchmarks
+        self._described: set[tuple] = set()
         if self.device.type == "cuda":
             channels_last_weights(self.lrp)
 
@@ -318,6 +319,10 @@ class FastProcessor:
         while len(self._passes) >= self.cache:
             self._passes.popitem(last=False)
         self._passes[key] = _FramePass(self, n, *shape, mode, layout, enlarge)
+        said = self._passes[key]._compute.fit.describe()
+        if said and self.notice is not None and mode != "stills" and (shape[:2], p.fit) not in self._described:
+            self._described.add((shape[:2], p.fit))
+            self.notice(said)
         return self._passes[key]
 
     def process(self, frames: Sequence[np.ndarray], stable: bool = True, streams: list[StreamState] | None = None,

@@ -119,6 +119,24 @@ class Fit:
             placed = (y0, y0 + nh, x0, x0 + nw)
         return cls(mode, (fh, fw), (h, w), region, placed)
 
+    def describe(self) -> str | None:
+        """One line on what the model sees of the frame, or None when it sees the frame as it is
+        (the frame has the model's aspect). A model with no fixed aspect (adaptive pooling, as
+        every architecture here) still sees the processing size: ``--size WxH`` sets its aspect."""
+        (fh, fw), (h, w) = self.frame, self.size
+        if abs(fw * h - fh * w) <= 0.01 * fh * w:
+            return None
+        y0, y1, x0, x1 = self.region
+        if self.mode == "crop":
+            return (f"--fit crop: the model sees the centre {x1 - x0}x{y1 - y0} of the {fw}x{fh} frames"
+                    f" (resized to {w}x{h}); the rest is dimmed. --fit pad shows it all, --size WxH sets the aspect")
+        if self.mode == "pad":
+            py0, py1, px0, px1 = self.placed
+            return (f"--fit pad: the model sees the whole {fw}x{fh} frame as {px1 - px0}x{py1 - py0},"
+                    f" letterboxed into {w}x{h}")
+        return (f"--fit squash: the whole {fw}x{fh} frame is stretched to {w}x{h} (another aspect);"
+                " --fit crop or pad keeps the aspect")
+
     def scaled(self, k: int) -> "Fit":
         """The same geometry on the frame enlarged ``k`` times (pixels repeated)."""
         y0, y1, x0, x1 = self.region

@@ -32,7 +32,7 @@ __all__ = ["CMAP_CYCLE", "FrameProcessor", "Prediction", "ProcessingError", "par
 
 Notice = Callable[[str], None]
 
-CMAP_CYCLE: tuple[str, ...] = ("hot", "diverging", "inferno", "turbo", "viridis", "jet")
+CMAP_CYCLE: tuple[str, ...] = ("fire", "signed", "hot", "diverging", "inferno", "turbo", "viridis", "jet")
 
 
 def select_device(requested: str = "auto", notice: Notice | None = None) -> tuple[torch.device, torch.dtype]:

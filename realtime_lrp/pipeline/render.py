@@ -31,6 +31,22 @@ _DIVERGING_RGB = [
     (0.80, (235, 70, 50)),
     (1.00, (140, 15, 20)),
 ]
+# RGB anchors of the overlay defaults, chosen for contrast on light and dark frames alike:
+# neither ends in white or black where relevance is strong (hot's white vanishes on a pale
+# item, the diverging map's dark red and blue on a dark one; docs/contrast.png shows both).
+_FIRE_RGB = [
+    (0.00, (0, 0, 0)),
+    (0.50, (200, 0, 40)),
+    (0.80, (255, 50, 0)),
+    (1.00, (255, 160, 0)),
+]
+_SIGNED_RGB = [
+    (0.00, (0, 70, 230)),
+    (0.30, (120, 170, 255)),
+    (0.50, (255, 255, 255)),
+    (0.70, (255, 140, 120)),
+    (1.00, (220, 0, 0)),
+]
 _CV2_SKIP = {"hsv", "twilight", "twilight_shifted"}  # cyclic maps make no sense for magnitudes
 
 
@@ -43,10 +59,11 @@ class Colormap:
     centered: bool
 
 
-def _diverging_lut() -> np.ndarray:
+def _anchored_lut(anchors: list[tuple[float, tuple[int, int, int]]]) -> np.ndarray:
+    """A BGR table interpolated linearly between RGB ``anchors`` (position in [0, 1], colour)."""
     t = np.linspace(0.0, 1.0, 256)
-    xs = [a for a, _ in _DIVERGING_RGB]
-    rgb = np.stack([np.interp(t, xs, [c[i] for _, c in _DIVERGING_RGB]) for i in range(3)], axis=1)
+    xs = [a for a, _ in anchors]
+    rgb = np.stack([np.interp(t, xs, [c[i] for _, c in anchors]) for i in range(3)], axis=1)
     return np.round(rgb[:, ::-1]).astype(np.uint8)
 
 
@@ -57,10 +74,13 @@ def _cv2_lut(code: int) -> np.ndarray:
 
 @lru_cache(maxsize=None)
 def colormaps() -> dict[str, Colormap]:
-    """All colour maps by name: ``hot``, ``diverging`` and OpenCV's sequential maps."""
+    """All colour maps by name: ``fire``, ``signed`` (the defaults), ``hot``, ``diverging`` and
+    OpenCV's sequential maps."""
     maps = {
+        "fire": Colormap("fire", _anchored_lut(_FIRE_RGB), False),
+        "signed": Colormap("signed", _anchored_lut(_SIGNED_RGB), True),
         "hot": Colormap("hot", _cv2_lut(cv2.COLORMAP_HOT), False),
-        "diverging": Colormap("diverging", _diverging_lut(), True),
+        "diverging": Colormap("diverging", _anchored_lut(_DIVERGING_RGB), True),
     }
     for attr in sorted(dir(cv2)):
         if attr.startswith("COLORMAP_"):
@@ -82,8 +102,9 @@ def get_colormap(cmap: str | Colormap) -> Colormap:
 
 
 def default_cmap(signed: bool) -> str:
-    """``diverging`` for signed relevance, ``hot`` for positive-only."""
-    return "diverging" if signed else "hot"
+    """``signed`` for signed relevance, ``fire`` for positive-only: the maps that stay visible over
+    light and dark frames."""
+    return "signed" if signed else "fire"
 
 
 
@@ -117,6 +138,7 @@ def frame_map(relevance: Tensor, fit: Fit) -> Tensor:
     return r.float()
 
 
+FRAME_MARGIN = 30.0  # under full weight the frame spans [30, 225]: no white or black for colours to vanish on
 OUTSIDE_DIM = 0.5  # what the model did not see (outside a crop) is shown at half brightness
 PANELS = "panels"  # overlay, heatmap and frame side by side: what ``rtlrp explain`` writes
 
@@ -126,8 +148,10 @@ def compose(frames: Tensor, relevance: Tensor, scale: Tensor, lut: Tensor, cente
     """The rendered frames: uint8 BGR (N, H, W, 3) frames and their maps (N, h, w) → (N, H, W', 3).
 
     The map is shown over the region the model saw (:func:`frame_map`). Layouts: ``overlay``
-    moves each pixel towards its colour by ``alpha * min(|R| / scale, 1)``, so irrelevant
-    areas keep the picture; ``side`` puts the frame left of the map; ``heatmap`` is the map
+    moves each pixel towards its colour by ``alpha * v``, ``v = min(|R| / scale, 1)``, so irrelevant
+    areas keep the picture; the colour is the map's at ``(1 + v) / 2`` of its strong half (of
+    either sign), and the pixel's range is pulled in by ``alpha * v`` * :data:`FRAME_MARGIN` first, so the
+    colour contrasts with light and dark frames alike; ``side`` puts the frame left of the map; ``heatmap`` is the map
     alone; :data:`PANELS` is overlay, heatmap and frame side by side. Outside a crop the
     frame is dimmed and the map has the colour of zero. Pure device work, no host sync.
     """
@@ -144,9 +168,12 @@ def compose(frames: Tensor, relevance: Tensor, scale: Tensor, lut: Tensor, cente
         f = torch.where(inside[None, :, :, None], frames, (frames.float() * OUTSIDE_DIM).to(torch.uint8))
     parts = []
     if layout in ("overlay", PANELS):
-        weight = ((r.abs() / scale.float().clamp_min(1e-30).view(-1, 1, 1)).clamp(0, 1) * alpha)[..., None]
+        v = (r.abs() / scale.float().clamp_min(1e-30).view(-1, 1, 1)).clamp(0, 1)
+        weight = (v * alpha)[..., None]
+        strong = colour(r.sign() * (0.5 + 0.5 * v), torch.ones_like(scale), lut, centered)
         ff = f.float()
-        parts.append((ff + weight * (heat.float() - ff) + 0.5).clamp(0, 255).to(torch.uint8))
+        ff = ff + weight * (FRAME_MARGIN - 2 * FRAME_MARGIN / 255.0 * ff)  # relevant pixels: no white or black
+        parts.append((ff + weight * (strong.float() - ff) + 0.5).clamp(0, 255).to(torch.uint8))
     if layout == "side":
         parts.append(f)
     if layout in ("side", "heatmap", PANELS):
