@@ -160,7 +160,7 @@ def test_each_client_keeps_its_own_settings(server: LrpServer) -> None:
             assert (meta_a["preset"], meta_a["layout"], meta_a["cmap"], meta_a["top_k"]) == ("zplus", "side", "viridis", 0)
             assert image_a.shape == (32, 64, 3)
             assert (meta_b["preset"], meta_b["layout"], meta_b["cmap"], meta_b["top_k"]) == \
-                ("epsilon-gamma-box", "overlay", "diverging", 0.02)
+                ("epsilon-gamma-box", "overlay", "signed", 0.02)
             assert image_b.shape == (32, 32, 3)
             assert meta_a["class"] == meta_b["class"] == "Trouser"
 
