@@ -361,3 +361,40 @@ def test_fit_is_said_once_per_frame_size_and_crop_shows_the_centre() -> None:
     assert np.array_equal(out[below, 96:], wide[below, 96:] // 2)
     centre = proc.explain([wide[:, 32:96]], stream=False)[1][0]
     assert proc.process([wide], stable=False)[1][0].probability == pytest.approx(centre.probability, rel=1e-5)
+
+
+def test_a_partial_batch_runs_padded_in_the_captured_pass_and_its_padding_is_discarded() -> None:
+    """With graphs on (forced here; the CPU runs the pass eagerly either way), the last batch of 2
+    runs in the pass built for 4: no new pass, the same pixels, labels and stream state as a run
+    that builds a pass per batch size."""
+    frames = [frame_for(i, (32, 32)) for i in range(6)]
+    runs = {}
+    for graph in (True, False):
+        fast = FastProcessor(FrameProcessor(tiny_model(3), tiny_card(3), device="cpu", top_k=0.05, smooth=0.5),
+                             graph=graph)
+        out = fast.process(frames[:4])[0] + fast.process(frames[4:])[0]
+        runs[graph] = (out, [key[0] for key in fast._passes], fast.scale.value.clone(), fast.smoother.value.clone())
+    (padded, sizes, scale, smooth), (plain, plain_sizes, plain_scale, plain_smooth) = runs[True], runs[False]
+    assert sizes == [4] and plain_sizes == [4, 2]
+    assert len(padded) == 6 and all(np.array_equal(a, b) for a, b in zip(padded, plain))
+    torch.testing.assert_close(scale, plain_scale)
+    torch.testing.assert_close(smooth, plain_smooth)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_captured_passes_share_one_memory_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    from realtime_lrp.pipeline import fast as fast_module
+
+    pools = []
+    graph = torch.cuda.graph
+
+    def spy(cuda_graph, pool=None, **kwargs):
+        pools.append(pool)
+        return graph(cuda_graph, pool=pool, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "graph", spy)
+    fast = FastProcessor(FrameProcessor(tiny_model(3), tiny_card(3, 64), device="cuda"))
+    fast.process([frame_for(0, (80, 60))])
+    fast.process([frame_for(0, (64, 48))] * 2)
+    assert len(pools) == 2 and pools[0] is not None and pools[0] == pools[1] == fast_module.shared_pool()
