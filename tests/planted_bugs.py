@@ -94,13 +94,14 @@ PLANTS: tuple[Plant, ...] = (
           "(0.20, (50, 110, 220))", "(0.25, (50, 110, 220))",
           ("tests/test_render.py::test_diverging_colours_are_the_anchors",)),
     Plant("gray-weights-reversed", "realtime_lrp/pipeline/preprocess.py",
-          "cv2.COLOR_BGR2GRAY)[:, :, None]", "cv2.COLOR_RGB2GRAY)[:, :, None]",
-          ("tests/test_render.py::test_preprocess_whole_frame_gray_and_rgb",)),
-    Plant("fast-gray-weights-reversed", "realtime_lrp/pipeline/fast.py",
           "GRAY_WEIGHTS = (0.114, 0.587, 0.299)", "GRAY_WEIGHTS = (0.299, 0.587, 0.114)",
-          ("tests/test_fast.py::test_fast_gray_conversion_uses_bt601_weights_on_bgr",)),
+          ("tests/test_render.py::test_preprocess_whole_frame_gray_and_rgb",
+           "tests/test_fast.py::test_fast_gray_conversion_uses_bt601_weights_on_bgr")),
+    Plant("bgr-reaches-the-model", "realtime_lrp/pipeline/preprocess.py",
+          "x = x.flip(1)  # BGR → RGB", "x = x  # BGR → RGB",
+          ("tests/test_render.py::test_preprocess_whole_frame_gray_and_rgb",)),
     Plant("heatmap-ignores-scale", "realtime_lrp/pipeline/render.py",
-          "heat = colorize(r, scale, cmap)", "heat = colorize(r, 1.0, cmap)",
+          "heat = colour(r, scale, lut, centered)", "heat = colour(r, torch.ones_like(scale), lut, centered)",
           ("tests/test_render.py::test_layouts_sizes_and_label",)),
     Plant("bench-engine-times-floor", "realtime_lrp/apps/bench.py",
           'engine_ms = ms[f"engine {top_k}"]', 'engine_ms = ms["floor"]',
@@ -112,13 +113,11 @@ PLANTS: tuple[Plant, ...] = (
           "unknown preset {unknown[0]!r}; choose from", "unknown preset {unknown[0]!r};\\nchoose from",
           ("tests/test_bench.py::test_cli_errors_are_one_line",)),
     Plant("fps-times-arrivals", "realtime_lrp/apps/live.py",
-          "        relevance, preds = self.processor.explain([image])\n"
-          "        scale = self.processor.scales(relevance)[0]\n"
+          "        rendered, preds = self.processor.process([image])\n"
           "        now = time.monotonic()\n"
           "        self.meter.tick(now)\n",
           "        self.meter.tick(time.monotonic())\n"
-          "        relevance, preds = self.processor.explain([image])\n"
-          "        scale = self.processor.scales(relevance)[0]\n"
+          "        rendered, preds = self.processor.process([image])\n"
           "        now = time.monotonic()\n",
           ("tests/test_live.py::test_loop_shows_each_new_frame_once_with_label_and_fps",)),
     Plant("capture-repeats-frame", "realtime_lrp/media/capture.py",
