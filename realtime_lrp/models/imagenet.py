@@ -5,6 +5,7 @@ The cache is untrusted: a file's SHA-256 must start with the prefix its name car
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
