@@ -569,3 +569,19 @@ def test_low_precision_gated_families_are_finite_and_close(arch: str, preset: st
     assert low.dtype == torch.float32 and torch.isfinite(low).all()
     for i in range(2):
         assert pearson(low[i], ref[i]) >= bound
+
+
+def test_a_product_that_broadcasts_the_tensor_keeping_the_relevance_is_refused_in_one_line() -> None:
+    class Broadcast(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+            self.register_buffer("grid", torch.ones(1, 4, 6, 6))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc((self.conv(x).mean((2, 3), keepdim=True) * self.grid).mean((2, 3)))
+
+    lrp = LRP(Broadcast().eval())
+    with pytest.raises(UnsupportedModelError, match=r"^no LRP rule for node 'mul' \(a product that broadcasts its "
+                                                    r"\(2, 4, 1, 1\) input to \(2, 4, 6, 6\)\)$"):
+        lrp(torch.randn(2, 3, 8, 8))
