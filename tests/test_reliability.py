@@ -586,3 +586,38 @@ def test_webcam_looks_for_the_camera_before_loading_the_model(tmp_path: Path) ->
     assert "weights" not in proc.stderr, "the model was loaded before the camera was tried"
     helped = run_rtlrp(["webcam", "--help"])
     assert "headless (--no-window), stop with Ctrl-C" in " ".join(helped.stdout.split())
+
+
+# -- install what you use ----------------------------------------------------------------------------
+
+def test_a_missing_extra_is_one_line_saying_what_to_install(tmp_path: Path) -> None:
+    from media import run_rtlrp
+
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nfor name in ('starlette', 'websockets', 'matplotlib'):\n"
+                                           "    sys.modules[name] = None  # as if not installed\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hide), os.environ.get("PYTHONPATH", "")])}
+    proc = run_rtlrp(["serve", "--port", "0"], env=env)
+    assert proc.returncode == 1
+    assert only_line(proc.stderr) == ("Error: rtlrp serve needs the serve extra (starlette, websockets not"
+                                      " installed): pip install 'realtime-lrp[serve]'")
+    proc = run_rtlrp(["evaluate", "--plot", tmp_path / "p.png"], env=env)
+    assert proc.returncode == 1 and "pip install 'realtime-lrp[eval]'" in only_line(proc.stderr)
+    helped = run_rtlrp(["serve", "--help"], env=env)
+    assert helped.returncode == 0 and "Usage" in helped.stdout
+
+
+def test_the_extras_split_what_each_command_needs() -> None:
+    import configparser
+    import re
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    names = lambda text: {re.split(r"[<>=\[ ]", line.strip())[0] for line in text.splitlines() if line.strip()}  # noqa: E731
+    core = names(cfg["options"]["install_requires"])
+    extras = {k: names(v) for k, v in cfg["options.extras_require"].items()}
+    assert core == {"torch", "torchvision", "numpy", "opencv-python", "av", "click", "rich"}
+    assert extras["serve"] == {"starlette", "uvicorn", "websockets"} and extras["eval"] == {"matplotlib"}
+    assert extras["serve"] | extras["eval"] | {"pytest", "zennit"} <= extras["dev"]
+    assert "mutmut" not in extras["dev"] and extras["mutmut"] == {"mutmut"}
