@@ -329,6 +329,9 @@ PLANTS: tuple[Plant, ...] = (
                  "        arrival, client.inbox = client.inbox, None\n"
                  "        await run_in_threadpool(decode_frame, arrival.data, self.limits)\n\n"
                  "    async def _decode(self, client: Client) -> None:"),)),
+    Plant("serve-page-stays-closed-after-idling", "realtime_lrp/assets/serve.js",
+          "if (idleClosed && source && ws && ws.readyState === WebSocket.CLOSED) {", "if (false) {",
+          ("tests/test_serve.py::test_a_page_closed_for_idling_reconnects_when_it_has_a_frame",)),
     Plant("serve-presets-built-on-demand", "realtime_lrp/apps/serve/worker.py",
           "        for preset in PRESET_NAMES:\n            if preset in self._processors:",
           "        for preset in ():\n            if preset in self._processors:",

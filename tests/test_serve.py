@@ -692,6 +692,26 @@ def test_the_page_drops_the_token_from_its_address_and_reloads_with_the_cookie(s
 
 
 @needs_chromium
+def test_a_page_closed_for_idling_reconnects_when_it_has_a_frame(tmp_path: Path) -> None:
+    with LrpServer(own_processor(), port=0, limits=Limits(idle_seconds=2)) as srv:
+        srv.start()
+        browser = Chromium(srv.url, tmp_path / "profile", ["--use-fake-device-for-media-stream",
+                                                           "--deny-permission-prompts"])
+        try:  # no camera: the page sends nothing, and is closed
+            state = browser.wait_for(lambda s: (s.get("closed") or {}).get("code") == 1000, "the idle close")
+            assert "idle for 2 s" in state["closed"]["reason"] and "reconnects" in state["message"]
+            still = tmp_path / "sneaker.png"
+            cv2.imwrite(str(still), cv2.resize(load_items()[SNEAKER][0], (64, 64), interpolation=cv2.INTER_NEAREST))
+            root = browser.call("DOM.getDocument")["root"]["nodeId"]
+            node = browser.call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
+            browser.call("DOM.setFileInputFiles", nodeId=node, files=[str(still)])
+            state = browser.wait_for(lambda s: s.get("framesReceived", 0) >= 1, "the picked image explained")
+            assert state["connected"] and state["label"].startswith("Sneaker")
+        finally:
+            browser.close()
+
+
+@needs_chromium
 def test_the_page_says_so_when_the_camera_is_denied(server: LrpServer, tmp_path: Path) -> None:
     browser = Chromium(server.url, tmp_path / "profile", ["--use-fake-device-for-media-stream",
                                                           "--deny-permission-prompts"])
