@@ -71,6 +71,8 @@ def audited(mode: FakeTensorMode, fn: Callable[[], Any]) -> tuple[Any, DeviceAud
 MODELS = {
     "vgg16_bn": lambda: torchvision.models.vgg16_bn(num_classes=10),
     "resnet50": lambda: torchvision.models.resnet50(num_classes=10),
+    "efficientnet_b0": lambda: torchvision.models.efficientnet_b0(num_classes=10),
+    "mobilenet_v3_large": lambda: torchvision.models.mobilenet_v3_large(num_classes=10),
 }
 
 
@@ -151,6 +153,29 @@ def test_fast_frame_pass_device_part_has_no_host_sync(fake_models, arch: str, pr
     assert out.dtype == torch.uint8 and out.device == CUDA
     assert out.shape == ((2, 60, 180, 3) if layout == "side" else (2, 60, 90, 3))
     assert preds.shape == (3, 2) and preds.device == CUDA
+
+
+@pytest.fixture(scope="module")
+def fake_densenet() -> tuple[FakeTensorMode, nn.Module]:
+    torch.manual_seed(0)
+    mode = FakeTensorMode()
+    return mode, fake_cuda(torchvision.models.densenet121(num_classes=10), mode, torch.float16)
+
+
+@pytest.mark.parametrize("preset, top_k", [("epsilon-plus-flat", 0.02), ("epsilon-gamma-box", 0.0), ("zplus", 0.02)])
+def test_densenet121_fp16_has_no_host_sync(fake_densenet, preset: str, top_k: float) -> None:
+    """DenseNet-121 (concatenations, batch norms merged into the conv after them, thresholded ReLUs) in
+    fp16: building the engine and a call stay on the device, with no host sync."""
+    mode, model = fake_densenet
+    with mode:
+        lrp = LRP(model, preset=preset, top_k=top_k)
+        channels_last_weights(lrp)
+        target = torch.tensor([3, 7], device=CUDA)
+    assert {"cat", "shifted_relu"} <= {step.node.kind for step in lrp.steps}
+    x = fake_input(mode, 2, 64, 48)
+    result, audit = audited(mode, lambda: lrp(x, target=target))
+    assert audit.off_device == []
+    assert result.relevance.shape == (2, 64, 48) and result.relevance.device == CUDA
 
 
 def test_the_webcam_loops_own_pass_has_no_host_sync_on_fake_cuda_fp16(fake_models, tmp_path, monkeypatch) -> None:

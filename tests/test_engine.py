@@ -6,10 +6,10 @@ import copy
 import pytest
 import torch
 import torchvision
-from torch import nn
-
 import vgg_reference
+from torch import nn
 from zplus_reference import slow_zplus, topk_scatter
+
 from realtime_lrp import LRP
 from realtime_lrp.lrp.engine import IMAGENET_MEAN, IMAGENET_STD, initial_relevance, pixel_bounds
 from realtime_lrp.lrp.filter import RelevanceFilter
@@ -207,8 +207,8 @@ def test_filter_keeps_all_ties_at_threshold() -> None:
 
 def test_unsupported_layer_is_named() -> None:
     model = vgg(False)
-    model.features[1] = nn.GELU()
-    with pytest.raises(UnsupportedModelError, match=r"'features\.1' \(GELU\)"):
+    model.features[1] = nn.LocalResponseNorm(2)
+    with pytest.raises(UnsupportedModelError, match=r"'features\.1' \(LocalResponseNorm\)"):
         LRP(model)
 
 
@@ -225,6 +225,13 @@ class _Concat(nn.Module):
         return self.fc(torch.flatten(torch.cat([self.a(x), self.b(x)], 1), 1))
 
 
+class _Product(_Concat):
+    """The product of two conv branches, neither a gate of the other."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.a(x) * self.b(x), 1))
+
+
 class _Attention(nn.Module):
     """A conv followed by self-attention."""
 
@@ -236,25 +243,27 @@ class _Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
-        return self.fc(self.attn(y, y, y)[0])
+        return self.fc(self.attn(y, y, y)[1])  # the attention weights, which no rule explains
 
 
 @pytest.mark.parametrize("model, message", [
-    (lambda: torchvision.models.efficientnet_b0(num_classes=3), r"'features\.0\.2' \(SiLU\)"),
-    (lambda: torchvision.models.mobilenet_v2(num_classes=3), r"'features\.0\.2' \(ReLU6\)"),
+    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.LPPool2d(2, 2), nn.Flatten(), nn.Linear(36, 2)),
+     r"'1' \(LPPool2d\)"),
+    (_Product, r"'mul' \(operator\.mul of two tensors, neither a sigmoid gate computed from the other"),
+    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.PReLU(), nn.Flatten(), nn.Linear(144, 2)), r"'1' \(PReLU\)"),
     (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm([4, 6, 6]), nn.Flatten(), nn.Linear(144, 2)),
-     r"'1' \(LayerNorm\)"),
-    (_Concat, r"'cat' \(torch\.cat\)"),
-    (_Attention, r"'attn' \(MultiheadAttention\)"),
+     r"'1' \(LayerNorm over 3 dims"),
+    (_Attention, r"'attn' \(MultiheadAttention whose attention weights are used\)"),
 ])
 def test_unsupported_node_is_named(model, message: str) -> None:
     with pytest.raises(UnsupportedModelError, match="no LRP rule for node " + message):
         LRP(model().eval())
 
 
-def test_batch_norm_without_a_conv_before_it_is_refused() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 2))
-    with pytest.raises(UnsupportedModelError, match=r"batch norm '2' does not follow a Conv2d"):
+def test_batch_norm_neither_after_a_conv_nor_mergeable_to_the_right_is_refused() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(36, 2))
+    with pytest.raises(UnsupportedModelError, match=r"batch norm '2' follows no Conv2d and leads to no Conv2d"):
         LRP(model.eval())
 
 

@@ -90,6 +90,7 @@ def open_capture(target: int | str) -> Capture:
     """Default capture factory: ``cv2.VideoCapture`` with OpenCV's own open-time warnings silenced.
 
     Without this, a missing camera prints several backend warnings before our one-line message.
+    A file's display matrix (a phone video's rotation) is applied, so frames come upright.
     """
     import cv2
 
@@ -97,7 +98,10 @@ def open_capture(target: int | str) -> Capture:
     level = logging.getLogLevel()
     logging.setLogLevel(logging.LOG_LEVEL_SILENT)
     try:
-        return cv2.VideoCapture(target)
+        capture = cv2.VideoCapture(target)
+        if capture.isOpened():  # files: apply the display matrix, as rtlrp video does (also OpenCV's default)
+            capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
+        return capture
     finally:
         logging.setLogLevel(level)
 

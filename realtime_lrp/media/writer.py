@@ -37,6 +37,11 @@ class WriterError(RuntimeError):
     """The output cannot be written; the message is one line."""
 
 
+class FrameSizeError(WriterError):
+    """A frame does not have the video's size: the caller's mistake, not the disk's (what was
+    written so far is still good)."""
+
+
 @dataclass(frozen=True)
 class Codec:
     """An encoder as users name it: FFmpeg encoder, pixel format, containers it goes in."""
@@ -304,7 +309,7 @@ class VideoWriter:
             raise WriterError(f"{self.path} is already closed")
         w, h = self.size
         if frame.shape != (h, w, 3) or frame.dtype != np.uint8:
-            raise WriterError(f"frame of shape {frame.shape} {frame.dtype} does not match the video's {w}x{h} "
+            raise FrameSizeError(f"frame of shape {frame.shape} {frame.dtype} does not match the video's {w}x{h} "
                               "BGR uint8")
         if self._container is None:
             self._open()

@@ -20,6 +20,7 @@ import numpy as np
 
 from realtime_lrp.apps.live import FpsMeter
 from realtime_lrp.apps.serve.protocol import JPEG_QUALITY, Settings, encode_result
+from realtime_lrp.lrp.presets import PRESET_NAMES
 from realtime_lrp.pipeline.processor import FrameProcessor, ProcessingError
 from realtime_lrp.pipeline.stream import StreamState
 
@@ -75,8 +76,10 @@ class Worker:
     :meth:`submit` returns so its sender can be told). Each turn takes the waiting
     frames of up to ``batch`` streams, oldest first, and explains and renders them in one
     pass per group of the same preset, top-k, colour map, layout, alpha and frame size, with
-    one processor per preset (built on first use, sharing the model). Each stream keeps its
-    own colour scale.
+    one processor per preset (sharing the model), all built at start-up: building one on
+    first use stalled every stream, and building one in another thread races the worker
+    (torch.fx tracing patches ``Module.__call__`` process-wide). Each stream keeps its own
+    colour scale.
     """
 
     def __init__(self, processor: FrameProcessor, batch: int = 8, notice: Notice | None = None) -> None:
@@ -84,6 +87,7 @@ class Worker:
         self.batch = max(1, batch)
         self.notice = notice
         self._processors: dict[str, FrameProcessor] = {processor.preset: processor}
+        self._unbuildable: dict[str, str] = {}
         self._pending: OrderedDict[Stream, Job] = OrderedDict()
         self._cond = threading.Condition()
         self._stopping = False
@@ -93,10 +97,32 @@ class Worker:
         self.batches = 0
 
     def start(self) -> None:
-        """Run the first-call set-up, then start the thread."""
+        """Build and warm up every preset's processor (a preset that fails answers its frames with
+        the error), then start the thread."""
         h, w = self.base.size
-        self.base.passes.process([np.zeros((h, w, 3), np.uint8)], stable=False, label=False)
+        warm = [np.zeros((h, w, 3), np.uint8)]
+        self.base.passes.process(warm, stable=False, label=False)
+        for preset in PRESET_NAMES:
+            if preset in self._processors:
+                continue
+            try:
+                processor = self._make(preset)
+                processor.passes.process(warm, stable=False, label=False)
+            except Exception as exc:  # noqa: BLE001 - the other presets still serve
+                self._unbuildable[preset] = f"cannot explain with {preset}: {exc}"
+                continue
+            self._processors[preset] = processor
         self._thread.start()
+
+    def ready(self) -> set[str]:
+        """The presets whose processors are built."""
+        return set(self._processors)
+
+    def _make(self, preset: str) -> FrameProcessor:
+        base = self.base
+        return FrameProcessor(base.model, base.card, preset=preset, top_k=base.top_k, target=base.target,
+                              size=base.size, device=str(base.device), fit=base.fit, smooth=base.smooth,
+                              notice=self.notice)
 
     def stop(self) -> None:
         """Finish the batch in hand and end the thread."""
@@ -156,11 +182,8 @@ class Worker:
                         stream.deliver(json.dumps({"type": "error", "message": message}))
 
     def _processor(self, preset: str) -> FrameProcessor:
-        if preset not in self._processors:
-            base = self.base
-            self._processors[preset] = FrameProcessor(base.model, base.card, preset=preset, top_k=base.top_k,
-                                                      target=base.target, size=base.size, device=str(base.device),
-                                                      fit=base.fit, smooth=base.smooth, notice=self.notice)
+        if preset in self._unbuildable:
+            raise ProcessingError(self._unbuildable[preset])
         return self._processors[preset]
 
     def _explain(self, key: tuple, group: list[tuple[Stream, Job]]) -> None:
