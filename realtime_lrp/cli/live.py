@@ -53,7 +53,8 @@ def webcam_command(camera: str, record: Path | None, no_window: bool, snapshot_d
         check_output(record, Path(str(spec.target)) if spec.kind == "file" else None, codec)
     processor = build_processor(options, console)
     h, w = processor.size
-    processor.explain([np.zeros((h, w, 3), np.uint8)])  # first-call set-up, before the camera runs
+    processor.process([np.zeros((h, w, 3), np.uint8)])  # first-call set-up (the pass), before the camera runs
+    processor.reset()
     display = open_display(f"rtlrp - {spec}", not no_window, console, notice)
     try:
         source = LiveSource(spec, pace=pace if spec.kind == "file" else False).open()
