@@ -226,7 +226,7 @@ def test_build_model_for_other_inputs(arch: str, kwargs: dict) -> None:
     if kwargs.get("small_input"):
         assert net.conv1.kernel_size == (3, 3) and isinstance(net.maxpool, nn.Identity)
     with pytest.raises(WeightsError, match="unknown architecture"):
-        build_model("densenet121")
+        build_model("resnet9")
 
 
 def test_filter_runs_before_every_conv_linear_and_pool_of_a_resnet() -> None:

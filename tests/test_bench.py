@@ -249,5 +249,5 @@ def test_cli_random_resnet(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     (row,) = json.loads(out.read_text())["rows"]
     assert row["engine_ms"] > 0 and row["zennit_ms"] > 0
-    result = run("bench", "--arch", "densenet121", "--device", "cpu", "--sizes", "32")
+    result = run("bench", "--arch", "resnet9", "--device", "cpu", "--sizes", "32")
     assert result.exit_code == 1 and "unknown architecture" in result.output

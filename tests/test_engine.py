@@ -207,9 +207,29 @@ def test_filter_keeps_all_ties_at_threshold() -> None:
 
 def test_unsupported_layer_is_named() -> None:
     model = vgg(False)
-    model.features[1] = nn.GELU()
-    with pytest.raises(UnsupportedModelError, match=r"'features\.1' \(GELU\)"):
+    model.features[1] = nn.LocalResponseNorm(2)
+    with pytest.raises(UnsupportedModelError, match=r"'features\.1' \(LocalResponseNorm\)"):
         LRP(model)
+
+
+class _Concat(nn.Module):
+    """Two conv branches joined by torch.cat (as in DenseNet or Inception)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3)
+        self.b = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(torch.cat([self.a(x), self.b(x)], 1), 1))
+
+
+class _Product(_Concat):
+    """The product of two conv branches, neither a gate of the other."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.a(x) * self.b(x), 1))
 
 
 class _Attention(nn.Module):
@@ -223,15 +243,17 @@ class _Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
-        return self.fc(self.attn(y, y, y)[0])
+        return self.fc(self.attn(y, y, y)[1])  # the attention weights, which no rule explains
 
 
 @pytest.mark.parametrize("model, message", [
-    (lambda: torchvision.models.efficientnet_b0(num_classes=3), r"'features\.0\.2' \(SiLU\)"),
-    (lambda: torchvision.models.mobilenet_v2(num_classes=3), r"'features\.0\.2' \(ReLU6\)"),
+    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.LPPool2d(2, 2), nn.Flatten(), nn.Linear(36, 2)),
+     r"'1' \(LPPool2d\)"),
+    (_Product, r"'mul' \(operator\.mul of two tensors, neither a sigmoid gate computed from the other"),
+    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.PReLU(), nn.Flatten(), nn.Linear(144, 2)), r"'1' \(PReLU\)"),
     (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm([4, 6, 6]), nn.Flatten(), nn.Linear(144, 2)),
-     r"'1' \(LayerNorm\)"),
-    (_Attention, r"'attn' \(MultiheadAttention\)"),
+     r"'1' \(LayerNorm over 3 dims"),
+    (_Attention, r"'attn' \(MultiheadAttention whose attention weights are used\)"),
 ])
 def test_unsupported_node_is_named(model, message: str) -> None:
     with pytest.raises(UnsupportedModelError, match="no LRP rule for node " + message):

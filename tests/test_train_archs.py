@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny_data import make_imagefolder, train_ddp_two_cpu_processes
 
 from realtime_lrp import load_model
-from realtime_lrp.cli import cli
-from realtime_lrp.models.datasets import fashion_mnist_dir, read_idx_gz
-from realtime_lrp.models.cards import build_from_card
 from realtime_lrp.apps.train.loop import load_checkpoint
-from tiny_data import make_imagefolder, train_ddp_two_cpu_processes
+from realtime_lrp.cli import cli
+from realtime_lrp.models.cards import build_from_card
+from realtime_lrp.models.datasets import fashion_mnist_dir, read_idx_gz
 
 RESNET = ["--arch", "resnet18", "--width", "0.125", "--input-size", "32", "--batch-size", "4",
           "--workers", "0", "--device", "cpu"]
@@ -109,7 +109,7 @@ def test_resume_refuses_a_changed_architecture_or_stem(folder: Path, tmp_path: P
     (["--arch", "resnet50", "--pool", "2"], "--pool is for VGGs only, not resnet50"),
     (["--arch", "resnet18", "--dropout", "0.1"], "--dropout is for VGGs and AlexNet only, not resnet18"),
     (["--arch", "alexnet", "--width", "0.5"], "--width is for VGGs and ResNets only, not alexnet"),
-    (["--arch", "vgg11_bn", "--small-input"], "--small-input is for ResNets only, not vgg11_bn"),
+    (["--arch", "vgg11_bn", "--small-input"], "--small-input is for ResNets and the torchvision CNNs beyond ReLU only, not vgg11_bn"),
     (["--arch", "alexnet", "--input-size", "32"], "--input-size 32x32 is too small for alexnet: it needs at least 63x63"),
     (["--arch", "resnext50_32x4d", "--width", "0.1"], "width 0.1 is too small for resnext50_32x4d"),
 ])
@@ -119,3 +119,64 @@ def test_architecture_options_are_checked_in_one_line(folder: Path, tmp_path: Pa
                     *args, "--out", tmp_path / "run")
     assert result.exit_code == 1 and said in result.stderr, result.output
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+MODERN = ["mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf", "convnext_tiny",
+          "densenet121"]
+
+
+def _smallest_map(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """The smallest side, above 1, of any 4-D activation the model makes on ``x`` (its total stride's map)."""
+    sides: list[int] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sides.append(min(out.shape[-2:]))
+                                     if isinstance(out, torch.Tensor) and out.ndim == 4 else None)
+             for m in model.modules() if not list(m.children())]
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    return min(s for s in sides if s > 1)
+
+
+@pytest.mark.parametrize("arch", MODERN)
+def test_modern_architecture_small_stem_stops_downsampling(arch: str) -> None:
+    """The small-input stem keeps torchvision's state-dict layout but for the first conv, and
+    its stem does not downsample: the total stride falls from torchvision's 32 to 8 (DenseNet,
+    ConvNeXt, as a ResNet's CIFAR stem) or 16 (the others)."""
+    import torchvision
+
+    from realtime_lrp.models.architectures import build_model
+
+    torch.manual_seed(0)
+    small, plain = build_model(arch, 10, 1, small_input=True).eval(), build_model(arch, 10, 1).eval()
+    theirs = {k: v.shape for k, v in getattr(torchvision.models, arch)(num_classes=10).state_dict().items()}
+    for model in (small, plain):
+        ours = {k: v.shape for k, v in model.state_dict().items()}
+        assert ours.keys() == theirs.keys()
+        differs = [k for k in ours if ours[k] != theirs[k]]
+        assert differs == [next(k for k in ours if k.endswith("weight"))], differs  # the stem conv alone
+    x = torch.randn(2, 1, 64, 64)
+    stride = 8 if arch in ("densenet121", "convnext_tiny") else 16
+    assert _smallest_map(small, x) == 64 // stride and _smallest_map(plain, x) == 64 // 32
+    assert small(x[..., :32, :32]).shape == (2, 10)
+
+
+@pytest.mark.parametrize("arch", MODERN)
+def test_modern_architecture_trains_a_few_steps_and_rebuilds_from_its_checkpoint(folder: Path, tmp_path: Path,
+                                                                                 arch: str) -> None:
+    """Three real SGD steps on tiny data with the default small stem (32 px): the loss is finite,
+    the weights moved, and the checkpoint's settings rebuild a network its state fits."""
+    result = invoke("train", "--dataset", f"imagefolder:{folder}", "--arch", arch, "--input-size", "32",
+                    "--batch-size", "4", "--max-steps", "3", "--workers", "0", "--device", "cpu",
+                    "--no-augment", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["step"] == 3 and np.isfinite(line["train_loss"]) and np.isfinite(line["test_loss"])
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt["meta"]["arch"] == arch and ckpt["meta"]["small_input"] is True
+    torch.manual_seed(0)  # the training run's seed: the same initial weights
+    initial = build_from_card(ckpt["meta"]).state_dict()
+    moved = [k for k, v in ckpt["model"].items() if v.is_floating_point() and not torch.equal(v, initial[k])]
+    assert len(moved) > len(initial) // 4
+    logits = _checkpoint_model(tmp_path)(torch.rand(2, 3, 32, 32))
+    assert logits.shape == (2, 2) and torch.isfinite(logits).all()

@@ -9,11 +9,23 @@
   const state = window.rtlrpState = {
     connected: false, mode: null, source: null, framesSent: 0, framesReceived: 0, skipped: 0,
     label: '', size: null, latencyMs: null, serverFps: null, clientFps: null, device: '', message: '',
-    cameraError: null, closed: null, snapshots: 0, settings: null,
+    cameraError: null, closed: null, snapshots: 0, settings: null, tokenDropped: false,
   };
   const token = new URLSearchParams(location.search).get('token');
   const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws` +
     (token ? `?token=${encodeURIComponent(token)}` : '');
+  // The token came with the address; once the cookie the page was served with works, drop it from the
+  // address bar (and so from the history, bookmarks and screen shares). Without cookies it stays.
+  if (token) {
+    fetch('/stats', {credentials: 'same-origin', cache: 'no-store'}).then((response) => {
+      if (!response.ok) return;
+      const params = new URLSearchParams(location.search);
+      params.delete('token');
+      const query = params.toString();
+      history.replaceState(history.state, '', location.pathname + (query ? `?${query}` : '') + location.hash);
+      state.tokenDropped = true;
+    }).catch(() => {});
+  }
 
   const out = $('out');
   const outCtx = out.getContext('2d');
@@ -28,6 +40,7 @@
   let lastSend = 0;
   let pumpTimer = null;
   let retryDelay = 1000;
+  let idleClosed = false;   // closed for idleness: connect again when there is something to send
   const latencies = [];
   const arrivals = [];
 
@@ -58,9 +71,13 @@
       state.connected = false;
       state.closed = {code: event.code, reason: event.reason};
       inFlight = null;
-      if (!hello && event.code === 1006) {
-        showMessage('The server refused this page or cannot be reached. Servers on a non-local address need ' +
-                    'the URL with ?token=… that rtlrp serve printed when it started.');
+      idleClosed = event.code === 1000;
+      if (idleClosed) {
+        showMessage('The server closed the connection after a while without frames; it reconnects when ' +
+                    'there is a frame to send (pick an image, change a setting, or use the camera).', 'info');
+      } else if (!hello && event.code === 1006) {
+        showMessage('The server refused this page or cannot be reached. Open the URL with ?token=… that ' +
+                    'rtlrp serve printed when it started.');
       } else {
         showMessage(`The connection closed (${event.code}${event.reason ? ': ' + event.reason : ''}).` +
                     (RECONNECT.has(event.code) ? ' Reconnecting…' : ''));
@@ -315,6 +332,12 @@
   }
 
   function pump() {
+    if (idleClosed && source && ws && ws.readyState === WebSocket.CLOSED) {
+      idleClosed = false;
+      hello = null;
+      connect();  // its hello sends the settings and the source's frame again
+      return;
+    }
     if (!ws || ws.readyState !== WebSocket.OPEN || !hello || hello.mode !== 'camera' || !source) return;
     const now = performance.now();
     if (inFlight) {

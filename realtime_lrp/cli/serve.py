@@ -12,7 +12,7 @@ from realtime_lrp.cli.options import build_processor, comma_list, processing_opt
 
 @cli.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on; on any but loopback the page needs the token printed at start-up.")
+              help="Address to listen on; the page needs the token in the URL printed at start-up.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port; 0 picks a free one.")
 @click.option("--tls", nargs=2, default=None, metavar="CERT KEY",
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -22,15 +22,21 @@ from realtime_lrp.cli.options import build_processor, comma_list, processing_opt
               help="Kiosk mode: explain this server-side camera index, device, video file (played in a loop) or"
                    " stream URL, and show it to every page that connects.")
 @click.option("--max-fps", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-              help="Frames per second a client may send; frames over it are answered 'skipped'.")
+              help="Frames per second a client may send; frames over it are answered 'skipped', and a client that"
+                   " keeps sending at more than twice it is closed.")
 @click.option("--max-side", type=click.IntRange(min=8), default=1024, show_default=True,
               help="Largest width or height of a frame a client may send, in pixels.")
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Most clients whose frames are explained together in one batch.")
+@click.option("--idle-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="Seconds a page that sends nothing keeps its place (kiosk pages only watch: no limit).")
+@click.option("--no-token", is_flag=True,
+              help="Loopback only: serve without a token, so every user of this machine can connect.")
 @processing_options
 def serve_command(host: str, port: int, tls: tuple[Path, Path] | None, source: str | None, max_fps: float,
-                  max_side: int, batch: int, **options: object) -> None:
+                  max_side: int, batch: int, idle_timeout: float, no_token: bool, **options: object) -> None:
     """Live LRP in the browser: pages send camera frames over a WebSocket, this machine explains them."""
+    from realtime_lrp.apps.serve.auth import is_loopback
     from realtime_lrp.apps.serve.protocol import Limits
     from realtime_lrp.apps.serve.server import LrpServer, ServeError
     from realtime_lrp.media.capture import CameraError, parse_camera
@@ -38,6 +44,12 @@ def serve_command(host: str, port: int, tls: tuple[Path, Path] | None, source: s
     from realtime_lrp.util import signals
 
     console = stderr_console()
+    if no_token and not is_loopback(host):
+        raise click.UsageError(f"--no-token is for loopback addresses only; {host} is reachable from other"
+                               " machines, which need the token")
+    if no_token:
+        console.print("Warning: --no-token: every user of this machine can use this server"
+                      f"{' and watch its source' if source else ''}.", style="yellow", soft_wrap=True)
     try:
         spec = parse_camera(source) if source is not None else None
     except CameraError as exc:
@@ -45,7 +57,8 @@ def serve_command(host: str, port: int, tls: tuple[Path, Path] | None, source: s
     processor = build_processor(options, console)
     try:
         server = LrpServer(processor, host=host, port=port, tls=tls or None, source=spec,
-                           limits=Limits(max_fps=max_fps, max_side=max_side), batch=batch,
+                           limits=Limits(max_fps=max_fps, max_side=max_side, idle_seconds=idle_timeout),
+                           batch=batch, require_token=not no_token,
                            notice=lambda msg: console.print(msg, style="yellow"))
     except ServeError as exc:
         raise click.ClickException(str(exc)) from None
@@ -57,9 +70,10 @@ def serve_command(host: str, port: int, tls: tuple[Path, Path] | None, source: s
         what = f"explaining {spec} for every page" if spec is not None else "explaining the pages' cameras"
         console.print(f"rtlrp serve: {server.hub.model} on {server.device}, {what}: open {server.url}"
                       "  (Ctrl-C stops)", soft_wrap=True)
-        if server.token is None:
+        if server.hub.loopback:
+            query = f"?token={server.token}" if server.token else ""
             console.print(f"From another machine: ssh -L {server.port}:localhost:{server.port} THIS-HOST,"
-                          f" then open http://localhost:{server.port}/", soft_wrap=True)
+                          f" then open http://localhost:{server.port}/{query}", soft_wrap=True)
         outcome = server.run(stop)
     if outcome.error is not None:
         raise click.ClickException(outcome.error)

@@ -9,15 +9,19 @@ import click
 from realtime_lrp.cli.group import cli
 from realtime_lrp.cli.options import command_line, size_pair
 
-# realtime_lrp.models.ENGINE_ARCHS, spelled out so that --help does not import torch (a test checks they agree).
+# realtime_lrp.models.architectures.ALL_ARCHS, spelled out so that --help does not import torch (a test checks
+# they agree).
 TRAIN_ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
                "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-               "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2", "alexnet")
+               "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2", "alexnet",
+               "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf", "regnet_y_800mf",
+               "convnext_tiny", "densenet121")
 
 
 @cli.command("train")
 @click.option("--arch", default="vgg11_bn", show_default=True, type=click.Choice(TRAIN_ARCHS),
-              help="torchvision architecture: a VGG, ResNet, ResNeXt, Wide-ResNet or AlexNet.")
+              help="torchvision architecture: a VGG, ResNet, ResNeXt, Wide-ResNet, AlexNet, MobileNetV3, "
+                   "EfficientNet, RegNetY, ConvNeXt or DenseNet.")
 @click.option("--dataset", default="fashion-mnist", show_default=True,
               help="fashion-mnist, cifar10 or imagefolder:PATH (PATH/train and PATH/val).")
 @click.option("--epochs", default=12, show_default=True, type=click.IntRange(min=1))
@@ -38,8 +42,8 @@ TRAIN_ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "v
 @click.option("--dropout", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="VGG, AlexNet: dropout of the two hidden Linear layers (training only).")
 @click.option("--small-input/--no-small-input", default=None,
-              help="ResNet: CIFAR-style stem (3x3 stride-1 first conv, no max-pool); default on for "
-                   "inputs of at most 64 pixels.")
+              help="ResNet: CIFAR-style stem (3x3 stride-1 first conv, no max-pool); the other non-VGG CNNs "
+                   "but AlexNet: a total stride 4 times smaller; default on for inputs of at most 64 pixels.")
 @click.option("--input-size", default=None, metavar="N|WxH",
               help="Training resolution; default 32 (fashion-mnist, cifar10) or 224.")
 @click.option("--augment/--no-augment", default=True, show_default=True,
@@ -59,7 +63,7 @@ TRAIN_ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "v
               help="Data-loading processes for imagefolder data.")
 @click.pass_context
 def train_command(ctx: click.Context, **options: object) -> None:
-    """Train a VGG, ResNet or AlexNet (mixed precision with --amp; DDP under torchrun)."""
+    """Train a torchvision CNN (mixed precision with --amp; DDP under torchrun)."""
     from realtime_lrp.apps.train.loop import TrainConfig, TrainingError, TrainingInterrupted, main
     from realtime_lrp.models.datasets import DataError
     from realtime_lrp.models.errors import WeightsError

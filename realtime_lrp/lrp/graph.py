@@ -98,7 +98,8 @@ class _Sym:
     value: Callable[[Mapping[int, torch.Size]], Any]
 
 
-_SHAPE_ARITHMETIC = {operator.floordiv, operator.mul, operator.add, operator.sub, operator.mod, operator.neg}
+_SHAPE_ARITHMETIC = {operator.floordiv, operator.mul, operator.add, operator.sub, operator.mod, operator.neg,
+                     operator.eq, operator.ne}  # comparisons: the shape checks of torch._assert
 
 
 def _resolve(value: Any, shapes: Mapping[int, torch.Size]) -> Any:
@@ -170,8 +171,10 @@ class _Reader:
         self.nodes: list[Node] = []
         self.env: dict[torch.fx.Node, int] = {}
         self.output: Union[int, None] = None
+        self.skipped: set[torch.fx.Node] = set()
         self.symbols: dict[torch.fx.Node, _Sym] = {}
         self.tuples: dict[torch.fx.Node, tuple[int, Callable[[int], Any]]] = {}
+        self.constants: dict[torch.fx.Node, Tensor] = {}
         self.affines = _channel_affines(traced.graph)
         self.absorbed = {n for _, _, _, nodes in self.affines.values() for n in nodes}
 
@@ -210,6 +213,10 @@ class _Reader:
         node = self.add(fx_node, ops.BATCHNORM_RIGHT, (source,), bn)
         node.weight, node.bias = _affine(bn)
 
+    def skip(self, fx_node: torch.fx.Node) -> None:
+        """``fx_node`` has been read with an earlier call (an unused output of it): visiting it does nothing."""
+        self.skipped.add(fx_node)
+
     def parts(self, fx_node: torch.fx.Node, source: int, part: Callable[[int], Any]) -> None:
         """``fx_node`` is a tuple of parts of node ``source`` (chunk, split): ``part(k)`` is how
         its ``getitem`` k reads them."""
@@ -243,6 +250,12 @@ class _Reader:
             return tuple(out)
 
         return shape, tuple(sorted(refs))
+
+    def constant(self, arg: object) -> Union[Tensor, None]:
+        """``arg`` as an fp32 tensor if it is a constant (a number, a parameter or buffer), else None."""
+        if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+            return torch.tensor(float(arg))
+        return self.constants.get(arg) if isinstance(arg, torch.fx.Node) else None
 
     def unsupported(self, fx_node: torch.fx.Node, what: str) -> UnsupportedModelError:
         """The error for a node without a rule, in one line: named by its module path (or its fx name,
@@ -298,11 +311,21 @@ class _Reader:
         return False
 
     def visit(self, fx_node: torch.fx.Node) -> None:
+        if fx_node in self.env or fx_node in self.skipped:  # read with the call that made it
+            return
         if fx_node.op == "placeholder":
             if self.nodes:
                 raise UnsupportedModelError(f"{type(self.model).__name__} takes more than one input ('{fx_node.name}')")
             self.add(fx_node, INPUT, ())
             return
+        if fx_node.op == "get_attr":  # a parameter or buffer used as a value: a constant, for the ops that take one
+            value = self.traced
+            for part in fx_node.target.split("."):
+                value = getattr(value, part)
+            if isinstance(value, Tensor):
+                self.constants[fx_node] = value.detach().float()
+                return
+            raise self.unsupported(fx_node, f"attribute {fx_node.target} of type {type(value).__name__}")
         if fx_node.op == "output":
             self.output = self.producer(fx_node, fx_node.args[0])
             return

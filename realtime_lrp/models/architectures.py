@@ -1,7 +1,8 @@
-"""The architectures the engine explains, built with random weights, and recovered from a state dict's shapes.
+"""The architectures the engine explains or trains, built with random weights, and recovered from a state dict's shapes.
 
-VGGs are built here (torchvision's layout, resizable); ResNets, ResNeXts, Wide-ResNets and AlexNet
-come from torchvision, with the stem rebuilt for other channel counts or small inputs.
+VGGs are built here (torchvision's layout, resizable); ResNets, ResNeXts, Wide-ResNets, AlexNet,
+MobileNetV3, EfficientNet, RegNetY, ConvNeXt and DenseNet come from torchvision, with the stem
+rebuilt for other channel counts or small inputs.
 """
 from __future__ import annotations
 
@@ -96,21 +97,44 @@ RESNET_ARCHS: tuple[str, ...] = (
 ENGINE_ARCHS: tuple[str, ...] = ARCHS + RESNET_ARCHS + ("alexnet",)
 
 
+# torchvision CNNs beyond ReLU (gates, other activations, LayerNorm, concatenation).
+MODERN_ARCHS: tuple[str, ...] = (
+    "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf", "regnet_y_800mf",
+    "convnext_tiny", "densenet121",
+)
+
+
+# What `rtlrp train`, model cards and ``imagenet:ARCH`` accept; the engine explains ENGINE_ARCHS
+# for sure, the others as far as its rules reach.
+ALL_ARCHS: tuple[str, ...] = ENGINE_ARCHS + MODERN_ARCHS
+
+
+# Architectures with a ``small_input`` stem (card field and --small-input).
+SMALL_INPUT_ARCHS: tuple[str, ...] = RESNET_ARCHS + MODERN_ARCHS
+
+
 def build_model(arch: str, num_classes: int = 1000, in_channels: int = 3, small_input: bool = False,
                 width: float = 1.0, dropout: float = 0.5) -> nn.Module:
-    """A randomly initialised model of any architecture the engine explains (``ENGINE_ARCHS``).
+    """A randomly initialised model of any architecture of :data:`ALL_ARCHS`.
 
-    VGGs come from :func:`build_vgg`; ResNets, ResNeXts, Wide-ResNets and AlexNet from
-    torchvision, with their first conv rebuilt for ``in_channels`` other than 3.
-    ``small_input`` gives a ResNet the CIFAR-style stem for 32-pixel images: a 3x3 stride-1
-    first conv and no max-pool. ``width`` scales a VGG's or ResNet's channel counts (1:
-    torchvision's); ``dropout`` is VGG's and AlexNet's (training only).
+    VGGs come from :func:`build_vgg`; the others from torchvision, with their first conv
+    rebuilt for ``in_channels`` other than 3. ``small_input`` gives a ResNet the
+    CIFAR-style stem for 32-pixel images: a 3x3 stride-1 first conv and no max-pool; the
+    other families' stems lose their downsampling too (:func:`_small_stem`).
+    ``width`` scales a VGG's or ResNet's channel counts (1: torchvision's); ``dropout`` is
+    VGG's and AlexNet's (training only).
     """
     if arch in ARCHS:
         return build_vgg(arch, num_classes, in_channels, width, dropout=dropout)
-    if arch not in ENGINE_ARCHS:
-        raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(ENGINE_ARCHS)}")
+    if arch not in ALL_ARCHS:
+        raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(ALL_ARCHS)}")
     from torchvision import models as tv_models
+
+    if arch in MODERN_ARCHS:
+        model = getattr(tv_models, arch)(weights=None, num_classes=num_classes)
+        if small_input or in_channels != 3:
+            _small_stem(model, arch, in_channels, small_input)
+        return model
 
     if arch == "alexnet":
         model = tv_models.alexnet(weights=None, num_classes=num_classes, dropout=dropout)
@@ -129,6 +153,29 @@ def build_model(arch: str, num_classes: int = 1000, in_channels: int = 3, small_
     if small_input or in_channels != 3 or width != 1.0:
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     return model
+
+
+def _small_stem(model: nn.Module, arch: str, in_channels: int, small_input: bool) -> None:
+    """Rebuild the first conv of a :data:`MODERN_ARCHS` model for ``in_channels``; with
+    ``small_input``, the stem stops downsampling as the ResNet's CIFAR stem does, the body
+    stays torchvision's: DenseNet gets a 3x3 stride-1 conv without its max-pool and ConvNeXt
+    a 3x3 stride-1 conv for its 4x4 patches (total stride 8: 32 px reach the head as 4x4);
+    MobileNetV3, EfficientNet and RegNet a stride-1 stem conv (total stride 16, 2x2 at 32 px:
+    their stride-1 first blocks at full resolution would cost 5 times more to train)."""
+    name, first = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    kernel, stride, padding = first.kernel_size, first.stride, first.padding
+    if small_input and arch in ("densenet121", "convnext_tiny"):
+        kernel, stride, padding = (3, 3), (1, 1), (1, 1)
+    elif small_input:
+        stride = (1, 1)
+    conv = nn.Conv2d(in_channels, first.out_channels, kernel, stride, padding, bias=first.bias is not None)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent), leaf, conv)
+    if small_input and arch == "densenet121":
+        model.features.pool0 = nn.Identity()
 
 
 def _scale_resnet(model: nn.Module, arch: str, width: float, num_classes: int) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from realtime_lrp.models.architectures import ARCHS, ENGINE_ARCHS, RESNET_ARCHS, build_model, build_vgg
+from realtime_lrp.models.architectures import ALL_ARCHS, ARCHS, RESNET_ARCHS, SMALL_INPUT_ARCHS, build_model, build_vgg
 from realtime_lrp.models.errors import WeightsError
 
 CARD_FORMAT = "realtime_lrp-v1"
@@ -29,11 +29,14 @@ CARD_FIELDS = ("arch", "num_classes", "classes", "input_size", "input_channels",
 
 def arch_fields(arch: str) -> tuple[str, ...]:
     """The card fields beside :data:`CARD_FIELDS` that rebuild ``arch``: a VGG's ``width``,
-    ``hidden`` and ``pool``; a ResNet's ``width`` and ``small_input``; none for AlexNet."""
+    ``hidden`` and ``pool``; a ResNet's ``width`` and ``small_input``; the other torchvision
+    CNNs' ``small_input``; none for AlexNet."""
     if arch in ARCHS:
         return ("width", "hidden", "pool")
     if arch in RESNET_ARCHS:
         return ("width", "small_input")
+    if arch in SMALL_INPUT_ARCHS:
+        return ("small_input",)
     return ()
 
 
@@ -66,7 +69,7 @@ def validate_card(card: Any, source: str = "model card") -> dict[str, Any]:
     missing = [k for k in CARD_FIELDS if k not in card]
     if missing:
         raise WeightsError(f"{source} lacks field(s): {', '.join(missing)}")
-    if not isinstance(card["arch"], str) or card["arch"] not in ENGINE_ARCHS:
+    if not isinstance(card["arch"], str) or card["arch"] not in ALL_ARCHS:
         raise WeightsError(f"{source} has an invalid 'arch' field")
     fields = arch_fields(card["arch"])
     missing = [k for k in fields if k not in card]

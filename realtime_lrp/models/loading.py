@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from realtime_lrp.models.architectures import ENGINE_ARCHS
+from realtime_lrp.models.architectures import ALL_ARCHS
 from realtime_lrp.models.cards import SHIPPED_NAME, shipped_weights
 from realtime_lrp.models.errors import WeightsError
 from realtime_lrp.models.files import load_weights_file
@@ -26,13 +26,13 @@ def load_model(name_or_path: str | Path = "auto", device: str | torch.device = "
 
     ``name_or_path``: ``auto`` (ImageNet VGG16 if cached or downloadable, else the shipped
     model, announced through ``notify``), ``imagenet`` (VGG16, or ``imagenet:ARCH`` for any
-    of :data:`ENGINE_ARCHS`, e.g. ``imagenet:resnet50``), ``shipped``, or a path to an
+    of :data:`ALL_ARCHS`, e.g. ``imagenet:resnet50``), ``shipped``, or a path to an
     exported ``.pt`` (card beside it) or a plain torchvision VGG, ResNet or AlexNet state dict.
     """
     name = str(name_or_path)
     if name == "auto":
         try:
-            model, card = load_imagenet(arch or "vgg16", timeout=5.0)
+            model, card = load_imagenet(arch or "vgg16", timeout=5.0, notify=notify)
             notify(f"weights: auto -> ImageNet {card['arch']} (torchvision, {card['weights']})")
         except ImagenetUnavailable as exc:
             if not shipped_weights().is_file():
@@ -42,11 +42,11 @@ def load_model(name_or_path: str | Path = "auto", device: str | torch.device = "
             notify(f"weights: auto -> shipped {SHIPPED_NAME} ({card['dataset']}, "
                    f"{len(card['classes'])} classes): ImageNet {arch or 'vgg16'} {exc.why}")
     elif name == "imagenet" or name.startswith("imagenet:"):
-        model, card = load_imagenet(name.partition(":")[2] or arch or "vgg16")
+        model, card = load_imagenet(name.partition(":")[2] or arch or "vgg16", notify=notify)
     elif name == "shipped":
         model, card = load_weights_file(shipped_weights(), arch)
     else:
         model, card = load_weights_file(Path(name).expanduser(), arch)
-    if card["arch"] not in ENGINE_ARCHS:
+    if card["arch"] not in ALL_ARCHS:
         raise WeightsError(f"unknown architecture {card['arch']!r}")
     return model.float().to(device).eval(), card

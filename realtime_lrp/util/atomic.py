@@ -3,13 +3,15 @@
 Every file the tool writes (videos, PNGs, the contact sheet, exports, bench JSON,
 training checkpoints) goes first to ``NAME.partial.EXT`` in the target's folder, so the
 same filesystem, and is flushed, synced and closed before ``os.replace`` puts it at the
-target. A reader of the target therefore sees the previous file or the new one, never
+target; the folder is then synced too, so that after a power loss the rename itself is not
+lost (POSIX keeps a rename only once its directory is on the disk). A reader of the target therefore sees the previous file or the new one, never
 half of one, and a killed run leaves only the ``.partial`` file, whose name says what
 it is. The extension stays last so that tools which pick a format by it (FFmpeg,
 OpenCV, image viewers) still recognise the partial file.
 """
 from __future__ import annotations
 
+import errno
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,11 +68,28 @@ def sync(path: Path) -> None:
         os.close(fd)
 
 
+def sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it) to the disk; a no-op where folders cannot be
+    opened (Windows) or synced (some network filesystems say EINVAL)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
 def commit(partial: Path, target: Path) -> None:
-    """Sync ``partial`` and move it over ``target`` in one atomic step."""
+    """Sync ``partial``, move it over ``target`` in one atomic step, then sync the folder."""
     try:
         sync(partial)
         os.replace(partial, target)
+        sync_folder(Path(target).parent)
     except OSError as error:
         raise OutputError(f"cannot write {target}: {reason(error)}") from None
 

@@ -7,6 +7,10 @@ process with no clean-up at all). Inside a job that must finish what it started 
 a video so it plays, write a checkpoint), :class:`Deferred` turns the signals into a
 request the job polls between units of work; later signals only count, so a second
 Ctrl-C cannot break the clean-up that keeps the user's work.
+
+A signal that is ignored when a command starts (``nohup`` ignores SIGHUP; so do some
+service managers and ``setsid`` wrappers) stays ignored: neither function replaces
+``SIG_IGN`` unless this module set it itself (:func:`ignore_further`).
 """
 from __future__ import annotations
 
@@ -48,23 +52,35 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+_IGNORED_BY_US: set[int] = set()  # signals ignore_further() set to SIG_IGN (may be handled again)
+
+
+def handled() -> tuple[signal.Signals, ...]:
+    """The signals this process may take over: those not ignored by whoever started it."""
+    return tuple(sig for sig in SIGNALS
+                 if signal.getsignal(sig) is not signal.SIG_IGN or sig in _IGNORED_BY_US)
+
+
 def ignore_further() -> None:
     """Ignore the three signals from now on: the process is ending after one, and a second
     Ctrl-C while it prints its last line or exits must not turn into a traceback."""
     if _main_thread():
-        for sig in SIGNALS:
+        for sig in handled():
             signal.signal(sig, signal.SIG_IGN)
+            _IGNORED_BY_US.add(sig)
 
 
 def install() -> None:
-    """Make SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` (main thread only)."""
+    """Make SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` (main thread only), except
+    those the process was started with ignored."""
     if _main_thread():
-        for sig in SIGNALS:
+        for sig in handled():
             signal.signal(sig, _raise)
 
 
 class Deferred:
-    """While active, the three signals set :attr:`signum` (the first one) instead of raising.
+    """While active, the three signals set :attr:`signum` (the first one) instead of raising;
+    a signal the process was started with ignored stays ignored.
 
     Poll :attr:`requested` between units of work, or wait on :attr:`event` from another
     thread; :meth:`check` raises :class:`Interrupted` if a signal came. Leaving the
@@ -97,7 +113,7 @@ class Deferred:
 
     def __enter__(self) -> "Deferred":
         if _main_thread():
-            for sig in SIGNALS:
+            for sig in handled():
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

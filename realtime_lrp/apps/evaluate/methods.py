@@ -20,7 +20,11 @@ Explain = Callable[[Tensor, Tensor], Tensor]
 BASELINES: tuple[str, ...] = ("random", "gradient", "gradient-x-input")
 
 
-METHOD_NAMES: tuple[str, ...] = (*PRESET_NAMES, *BASELINES)
+CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "layercam")
+"""The class-activation-map family (:mod:`realtime_lrp.apps.evaluate.cam`), what users pick instead of LRP."""
+
+
+METHOD_NAMES: tuple[str, ...] = (*PRESET_NAMES, *CAM_METHODS, *BASELINES)
 
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -32,26 +36,41 @@ class EvaluationError(ValueError):
 
 @dataclass(frozen=True)
 class Method:
-    """One explanation method of a run: an LRP preset at a top-k and dtype, or a baseline."""
+    """One explanation method of a run: an LRP preset at a top-k and dtype, a CAM method or a baseline."""
 
     kind: str
     preset: str | None = None
     top_k: float | None = None
     dtype: str = "fp32"
+    target_mode: str = "plain"
+
+    @property
+    def label(self) -> str:
+        """The preset and its target mode unless plain (``zplus contrastive``), or the method's name."""
+        if self.kind != "lrp":
+            return self.kind
+        return str(self.preset) + ("" if self.target_mode == "plain" else f" {self.target_mode}")
 
     @property
     def name(self) -> str:
-        """``epsilon-plus-flat k=0.02 fp32``, or the baseline's name."""
+        """``epsilon-plus-flat k=0.02 fp32``, ``zplus contrastive k=0 fp32``, or the baseline's name."""
         if self.kind != "lrp":
             return self.kind
-        return f"{self.preset} k={self.top_k:g} {self.dtype}"
+        return f"{self.label} k={self.top_k:g} {self.dtype}"
 
 
-def plan_methods(names: Sequence[str], top_ks: Sequence[float], dtypes: Sequence[str]) -> list[Method]:
-    """The methods of a run, in table order: each preset × top-k × dtype, then the baselines.
+def plan_methods(names: Sequence[str], top_ks: Sequence[float], dtypes: Sequence[str],
+                 target_modes: Sequence[str] = ("plain",)) -> list[Method]:
+    """The methods of a run, in table order: each preset × target mode × top-k × dtype, the CAM
+    methods, the baselines.
 
-    Unknown names, top-k values outside [0, 1] and unknown dtypes are one-line errors.
+    Unknown names, top-k values outside [0, 1], unknown dtypes and target modes are one-line errors.
     """
+    from realtime_lrp.lrp.targets import TARGET_MODES
+
+    odd = [m for m in target_modes if m not in TARGET_MODES]
+    if odd or not target_modes:
+        raise EvaluationError(f"unknown target mode {odd[0] if odd else ''!r}; choose from {', '.join(TARGET_MODES)}")
     unknown = [n for n in names if n not in METHOD_NAMES]
     if unknown:
         raise EvaluationError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHOD_NAMES)}")
@@ -62,9 +81,9 @@ def plan_methods(names: Sequence[str], top_ks: Sequence[float], dtypes: Sequence
     if wrong:
         raise EvaluationError(f"unknown dtype {wrong[0]!r}; choose from {', '.join(DTYPES)}")
     ordered_dtypes = [d for d in DTYPES if d in dtypes]
-    methods = [Method("lrp", p, float(k), d) for p in PRESET_NAMES if p in names
-               for k in dict.fromkeys(top_ks) for d in ordered_dtypes]
-    return methods + [Method(b) for b in BASELINES if b in names]
+    methods = [Method("lrp", p, float(k), d, m) for p in PRESET_NAMES if p in names
+               for m in TARGET_MODES if m in target_modes for k in dict.fromkeys(top_ks) for d in ordered_dtypes]
+    return methods + [Method(b) for b in (*CAM_METHODS, *BASELINES) if b in names]
 
 
 def run_dtypes(requested: Sequence[str] | None, device: torch.device, notice: Notice) -> list[str]:
@@ -85,7 +104,8 @@ def lrp_explainer(model: nn.Module, card: Mapping[str, Any], method: Method) -> 
     """LRP maps (N, H, W) in fp32 from a copy of ``model`` in the method's dtype."""
     dtype = DTYPES[method.dtype]
     runner = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
-    lrp = LRP(runner, preset=method.preset, top_k=method.top_k, mean=card["mean"], std=card["std"])
+    lrp = LRP(runner, preset=method.preset, top_k=method.top_k, mean=card["mean"], std=card["std"],
+              target_mode=method.target_mode)
 
     def explain(x: Tensor, target: Tensor) -> Tensor:
         maps = lrp(x.to(dtype), target=target).relevance.float()
@@ -130,9 +150,21 @@ def select_device(requested: str) -> torch.device:
         raise EvaluationError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N") from None
 
 
-def _explainer(model: nn.Module, card: Mapping[str, Any], method: Method, generator: torch.Generator) -> Explain:
+def cam_explainer(model: nn.Module, method: str, layer: str) -> Explain:
+    """``method``'s maps (Grad-CAM, Grad-CAM++ or LayerCAM) from the activations of ``layer``."""
+    from realtime_lrp.apps.evaluate.cam import cam_maps
+
+    def explain(x: Tensor, target: Tensor) -> Tensor:
+        return cam_maps(model, layer, x, target, method)
+    return explain
+
+
+def _explainer(model: nn.Module, card: Mapping[str, Any], method: Method, generator: torch.Generator,
+               cam_layer: str | None = None) -> Explain:
     if method.kind == "lrp":
         return lrp_explainer(model, card, method)
+    if method.kind in CAM_METHODS:
+        return cam_explainer(model, method.kind, str(cam_layer))
     if method.kind == "random":
         return random_explainer(generator)
     return gradient_explainer(model, times_input=method.kind == "gradient-x-input")

@@ -1,4 +1,4 @@
-"""The measures of a map: pixel-flipping curves and AOPC, average sensitivity, the Gini index, Pearson r."""
+"""The measures of a map: pixel-flipping and ROAD curves and AOPC, average sensitivity, the Gini index, Pearson r."""
 from __future__ import annotations
 
 import math
@@ -116,17 +116,25 @@ def score_batch(model: nn.Module, x: Tensor, target: Tensor, score: str) -> Tens
 
 
 def flip_curves(model: nn.Module, x: Tensor, relevance: Tensor, target: Tensor, protocol: FlipProtocol,
-                value: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+                value: Tensor | None, generator: torch.Generator, road_noise: float | None = None
+                ) -> tuple[Tensor, Tensor]:
     """MoRF and LeRF curves (N, K+1): the score after flipping 0, 1, ..., K steps of pixels.
 
-    All steps of a group of images go through the model in one forward pass.
+    Flipped pixels become ``value``, or, given ``road_noise``, ROAD's noisy linear imputation
+    of them from the rest of the image (:func:`realtime_lrp.apps.evaluate.road.impute`, noise
+    drawn from ``generator``). All steps of a group of images go through the model in one
+    forward pass.
     """
+    from realtime_lrp.apps.evaluate.road import impute
+
     n, c, h, w = x.shape
     rank_by = relevance.abs() if protocol.rank == "magnitude" else relevance
     counts = torch.tensor(protocol.counts(h * w), device=x.device)
     steps = len(counts)
-    flat_x, flat_v = x.reshape(n, 1, c, h * w), value.reshape(n, 1, c, h * w)
-    group = max(1, _CHUNK_ELEMENTS // (steps * c * h * w))
+    flat_x = x.reshape(n, 1, c, h * w)
+    flat_v = None if value is None else value.reshape(n, 1, c, h * w)
+    chunk = _CHUNK_ELEMENTS if road_noise is None else _CHUNK_ELEMENTS // 32  # the solver holds ~8 fp64 copies
+    group = max(1, chunk // (steps * c * h * w))
     curves = []
     for most_first in (True, False):
         order = flip_order(rank_by, most_first, generator)
@@ -135,7 +143,11 @@ def flip_curves(model: nn.Module, x: Tensor, relevance: Tensor, target: Tensor, 
         scores = []
         for i in range(0, n, group):
             flipped = position[i:i + group, None, None, :] < counts.view(1, -1, 1, 1)  # (g, K+1, 1, HW)
-            inputs = torch.where(flipped, flat_v[i:i + group], flat_x[i:i + group]).reshape(-1, c, h, w)
+            if road_noise is None:
+                inputs = torch.where(flipped, flat_v[i:i + group], flat_x[i:i + group]).reshape(-1, c, h, w)
+            else:
+                images = flat_x[i:i + group].expand(-1, steps, -1, -1).reshape(-1, c, h, w)
+                inputs = impute(images, flipped.reshape(-1, 1, h, w), road_noise, generator)
             labels = target[i:i + group].repeat_interleave(steps)
             scores.append(score_batch(model, inputs, labels, protocol.score).view(-1, steps))
         curves.append(torch.cat(scores))
@@ -158,3 +170,21 @@ def sensitivity(explain: Explain, x: Tensor, target: Tensor, maps: Tensor, sigma
         noise = torch.randn(x.shape, generator=generator, device=generator.device).to(x.device) * sigma
         rs.append(pearson_rows(maps, explain(x + noise, target)))
     return torch.stack(rs).nanmean(0)
+
+
+def other_classes(target: Tensor, classes: int, generator: torch.Generator) -> Tensor:
+    """A class other than ``target`` (N,) per sample, uniform over the other ``classes − 1``."""
+    shift = torch.randint(1, classes, target.shape, generator=generator, device=generator.device)
+    return (target + shift.to(target.device)) % classes
+
+
+def class_sensitivity(explain: Explain, x: Tensor, target: Tensor, maps: Tensor, classes: int,
+                      generator: torch.Generator) -> Tensor:
+    """|Pearson r| (N,) between ``maps`` (of the explained class) and the maps of a random other class.
+
+    Quantus's Random Logit test (Sixt et al. 2020): a class-discriminative method gives the
+    other class a different map (|r| well below 1); |r| = 1 means the map ignores the class.
+    The magnitude, because plain LRP starts from the class's logit, so a class with a negative
+    logit gets the same map negated (r = −1), which shows the same pixels.
+    """
+    return pearson_rows(maps, explain(x, other_classes(target, classes, generator))).abs()

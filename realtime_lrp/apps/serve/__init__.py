@@ -25,8 +25,10 @@ waits). One :class:`~realtime_lrp.apps.serve.worker.Worker` thread owns the proc
 every client in one batch per (preset, top-k) group. A message that breaks the protocol
 closes that client's connection with a WebSocket close code and a reason; the others go on.
 
-Who gets in: on any address but loopback a random token is required (``?token=`` in the
-URL, then a cookie); without it HTTP requests and WebSocket handshakes get 403.
+Who gets in: a random token is required on every address, loopback too, as in Jupyter
+(``?token=`` in the URL, then a cookie named after the port; the page then drops the token
+from its address); without it HTTP requests and WebSocket handshakes get 403. ``--no-token``
+turns it off on loopback only. A loopback server also wants a loopback Host header.
 
 Modules: ``protocol`` (messages, limits, close codes), ``auth`` (who gets in), ``worker``
 (the batching thread), ``kiosk`` (a server-side source), ``app`` (the Starlette application),

@@ -1,16 +1,20 @@
 """The messages of ``/ws``, their limits and their close codes (see :mod:`realtime_lrp.apps.serve`)."""
 from __future__ import annotations
 
-import io
 import json
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import numpy as np
 
+from realtime_lrp.apps.serve.jpeg import JpegError, inspect
 from realtime_lrp.lrp.presets import PRESET_NAMES
 from realtime_lrp.pipeline import render
+
+CLOSE_IDLE = 1000         # a client that sent nothing for a while (a normal closure)
+
 
 CLOSE_UNSUPPORTED = 1003  # a kind of message this server does not take
 
@@ -33,6 +37,12 @@ CLOSE_TRY_LATER = 1013    # too many clients
 JPEG_QUALITY = 85
 
 
+MAX_TEXT = 4096           # characters of a text message
+
+
+MAX_DIGITS = 15           # digits of an integer in a text message (no setting needs more)
+
+
 class ProtocolError(Exception):
     """A client broke the protocol: its connection is closed with ``code`` and ``reason``."""
 
@@ -44,12 +54,21 @@ class ProtocolError(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    """What one client may send: frames per second, pixels a side, bytes a message; and how many clients."""
+    """What one client may send and use, and how many clients there may be.
+
+    Frames per second (a client far over it for a few seconds is closed), pixels a side,
+    bytes a message, text messages per second; ``decode_share``: seconds of decoding per
+    second of connection, on average; ``idle_seconds``: how long a client that sends
+    nothing keeps its slot (kiosk pages only watch, and have no such limit).
+    """
 
     max_fps: float = 30.0
     max_side: int = 1024
     max_message: int = 2 * 1024 * 1024
     max_clients: int = 32
+    max_texts: float = 60.0
+    decode_share: float = 0.5
+    idle_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -68,21 +87,65 @@ class Settings:
         for key, value in message.items():
             if key == "type":
                 continue
-            if key == "preset" and value in PRESET_NAMES:
+            number = _number(value)
+            if key == "preset" and isinstance(value, str) and value in PRESET_NAMES:
                 changes[key] = value
-            elif key in ("top_k", "alpha") and _is_number(value) and 0.0 <= value <= 1.0:
-                changes[key] = float(value)
+            elif key in ("top_k", "alpha") and number is not None and 0.0 <= number <= 1.0:
+                changes[key] = number
             elif key == "cmap" and (value is None or (isinstance(value, str) and value.lower() in render.colormaps())):
                 changes[key] = None if value is None else value.lower()
-            elif key == "layout" and value in render.LAYOUTS:
+            elif key == "layout" and isinstance(value, str) and value in render.LAYOUTS:
                 changes[key] = value
             else:
-                raise ProtocolError(CLOSE_INVALID, f"bad setting {key}={json.dumps(value)[:40]}")
+                raise ProtocolError(CLOSE_INVALID, f"bad setting {key[:40]}={shown(value)}")
         return replace(self, **changes)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, or None if it is not a number (booleans are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def shown(value: Any) -> str:
+    """A short rendering of a client's value for a close reason: scalars as JSON, containers by kind."""
+    if isinstance(value, (dict, list)):
+        return f"<{'object' if isinstance(value, dict) else 'array'}>"
+    return json.dumps(value)[:40]
+
+
+def _integer(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise ProtocolError(CLOSE_INVALID, f"a number of {len(text.lstrip('-'))} digits: at most {MAX_DIGITS}")
+    return int(text)
+
+
+def _constant(name: str) -> float:
+    raise ProtocolError(CLOSE_INVALID, f"{name} is not a number this server takes")
+
+
+def parse_text(text: str) -> dict[str, Any]:
+    """A client's text message as a JSON object; ProtocolError (1009 too long, 1007 broken) otherwise.
+
+    Integers are refused past :data:`MAX_DIGITS` digits before they are converted, and nesting
+    deeper than the parser goes is a broken message, not a server error.
+    """
+    if len(text) > MAX_TEXT:
+        raise ProtocolError(CLOSE_TOO_BIG, f"a text message of {len(text)} characters: at most {MAX_TEXT}")
+    try:
+        message = json.loads(text, parse_int=_integer, parse_constant=_constant)
+    except RecursionError:
+        raise ProtocolError(CLOSE_INVALID, "a text message nested too deep") from None
+    except ValueError:
+        raise ProtocolError(CLOSE_INVALID, "a text message that is not JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(CLOSE_INVALID, "a text message that is not a JSON object")
+    return message
 
 
 def frame_id(data: bytes) -> int:
@@ -93,29 +156,24 @@ def frame_id(data: bytes) -> int:
 
 
 def decode_frame(data: bytes, limits: Limits) -> np.ndarray:
-    """The BGR image of a frame message; ProtocolError for anything but a JPEG within the limits.
+    """The BGR image of a frame message; ProtocolError for anything but a baseline JPEG within the limits.
 
-    The size is read from the JPEG header before anything is decoded, so an oversized
-    frame costs nothing; a truncated or corrupt JPEG is refused, not half-decoded.
+    The markers are read first (:func:`~realtime_lrp.apps.serve.jpeg.inspect`), so an
+    oversized, progressive, many-scan, truncated or size-patched JPEG costs no decoding.
     """
-    from PIL import Image
+    import cv2
 
     ident = frame_id(data)
-    payload = data[4:]
-    if not payload.startswith(b"\xff\xd8\xff"):
-        raise ProtocolError(CLOSE_INVALID, f"frame {ident} is not a JPEG image")
+    payload = memoryview(data)[4:]
     try:
-        with Image.open(io.BytesIO(payload), formats=["JPEG"]) as image:
-            w, h = image.size
-            if max(w, h) > limits.max_side:
-                raise ProtocolError(CLOSE_TOO_BIG, f"frame {ident} is {w}x{h}: at most {limits.max_side}"
-                                                   " pixels a side")
-            rgb = np.asarray(image.convert("RGB"))
-    except ProtocolError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ProtocolError(CLOSE_INVALID, f"frame {ident} is not a readable JPEG image ({exc})"[:120]) from None
-    return np.ascontiguousarray(rgb[:, :, ::-1])
+        info = inspect(payload.tobytes(), limits.max_side)
+    except JpegError as exc:
+        raise ProtocolError(CLOSE_TOO_BIG if exc.too_big else CLOSE_INVALID,
+                            f"frame {ident} {exc}"[:120]) from None
+    image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None or image.shape[:2] != (info.height, info.width):
+        raise ProtocolError(CLOSE_INVALID, f"frame {ident} is not a readable JPEG image")
+    return image
 
 
 def encode_result(meta: Mapping[str, Any], jpeg: bytes) -> bytes:
@@ -131,19 +189,52 @@ def decode_result(data: bytes) -> tuple[dict[str, Any], bytes]:
 
 
 class RateLimit:
-    """At most ``rate`` frames a second on average, in bursts of up to one second's worth (a token bucket)."""
+    """At most ``rate`` events a second on average, in bursts of up to one second's worth (a token bucket).
+
+    Refused events fill a second bucket that drains at ``rate``: a client that keeps sending
+    at more than twice its rate fills it in a few seconds and is :attr:`flooding`.
+    """
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
         self.capacity = max(1.0, rate)
         self.tokens = self.capacity
+        self.excess = 0.0
         self.last = time.monotonic()
 
     def allow(self, now: float) -> bool:
-        """Whether a frame arriving at ``now`` is within the rate (and count it if so)."""
-        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        """Whether an event arriving at ``now`` is within the rate (and count it if so)."""
+        elapsed = max(0.0, now - self.last)
+        self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
+        self.excess = max(0.0, self.excess - elapsed * self.rate)
         self.last = now
         if self.tokens >= 1.0:
             self.tokens -= 1.0
             return True
+        self.excess += 1.0
         return False
+
+    @property
+    def flooding(self) -> bool:
+        """Whether the refused events outrun the rate by more than four seconds' worth (at least 10)."""
+        return self.excess > max(10.0, 4.0 * self.rate)
+
+
+class DecodeBudget:
+    """Seconds of decoding a client may use: ``share`` of each second, in bursts of up to 2 s."""
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+        self.capacity = 2.0
+        self.seconds = self.capacity
+        self.last = time.monotonic()
+
+    def left(self, now: float) -> bool:
+        """Whether any budget is left at ``now``."""
+        self.seconds = min(self.capacity, self.seconds + max(0.0, now - self.last) * self.share)
+        self.last = now
+        return self.seconds > 0.0
+
+    def spend(self, seconds: float) -> None:
+        """Count ``seconds`` of decoding."""
+        self.seconds -= seconds

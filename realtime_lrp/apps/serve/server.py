@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import secrets
 import socket
 import ssl
 import threading
@@ -11,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from realtime_lrp.apps.serve.app import Hub
-from realtime_lrp.apps.serve.auth import needs_token
+from realtime_lrp.apps.serve.auth import is_loopback, new_token
 from realtime_lrp.apps.serve.kiosk import Kiosk
 from realtime_lrp.apps.serve.protocol import Limits, Settings
 from realtime_lrp.apps.serve.worker import Notice, Worker, device_name
@@ -83,18 +82,23 @@ class LrpServer:
     The socket is bound and the certificate checked in the constructor (ServeError, one
     line); :meth:`start` warms up the processor and starts serving; :meth:`run` (or
     :meth:`wait` in tests) serves until a signal or a failure; :meth:`close` stops
-    everything. ``token`` defaults to a fresh random one on every address but loopback.
+    everything. ``token`` defaults to a fresh random one on every address; ``require_token=False``
+    serves without one, on loopback only (ServeError elsewhere).
     """
 
     def __init__(self, processor: FrameProcessor, *, host: str = "127.0.0.1", port: int = 8000,
                  tls: tuple[Path, Path] | None = None, source: CameraSpec | None = None,
                  limits: Limits = Limits(), batch: int = 8, token: str | None = None,
-                 notice: Notice | None = None) -> None:
+                 require_token: bool = True, notice: Notice | None = None) -> None:
         self.host = host
         self.tls = tls
         self.limits = limits
         self.notice = notice
-        self.token = token if token is not None else (secrets.token_urlsafe(24) if needs_token(host) else None)
+        loopback = is_loopback(host)
+        if not require_token and not loopback:
+            raise ServeError(f"--no-token is for loopback addresses only: {host} can be reached from other"
+                             " machines, which need the token")
+        self.token = (token or new_token()) if require_token else None
         if tls is not None:
             check_tls(*tls)
         self.socket = bind(host, port)
@@ -104,7 +108,7 @@ class LrpServer:
         self.worker = Worker(processor, batch=batch, notice=notice)
         self.device = device_name(processor)
         self.hub = Hub(self.worker, settings, limits, self.token, tls is not None, self.device,
-                       str(source) if source is not None else None, notice)
+                       str(source) if source is not None else None, notice, port=self.port, loopback=loopback)
         self.kiosk = None
         if source is not None:
             self.kiosk = Kiosk(source, self.worker, self.hub.kiosk_stream(), settings,
@@ -137,6 +141,7 @@ class LrpServer:
         config = uvicorn.Config(
             self.hub.app(), log_level="warning", access_log=False, lifespan="off", server_header=False,
             ws_max_size=self.limits.max_message, ws_ping_interval=20.0, ws_ping_timeout=20.0,
+            ws_per_message_deflate=False,  # JPEGs do not compress; 2 MiB of zeros would be 2 KB on the wire
             timeout_graceful_shutdown=3,
             ssl_certfile=str(self.tls[0]) if self.tls else None, ssl_keyfile=str(self.tls[1]) if self.tls else None)
         self._server = uvicorn.Server(config)

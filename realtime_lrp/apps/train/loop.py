@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from realtime_lrp.util.atomic import OutputError, check_writable, write_with
-from realtime_lrp.models.datasets import DataInfo, load_datasets, make_loader, normalize
-from realtime_lrp.models.architectures import ARCHS, ENGINE_ARCHS, RESNET_ARCHS
+from realtime_lrp.models.architectures import ALL_ARCHS, ARCHS, RESNET_ARCHS, SMALL_INPUT_ARCHS
 from realtime_lrp.models.cards import arch_fields, build_from_card
+from realtime_lrp.models.datasets import DataInfo, load_datasets, make_loader, normalize
 from realtime_lrp.models.errors import WeightsError
 from realtime_lrp.models.files import safe_load
 from realtime_lrp.models.sizes import accepts_size, smallest_size
+from realtime_lrp.util.atomic import OutputError, check_writable, write_with
 from realtime_lrp.util.signals import Deferred
 
 CHECKPOINT = "checkpoint.pt"
@@ -69,7 +69,7 @@ class TrainConfig:
     hidden: int = 256
     pool: int = 1
     dropout: float = 0.5
-    small_input: bool | None = None  # None: a ResNet's CIFAR-style stem for inputs of at most 64 pixels
+    small_input: bool | None = None  # None: the small-input stem for inputs of at most 64 pixels
     input_size: list[int] = field(default_factory=lambda: [32, 32])
     augment: bool = True
     out: str = "runs/train"
@@ -300,22 +300,23 @@ def evaluate(model: nn.Module, dataset: Any, info: DataInfo, device: torch.devic
 # Options that only some architectures have, and which ones.
 _ARCH_OPTIONS = {
     "width": (ARCHS + RESNET_ARCHS, "VGGs and ResNets"), "hidden": (ARCHS, "VGGs"), "pool": (ARCHS, "VGGs"),
-    "dropout": (ARCHS + ("alexnet",), "VGGs and AlexNet"), "small_input": (RESNET_ARCHS, "ResNets"),
+    "dropout": (ARCHS + ("alexnet",), "VGGs and AlexNet"),
+    "small_input": (SMALL_INPUT_ARCHS, "ResNets and the torchvision CNNs beyond ReLU"),
 }
 
 
 def resolve_arch_options(config: TrainConfig, explicit: Iterable[str] = ()) -> None:
     """Fill ``width`` and ``small_input`` for the architecture; refuse in one line an unknown
     ``--arch`` or an option given (``explicit``) that the architecture does not have."""
-    if config.arch not in ENGINE_ARCHS:
-        raise TrainingError(f"unknown architecture {config.arch!r}; choose one of {', '.join(ENGINE_ARCHS)}")
+    if config.arch not in ALL_ARCHS:
+        raise TrainingError(f"unknown architecture {config.arch!r}; choose one of {', '.join(ALL_ARCHS)}")
     for name in explicit:
         if name in _ARCH_OPTIONS and config.arch not in _ARCH_OPTIONS[name][0]:
             raise TrainingError(f"--{name.replace('_', '-')} is for {_ARCH_OPTIONS[name][1]} only, "
                                 f"not {config.arch}")
     if config.width is None and config.arch in ARCHS + RESNET_ARCHS:
         config.width = 0.25 if config.arch in ARCHS else 1.0
-    if config.small_input is None and config.arch in RESNET_ARCHS:
+    if config.small_input is None and config.arch in SMALL_INPUT_ARCHS:
         config.small_input = max(config.input_size) <= 64
 
 
@@ -396,8 +397,14 @@ def _restore(ckpt: dict[str, Any], path: str, model: nn.Module, optimizer: torch
 
 
 def _progress(console: Any) -> Any:
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -143,7 +143,7 @@ def _split(weight: Tensor) -> tuple[Tensor, Tensor]:
 class Epsilon(Rule):
     """LRP-epsilon: ``R_in = a * W^T (R / (z + eps sign z))`` with the bias kept in z."""
 
-    kinds = ("conv", "linear")
+    kinds = ("conv", "linear", "projection")
 
     def __init__(self, epsilon: float = 1e-6):
         self.epsilon = epsilon

@@ -1,0 +1,109 @@
+"""The class-activation-map family: Grad-CAM, Grad-CAM++ and LayerCAM, batched in torch.
+
+What users pick instead of LRP (pytorch-grad-cam is the most used explanation library for
+PyTorch CNNs). The maps follow that library's definitions, which ``tests/test_cam.py`` checks
+(r >= 0.999 against its maps); they are computed here on the device for a whole batch, where
+the library moves activations and gradients to numpy and resizes each image with OpenCV.
+
+For the activations A (N, C, h, w) of one layer and the gradient G of the explained logit
+with respect to them:
+
+- Grad-CAM (Selvaraju et al. 2017): w_c = mean over h, w of G_c; map = ReLU(Σ_c w_c A_c).
+- Grad-CAM++ (Chattopadhyay et al. 2018): a = G² / (2G² + ΣA·G³ + 1e-6) (0 where G = 0),
+  w_c = Σ ReLU(G_c)·a_c; map = ReLU(Σ_c w_c A_c).
+- LayerCAM (Jiang et al. 2021): map = ReLU(Σ_c ReLU(G_c)·A_c).
+
+The map is upsampled to the input (bilinear, half-pixel centres, as OpenCV's resize) and
+scaled to [0, 1] per image. The layer is by default the last conv stage: the last module
+(called once per forward pass) whose output is an image with more than one pixel.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from realtime_lrp.apps.evaluate.methods import CAM_METHODS, EvaluationError
+
+
+def spatial_layers(model: nn.Module, x: Tensor) -> list[str]:
+    """Names of the modules whose output on ``x`` is (N, C, h, w) with h·w > 1, in the order they finish.
+
+    Modules called more than once per forward pass (a ResNet block's shared ReLU) are left out:
+    their activations are ambiguous. The last one is the default CAM layer: of modules that
+    return the same tensor (a container and its last child), it is the outermost.
+    """
+    calls: dict[str, int] = {}
+    outputs: dict[str, Tensor] = {}
+
+    def hook(name: str) -> Callable:
+        def record(_module: nn.Module, _inp: object, out: object) -> None:
+            calls[name] = calls.get(name, 0) + 1
+            outputs.pop(name, None)
+            if isinstance(out, Tensor):
+                outputs[name] = out  # re-inserted: dict order is the order of last finish
+        return record
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules() if name]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return [name for name, out in outputs.items()
+            if calls[name] == 1 and out.dim() == 4 and out.shape[2] * out.shape[3] > 1]
+
+
+def cam_layer(model: nn.Module, x: Tensor, name: str | None = None) -> str:
+    """The layer CAM reads: ``name`` if it has spatial output, else the last conv stage; one-line errors."""
+    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        raise EvaluationError(f"{type(model).__name__} has no convolutional stage: the CAM methods need one "
+                              "(a token grid is not reshaped into an image here)")
+    candidates = spatial_layers(model, x)
+    if name is None:
+        if not candidates:
+            raise EvaluationError("no layer of the model has an output of more than one pixel: no CAM layer")
+        return candidates[-1]
+    if name not in candidates:
+        shown = ", ".join(candidates[-12:])
+        why = "has no spatial output" if name in dict(model.named_modules()) else "names no layer"
+        raise EvaluationError(f"--cam-layer {name!r} {why}; layers with spatial output: {shown}")
+    return name
+
+
+def cam_maps(model: nn.Module, layer: str, x: Tensor, target: Tensor, method: str) -> Tensor:
+    """``method``'s maps (N, H, W) in [0, 1] for ``target`` (N,), from the activations of ``layer``."""
+    module = dict(model.named_modules())[layer]
+    seen: list[Tensor] = []
+
+    def keep(_module: nn.Module, _inp: object, out: Tensor) -> Tensor:
+        seen.append(out)
+        return out.clone()  # what follows gets a copy: an in-place op after the layer cannot change its values
+
+    handle = module.register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            logits = model(x.detach().requires_grad_(False))
+            acts = seen[-1]
+            grads, = torch.autograd.grad(logits.gather(1, target.view(-1, 1)).sum(), acts)
+    finally:
+        handle.remove()
+    acts, grads = acts.detach().float(), grads.float()
+    if method == "gradcam":
+        cam = (grads.mean((2, 3), keepdim=True) * acts).sum(1)
+    elif method == "gradcam++":
+        g2 = grads.square()
+        a = g2 / (2 * g2 + acts.sum((2, 3), keepdim=True) * g2 * grads + 1e-6)
+        a = torch.where(grads != 0, a, torch.zeros_like(a))
+        cam = ((grads.clamp(min=0) * a).sum((2, 3), keepdim=True) * acts).sum(1)
+    elif method == "layercam":
+        cam = (grads.clamp(min=0) * acts).sum(1)
+    else:
+        raise EvaluationError(f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
+    cam = F.interpolate(cam.clamp(min=0)[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    low = cam.flatten(1).min(1).values.view(-1, 1, 1)
+    cam = cam - low
+    return cam / (cam.flatten(1).max(1).values.view(-1, 1, 1) + 1e-7)
