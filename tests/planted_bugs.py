@@ -367,6 +367,10 @@ PLANTS: tuple[Plant, ...] = (
           "scale, shift = torch.where(zero, 1.0, bn.weight), torch.where(zero, 0.0, bn.bias)",
           "scale, shift = bn.weight, bn.bias",
           ("tests/test_cnn_index.py::test_batch_norm_of_zero_scale_is_merged_exactly",)),
+    Plant("refusal-names-no-module", "realtime_lrp/lrp/graph.py",
+          """_hinted(f"no LRP rule for node '{fx_node.name}' ({what}){where}")""",
+          """_hinted(f"no LRP rule for node '{fx_node.name}' ({what})")""",
+          ("tests/test_cnn_index.py::test_a_refused_function_names_the_module_that_calls_it",)),
 )
 
 
