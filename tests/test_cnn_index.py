@@ -69,11 +69,10 @@ class IndexNet(nn.Module):
         p, q = y.chunk(2, dim=1)
         y = channel_shuffle(torch.cat([p, torch.relu(self.b(q))], 1), 2)
         y = y[:, :, 1:, ::2].permute(0, 1, 3, 2).transpose(-1, -2).contiguous()
-        y = y.permute(0, 2, 3, 1).permute([0, 3, 1, 2])  # not involutions: their inverses differ
         y = torch.relu(self.c(y.unsqueeze(2).squeeze(2)))
         first, second = torch.split(y, [2, 4], dim=1)
         y = torch.cat((second, first), dim=1)[..., :3, :4]
-        return self.fc(y.reshape(y.size(0), -1))
+        return self.fc(y.permute(0, 2, 3, 1).reshape(y.size(0), -1))  # channels last: not an involution
 
 
 def index_net() -> nn.Module:
