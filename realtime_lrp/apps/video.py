@@ -25,6 +25,7 @@ concatenated clips) is letterboxed to the first size, said once with its frame n
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -303,8 +304,9 @@ def process_videos(sources: list[Path], out_dir: Path, processor: FrameProcessor
     """Explain this process's share of ``sources`` into ``out_dir``, skipping finished outputs.
 
     A file whose output is already there, made with the same ``settings``, is skipped, so a
-    rerun resumes. A failing file is recorded and the next one started; a signal ends the run
-    after the current file's frames in flight.
+    rerun resumes. A file that fails in any way (a bad input, a full disk, out of memory) is
+    recorded and the next one started; a signal ends the run after the current file's frames
+    in flight.
     """
     notice = notice or (lambda _msg: None)
     outcomes = []
@@ -315,11 +317,11 @@ def process_videos(sources: list[Path], out_dir: Path, processor: FrameProcessor
         if already_done(out, settings):
             outcomes.append(FileOutcome(src, out, "skipped", message="already done with these settings"))
             continue
-        processor.reset()
         try:
+            processor.reset()
             result = process_video(src, out, processor, batch, progress, notice, stop, codec, crf, settings)
-        except (InputError, WriterError, PartialOutput) as exc:
-            outcomes.append(FileOutcome(src, out, "failed", message=str(exc)))
+        except Exception as exc:  # any failure of one input (out of memory too) is its row; the others go on
+            outcomes.append(FileOutcome(src, out, "failed", message=one_line(exc)))
             continue
         if result.interrupted:
             outcomes.append(FileOutcome(src, result.output or out, "interrupted", result.frames, result.seconds,
@@ -331,19 +333,108 @@ def process_videos(sources: list[Path], out_dir: Path, processor: FrameProcessor
     return outcomes
 
 
-def gather(outcomes: list[FileOutcome], world: int) -> list[FileOutcome] | None:
-    """Every process's outcomes on rank 0 (None on the others); a no-op for one process."""
-    if world == 1:
-        return outcomes
-    import torch.distributed as dist
+def one_line(error: BaseException) -> str:
+    """An error as the one line a table row or a message shows."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    everything: list[list[FileOutcome] | None] = [None] * world
-    dist.all_gather_object(everything, outcomes)
-    rank = dist.get_rank()
-    dist.destroy_process_group()
-    return [o for part in everything for o in (part or [])] if rank == 0 else None
+
+RANK_TIMEOUT_S = float(os.environ.get("RTLRP_RANK_TIMEOUT", "120"))  # a rank silent this long is lost
+
+
+class Ranks:
+    """The processes of a ``torchrun`` run, joined at the start and gathered at the end, never forever.
+
+    :meth:`start` joins the process group (gloo, bounded by ``timeout``) and starts a heartbeat
+    thread that counts up a key in the rendezvous store every second. :meth:`gather` posts this
+    rank's outcomes to the store; rank 0 waits for every other rank's, as long as its heartbeat
+    goes on (a long file is not a hang), and gives up on a rank silent for ``timeout`` seconds,
+    listing its share as lost. No collective waits on a rank that failed or died.
+    """
+
+    def __init__(self, rank: int, world: int, timeout: float = RANK_TIMEOUT_S) -> None:
+        self.rank, self.world, self.timeout = rank, world, timeout
+        self.store: Any = None
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def start(self) -> "Ranks":
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        if self.world == 1:
+            return self
+        store, _, _ = next(dist.rendezvous("env://", timeout=timedelta(seconds=self.timeout)))
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", store=store, rank=self.rank, world_size=self.world,
+                                    timeout=timedelta(seconds=self.timeout))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        self.store = dist.PrefixStore(f"rtlrp-video/{attempt}/", store)
+        self._beat = threading.Thread(target=self._heartbeat, name="rtlrp-heartbeat", daemon=True)
+        self._beat.start()
+        return self
+
+    def _heartbeat(self) -> None:
+        try:
+            while not self._stop.wait(1.0):
+                self.store.add(f"beat/{self.rank}", 1)
+        except Exception:  # the store went away with rank 0: nothing left to tell
+            return
+
+    def _post(self, outcomes: list[FileOutcome]) -> None:
+        import json
+
+        rows = [{**o.__dict__, "src": str(o.src), "out": str(o.out)} for o in outcomes]
+        self.store.set(f"outcomes/{self.rank}", json.dumps(rows))
+
+    def _collect(self, rank: int) -> list[FileOutcome] | None:
+        """Rank ``rank``'s outcomes, or None once its heartbeat has stopped for ``timeout`` seconds."""
+        import json
+
+        key, beat = f"outcomes/{rank}", f"beat/{rank}"
+        last, since = None, time.monotonic()
+        while not self.store.check([key]):
+            count = self.store.add(beat, 0)
+            if count != last:
+                last, since = count, time.monotonic()
+            elif time.monotonic() - since > self.timeout:
+                return None
+            time.sleep(0.2)
+        rows = json.loads(self.store.get(key))
+        return [FileOutcome(**{**r, "src": Path(r["src"]), "out": Path(r["out"])}) for r in rows]
+
+    def gather(self, outcomes: list[FileOutcome], sources: list[Path], out_dir: Path,
+               codec: str | None = None, wait: bool = True) -> list[FileOutcome] | None:
+        """Every rank's outcomes on rank 0 (None on the others, and on every rank without ``wait``:
+        an interrupted run only posts its own); a rank lost on the way has its share listed as failed."""
+        if self.world == 1:
+            return outcomes
+        self._post(outcomes)
+        if self.rank != 0 or not wait:
+            self.close()
+            return None
+        everything = list(outcomes)
+        for rank in range(1, self.world):
+            part = self._collect(rank)
+            if part is None:
+                part = [FileOutcome(src, output_for(src, out_dir, codec), "failed",
+                                    message=f"rank {rank} stopped answering for {self.timeout:g} s before it"
+                                            " reported (killed or hung)") for src in share(sources, rank, self.world)]
+            everything += part
+        self.close()
+        return everything
+
+    def close(self) -> None:
+        """Stop the heartbeat and leave the process group."""
+        import torch.distributed as dist
+
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+            self._beat = None
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 class _FpsColumn(ProgressColumn):

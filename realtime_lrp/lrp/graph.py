@@ -349,6 +349,7 @@ def _merge_right(nodes: list[Node], output: int) -> tuple[list[Node], int]:
     With ``bn(x) = s x + t`` per channel: the layer's weight takes ``s`` per input channel and its
     bias ``sum W t``; a ReLU between them becomes the thresholded ReLU ``x where s x + t > 0, else
     -t/s``, whose image under ``s x + t`` is the ReLU's output (Pahde's ``ThreshReLUMergeBatchNorm``);
+    a channel of zero scale is the constant the batch norm (and ReLU) gives it, merged with scale 1;
     average pools and flatten in between keep constants, so the shift passes them. A padded conv
     sees zeros at its border, where ``s x + t`` would give ``t``: the border is padded explicitly with
     ``-t/s``, whose image is 0, and the conv runs unpadded, so the output is exact at every position
@@ -366,9 +367,8 @@ def _merge_right(nodes: list[Node], output: int) -> tuple[list[Node], int]:
         refused = UnsupportedModelError(
             f"batch norm '{bn.name}' follows no Conv2d and leads to no Conv2d or Linear (through a ReLU, "
             "average pools and flatten), so it cannot be merged")
-        scale, shift = bn.weight, bn.bias
-        if (scale == 0).any():
-            raise UnsupportedModelError(f"batch norm '{bn.name}' has a zero scale, so it cannot be merged to the right")
+        zero = bn.weight == 0  # a channel the batch norm sets to its shift: kept as that constant, unscaled
+        scale, shift = torch.where(zero, 1.0, bn.weight), torch.where(zero, 0.0, bn.bias)
         chain, j = [], b
         while True:
             if j == output or len(users[j]) != 1 or any(users[j][0] == k for k in chain):
@@ -403,10 +403,14 @@ def _merge_right(nodes: list[Node], output: int) -> tuple[list[Node], int]:
         layer.weight = layer.weight * s
         if chain and nodes[chain[0]].kind == "relu":
             relu = nodes[chain[0]]
-            nodes[chain[0]] = Node(relu.name, ops.SHIFTED_RELU, relu.inputs, relu.module, weight=torch.sign(scale),
-                                   bias=-shift / scale)
-        alias[b] = bn.inputs[0]
-    if not alias:
+            floor = torch.where(zero, bn.bias.clamp(min=0), -shift / scale)
+            nodes[chain[0]] = Node(relu.name, ops.SHIFTED_RELU, relu.inputs, relu.module,
+                                   weight=torch.where(zero, 0.0, torch.sign(scale)), bias=floor)
+            alias[b] = bn.inputs[0]
+        else:  # the identity, but a zero-scale channel is its constant
+            nodes[b] = Node(bn.name, ops.CHANNEL_AFFINE, bn.inputs, bn.module, weight=(~zero).float(),
+                            bias=torch.where(zero, bn.bias, 0.0))
+    if not alias and not pads:
         return nodes, output
     index: dict[int, int] = {}
     merged: list[Node] = []
