@@ -190,7 +190,7 @@ PLANTS: tuple[Plant, ...] = (
           "        os.replace(partial, target)\n        sync_folder(Path(target).parent)\n",
           "        os.replace(partial, target)\n",
           ("tests/test_reliability.py::test_every_committed_output_syncs_its_folder",)),
-    Plant("gradcam-unweighted", "realtime_lrp/apps/evaluate/cam.py",
+    Plant("gradcam-unweighted", "realtime_lrp/lrp/cam.py",
           "cam = (grads.mean((2, 3), keepdim=True) * acts).sum(1)", "cam = acts.sum(1)",
           ("tests/test_cam.py::test_maps_equal_pytorch_grad_cam",)),
     Plant("road-fills-the-mean", "realtime_lrp/apps/evaluate/road.py",

@@ -10,9 +10,8 @@ from click.testing import CliRunner
 from media import model_file, tiny_model
 from torch import nn
 
-from realtime_lrp.apps.evaluate.cam import CAM_METHODS, cam_layer, cam_maps, spatial_layers
-from realtime_lrp.apps.evaluate.methods import EvaluationError
 from realtime_lrp.cli import cli
+from realtime_lrp.lrp.cam import CAM_METHODS, CAMLayerError, cam_layer, cam_maps, spatial_layers
 
 
 def library_maps(model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor, method: str) -> np.ndarray:
@@ -76,7 +75,7 @@ def test_the_default_layer_is_the_last_conv_stage() -> None:
 
 def test_a_model_without_a_conv_stage_is_one_line() -> None:
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(16, 10))
-    with pytest.raises(EvaluationError, match="no convolutional stage: the CAM methods need one"):
+    with pytest.raises(CAMLayerError, match="no convolutional stage: the CAM methods need one"):
         cam_layer(mlp, torch.randn(1, 1, 4, 4))
 
 
@@ -115,3 +114,52 @@ def test_cam_rows_in_the_json(tmp_path) -> None:
     for r in rows:
         assert r["cam_layer"] == "features.24" and r["ms_per_image"] > 0 and r["kind"] == r["method"]
         assert 0 <= r["gini"] <= 1 and -1 <= r["sensitivity_r"] <= 1 and r["images"] == 5
+
+
+# ------------------------------------------------------------ --method and --target-mode in the other commands
+
+
+def test_frame_processor_shows_the_cam_method_and_the_target_mode() -> None:
+    from media import frame_for, tiny_card
+
+    from realtime_lrp.lrp.engine import LRP
+    from realtime_lrp.pipeline.preprocess import frames_to_tensor
+    from realtime_lrp.pipeline.processor import FrameProcessor
+
+    model, card = tiny_model(1), tiny_card(1)
+    frames = [frame_for(i, (32, 32)) for i in range(3)]
+    x = frames_to_tensor(frames, card)
+    for method in CAM_METHODS:
+        processor = FrameProcessor(model, card, method=method, device="cpu")
+        maps, preds = processor.explain(frames)
+        explained = torch.tensor([p.explained for p in preds])
+        assert torch.equal(explained, model(x).argmax(1))
+        assert np.allclose(maps, cam_maps(model, "features.27", x, explained, method).numpy(), atol=1e-6)
+        assert not processor.signed and processor.cmap == "hot"
+    processor = FrameProcessor(model, card, target_mode="contrastive", top_k=0.0, device="cpu")
+    maps, _ = processor.explain(frames)
+    want = LRP(model, mean=card["mean"], std=card["std"], target_mode="contrastive")(x).relevance
+    assert np.allclose(maps, want.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_video_and_explain_take_method_and_target_mode(tmp_path) -> None:
+    import cv2
+    from media import frame_for, write_video
+
+    weights = model_file(tmp_path)
+    src = tmp_path / "clip.avi"
+    write_video(src, 4, (32, 32), 25.0, fourcc="MJPG")
+    out = tmp_path / "cam.mp4"
+    result = CliRunner().invoke(cli, ["video", str(src), "--out", str(out), "--weights", str(weights),
+                                      "--method", "layercam", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and out.stat().st_size > 0
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), frame_for(2, (32, 32)))
+    result = CliRunner().invoke(cli, ["explain", str(image), "--out", str(tmp_path / "x"), "--weights", str(weights),
+                                      "--target-mode", "softmax-gradient", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, ["explain", str(image), "--out", str(tmp_path / "y"), "--weights", str(weights),
+                                      "--method", "gradcam", "--target-mode", "contrastive", "--device", "cpu"])
+    assert result.exit_code == 1 and "--target-mode contrastive is an LRP mode: gradcam has none" in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
