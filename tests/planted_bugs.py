@@ -209,6 +209,9 @@ PLANTS: tuple[Plant, ...] = (
     Plant("sglrp-drops-p-t", "realtime_lrp/lrp/targets.py",
           "return p_t * (torch.zeros_like(p)", "return (torch.zeros_like(p)",
           ("tests/test_targets.py::test_softmax_gradient_equals_sglrp_from_its_definition",)),
+    Plant("shared-maxpool-pads-zeros", "realtime_lrp/lrp/rules/pools.py",
+          "pad[0], pad[0] + extra[0]), value=-torch.inf)", "pad[0], pad[0] + extra[0]), value=0.0)",
+          ("tests/test_maxpool_ties.py::test_shared_equals_the_per_window_reference",)),
 )
 
 
