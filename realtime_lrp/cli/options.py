@@ -94,7 +94,7 @@ def weights_option(func):
 def processing_options(func: F) -> F:
     """Options shared by ``video``, ``explain`` and ``webcam``: model, LRP method, rendering, device.
 
-    The command receives them as keyword arguments ``weights, preset, method, target_mode, top_k, target, size,
+    The command receives them as keyword arguments ``weights, preset, top_k, target, size,
     cmap, layout, alpha, device, threads``; :func:`build_processor` sets the threads and
     hands the rest to ``FrameProcessor.from_options``.
     """
@@ -102,12 +102,6 @@ def processing_options(func: F) -> F:
         weights_option,
         click.option("--preset", type=click.Choice(PRESET_NAMES), default="epsilon-plus-flat",
                      show_default=True, help="LRP rule preset (see rtlrp presets)."),
-        click.option("--method", type=click.Choice(["lrp", "gradcam", "gradcam++", "layercam"]), default="lrp",
-                     show_default=True, help="LRP, or a CAM method on the last conv stage (for comparison)."),
-        click.option("--target-mode", type=click.Choice(["plain", "contrastive", "softmax-gradient"]),
-                     default="plain", show_default=True,
-                     help="LRP's start: plain, contrastive (CLRP: what speaks for the class and not the others)"
-                          " or softmax-gradient (SGLRP)."),
         click.option("--top-k", type=click.FloatRange(0, 1), default=0.02, show_default=True,
                      help="Fraction of relevance kept before each layer (filtered LRP); 0 turns the filter off."),
         click.option("--target", default=None, metavar="CLASS",

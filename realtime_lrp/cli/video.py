@@ -95,7 +95,7 @@ def video_command(sources: tuple[Path, ...], out: Path | None, out_dir: Path | N
 def _video_processor(options: dict[str, Any], console: Console) -> Any:
     """The processor for ``rtlrp video``: the captured fast path on CUDA, the plain one elsewhere."""
     processor = build_processor(options, console)
-    if processor.device.type == "cuda" and processor.method == "lrp":  # CAM needs autograd: not captured
+    if processor.device.type == "cuda":
         from realtime_lrp.pipeline.fast import FastProcessor
 
         processor = FastProcessor(processor, notice=lambda msg: console.print(msg, style="yellow"))

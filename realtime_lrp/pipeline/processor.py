@@ -158,8 +158,7 @@ class FrameProcessor:
     def __init__(self, model: torch.nn.Module, card: Mapping[str, Any], *, preset: str = "epsilon-plus-flat",
                  top_k: float = 0.02, target: str | int | None = None, size: tuple[int, int] | None = None,
                  cmap: str | None = None, layout: str = "overlay", alpha: float = 0.6,
-                 smooth: float = 0.0, device: str = "auto", notice: Notice | None = None, method: str = "lrp",
-                 target_mode: str = "plain") -> None:
+                 smooth: float = 0.0, device: str = "auto", notice: Notice | None = None) -> None:
         if layout not in render.LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(render.LAYOUTS)}")
         if not 0.0 <= alpha <= 1.0:
@@ -173,8 +172,8 @@ class FrameProcessor:
         self.device, self.dtype = select_device(device, notice)
         self.model = model if not model.training else copy.deepcopy(model).eval()  # the caller's stays as it is
         check_input_size(self.model, card, self.size)
-        self.method, self.target_mode = method, target_mode
-        self.lrp = self._explainer(method, preset, top_k, target_mode)
+        self.lrp = LRP(self.model, preset=preset, top_k=top_k, mean=card["mean"], std=card["std"], dtype=self.dtype,
+                       device=self.device)
         self.preset = preset
         self._cmap: str | None = None
         self.cmap = cmap
@@ -182,23 +181,6 @@ class FrameProcessor:
         self.alpha = alpha
         self.scale = render.StableScale()
         self.smoother = MapSmoother(smooth, self.size, self.device)
-
-    def _explainer(self, method: str, preset: str, top_k: float, target_mode: str) -> Any:
-        """The LRP engine, or for ``method`` gradcam, gradcam++ or layercam the CAM method
-        (:class:`realtime_lrp.lrp.cam.CAM`, same call and result) on a copy of the model on
-        the device, in the dtype."""
-        from realtime_lrp.lrp.cam import CAM, CAM_METHODS
-
-        if method == "lrp":
-            return LRP(self.model, preset=preset, top_k=top_k, mean=self.card["mean"], std=self.card["std"],
-                       dtype=self.dtype, device=self.device, target_mode=target_mode)
-        if method not in CAM_METHODS:
-            raise ValueError(f"unknown method {method!r}; choose from lrp, {', '.join(CAM_METHODS)}")
-        if target_mode != "plain":
-            raise ValueError(f"--target-mode {target_mode} is an LRP mode: {method} has none")
-        runner = copy.deepcopy(self.model).to(self.device, self.dtype).eval()
-        probe = torch.zeros(1, int(self.card["input_channels"]), *self.size, device=self.device, dtype=self.dtype)
-        return CAM(runner, method, probe)
 
     def reset(self) -> None:
         """Start a new stream: forget the running colour scale and smoothed map of the previous one."""

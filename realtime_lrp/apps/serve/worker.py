@@ -151,8 +151,7 @@ class Worker:
         if preset not in self._processors:
             base = self.base
             self._processors[preset] = FrameProcessor(base.model, base.card, preset=preset, top_k=base.top_k,
-                                                      target=base.target, size=base.size, device=str(base.device),
-                                                      method=base.method, target_mode=base.target_mode)
+                                                      target=base.target, size=base.size, device=str(base.device))
         return self._processors[preset]
 
     def _explain(self, key: tuple[str, float], group: list[tuple[Stream, Job]]) -> None:
