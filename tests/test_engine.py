@@ -212,6 +212,26 @@ def test_unsupported_layer_is_named() -> None:
         LRP(model)
 
 
+class _Concat(nn.Module):
+    """Two conv branches joined by torch.cat (as in DenseNet or Inception)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3)
+        self.b = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(torch.cat([self.a(x), self.b(x)], 1), 1))
+
+
+class _Product(_Concat):
+    """The product of two conv branches, neither a gate of the other."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.a(x) * self.b(x), 1))
+
+
 class _Attention(nn.Module):
     """A conv followed by self-attention."""
 
@@ -223,24 +243,27 @@ class _Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
-        return self.fc(self.attn(y, y, y)[0])
+        return self.fc(self.attn(y, y, y)[1])  # the attention weights, which no rule explains
 
 
 @pytest.mark.parametrize("model, message", [
     (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.LPPool2d(2, 2), nn.Flatten(), nn.Linear(36, 2)),
      r"'1' \(LPPool2d\)"),
+    (_Product, r"'mul' \(operator\.mul of two tensors, neither a sigmoid gate computed from the other"),
+    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.PReLU(), nn.Flatten(), nn.Linear(144, 2)), r"'1' \(PReLU\)"),
     (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm([4, 6, 6]), nn.Flatten(), nn.Linear(144, 2)),
-     r"'1' \(LayerNorm\)"),
-    (_Attention, r"'attn' \(MultiheadAttention\)"),
+     r"'1' \(LayerNorm over 3 dims"),
+    (_Attention, r"'attn' \(MultiheadAttention whose attention weights are used\)"),
 ])
 def test_unsupported_node_is_named(model, message: str) -> None:
     with pytest.raises(UnsupportedModelError, match="no LRP rule for node " + message):
         LRP(model().eval())
 
 
-def test_batch_norm_without_a_conv_before_it_is_refused() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 2))
-    with pytest.raises(UnsupportedModelError, match=r"batch norm '2' does not follow a Conv2d"):
+def test_batch_norm_neither_after_a_conv_nor_mergeable_to_the_right_is_refused() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(36, 2))
+    with pytest.raises(UnsupportedModelError, match=r"batch norm '2' follows no Conv2d and leads to no Conv2d"):
         LRP(model.eval())
 
 

@@ -7,18 +7,41 @@ well-behaved client on the same server keeps getting its frames.
 """
 from __future__ import annotations
 
+import base64
 import io
+import json
+import os
+import socket
+import threading
 import time
+import zlib
+from contextlib import ExitStack, suppress
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from test_serve import SNEAKER, TROUSER, closed_with, frame_message, hello_of, item_jpeg, round_trip, ws_url
+from test_serve import (
+    SNEAKER,
+    TROUSER,
+    ServeProcess,
+    closed_with,
+    frame_message,
+    hello_of,
+    item_jpeg,
+    round_trip,
+    stats,
+    ws_url,
+)
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from realtime_lrp.apps.sample import CLASSES
+from realtime_lrp.apps.serve.bench import run_load
 from realtime_lrp.apps.serve.jpeg import MAX_SCANS, JpegError, inspect
-from realtime_lrp.apps.serve.protocol import Limits, ProtocolError, Settings, decode_frame, parse_text
+from realtime_lrp.apps.serve.protocol import Limits, ProtocolError, Settings, decode_frame, decode_result, parse_text
 from realtime_lrp.apps.serve.server import LrpServer
 from realtime_lrp.pipeline.processor import FrameProcessor
 
@@ -228,3 +251,269 @@ def test_permessage_deflate_is_not_offered(server: LrpServer) -> None:
     with connect(ws_url(server.url)) as ws:  # the client offers it (websockets does by default)
         assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
         hello_of(ws)
+
+
+# -- floods, slow decoding, leaving early, idling ----------------------------------------------------
+
+def own_server(**limits) -> LrpServer:
+    return LrpServer(FrameProcessor.from_options(weights="shipped", device="cpu"), port=0, limits=Limits(**limits))
+
+
+def wait_until(check, seconds: float = 30.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_client_far_over_its_rate_is_disconnected() -> None:
+    with own_server(max_fps=5) as srv:
+        srv.start()
+        with connect(ws_url(srv.url), max_queue=None) as flood, connect(ws_url(srv.url)) as good:
+            hello_of(flood), hello_of(good)
+            jpeg = item_jpeg(TROUSER)
+            with suppress(ConnectionClosed):  # the server closes it mid-flood
+                for ident in range(1, 5000):  # 100 times the rate, for at most 10 s
+                    flood.send(frame_message(ident, jpeg))
+                    time.sleep(0.002)
+            code, reason = closed_with(flood)
+            assert code == 1008 and "far over 5 frames/s" in reason, (code, reason)
+            assert round_trip(good, 1, item_jpeg(SNEAKER))[0]["class"] == "Sneaker"
+
+
+def test_an_idle_client_is_closed_and_frees_its_slot() -> None:
+    with own_server(idle_seconds=1.5, max_clients=1) as srv:
+        srv.start()
+        with connect(ws_url(srv.url)) as idle:
+            hello_of(idle)
+            code, reason = closed_with(idle)
+        assert code == 1000 and "idle for 1.5 s" in reason
+        with connect(ws_url(srv.url)) as again:  # its place is free
+            hello_of(again)
+            assert round_trip(again, 1, item_jpeg(TROUSER))[0]["class"] == "Trouser"
+
+
+class SlowDecoding(list):
+    """The ids of the frames decoded, each of which took ``delay`` seconds, as a costly JPEG would."""
+
+    delay = 0.3
+
+
+@pytest.fixture()
+def slow_decoding(monkeypatch) -> SlowDecoding:
+    from realtime_lrp.apps.serve import app
+
+    decoded = SlowDecoding()
+
+    def slow(data: bytes, limits: Limits) -> np.ndarray:
+        time.sleep(decoded.delay)
+        decoded.append(int.from_bytes(data[:4], "big"))
+        return decode_frame(data, limits)
+
+    monkeypatch.setattr(app, "decode_frame", slow)
+    return decoded
+
+
+def test_a_client_that_leaves_frees_its_slot_at_once_and_its_queued_frames_are_not_decoded(slow_decoding) -> None:
+    with own_server(max_fps=1000, max_clients=1) as srv:
+        srv.start()
+        with connect(ws_url(srv.url)) as leaving:
+            hello_of(leaving)
+            for ident in range(1, 41):
+                leaving.send(frame_message(ident, item_jpeg(TROUSER)))
+        assert wait_until(lambda: not srv.hub.clients, 5.0), "the slot was still held 5 s after its client left"
+        assert len(slow_decoding) <= 3, slow_decoding  # the one in hand, not the 40 sent (12 s of decoding)
+        with connect(ws_url(srv.url)) as next_client:
+            hello_of(next_client)
+            assert round_trip(next_client, 1, item_jpeg(SNEAKER))[0]["class"] == "Sneaker"
+
+
+def test_a_client_whose_frames_take_too_long_to_decode_is_closed(slow_decoding) -> None:
+    with own_server(max_fps=1000, decode_share=0.05) as srv:
+        srv.start()
+        with connect(ws_url(srv.url)) as ws:
+            hello_of(ws)
+            with pytest.raises(ConnectionClosed):
+                for ident in range(1, 60):
+                    round_trip(ws, ident, item_jpeg(TROUSER))
+            code, reason = closed_with(ws)
+        assert code == 1008 and "of decoding a second" in reason, (code, reason)
+        assert 6 <= len(slow_decoding) <= 12  # a 2 s burst of 0.3 s decodes, then the budget is spent
+
+
+def test_stopping_while_frames_are_being_decoded_leaves_no_traceback(slow_decoding, capfd) -> None:
+    """What SIGTERM and SIGINT do (LrpServer.close), with a decode in hand that outlasts uvicorn's grace period."""
+    slow_decoding.delay = 4.0
+    srv = own_server(max_fps=1000)
+    try:
+        srv.start()
+        with ExitStack() as opened:
+            clients = [opened.enter_context(connect(ws_url(srv.url))) for _ in range(3)]
+            for ws in clients:
+                hello_of(ws)
+                for ident in range(1, 4):
+                    ws.send(frame_message(ident, item_jpeg(TROUSER)))
+            assert wait_until(lambda: sum(c.received for c in srv.hub.clients) == 9)
+            srv.close()
+            for ws in clients:
+                assert closed_with(ws)[0] == 1012
+    finally:
+        srv.close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "CancelledError" not in err, err[-2000:]
+
+
+# -- presets ---------------------------------------------------------------------------------------
+
+def test_every_preset_is_built_at_start_up_and_none_on_a_switch(monkeypatch) -> None:
+    """Building a preset's processor when a client first picks it stalled every client while it was built."""
+    from realtime_lrp.apps.serve.worker import Worker
+    from realtime_lrp.lrp.presets import PRESET_NAMES
+
+    built = []
+    make = Worker._make
+
+    def counted(self, preset: str):
+        built.append(preset)
+        return make(self, preset)
+
+    monkeypatch.setattr(Worker, "_make", counted)
+    with own_server(max_fps=1000) as srv:
+        srv.start()
+        assert srv.worker.ready() == set(PRESET_NAMES)
+        at_start = list(built)
+        with connect(ws_url(srv.url)) as chooser, connect(ws_url(srv.url)) as other:
+            hello_of(chooser), hello_of(other)
+            for ident, preset in enumerate(PRESET_NAMES, start=1):
+                chooser.send(json.dumps({"type": "settings", "preset": preset}))
+                assert round_trip(chooser, ident, item_jpeg(TROUSER))[0]["preset"] == preset
+                assert round_trip(other, ident, item_jpeg(SNEAKER))[0]["class"] == "Sneaker"
+        assert built == at_start, "a processor was built while clients were being served"
+
+
+# -- the load test -------------------------------------------------------------------------------
+
+def rss_mb(pid: int) -> float:
+    """The resident memory of process ``pid`` in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def compressed_frame(url: str) -> int:
+    """Open ``/ws`` by hand, offering permessage-deflate, then send a 2 MiB frame of zeros compressed to
+    2 KB, as if it had been accepted; the close code the server answers with."""
+    parts = urlsplit(ws_url(url))
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as raw:
+        key = base64.b64encode(os.urandom(16)).decode()
+        raw.sendall((f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+                     f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                     "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += raw.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101") and b"permessage-deflate" not in head.lower(), head
+        squeezer = zlib.compressobj(9, zlib.DEFLATED, -15)
+        payload = squeezer.compress(b"\x00\x00\x00\x01" + bytes(2 * 1024 * 1024)) + squeezer.flush(zlib.Z_SYNC_FLUSH)
+        payload = payload[:-4]
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        raw.sendall(bytes([0x80 | 0x40 | 0x2, 0x80 | 126]) + len(payload).to_bytes(2, "big") + mask + masked)
+        data = head.split(b"\r\n\r\n", 1)[1]
+        while True:
+            while len(data) >= 2 and data[0] & 0x0F != 0x8:  # skip the hello
+                size = data[1] & 0x7F
+                offset = 2 if size < 126 else (4 if size == 126 else 10)
+                size = size if size < 126 else int.from_bytes(data[2:offset], "big")
+                if len(data) < offset + size:
+                    break
+                data = data[offset + size:]
+            if len(data) >= 4 and data[0] & 0x0F == 0x8:
+                return int.from_bytes(data[2:4], "big")
+            chunk = raw.recv(65536)
+            if not chunk:
+                return 1006
+            data += chunk
+
+
+def test_under_attack_a_good_client_keeps_its_frames_and_the_attackers_are_closed(tmp_path: Path) -> None:
+    """One well-behaved client (the page's pace: one frame in flight, 30 frames/s at most), first alone, then
+    beside the attacks: scan bombs, floods of large frames from clients that then vanish, floods over the
+    rate, deep JSON, compressed frames. Prints its rate and latency and the server's memory; asserts the good
+    client is served throughout and each attacker is closed with its code."""
+    served = ServeProcess([], tmp_path)
+    pid = served.proc.pid
+    try:
+        alone = run_load(served.url, 1, 3.0)
+        memory = {"start": rss_mb(pid)}
+        closes: dict[str, list[int]] = {}
+        big = cv2.imencode(".jpg", noise(480, 640), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+
+        def attacker(name: str, message, repeat: int = 3, max_size: int | None = None) -> None:
+            for _ in range(repeat):
+                with connect(ws_url(served.url), max_size=max_size, max_queue=None) as ws:  # it reads nothing
+                    hello_of(ws)
+                    with suppress(ConnectionClosed):  # the server closes it mid-flood
+                        for _ in range(1 if not callable(message) else 1_000_000):
+                            ws.send(message() if callable(message) else message)
+                            time.sleep(0.003 if callable(message) else 0)  # 10 times the rate
+                    closes.setdefault(name, []).append(closed_with(ws)[0])
+
+        def vanishing() -> None:  # large frames as fast as the socket takes them, then gone without a close
+            for _ in range(6):
+                raw = socket.create_connection(("127.0.0.1", urlsplit(served.url).port))
+                ws = connect(ws_url(served.url), sock=raw, max_size=None).__enter__()
+                began = time.monotonic()
+                with suppress(Exception):
+                    ident = 0
+                    while time.monotonic() - began < 0.5:
+                        ident += 1
+                        ws.send(frame_message(ident, big))
+                raw.shutdown(socket.SHUT_RDWR)
+                raw.close()
+                vanished.append(ident)
+
+        ident = iter(range(1, 10**9))
+        vanished: list[int] = []  # frames each vanishing client sent
+        attacks = [
+            threading.Thread(target=attacker, args=("scan bomb", frame_message(1, scan_bomb()))),
+            threading.Thread(target=attacker, args=("deep JSON", "[" * 2000 + "]" * 2000)),
+            threading.Thread(target=attacker, args=("over the rate", lambda: frame_message(next(ident),
+                                                                                         item_jpeg(TROUSER)))),
+            *[threading.Thread(target=vanishing) for _ in range(4)],
+            threading.Thread(target=lambda: closes.setdefault("compressed", []).extend(
+                compressed_frame(served.url) for _ in range(3))),
+        ]
+        good: list = []
+        watcher = threading.Thread(target=lambda: good.append(run_load(served.url, 1, 10.0)))
+        watcher.start()
+        for thread in attacks:
+            thread.start()
+        peak = memory["start"]
+        while watcher.is_alive():
+            peak = max(peak, rss_mb(pid))
+            time.sleep(0.1)
+        for thread in attacks:
+            thread.join(60)
+        memory["peak"] = peak
+        assert wait_until(lambda: not stats(served.url)["clients"], 10), stats(served.url)["clients"]
+        memory["after"] = rss_mb(pid)
+        after = run_load(served.url, 1, 2.0)
+    finally:
+        assert served.stop() == 143
+    for name, load in (("alone", alone), ("under attack", good[0]), ("after", after)):
+        client = load.results[0]
+        print(f"good client {name}: {client.frames} frames, {client.fps:.1f} frames/s, round trip p50"
+              f" {np.percentile(client.latencies_ms, 50):.1f} ms, p95 {np.percentile(client.latencies_ms, 95):.1f} ms")
+    print(f"server memory: {memory['start']:.0f} MB before the attacks, peak {memory['peak']:.0f} MB,"
+          f" {memory['after']:.0f} MB after; {len(vanished)} clients vanished after sending {sum(vanished)} frames"
+          f" of {len(big) // 1024} KB; closes: {closes}")
+    for load in (alone, good[0], after):
+        assert load.errors == [] and load.results[0].frames >= 3 and load.results[0].labels <= set(CLASSES)
+    assert closes["scan bomb"] == [1007] * 3 and closes["deep JSON"] == [1007] * 3
+    assert closes["over the rate"] == [1008] * 3
+    assert closes["compressed"] == [1002] * 3 and len(vanished) == 24
+    assert "Traceback" not in served.stderr

@@ -13,11 +13,19 @@ How a run ends decides where its frames go:
   frames in flight are finished, and the playable ``NAME.partial.EXT`` keeps them;
 - a processing error: the same, and :class:`PartialOutput` says where;
 - a failed write (full disk): nothing is kept, :class:`~realtime_lrp.media.writer.WriterError`;
-- the input breaks early: the output is complete for what the input held, and
-  :attr:`VideoResult.missing` counts the frames its header announced but never came.
+- the input breaks early (a decoder or demuxer error, fewer packets than its index says):
+  the output is complete for what the input held, :attr:`VideoResult.truncated` is set and
+  :attr:`VideoResult.missing` counts the frames its header announced but never came. A
+  count that differs without a break (an MP4 edit list) is only a notice.
+
+Frames come upright (:mod:`~realtime_lrp.media.reader` applies the display matrix) and the
+output is written with the rotated pixels and no display matrix, so it plays as the input
+does. A frame whose size differs from the first one's (an MPEG-TS that switches resolution,
+concatenated clips) is letterboxed to the first size, said once with its frame number.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -27,14 +35,22 @@ from typing import Any, Callable
 
 import numpy as np
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
-from realtime_lrp.pipeline.processor import FrameProcessor
 from realtime_lrp.media.reader import DEFAULT_FPS, Frame, InputError, VideoReader
+from realtime_lrp.media.writer import FrameSizeError, VideoWriter, WriterError, read_comment
+from realtime_lrp.pipeline.processor import FrameProcessor
 from realtime_lrp.util.signals import Deferred
-from realtime_lrp.media.writer import VideoWriter, WriterError, read_comment
 
 __all__ = ["FileOutcome", "InputError", "PartialOutput", "VideoResult", "process_video", "process_videos",
            "video_progress"]
@@ -64,6 +80,7 @@ class VideoResult:
     signum: int | None = None
     missing: int = 0
     input_error: str | None = None
+    truncated: bool = False
 
     @property
     def interrupted(self) -> bool:
@@ -81,15 +98,41 @@ def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
     return False
 
 
+def letterbox(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` scaled to fit (width, height) ``size`` with its aspect kept, centred on black."""
+    import cv2
+
+    w, h = size
+    ih, iw = image.shape[:2]
+    scale = min(w / iw, h / ih)
+    nw, nh = max(1, min(w, round(iw * scale))), max(1, min(h, round(ih * scale)))
+    resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    out = np.zeros((h, w, 3), np.uint8)
+    x, y = (w - nw) // 2, (h - nh) // 2
+    out[y:y + nh, x:x + nw] = resized
+    return out
+
+
 class _Reader(threading.Thread):
-    def __init__(self, reader: VideoReader, out: queue.Queue, stop: threading.Event):
+    def __init__(self, reader: VideoReader, out: queue.Queue, stop: threading.Event,
+                 notice: Callable[[str], None]):
         super().__init__(name="rtlrp-reader", daemon=True)
-        self.reader, self.out, self.stop = reader, out, stop
+        self.reader, self.out, self.stop, self.notice = reader, out, stop, notice
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        size = self.reader.info.size
+        said = False
         try:
-            for frame in self.reader.frames():
+            for index, frame in enumerate(self.reader.frames()):
+                h, w = frame.image.shape[:2]
+                if (w, h) != size:
+                    if not said:
+                        said = True
+                        self.notice(f"the input's frame size changes at frame {index} (0-based) from "
+                                    f"{size[0]}x{size[1]} to {w}x{h}: frames of another size are letterboxed"
+                                    f" to {size[0]}x{size[1]}")
+                    frame = Frame(letterbox(frame.image, size), frame.pts)
                 if not _put(self.out, frame, self.stop):
                     return
         except BaseException as exc:  # handed to the main thread
@@ -166,12 +209,15 @@ def process_video(src: str | Path, dst: str | Path, processor: FrameProcessor, b
         raise
     if info.fps_guessed:
         notice(f"{src} does not say its frame rate: writing at {DEFAULT_FPS:g} fps")
+    if info.rotation:
+        notice(f"{src} is shown turned {info.rotation} degrees counter-clockwise (its display matrix): explained"
+               f" upright and written upright as {info.size[0]}x{info.size[1]} pixels, without a display matrix")
     own_stop = stop is None
     stop = Deferred().__enter__() if own_stop else stop
     halt = threading.Event()
     frames_in: queue.Queue = queue.Queue(maxsize=2 * batch + 2)
     frames_out: queue.Queue = queue.Queue(maxsize=2 * batch + 2)
-    read_thread = _Reader(reader, frames_in, halt)
+    read_thread = _Reader(reader, frames_in, halt, notice)
     write_thread = _Writer(writer, frames_out)
     task = progress.add_task("explaining", total=info.frame_count or None) if progress is not None else None
     failure: BaseException | None = None
@@ -203,7 +249,7 @@ def process_video(src: str | Path, dst: str | Path, processor: FrameProcessor, b
         if own_stop:
             stop.__exit__(None, None, None)
     failure = write_thread.error or failure
-    if isinstance(failure, WriterError):
+    if isinstance(failure, WriterError) and not isinstance(failure, FrameSizeError):
         writer.discard()
         raise failure
     if failure is not None:
@@ -215,8 +261,12 @@ def process_video(src: str | Path, dst: str | Path, processor: FrameProcessor, b
     output = writer.keep_partial() if stop.requested else writer.finish()
     if task is not None:
         progress.update(task, completed=writer.frames, total=None if stop.requested else writer.frames)
+    if not stop.requested and reader.count_mismatch:
+        notice(f"{src} announces {info.frame_count} frames and delivered {reader.frames_read} without an error"
+               " (an edit list or a dropped damaged frame): all of them were explained")
+    truncated = not stop.requested and reader.truncated
     return VideoResult(writer.frames, info.frame_count, info.fps, writer.size, time.perf_counter() - start,
-                       output, stop.signum, 0 if stop.requested else reader.missing, reader.error)
+                       output, stop.signum, reader.missing if truncated else 0, reader.error, truncated)
 
 
 @dataclass(frozen=True)
@@ -254,8 +304,9 @@ def process_videos(sources: list[Path], out_dir: Path, processor: FrameProcessor
     """Explain this process's share of ``sources`` into ``out_dir``, skipping finished outputs.
 
     A file whose output is already there, made with the same ``settings``, is skipped, so a
-    rerun resumes. A failing file is recorded and the next one started; a signal ends the run
-    after the current file's frames in flight.
+    rerun resumes. A file that fails in any way (a bad input, a full disk, out of memory) is
+    recorded and the next one started; a signal ends the run after the current file's frames
+    in flight.
     """
     notice = notice or (lambda _msg: None)
     outcomes = []
@@ -266,35 +317,124 @@ def process_videos(sources: list[Path], out_dir: Path, processor: FrameProcessor
         if already_done(out, settings):
             outcomes.append(FileOutcome(src, out, "skipped", message="already done with these settings"))
             continue
-        processor.reset()
         try:
+            processor.reset()
             result = process_video(src, out, processor, batch, progress, notice, stop, codec, crf, settings)
-        except (InputError, WriterError, PartialOutput) as exc:
-            outcomes.append(FileOutcome(src, out, "failed", message=str(exc)))
+        except Exception as exc:  # any failure of one input (out of memory too) is its row; the others go on
+            outcomes.append(FileOutcome(src, out, "failed", message=one_line(exc)))
             continue
         if result.interrupted:
             outcomes.append(FileOutcome(src, result.output or out, "interrupted", result.frames, result.seconds,
                                         f"{result.frames} frames kept in {result.output}" if result.output else ""))
             break
-        status = "truncated" if result.missing else "done"
-        message = f"input ended {result.missing} frames early" if result.missing else ""
+        status = "truncated" if result.truncated else "done"
+        message = f"input ended {result.missing} frames early" if result.truncated else ""
         outcomes.append(FileOutcome(src, out, status, result.frames, result.seconds, message))
     return outcomes
 
 
-def gather(outcomes: list[FileOutcome], world: int) -> list[FileOutcome] | None:
-    """Every process's outcomes on rank 0 (None on the others); a no-op for one process."""
-    if world == 1:
-        return outcomes
-    import torch.distributed as dist
+def one_line(error: BaseException) -> str:
+    """An error as the one line a table row or a message shows."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    everything: list[list[FileOutcome] | None] = [None] * world
-    dist.all_gather_object(everything, outcomes)
-    rank = dist.get_rank()
-    dist.destroy_process_group()
-    return [o for part in everything for o in (part or [])] if rank == 0 else None
+
+RANK_TIMEOUT_S = float(os.environ.get("RTLRP_RANK_TIMEOUT", "120"))  # a rank silent this long is lost
+
+
+class Ranks:
+    """The processes of a ``torchrun`` run, joined at the start and gathered at the end, never forever.
+
+    :meth:`start` joins the process group (gloo, bounded by ``timeout``) and starts a heartbeat
+    thread that counts up a key in the rendezvous store every second. :meth:`gather` posts this
+    rank's outcomes to the store; rank 0 waits for every other rank's, as long as its heartbeat
+    goes on (a long file is not a hang), and gives up on a rank silent for ``timeout`` seconds,
+    listing its share as lost. No collective waits on a rank that failed or died.
+    """
+
+    def __init__(self, rank: int, world: int, timeout: float = RANK_TIMEOUT_S) -> None:
+        self.rank, self.world, self.timeout = rank, world, timeout
+        self.store: Any = None
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def start(self) -> "Ranks":
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        if self.world == 1:
+            return self
+        store, _, _ = next(dist.rendezvous("env://", timeout=timedelta(seconds=self.timeout)))
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", store=store, rank=self.rank, world_size=self.world,
+                                    timeout=timedelta(seconds=self.timeout))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        self.store = dist.PrefixStore(f"rtlrp-video/{attempt}/", store)
+        self._beat = threading.Thread(target=self._heartbeat, name="rtlrp-heartbeat", daemon=True)
+        self._beat.start()
+        return self
+
+    def _heartbeat(self) -> None:
+        try:
+            while not self._stop.wait(1.0):
+                self.store.add(f"beat/{self.rank}", 1)
+        except Exception:  # the store went away with rank 0: nothing left to tell
+            return
+
+    def _post(self, outcomes: list[FileOutcome]) -> None:
+        import json
+
+        rows = [{**o.__dict__, "src": str(o.src), "out": str(o.out)} for o in outcomes]
+        self.store.set(f"outcomes/{self.rank}", json.dumps(rows))
+
+    def _collect(self, rank: int) -> list[FileOutcome] | None:
+        """Rank ``rank``'s outcomes, or None once its heartbeat has stopped for ``timeout`` seconds."""
+        import json
+
+        key, beat = f"outcomes/{rank}", f"beat/{rank}"
+        last, since = None, time.monotonic()
+        while not self.store.check([key]):
+            count = self.store.add(beat, 0)
+            if count != last:
+                last, since = count, time.monotonic()
+            elif time.monotonic() - since > self.timeout:
+                return None
+            time.sleep(0.2)
+        rows = json.loads(self.store.get(key))
+        return [FileOutcome(**{**r, "src": Path(r["src"]), "out": Path(r["out"])}) for r in rows]
+
+    def gather(self, outcomes: list[FileOutcome], sources: list[Path], out_dir: Path,
+               codec: str | None = None, wait: bool = True) -> list[FileOutcome] | None:
+        """Every rank's outcomes on rank 0 (None on the others, and on every rank without ``wait``:
+        an interrupted run only posts its own); a rank lost on the way has its share listed as failed."""
+        if self.world == 1:
+            return outcomes
+        self._post(outcomes)
+        if self.rank != 0 or not wait:
+            self.close()
+            return None
+        everything = list(outcomes)
+        for rank in range(1, self.world):
+            part = self._collect(rank)
+            if part is None:
+                part = [FileOutcome(src, output_for(src, out_dir, codec), "failed",
+                                    message=f"rank {rank} stopped answering for {self.timeout:g} s before it"
+                                            " reported (killed or hung)") for src in share(sources, rank, self.world)]
+            everything += part
+        self.close()
+        return everything
+
+    def close(self) -> None:
+        """Stop the heartbeat and leave the process group."""
+        import torch.distributed as dist
+
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+            self._beat = None
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 class _FpsColumn(ProgressColumn):

@@ -40,6 +40,7 @@
   let lastSend = 0;
   let pumpTimer = null;
   let retryDelay = 1000;
+  let idleClosed = false;   // closed for idleness: connect again when there is something to send
   const latencies = [];
   const arrivals = [];
 
@@ -70,7 +71,11 @@
       state.connected = false;
       state.closed = {code: event.code, reason: event.reason};
       inFlight = null;
-      if (!hello && event.code === 1006) {
+      idleClosed = event.code === 1000;
+      if (idleClosed) {
+        showMessage('The server closed the connection after a while without frames; it reconnects when ' +
+                    'there is a frame to send (pick an image, change a setting, or use the camera).', 'info');
+      } else if (!hello && event.code === 1006) {
         showMessage('The server refused this page or cannot be reached. Open the URL with ?token=… that ' +
                     'rtlrp serve printed when it started.');
       } else {
@@ -327,6 +332,12 @@
   }
 
   function pump() {
+    if (idleClosed && source && ws && ws.readyState === WebSocket.CLOSED) {
+      idleClosed = false;
+      hello = null;
+      connect();  // its hello sends the settings and the source's frame again
+      return;
+    }
     if (!ws || ws.readyState !== WebSocket.OPEN || !hello || hello.mode !== 'camera' || !source) return;
     const now = performance.now();
     if (inFlight) {

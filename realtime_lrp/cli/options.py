@@ -18,6 +18,31 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class BadValue(click.ClickException):
+    """An option value that cannot work here: one line (``Error: ...``) and exit 2, like a usage error."""
+
+    exit_code = 2
+
+
+def check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N; an explicit CUDA device that is not there is refused
+    (``auto`` falls back to the CPU and says so)."""
+    text = str(value).strip().lower()
+    index = text.partition(":")[2]
+    if text not in ("auto", "cpu", "cuda") and not (text.startswith("cuda:") and index.isdigit()):
+        raise BadValue(f"--device {value}: use auto, cpu, cuda or cuda:N")
+    if text.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BadValue(f"--device {value}: CUDA is not available here (no NVIDIA GPU or driver, or a CPU-only"
+                           " torch); use --device auto (falls back to the CPU) or --device cpu")
+        if index and int(index) >= torch.cuda.device_count():
+            raise BadValue(f"--device {value}: this machine has {torch.cuda.device_count()} CUDA device(s),"
+                           f" cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return text
+
+
 def size_pair(text: str) -> list[int]:
     """``32`` → [32, 32]; ``64x48`` (width x height) → [48, 64]."""
     parts = text.lower().split("x")
@@ -95,7 +120,7 @@ def processing_options(func: F) -> F:
     """Options shared by ``video``, ``explain`` and ``webcam``: model, LRP method, rendering, device.
 
     The command receives them as keyword arguments ``weights, preset, top_k, target, size,
-    cmap, layout, alpha, device, threads``; :func:`build_processor` sets the threads and
+    fit, cmap, layout, alpha, legend, device, threads``; :func:`build_processor` sets the threads and
     hands the rest to ``FrameProcessor.from_options``.
     """
     options = [
@@ -107,16 +132,24 @@ def processing_options(func: F) -> F:
         click.option("--target", default=None, metavar="CLASS",
                      help="Class to explain: top1 (default), softmax, a class index or a class name."),
         click.option("--size", default=None, metavar="N|WxH", callback=check_size,
-                     help="Processing size the whole frame is resized to; default: the model's input size."),
+                     help="Processing size the frame is fitted to; default: the model's input size."),
+        click.option("--fit", type=click.Choice(["crop", "squash", "pad"]), default=None,
+                     help="How a frame meets the processing size: centre crop to its aspect, squash the whole"
+                          " frame, or pad it (letterbox); default: crop for ImageNet models, else squash."
+                          " The map is shown over the region the model saw."),
         click.option("--cmap", default=None, metavar="NAME", callback=check_cmap,
-                     help="Colour map: hot, diverging, or an OpenCV map (inferno, turbo, viridis, jet, ...);"
-                          " default: hot for positive-only presets, diverging for signed ones."),
+                     help="Colour map: fire, signed, hot, diverging, or an OpenCV map (inferno, turbo, viridis,"
+                          " jet, ...); default: fire for positive-only presets, signed for signed ones (both stay"
+                          " visible on light and dark frames)."),
         click.option("--layout", type=click.Choice(["overlay", "side", "heatmap"]), default="overlay",
                      show_default=True, help="Map over the frame, frame and map side by side, or the map alone."),
         click.option("--alpha", type=click.FloatRange(0, 1), default=0.6, show_default=True,
                      help="Strength of the overlay."),
-        click.option("--device", default="auto", show_default=True,
-                     help="auto, cuda, cuda:N or cpu. CUDA runs in fp16; the CPU in fp32."),
+        click.option("--legend", is_flag=True, default=False,
+                     help="Draw the colour scale's legend (what the colours mean) on every frame."),
+        click.option("--device", default="auto", show_default=True, callback=check_device,
+                     help="auto, cuda, cuda:N or cpu. CUDA runs in fp16; the CPU in fp32. auto falls back to the"
+                          " CPU (and says so); an explicit cuda without CUDA is an error."),
         click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="CPU threads for torch; default: all cores but two (at least one), which leaves"
                           " room for decoding and encoding."),
@@ -166,25 +199,41 @@ def stderr_console() -> Console:
 
 def codec_options(func: F) -> F:
     """``--codec`` and ``--crf``, shared by ``video`` and ``webcam --record``."""
-    func = click.option("--crf", type=click.IntRange(0, 63), default=None,
-                        help="Quality of h264/hevc/vp9 (lower is better and larger); default 23 / 28 / 33.")(func)
+    func = click.option("--crf", type=click.IntRange(0), default=None,
+                        help="Quality of h264/hevc (0-51) or vp9 (0-63); lower is better and larger;"
+                             " default 23 / 28 / 33.")(func)
     return click.option("--codec", type=click.Choice(["h264", "hevc", "vp9", "mjpeg", "h264_nvenc"]), default=None,
                         help="Encoder; default by extension: .mp4/.mov/.m4v/.mkv h264, .webm vp9, .avi mjpeg"
                              " (keeps odd sizes). h264_nvenc falls back to h264 without an NVIDIA driver.")(func)
 
 
-def check_output(out: Path, src: Path | None = None, codec: str | None = None) -> None:
-    """Refuse an output that cannot be written, or that is the input, before any work starts."""
-    from realtime_lrp.media.writer import WriterError, codec_for
+def check_output(out: Path, src: Path | None = None, codec: str | None = None, crf: int | None = None) -> None:
+    """Refuse an output that cannot be written, or that is the input, before any work starts
+    (a --crf out of the codec's range is exit 2)."""
+    from realtime_lrp.media.writer import WriterError, resolve_codec
     from realtime_lrp.util.atomic import OutputError, check_writable, same_file
 
     try:
-        codec_for(out, codec)
+        chosen = resolve_codec(out, codec)
+    except WriterError as exc:
+        raise click.ClickException(str(exc)) from None
+    check_codec_crf(chosen, crf)
+    try:
         if src is not None and (same_file(out, src) or out.absolute() == src.absolute()):
             raise WriterError(f"--out {out} is the input file itself")
         check_writable(out)
     except (WriterError, OutputError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def check_codec_crf(codec: Any, crf: int | None) -> None:
+    """``--crf`` within the range of ``codec`` (a writer ``Codec``), else one line and exit 2."""
+    from realtime_lrp.media.writer import WriterError, check_crf
+
+    try:
+        check_crf(codec, crf)
+    except WriterError as exc:
+        raise BadValue(str(exc)) from None
 
 
 def rank_and_world() -> tuple[int, int, int]:

@@ -22,16 +22,19 @@ from realtime_lrp.cli.options import build_processor, comma_list, processing_opt
               help="Kiosk mode: explain this server-side camera index, device, video file (played in a loop) or"
                    " stream URL, and show it to every page that connects.")
 @click.option("--max-fps", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-              help="Frames per second a client may send; frames over it are answered 'skipped'.")
+              help="Frames per second a client may send; frames over it are answered 'skipped', and a client that"
+                   " keeps sending at more than twice it is closed.")
 @click.option("--max-side", type=click.IntRange(min=8), default=1024, show_default=True,
               help="Largest width or height of a frame a client may send, in pixels.")
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Most clients whose frames are explained together in one batch.")
+@click.option("--idle-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="Seconds a page that sends nothing keeps its place (kiosk pages only watch: no limit).")
 @click.option("--no-token", is_flag=True,
               help="Loopback only: serve without a token, so every user of this machine can connect.")
 @processing_options
 def serve_command(host: str, port: int, tls: tuple[Path, Path] | None, source: str | None, max_fps: float,
-                  max_side: int, batch: int, no_token: bool, **options: object) -> None:
+                  max_side: int, batch: int, idle_timeout: float, no_token: bool, **options: object) -> None:
     """Live LRP in the browser: pages send camera frames over a WebSocket, this machine explains them."""
     from realtime_lrp.apps.serve.auth import is_loopback
     from realtime_lrp.apps.serve.protocol import Limits
@@ -54,8 +57,9 @@ def serve_command(host: str, port: int, tls: tuple[Path, Path] | None, source: s
     processor = build_processor(options, console)
     try:
         server = LrpServer(processor, host=host, port=port, tls=tls or None, source=spec,
-                           limits=Limits(max_fps=max_fps, max_side=max_side), batch=batch,
-                           require_token=not no_token, notice=lambda msg: console.print(msg, style="yellow"))
+                           limits=Limits(max_fps=max_fps, max_side=max_side, idle_seconds=idle_timeout),
+                           batch=batch, require_token=not no_token,
+                           notice=lambda msg: console.print(msg, style="yellow"))
     except ServeError as exc:
         raise click.ClickException(str(exc)) from None
     with server, signals.Deferred() as stop:

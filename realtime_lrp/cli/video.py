@@ -60,7 +60,7 @@ def video_command(sources: tuple[Path, ...], out: Path | None, out_dir: Path | N
     if out_dir is not None:
         return _video_many(list(sources), out_dir, batch, codec, crf, options, console, rank, world)
     src = sources[0]
-    check_output(out, src, codec)
+    check_output(out, src, codec, crf)
     try:
         VideoReader(src).close()
     except InputError as exc:
@@ -85,21 +85,18 @@ def video_command(sources: tuple[Path, ...], out: Path | None, out_dir: Path | N
     speed = result.frames / result.seconds if result.seconds > 0 else 0.0
     console.print(f"Wrote {result.frames} frames ({w}x{h}, {result.fps:.3f} fps), checked by reading them back,"
                   f" to {out} in {result.seconds:.1f} s ({speed:.1f} frames/s)")
-    if result.missing:
-        console.print(f"{src} ended after {result.frames} of the {result.expected} frames its header announces"
-                      f" ({result.missing} missing{': ' + result.input_error if result.input_error else ''}):"
-                      f" {out} holds the {result.frames} frames it had.", style="yellow")
+    if result.truncated:
+        why = f": {result.input_error}" if result.input_error else ""
+        ended = (f"ended after {result.frames} of the {result.expected} frames its header announces"
+                 f" ({result.missing} missing{why})" if result.missing
+                 else f"broke after {result.frames} frames ({result.input_error or 'the container ended early'})")
+        console.print(f"{src} {ended}: {out} holds the {result.frames} frames it had.", style="yellow")
         sys.exit(signals.EXIT_TRUNCATED)
 
 
 def _video_processor(options: dict[str, Any], console: Console) -> Any:
-    """The processor for ``rtlrp video``: the captured fast path on CUDA, the plain one elsewhere."""
-    processor = build_processor(options, console)
-    if processor.device.type == "cuda":
-        from realtime_lrp.pipeline.fast import FastProcessor
-
-        processor = FastProcessor(processor, notice=lambda msg: console.print(msg, style="yellow"))
-    return processor
+    """The processor for ``rtlrp video``: its frame pass is captured on CUDA, eager elsewhere."""
+    return build_processor(options, console)
 
 
 def _video_many(sources: list[Path], out_dir: Path, batch: int, codec: str | None, crf: int | None,
@@ -108,32 +105,40 @@ def _video_many(sources: list[Path], out_dir: Path, batch: int, codec: str | Non
     from rich.console import Console as Output
     from rich.table import Table
 
-    from realtime_lrp.apps.video import gather, output_for, process_videos, video_progress
+    from realtime_lrp.apps.video import FileOutcome, Ranks, one_line, output_for, process_videos, share, video_progress
     from realtime_lrp.util import signals
-    from realtime_lrp.util.atomic import OutputError, check_writable
 
     names = [output_for(src, out_dir, codec) for src in sources]
     clash = next((n for n in names if names.count(n) > 1), None)
     if clash is not None:
         raise click.ClickException(f"two inputs would both be written to {clash}: give inputs with distinct names")
-    try:
-        check_writable(names[0])
-    except OutputError as exc:
-        raise click.ClickException(str(exc)) from None
-    processor = _video_processor(options, console)
+    check_output(names[0], None, codec, crf)
+    ranks = Ranks(rank, world).start()  # every rank joins before any work, so none waits on one that never came
     settings = run_settings(options, codec, crf)
     notice = lambda msg: console.print(msg, style="yellow")  # noqa: E731
     with signals.Deferred() as stop:
-        with video_progress(console) as progress:
-            outcomes = process_videos(sources, out_dir, processor, settings, batch, progress, notice, stop,
-                                      codec, crf, rank, world)
+        try:
+            processor = _video_processor(options, console)
+            with video_progress(console) as progress:
+                outcomes = process_videos(sources, out_dir, processor, settings, batch, progress, notice, stop,
+                                          codec, crf, rank, world)
+        except Exception as exc:  # this rank cannot work: its share is its report
+            if world == 1:
+                raise
+            reason = exc.format_message() if isinstance(exc, click.ClickException) else one_line(exc)
+            console.print(f"rank {rank}: {reason}", style="red")
+            outcomes = [FileOutcome(src, output_for(src, out_dir, codec), "failed", message=f"rank {rank}: {reason}")
+                        for src in share(sources, rank, world)]
+    for o in outcomes:
+        if o.status == "failed" and world > 1:
+            console.print(f"rank {rank}: {o.src} failed: {o.message}", style="red")
+    everything = ranks.gather(outcomes, sources, out_dir, codec, wait=not stop.requested)
     if stop.requested:
         for o in outcomes:
             if o.status == "interrupted":
                 console.print(f"Interrupted by {signals.Interrupted(stop.signum).name}: {o.message or 'nothing kept'};"
                               f" rerun the same command to resume.")
         sys.exit(128 + stop.signum)
-    everything = gather(outcomes, world)
     if everything is None:
         return
     table = Table(title=f"rtlrp video: {len(sources)} inputs into {out_dir}"

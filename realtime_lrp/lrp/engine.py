@@ -159,7 +159,47 @@ class LRP:
         if isinstance(target, str) and self.target_mode.name != "plain":
             raise ValueError(f"target {target!r} needs the plain target mode, not {self.target_mode.name!r}")
         with torch.no_grad():
-            return self._explain(x, target)
+            try:
+                return self._explain(x, target)
+            except RuntimeError as error:
+                if "too small" not in str(error):
+                    raise
+                h, w = x.shape[2:]
+                least = self._smallest_side()
+                need = f"at least {least}x{least}" if least else "a larger input"
+                raise ValueError(f"size {w}x{h} is too small for this model: it needs {need}") from None
+
+    def _accepts(self, side: int) -> bool:
+        """Whether the forward pass runs on a (1, C, side, side) input: shapes only, under FakeTensorMode."""
+        import logging
+
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        log = logging.getLogger("torch._subclasses.fake_tensor")
+        level = log.level
+        log.setLevel(logging.CRITICAL)  # a failing shape check is the answer here, not an error to log
+        try:
+            with FakeTensorMode(allow_non_fake_inputs=True):
+                values = [torch.empty(1, self.in_channels, side, side, dtype=self.dtype, device=self.device)]
+                for step in self.steps[1:]:
+                    inputs = step.node.inputs
+                    a = values[inputs[0]] if len(inputs) == 1 else tuple(values[i] for i in inputs)
+                    values.append(step.node.forward(a, step.weight, step.bias)[0])
+        except (RuntimeError, ValueError, IndexError):
+            return False
+        finally:
+            log.setLevel(level)
+        return True
+
+    def _smallest_side(self, limit: int = 1024) -> int | None:
+        """The smallest square side the model takes (binary search), for the one-line error on a too-small input."""
+        if not self._accepts(limit):
+            return None
+        low, high = 1, limit
+        while low < high:
+            mid = (low + high) // 2
+            low, high = (low, mid) if self._accepts(mid) else (mid + 1, high)
+        return low
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -196,8 +236,10 @@ class LRP:
             relevance, log_factor = step.propagate(a, out, extra, relevance)
             if log_factor is not None:
                 log_scale = log_factor if log_scale is None else log_scale + log_factor
-            parts = relevance if len(inputs) > 1 else (relevance,)
+            parts = (None,) * len(inputs) if relevance is None else relevance if len(inputs) > 1 else (relevance,)
             for j, part in zip(inputs, parts):
+                if part is None:  # no relevance for this input (a gate, a held constant): its branch is skipped
+                    continue
                 pending[j] = (part, log_scale) if pending[j] is None else _merge(pending[j], (part, log_scale))
         relevance, log_scale = pending[0]
         maps = relevance.sum(1)

@@ -81,11 +81,64 @@ class _Sym:
     value: Callable[[Mapping[int, torch.Size]], Any]
 
 
-_SHAPE_ARITHMETIC = {operator.floordiv, operator.mul, operator.add, operator.sub, operator.mod, operator.neg}
+_SHAPE_ARITHMETIC = {operator.floordiv, operator.mul, operator.add, operator.sub, operator.mod, operator.neg,
+                     operator.eq, operator.ne}  # comparisons: the shape checks of torch._assert
 
 
 def _resolve(value: Any, shapes: Mapping[int, torch.Size]) -> Any:
     return value.value(shapes) if isinstance(value, _Sym) else value
+
+
+def _channel_term(term: torch.fx.Node) -> Union[tuple[torch.fx.Node, int, float, float, list], None]:
+    """``unsqueeze(x[:, i], 1) * a + b`` (or ``x[:, i:i+1]``, either factor optional): ``(x, i, a, b, nodes)``."""
+    scale, shift, nodes = 1.0, 0.0, []
+    node = term
+    if node.op == "call_function" and node.target is operator.add and isinstance(node.args[1], float):
+        shift, nodes, node = node.args[1], nodes + [node], node.args[0]
+    if isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target is operator.mul \
+            and isinstance(node.args[1], float):
+        scale, nodes, node = node.args[1], nodes + [node], node.args[0]
+    if not isinstance(node, torch.fx.Node) or not nodes:
+        return None
+    if node.op == "call_function" and node.target is torch.unsqueeze and node.args[1:] == (1,):
+        nodes, node = nodes + [node], node.args[0]
+        want = lambda key: isinstance(key[1], int)  # noqa: E731
+    else:
+        want = lambda key: isinstance(key[1], slice) and key[1].step is None and key[1].stop == key[1].start + 1  # noqa: E731
+    if node.op != "call_function" or node.target is not operator.getitem:
+        return None
+    source, key = node.args
+    if not (isinstance(key, tuple) and len(key) == 2 and key[0] == slice(None) and want(key)):
+        return None
+    nodes.append(node)
+    if any(len(n.users) != 1 for n in nodes):
+        return None
+    index = key[1] if isinstance(key[1], int) else key[1].start
+    return source, index, scale, shift, nodes
+
+
+def _channel_affines(graph: torch.fx.Graph) -> dict[torch.fx.Node, tuple[torch.fx.Node, list, list, list]]:
+    """Per-channel affine maps written channel by channel and joined by ``torch.cat(..., 1)``
+    (torchvision's GoogLeNet and Inception-v3 ``transform_input``): cat -> (x, scales, shifts, nodes)."""
+    found = {}
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target is not torch.cat or node.kwargs or node.args[1:] != (1,):
+            continue
+        terms = [_channel_term(t) if isinstance(t, torch.fx.Node) else None for t in node.args[0]]
+        if not terms or any(t is None for t in terms) or len({t[0] for t in terms}) != 1 \
+                or [t[1] for t in terms] != list(range(len(terms))):
+            continue
+        found[node] = (terms[0][0], [t[2] for t in terms], [t[3] for t in terms], [n for t in terms for n in t[4]])
+    return found
+
+
+def _affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
+    """A batch norm as ``x * scale + shift`` per channel, in fp32."""
+    mean, var = bn.running_mean.float(), bn.running_var.float()
+    gamma = bn.weight.detach().float() if bn.weight is not None else torch.ones_like(mean)
+    beta = bn.bias.detach().float() if bn.bias is not None else torch.zeros_like(mean)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    return scale, beta - mean * scale
 
 
 class _Reader:
@@ -101,8 +154,12 @@ class _Reader:
         self.nodes: list[Node] = []
         self.env: dict[torch.fx.Node, int] = {}
         self.output: Union[int, None] = None
+        self.skipped: set[torch.fx.Node] = set()
         self.symbols: dict[torch.fx.Node, _Sym] = {}
         self.tuples: dict[torch.fx.Node, tuple[int, Callable[[int], Any]]] = {}
+        self.constants: dict[torch.fx.Node, Tensor] = {}
+        self.affines = _channel_affines(traced.graph)
+        self.absorbed = {n for _, _, _, nodes in self.affines.values() for n in nodes}
 
     # -- what the registry's readers use ---------------------------------------------------
     def producer(self, fx_node: torch.fx.Node, arg: object) -> int:
@@ -125,17 +182,23 @@ class _Reader:
         self.env[fx_node] = index
 
     def fold_batchnorm(self, fx_node: torch.fx.Node, bn: nn.Module, source: int) -> None:
-        """Fold ``bn`` into the conv that produced its input; that conv must feed nothing else."""
-        conv = self.nodes[source]
-        conv_fx = fx_node.args[0]
-        if conv.kind != "conv" or conv_fx.op != "call_module" or conv.name != str(conv_fx.target) \
-                or len(conv_fx.users) != 1:
-            raise UnsupportedModelError(
-                f"batch norm '{fx_node.target}' does not follow a Conv2d, so it cannot be folded")
+        """Fold ``bn`` into the conv that produced its input if that conv feeds nothing else; any
+        other batch norm becomes a node that :func:`_merge_right` merges into the layer after it."""
         if bn.running_mean is None or bn.running_var is None:
             raise UnsupportedModelError(f"batch norm '{fx_node.target}' keeps no running statistics to fold")
-        conv.weight, conv.bias = _fold(conv.weight, conv.bias, bn)
-        self.alias(fx_node, source)
+        conv = self.nodes[source]
+        conv_fx = fx_node.args[0]
+        if conv.kind == "conv" and conv_fx.op == "call_module" and conv.name == str(conv_fx.target) \
+                and len(conv_fx.users) == 1:
+            conv.weight, conv.bias = _fold(conv.weight, conv.bias, bn)
+            self.alias(fx_node, source)
+            return
+        node = self.add(fx_node, ops.BATCHNORM_RIGHT, (source,), bn)
+        node.weight, node.bias = _affine(bn)
+
+    def skip(self, fx_node: torch.fx.Node) -> None:
+        """``fx_node`` has been read with an earlier call (an unused output of it): visiting it does nothing."""
+        self.skipped.add(fx_node)
 
     def parts(self, fx_node: torch.fx.Node, source: int, part: Callable[[int], Any]) -> None:
         """``fx_node`` is a tuple of parts of node ``source`` (chunk, split): ``part(k)`` is how
@@ -170,6 +233,12 @@ class _Reader:
             return tuple(out)
 
         return shape, tuple(sorted(refs))
+
+    def constant(self, arg: object) -> Union[Tensor, None]:
+        """``arg`` as an fp32 tensor if it is a constant (a number, a parameter or buffer), else None."""
+        if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+            return torch.tensor(float(arg))
+        return self.constants.get(arg) if isinstance(arg, torch.fx.Node) else None
 
     def unsupported(self, fx_node: torch.fx.Node, what: str) -> UnsupportedModelError:
         """The error for a node without a rule, named by its module path (or fx name for functions)."""
@@ -218,15 +287,30 @@ class _Reader:
         return False
 
     def visit(self, fx_node: torch.fx.Node) -> None:
+        if fx_node in self.env or fx_node in self.skipped:  # read with the call that made it
+            return
         if fx_node.op == "placeholder":
             if self.nodes:
                 raise UnsupportedModelError(f"{type(self.model).__name__} takes more than one input ('{fx_node.name}')")
             self.add(fx_node, INPUT, ())
             return
+        if fx_node.op == "get_attr":  # a parameter or buffer used as a value: a constant, for the ops that take one
+            value = self.traced
+            for part in fx_node.target.split("."):
+                value = getattr(value, part)
+            if isinstance(value, Tensor):
+                self.constants[fx_node] = value.detach().float()
+                return
+            raise self.unsupported(fx_node, f"attribute {fx_node.target} of type {type(value).__name__}")
         if fx_node.op == "output":
             self.output = self.producer(fx_node, fx_node.args[0])
             return
-        if self._symbolic(fx_node):
+        if self._symbolic(fx_node) or fx_node in self.absorbed:
+            return
+        if fx_node in self.affines:
+            source, scale, shift, _ = self.affines[fx_node]
+            node = self.add(fx_node, ops.CHANNEL_AFFINE, (self.producer(fx_node, source),))
+            node.weight, node.bias = torch.tensor(scale), torch.tensor(shift)
             return
         module = self.traced.get_submodule(fx_node.target) if fx_node.op == "call_module" else None
         if fx_node.op == "call_module":
@@ -244,6 +328,109 @@ class _Reader:
 
 INPUT = ops.Op("input", lambda *args: None)
 """The model input: node 0 of every graph."""
+
+
+def _keeps_constants(node: Node) -> bool:
+    """Whether a node maps a per-channel constant image to the same constants (so a batch norm's
+    shift passes it unchanged): flatten, adaptive average pools, average pools without padding."""
+    if node.kind in ("flatten", "adaptive_avgpool"):
+        return True
+    if node.kind != "avgpool" or node.module is None:
+        return False
+    m = node.module
+    padded = torch.nn.modules.utils._pair(m.padding) != (0, 0)
+    return m.divisor_override is None and (not padded or not m.count_include_pad)
+
+
+def _merge_right(nodes: list[Node], output: int) -> tuple[list[Node], int]:
+    """Merge each batch norm that follows no conv into the Conv2d or Linear after it (Pahde et al.
+    2023, ``SequentialMergeBatchNormtoRight``), as in DenseNet's BN -> ReLU -> conv.
+
+    With ``bn(x) = s x + t`` per channel: the layer's weight takes ``s`` per input channel and its
+    bias ``sum W t``; a ReLU between them becomes the thresholded ReLU ``x where s x + t > 0, else
+    -t/s``, whose image under ``s x + t`` is the ReLU's output (Pahde's ``ThreshReLUMergeBatchNorm``);
+    a channel of zero scale is the constant the batch norm (and ReLU) gives it, merged with scale 1;
+    average pools and flatten in between keep constants, so the shift passes them. A padded conv
+    sees zeros at its border, where ``s x + t`` would give ``t``: the border is padded explicitly with
+    ``-t/s``, whose image is 0, and the conv runs unpadded, so the output is exact at every position
+    (the padding's relevance is the border's share of the bias, and is dropped, as a bias's is).
+    """
+    users: dict[int, list[int]] = {i: [] for i in range(len(nodes))}
+    for j, node in enumerate(nodes):
+        for i in node.inputs[:node.attrs.get("data_inputs")]:
+            users[i].append(j)
+    alias: dict[int, int] = {}
+    pads: dict[int, Node] = {}
+    for b, bn in enumerate(nodes):
+        if bn.kind != ops.BATCHNORM_RIGHT.kind:
+            continue
+        refused = UnsupportedModelError(
+            f"batch norm '{bn.name}' follows no Conv2d and leads to no Conv2d or Linear (through a ReLU, "
+            "average pools and flatten), so it cannot be merged")
+        zero = bn.weight == 0  # a channel the batch norm sets to its shift: kept as that constant, unscaled
+        scale, shift = torch.where(zero, 1.0, bn.weight), torch.where(zero, 0.0, bn.bias)
+        chain, j = [], b
+        while True:
+            if j == output or len(users[j]) != 1 or any(users[j][0] == k for k in chain):
+                raise refused
+            j = users[j][0]
+            node = nodes[j]
+            if node.kind in ("conv", "linear"):
+                break
+            if not (node.kind == "relu" and not chain or _keeps_constants(node)):
+                raise refused
+            chain.append(j)
+        layer, channels = nodes[j], scale.numel()
+        if layer.kind == "conv":
+            groups, out = layer.conv_args.get("groups", 1), layer.weight.shape[0]
+            padding = layer.conv_args.get("padding", 0)
+            if isinstance(padding, str) or layer.weight.shape[1] * groups != channels:
+                raise refused
+            per = (scale.view(groups, -1), shift.view(groups, -1))
+            s, t = (v.repeat_interleave(out // groups, 0).view(out, -1, 1, 1) for v in per)
+            if torch.nn.modules.utils._pair(padding) != (0, 0):
+                pads[j] = Node(f"{bn.name}.border", ops.BORDER_PAD, (j,), attrs={"pad": _pair2(padding)})
+                pads[j].weight = -shift / scale
+                layer.attrs = {**layer.attrs, "conv": {**layer.conv_args, "padding": (0, 0)}}
+            bias = (layer.weight * t).sum((1, 2, 3))
+        else:
+            if layer.weight.shape[1] % channels:
+                raise refused
+            per = layer.weight.shape[1] // channels
+            s, t = scale.repeat_interleave(per).view(1, -1), shift.repeat_interleave(per).view(1, -1)
+            bias = (layer.weight * t).sum(1)
+        layer.bias = bias if layer.bias is None else layer.bias + bias
+        layer.weight = layer.weight * s
+        if chain and nodes[chain[0]].kind == "relu":
+            relu = nodes[chain[0]]
+            floor = torch.where(zero, bn.bias.clamp(min=0), -shift / scale)
+            nodes[chain[0]] = Node(relu.name, ops.SHIFTED_RELU, relu.inputs, relu.module,
+                                   weight=torch.where(zero, 0.0, torch.sign(scale)), bias=floor)
+            alias[b] = bn.inputs[0]
+        else:  # the identity, but a zero-scale channel is its constant
+            nodes[b] = Node(bn.name, ops.CHANNEL_AFFINE, bn.inputs, bn.module, weight=(~zero).float(),
+                            bias=torch.where(zero, bn.bias, 0.0))
+    if not alias and not pads:
+        return nodes, output
+    index: dict[int, int] = {}
+    merged: list[Node] = []
+    for i, node in enumerate(nodes):
+        if i in alias:
+            index[i] = index[alias[i]]
+            continue
+        inputs = tuple(index[k] for k in node.inputs)
+        if i in pads:
+            pads[i].inputs = inputs[:1]
+            merged.append(pads[i])
+            inputs = (len(merged) - 1,) + inputs[1:]
+        node.inputs = inputs
+        index[i] = len(merged)
+        merged.append(node)
+    return merged, index[output]
+
+
+def _pair2(padding: Any) -> tuple[int, int]:
+    return tuple(torch.nn.modules.utils._pair(padding))
 
 
 def _mark_signs(nodes: list[Node]) -> None:
@@ -267,6 +454,9 @@ def _mark_first(model: nn.Module, nodes: list[Node], modules: dict[int, nn.Modul
     for node in params:
         node.first = modules[id(node)] is modules[id(first)]
         node.first_conv = first_conv is not None and modules[id(node)] is modules[id(first_conv)]
+        before = nodes[node.inputs[0]]
+        if before.kind == "channel_affine" and before.inputs == (0,):  # z^B's pixel bounds, mapped through it
+            node.attrs["input_affine"] = (before.weight, before.bias)
 
 
 def canonize(model: nn.Module) -> Graph:
@@ -278,9 +468,10 @@ def canonize(model: nn.Module) -> Graph:
     nodes = reader.nodes
     if reader.output is None or not nodes:
         raise UnsupportedModelError(f"{type(model).__name__} has no input or no output to explain")
+    nodes, output = _merge_right(nodes, reader.output)
     modules = {id(n): traced.get_submodule(n.name) for n in nodes if n.op.params}
     if not modules:
         raise UnsupportedModelError(f"{type(model).__name__} has no Conv2d or Linear layer to explain")
     _mark_signs(nodes)
     _mark_first(model, nodes, modules)
-    return Graph(nodes, reader.output)
+    return Graph(nodes, output)

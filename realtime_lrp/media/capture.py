@@ -90,6 +90,7 @@ def open_capture(target: int | str) -> Capture:
     """Default capture factory: ``cv2.VideoCapture`` with OpenCV's own open-time warnings silenced.
 
     Without this, a missing camera prints several backend warnings before our one-line message.
+    A file's display matrix (a phone video's rotation) is applied, so frames come upright.
     """
     import cv2
 
@@ -97,7 +98,10 @@ def open_capture(target: int | str) -> Capture:
     level = logging.getLogLevel()
     logging.setLogLevel(logging.LOG_LEVEL_SILENT)
     try:
-        return cv2.VideoCapture(target)
+        capture = cv2.VideoCapture(target)
+        if capture.isOpened():  # files: apply the display matrix, as rtlrp video does (also OpenCV's default)
+            capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)
+        return capture
     finally:
         logging.setLogLevel(level)
 
@@ -165,17 +169,25 @@ class LiveSource:
         self._error: CameraError | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
-    def open(self) -> LiveSource:
-        """Open the capture (raising ``CameraError`` at once if it fails) and start the thread."""
-        if self._thread is not None:
-            return self
-        capture = self._open_once()
-        if capture is None:
-            raise CameraError(self._open_failure_message())
-        self._capture = capture
-        self.fps = capture_fps(capture)
-        self._thread = threading.Thread(target=self._run, name=f"capture {self.spec}", daemon=True)
-        self._thread.start()
+    def open(self, start: bool = True) -> LiveSource:
+        """Open the capture (raising ``CameraError`` at once if it fails) and, unless ``start`` is
+        False, start the thread (:meth:`start`; a file then plays from its first frame once the
+        caller is ready, e.g. after loading the model)."""
+        if self._capture is None and self._thread is None:
+            capture = self._open_once()
+            if capture is None:
+                raise CameraError(self._open_failure_message())
+            self._capture = capture
+            self.fps = capture_fps(capture)
+        return self.start() if start else self
+
+    def start(self) -> LiveSource:
+        """Start the capture thread of an opened source (once)."""
+        if self._thread is None:
+            if self._capture is None:
+                raise RuntimeError("LiveSource.start() before open()")
+            self._thread = threading.Thread(target=self._run, name=f"capture {self.spec}", daemon=True)
+            self._thread.start()
         return self
 
     def close(self, timeout: float = 5.0) -> None:

@@ -37,6 +37,11 @@ class WriterError(RuntimeError):
     """The output cannot be written; the message is one line."""
 
 
+class FrameSizeError(WriterError):
+    """A frame does not have the video's size: the caller's mistake, not the disk's (what was
+    written so far is still good)."""
+
+
 @dataclass(frozen=True)
 class Codec:
     """An encoder as users name it: FFmpeg encoder, pixel format, containers it goes in."""
@@ -48,6 +53,7 @@ class Codec:
     options: dict[str, str] = field(default_factory=dict)
     crf: bool = True
     fallback: str | None = None
+    crf_max: int = 51  # x264 and x265 take 0-51, libvpx-vp9 0-63
 
     @property
     def even(self) -> bool:
@@ -62,7 +68,7 @@ CODECS: dict[str, Codec] = {c.name: c for c in (
     Codec("hevc", "libx265", "yuv420p", (".mp4", ".m4v", ".mov", ".mkv"),
           {"preset": "fast", "x265-params": "log-level=error"}),
     Codec("vp9", "libvpx-vp9", "yuv420p", (".webm", ".mkv", ".mp4"), {"deadline": "realtime", "cpu-used": "8",
-                                                                      "row-mt": "1"}),
+                                                                      "row-mt": "1"}, crf_max=63),
     Codec("mjpeg", "mjpeg", "yuvj444p", (".avi", ".mkv", ".mov"), crf=False),
 )}
 DEFAULT_CODEC: dict[str, str] = {".mp4": "h264", ".m4v": "h264", ".mov": "h264", ".mkv": "h264",
@@ -101,23 +107,45 @@ def resolve_codec(path: str | Path, codec: str | None = None) -> Codec:
     return chosen
 
 
-def codec_for(path: str | Path, codec: str | None = None) -> str:
-    """The codec name that :class:`VideoWriter` will use for ``path`` (checks the same things)."""
-    return resolve_codec(path, codec).name
+def codec_for(path: str | Path, codec: str | None = None, crf: int | None = None) -> str:
+    """The codec name that :class:`VideoWriter` will use for ``path`` (checks the same things, ``crf`` too)."""
+    chosen = resolve_codec(path, codec)
+    check_crf(chosen, crf)
+    return chosen.name
 
 
-def _opens(encoder: str) -> bool:
-    """Whether ``encoder`` can be opened here (NVENC needs an NVIDIA driver, not just the build)."""
+def check_crf(codec: Codec, crf: int | None) -> None:
+    """Raise a one-line :class:`WriterError` unless ``crf`` is None or in ``codec``'s range."""
+    if crf is None:
+        return
+    if not codec.crf:
+        raise WriterError(f"--crf does not apply to {codec.name}")
+    if not 0 <= crf <= codec.crf_max:
+        raise WriterError(f"--crf {crf} is out of range for {codec.name}: use 0-{codec.crf_max}"
+                          f" (default {DEFAULT_CRF[codec.encoder]}; lower is better and larger)")
+
+
+def open_failure(encoder: str, size: tuple[int, int] = (640, 480)) -> str | None:
+    """Why ``encoder`` cannot be opened here at ``size`` (width, height), or None if it can.
+
+    NVENC needs an NVIDIA driver, not just the build, and refuses frames below its minimum
+    size, so the probe opens the encoder at the output's own size.
+    """
     import av
 
     try:
         context = av.CodecContext.create(encoder, "w")
-        context.width, context.height, context.pix_fmt = 64, 64, "yuv420p"
+        context.width, context.height, context.pix_fmt = size[0], size[1], "yuv420p"
         context.time_base = Fraction(1, 25)
         context.open()
-    except (av.FFmpegError, ValueError):
-        return False
-    return True
+    except (av.FFmpegError, ValueError) as error:
+        return (str(error).splitlines() or [type(error).__name__])[0][:160]
+    return None
+
+
+def _opens(encoder: str, size: tuple[int, int] = (640, 480)) -> bool:
+    """Whether ``encoder`` can be opened here at ``size`` (width, height)."""
+    return open_failure(encoder, size) is None
 
 
 def read_comment(path: str | Path) -> str | None:
@@ -221,8 +249,7 @@ class VideoWriter:
         self.codec = resolve_codec(self.path, codec)
         if not (math.isfinite(float(fps)) and float(fps) > 0):
             raise WriterError(f"invalid frame rate {fps!r}")
-        if crf is not None and not self.codec.crf:
-            raise WriterError(f"--crf does not apply to {self.codec.name}")
+        check_crf(self.codec, crf)
         self.rate = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(100000)
         self.fps = float(self.rate)
         self._constant = FORMATS[self.path.suffix.lower()] in _CONSTANT_RATE
@@ -254,9 +281,10 @@ class VideoWriter:
         except OutputError as error:
             raise WriterError(str(error)) from None
         codec = self.codec
-        if codec.fallback and not _opens(codec.encoder):
-            self._notice(f"{codec.name} is not available here (no NVIDIA driver or GPU): using "
-                         f"{codec.fallback} instead")
+        failure = open_failure(codec.encoder, self.file_size) if codec.fallback else None
+        if failure is not None:
+            self._notice(f"{codec.name} cannot encode {self.file_size[0]}x{self.file_size[1]} here ({failure}):"
+                         f" using {codec.fallback} instead")
             codec = self.codec = CODECS[codec.fallback]
         fmt = FORMATS[self.path.suffix.lower()]
         options = {"flush_packets": "1"}  # each frame reaches the disk as it is encoded, not in 32 KiB blocks
@@ -294,7 +322,7 @@ class VideoWriter:
             raise WriterError(f"{self.path} is already closed")
         w, h = self.size
         if frame.shape != (h, w, 3) or frame.dtype != np.uint8:
-            raise WriterError(f"frame of shape {frame.shape} {frame.dtype} does not match the video's {w}x{h} "
+            raise FrameSizeError(f"frame of shape {frame.shape} {frame.dtype} does not match the video's {w}x{h} "
                               "BGR uint8")
         if self._container is None:
             self._open()

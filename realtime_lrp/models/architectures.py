@@ -97,16 +97,11 @@ RESNET_ARCHS: tuple[str, ...] = (
 ENGINE_ARCHS: tuple[str, ...] = ARCHS + RESNET_ARCHS + ("alexnet",)
 
 
-# torchvision families beyond ReLU CNNs, and the block whose strided convs ``small_input`` makes
-# stride 1 beside the stem (None: the stem alone carries the factor 4).
-_MODERN: dict[str, str | None] = {
-    "mobilenet_v3_small": "features.1", "mobilenet_v3_large": "features.2", "efficientnet_b0": "features.2.0",
-    "regnet_y_400mf": "trunk_output.block1.block1-0", "regnet_y_800mf": "trunk_output.block1.block1-0",
-    "convnext_tiny": None, "densenet121": None,
-}
-
-
-MODERN_ARCHS: tuple[str, ...] = tuple(_MODERN)
+# torchvision CNNs beyond ReLU (gates, other activations, LayerNorm, concatenation).
+MODERN_ARCHS: tuple[str, ...] = (
+    "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf", "regnet_y_800mf",
+    "convnext_tiny", "densenet121",
+)
 
 
 # What `rtlrp train`, model cards and ``imagenet:ARCH`` accept; the engine explains ENGINE_ARCHS
@@ -125,7 +120,7 @@ def build_model(arch: str, num_classes: int = 1000, in_channels: int = 3, small_
     VGGs come from :func:`build_vgg`; the others from torchvision, with their first conv
     rebuilt for ``in_channels`` other than 3. ``small_input`` gives a ResNet the
     CIFAR-style stem for 32-pixel images: a 3x3 stride-1 first conv and no max-pool; the
-    other families lose the same factor 4 of their total stride (:func:`_small_stem`).
+    other families' stems lose their downsampling too (:func:`_small_stem`).
     ``width`` scales a VGG's or ResNet's channel counts (1: torchvision's); ``dropout`` is
     VGG's and AlexNet's (training only).
     """
@@ -162,12 +157,14 @@ def build_model(arch: str, num_classes: int = 1000, in_channels: int = 3, small_
 
 def _small_stem(model: nn.Module, arch: str, in_channels: int, small_input: bool) -> None:
     """Rebuild the first conv of a :data:`MODERN_ARCHS` model for ``in_channels``; with
-    ``small_input``, divide the total stride by 4 as the ResNet's CIFAR stem does (32 px
-    reach the head as 4x4): DenseNet gets a 3x3 stride-1 stem without its max-pool, ConvNeXt
-    a 3x3 stride-1 patch stem, the others a stride-1 stem and a stride-1 first strided block."""
+    ``small_input``, the stem stops downsampling as the ResNet's CIFAR stem does, the body
+    stays torchvision's: DenseNet gets a 3x3 stride-1 conv without its max-pool and ConvNeXt
+    a 3x3 stride-1 conv for its 4x4 patches (total stride 8: 32 px reach the head as 4x4);
+    MobileNetV3, EfficientNet and RegNet a stride-1 stem conv (total stride 16, 2x2 at 32 px:
+    their stride-1 first blocks at full resolution would cost 5 times more to train)."""
     name, first = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
     kernel, stride, padding = first.kernel_size, first.stride, first.padding
-    if small_input and (arch == "densenet121" or arch == "convnext_tiny"):
+    if small_input and arch in ("densenet121", "convnext_tiny"):
         kernel, stride, padding = (3, 3), (1, 1), (1, 1)
     elif small_input:
         stride = (1, 1)
@@ -177,15 +174,8 @@ def _small_stem(model: nn.Module, arch: str, in_channels: int, small_input: bool
         nn.init.zeros_(conv.bias)
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent), leaf, conv)
-    if not small_input:
-        return
-    if arch == "densenet121":
+    if small_input and arch == "densenet121":
         model.features.pool0 = nn.Identity()
-    block = _MODERN[arch]
-    if block is not None:
-        for m in model.get_submodule(block).modules():
-            if isinstance(m, nn.Conv2d) and m.stride == (2, 2):
-                m.stride = (1, 1)
 
 
 def _scale_resnet(model: nn.Module, arch: str, width: float, num_classes: int) -> None:

@@ -1,9 +1,16 @@
-"""Weight files read safely: ``torch.load(..., weights_only=True)`` only, hashes checked, NaN refused."""
+"""Weight files read safely: ``torch.load(..., weights_only=True)`` only, hashes checked, NaN refused.
+
+Downloads (torchvision's ImageNet weights on a first run) say what they fetch and how big it
+is, show a progress bar, are written beside their target, checked against the SHA-256
+prefix their torch.hub name carries, and only then moved into place.
+"""
 from __future__ import annotations
 
 import hashlib
+import re
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -20,6 +27,66 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def hash_prefix(path: Path) -> str | None:
+    """The SHA-256 prefix a torch.hub file name carries (``vgg16-397923af.pth`` → ``397923af``)."""
+    match = re.search(r"-([a-f0-9]{6,})\.", Path(path).name)
+    return match.group(1) if match else None
+
+
+class DownloadCorrupt(OSError):
+    """A download whose SHA-256 does not start with the prefix in its name."""
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def download(url: str, dest: Path, timeout: float = 10.0, notify: Callable[[str], None] | None = None,
+             expected_mib: float | None = None, progress: bool = True) -> None:
+    """Fetch ``url`` into ``dest``: announced with its size, shown with a progress bar, written
+    beside ``dest``, hash-checked, then moved into place (synced, folder too).
+
+    Every socket wait is bounded by ``timeout``; nothing is announced before the server
+    answers, so an offline machine sees only its caller's one-line fallback. ``expected_mib``
+    (torchvision's ``_file_size``, in MiB) gives the size said when the server does not send one.
+    Raises ``OSError`` (:class:`DownloadCorrupt` for a hash mismatch); the cache is left as it was.
+    """
+    import urllib.request
+
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    from realtime_lrp.util.atomic import OutputError, commit, partial_path, remove
+
+    notify = notify or _stderr
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(dest)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as fh:
+            length = response.headers.get("Content-Length") if getattr(response, "headers", None) else None
+            total = int(length) if length and length.isdigit() else None
+            size = total / 1e6 if total else (expected_mib * 1.048576 if expected_mib else None)  # MB
+            notify(f"downloading {dest.name}{f' ({size:,.1f} MB)' if size else ''} from {url} to {dest.parent}"
+                   " (once; later runs read the cache)")
+            bar = Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                           TimeRemainingColumn(), console=Console(stderr=True), disable=not progress)
+            with bar:
+                task = bar.add_task(dest.name, total=total)
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    fh.write(block)
+                    bar.advance(task, len(block))
+        prefix = hash_prefix(dest)
+        if prefix is not None and not sha256_file(tmp).startswith(prefix):
+            raise DownloadCorrupt(f"the download of {url} does not match the SHA-256 prefix {prefix}")
+        try:
+            commit(tmp, dest)
+        except OutputError as error:
+            raise OSError(str(error)) from None
+    finally:
+        remove(tmp)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

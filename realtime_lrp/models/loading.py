@@ -32,7 +32,7 @@ def load_model(name_or_path: str | Path = "auto", device: str | torch.device = "
     name = str(name_or_path)
     if name == "auto":
         try:
-            model, card = load_imagenet(arch or "vgg16", timeout=5.0)
+            model, card = load_imagenet(arch or "vgg16", timeout=5.0, notify=notify)
             notify(f"weights: auto -> ImageNet {card['arch']} (torchvision, {card['weights']})")
         except ImagenetUnavailable as exc:
             if not shipped_weights().is_file():
@@ -42,7 +42,7 @@ def load_model(name_or_path: str | Path = "auto", device: str | torch.device = "
             notify(f"weights: auto -> shipped {SHIPPED_NAME} ({card['dataset']}, "
                    f"{len(card['classes'])} classes): ImageNet {arch or 'vgg16'} {exc.why}")
     elif name == "imagenet" or name.startswith("imagenet:"):
-        model, card = load_imagenet(name.partition(":")[2] or arch or "vgg16")
+        model, card = load_imagenet(name.partition(":")[2] or arch or "vgg16", notify=notify)
     elif name == "shipped":
         model, card = load_weights_file(shipped_weights(), arch)
     else:

@@ -73,7 +73,7 @@ def evaluate(model: nn.Module, card: Mapping[str, Any], inputs: Inputs, config: 
     and imputation noise; the other class of the class sensitivity), so methods are compared on
     the same noise, and changing ``draws`` leaves the pixel-flipping results alone.
     """
-    from realtime_lrp.pipeline.processor import MapSmoother
+    from realtime_lrp.pipeline.stream import MapSmoother
 
     notice = notice or (lambda _msg: None)
     if config.draws < 1 or config.batch < 1 or config.noise < 0:

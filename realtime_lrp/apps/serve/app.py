@@ -5,16 +5,18 @@ import asyncio
 import json
 import time
 from contextlib import suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Mapping
 
 from realtime_lrp.apps.serve.auth import allowed, cookie_name, same_origin
 from realtime_lrp.apps.serve.protocol import (
+    CLOSE_IDLE,
     CLOSE_INTERNAL,
     CLOSE_POLICY,
     CLOSE_TRY_LATER,
     CLOSE_UNSUPPORTED,
+    DecodeBudget,
     Limits,
     ProtocolError,
     RateLimit,
@@ -73,17 +75,35 @@ class Outbox:
         return item
 
 
+@dataclass
+class Arrival:
+    """A frame as it arrived, not decoded yet."""
+
+    frame_id: int
+    data: bytes
+    received: float
+
+
 @dataclass(eq=False)
 class Client:
-    """One connected page (or other WebSocket client) and its counters for ``/stats``."""
+    """One connected page (or other WebSocket client) and its counters for ``/stats``.
+
+    Its newest undecoded frame waits in ``inbox`` (one slot: a newer frame replaces it) for the
+    client's decoding task; ``gone`` is set as soon as the receiving side sees the client leave.
+    """
 
     number: int
     peer: str
     outbox: Outbox
     settings: Settings
     rate: RateLimit
+    texts: RateLimit
+    budget: DecodeBudget
     stream: Stream | None = None
     reset: bool = False
+    inbox: Arrival | None = None
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    gone: bool = False
     received: int = 0
     skipped_newer: int = 0
     skipped_rate: int = 0
@@ -213,7 +233,11 @@ class Hub:
         }
 
     async def websocket(self, ws: WebSocket) -> None:
-        """One client: hello, then its messages until it leaves or breaks the protocol."""
+        """One client: hello, then its messages until it leaves or breaks the protocol.
+
+        Three tasks per client: receiving (cheap checks only, so it keeps up with any sender and
+        sees the client leave at once), decoding (the newest frame, in a thread) and sending.
+        """
         from starlette.websockets import WebSocketDisconnect
 
         if not self.allowed(ws.headers, ws.query_params, ws.cookies) or not same_origin(ws.headers):
@@ -225,17 +249,23 @@ class Hub:
             return
         self.served += 1
         peer = f"{ws.client.host}:{ws.client.port}" if ws.client else "?"
+        limits = self.limits
         client = Client(self.served, peer, Outbox(asyncio.get_running_loop()), self.settings,
-                        RateLimit(self.limits.max_fps))
+                        RateLimit(limits.max_fps), RateLimit(limits.max_texts), DecodeBudget(limits.decode_share))
         if self.kiosk is None:
             client.stream = Stream(client.outbox.put)
         self.clients.append(client)
-        sender: asyncio.Task | None = None
+        tasks: list[asyncio.Task] = []
         failure: ProtocolError | None = None
         try:
             await ws.send_text(json.dumps(self.hello()))
+            tasks = [asyncio.create_task(self._receive(ws, client)), asyncio.create_task(self._decode(client))]
             sender = asyncio.create_task(self._send(ws, client))
-            await self._receive(ws, client)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            tasks.append(sender)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()
         except ProtocolError as exc:
             failure = exc
         except (WebSocketDisconnect, OSError):
@@ -245,13 +275,16 @@ class Hub:
             if self.notice is not None:
                 self.notice(f"client {client.number} ({peer}): {failure.reason}")
         finally:
+            client.gone = True
+            client.inbox = None
             self.clients.remove(client)
             if client.stream is not None:
                 self.worker.discard(client.stream)
-            if sender is not None:
-                sender.cancel()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
                 with suppress(asyncio.CancelledError, Exception):
-                    await sender
+                    await task
         if failure is not None:
             with suppress(Exception):
                 await ws.close(failure.code, _reason(failure.reason))
@@ -272,34 +305,71 @@ class Hub:
             return
 
     async def _receive(self, ws: WebSocket, client: Client) -> None:
+        """Take the client's messages as they come; returns when it leaves, raises when it breaks the rules."""
+        idle = None if self.kiosk is not None else self.limits.idle_seconds
         while True:
-            message = await ws.receive()
+            try:
+                message = await asyncio.wait_for(ws.receive(), idle)
+            except asyncio.TimeoutError:
+                raise ProtocolError(CLOSE_IDLE, f"idle for {idle:g} s; the page reconnects when it has a frame"
+                                    " to send") from None
             if message["type"] == "websocket.disconnect":
+                client.gone = True
                 return
             if message.get("bytes") is not None:
-                await self._frame(client, message["bytes"])
+                self._frame(client, message["bytes"])
             elif message.get("text") is not None:
+                if not client.texts.allow(time.monotonic()):
+                    if client.texts.flooding:
+                        raise ProtocolError(CLOSE_POLICY, f"far over {self.limits.max_texts:g} text messages/s")
+                    continue
                 self._text(client, message["text"])
 
-    async def _frame(self, client: Client, data: bytes) -> None:
-        from starlette.concurrency import run_in_threadpool
-
+    def _frame(self, client: Client, data: bytes) -> None:
+        """Put a frame in the client's inbox (the newest wins), or answer it "skipped" if over the rate."""
         if self.kiosk is not None:
             raise ProtocolError(CLOSE_POLICY, "kiosk mode: this server explains its own source and takes no frames")
         ident = frame_id(data)
         client.received += 1
         now = time.monotonic()
         if not client.rate.allow(now):
+            if client.rate.flooding:
+                raise ProtocolError(CLOSE_POLICY, f"sending far over {self.limits.max_fps:g} frames/s")
             client.skipped_rate += 1
             client.outbox.put(_skipped(ident, f"over {self.limits.max_fps:g} frames/s"))
             return
-        image = await run_in_threadpool(decode_frame, data, self.limits)
-        job = Job(ident, image, client.settings, now, reset=client.reset)
-        client.reset = False
-        old = self.worker.submit(client.stream, job)
+        old, client.inbox = client.inbox, Arrival(ident, data, now)
         if old is not None:
             client.skipped_newer += 1
             client.outbox.put(_skipped(old.frame_id, "a newer frame came"))
+        client.arrived.set()
+
+    async def _decode(self, client: Client) -> None:
+        """Decode the client's newest frame while it is still there, within its decoding budget; queue it."""
+        from starlette.concurrency import run_in_threadpool
+
+        while True:
+            await client.arrived.wait()
+            client.arrived.clear()
+            arrival, client.inbox = client.inbox, None
+            if arrival is None or client.gone:
+                continue
+            if not client.budget.left(time.monotonic()):
+                raise ProtocolError(CLOSE_POLICY, f"its frames took over {self.limits.decode_share:g} s of decoding"
+                                    " a second")
+            began = time.perf_counter()
+            try:
+                image = await run_in_threadpool(decode_frame, arrival.data, self.limits)
+            finally:
+                client.budget.spend(time.perf_counter() - began)
+            if client.gone:
+                return
+            job = Job(arrival.frame_id, image, client.settings, arrival.received, reset=client.reset)
+            client.reset = False
+            old = self.worker.submit(client.stream, job)
+            if old is not None:
+                client.skipped_newer += 1
+                client.outbox.put(_skipped(old.frame_id, "a newer frame came"))
 
     def _text(self, client: Client, text: str) -> None:
         message = parse_text(text)

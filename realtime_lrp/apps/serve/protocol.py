@@ -13,6 +13,9 @@ from realtime_lrp.apps.serve.jpeg import JpegError, inspect
 from realtime_lrp.lrp.presets import PRESET_NAMES
 from realtime_lrp.pipeline import render
 
+CLOSE_IDLE = 1000         # a client that sent nothing for a while (a normal closure)
+
+
 CLOSE_UNSUPPORTED = 1003  # a kind of message this server does not take
 
 
@@ -51,12 +54,21 @@ class ProtocolError(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    """What one client may send: frames per second, pixels a side, bytes a message; and how many clients."""
+    """What one client may send and use, and how many clients there may be.
+
+    Frames per second (a client far over it for a few seconds is closed), pixels a side,
+    bytes a message, text messages per second; ``decode_share``: seconds of decoding per
+    second of connection, on average; ``idle_seconds``: how long a client that sends
+    nothing keeps its slot (kiosk pages only watch, and have no such limit).
+    """
 
     max_fps: float = 30.0
     max_side: int = 1024
     max_message: int = 2 * 1024 * 1024
     max_clients: int = 32
+    max_texts: float = 60.0
+    decode_share: float = 0.5
+    idle_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -177,19 +189,52 @@ def decode_result(data: bytes) -> tuple[dict[str, Any], bytes]:
 
 
 class RateLimit:
-    """At most ``rate`` frames a second on average, in bursts of up to one second's worth (a token bucket)."""
+    """At most ``rate`` events a second on average, in bursts of up to one second's worth (a token bucket).
+
+    Refused events fill a second bucket that drains at ``rate``: a client that keeps sending
+    at more than twice its rate fills it in a few seconds and is :attr:`flooding`.
+    """
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
         self.capacity = max(1.0, rate)
         self.tokens = self.capacity
+        self.excess = 0.0
         self.last = time.monotonic()
 
     def allow(self, now: float) -> bool:
-        """Whether a frame arriving at ``now`` is within the rate (and count it if so)."""
-        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        """Whether an event arriving at ``now`` is within the rate (and count it if so)."""
+        elapsed = max(0.0, now - self.last)
+        self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
+        self.excess = max(0.0, self.excess - elapsed * self.rate)
         self.last = now
         if self.tokens >= 1.0:
             self.tokens -= 1.0
             return True
+        self.excess += 1.0
         return False
+
+    @property
+    def flooding(self) -> bool:
+        """Whether the refused events outrun the rate by more than four seconds' worth (at least 10)."""
+        return self.excess > max(10.0, 4.0 * self.rate)
+
+
+class DecodeBudget:
+    """Seconds of decoding a client may use: ``share`` of each second, in bursts of up to 2 s."""
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+        self.capacity = 2.0
+        self.seconds = self.capacity
+        self.last = time.monotonic()
+
+    def left(self, now: float) -> bool:
+        """Whether any budget is left at ``now``."""
+        self.seconds = min(self.capacity, self.seconds + max(0.0, now - self.last) * self.share)
+        self.last = now
+        return self.seconds > 0.0
+
+    def spend(self, seconds: float) -> None:
+        """Count ``seconds`` of decoding."""
+        self.seconds -= seconds

@@ -85,3 +85,18 @@ class View(Rule):
             return R.reshape(a.shape), None
 
         return propagate
+
+
+class Crop(Rule):
+    """An explicit border padding: the relevance of the input's own positions (the border's is dropped)."""
+
+    kinds = ("border_pad",)
+
+    def bind(self, node: Node, dtype: torch.dtype, context: RuleContext) -> Propagator:
+        self._check(node)
+        ph, pw = node.attrs["pad"]
+
+        def propagate(a: Tensor, out: Tensor, aux: None, R: Tensor) -> tuple[Tensor, None]:
+            return R[:, :, ph:ph + a.shape[2], pw:pw + a.shape[3]], None
+
+        return propagate

@@ -143,7 +143,7 @@ def _split(weight: Tensor) -> tuple[Tensor, Tensor]:
 class Epsilon(Rule):
     """LRP-epsilon: ``R_in = a * W^T (R / (z + eps sign z))`` with the bias kept in z."""
 
-    kinds = ("conv", "linear")
+    kinds = ("conv", "linear", "projection")
 
     def __init__(self, epsilon: float = 1e-6):
         self.epsilon = epsilon
@@ -249,6 +249,11 @@ class ZBox(Rule):
         self._check(node)
         w_pos, w_neg = _split(node.weight)
         low, high = context.bounds if self.low is None or self.high is None else (self.low, self.high)
+        if "input_affine" in node.attrs:  # pixels mapped per channel before this conv (transform_input)
+            scale, shift = (t.to(node.weight.device) for t in node.attrs["input_affine"])
+            low, high = (torch.as_tensor(b, dtype=torch.float32, device=scale.device) * scale + shift
+                         for b in (low, high))
+            low, high = torch.minimum(low, high), torch.maximum(low, high)
         terms = [
             _Term("id", node.weight, None),
             _Term(self._bound(low, node), -w_pos, None),
