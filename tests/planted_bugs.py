@@ -236,7 +236,7 @@ PLANTS: tuple[Plant, ...] = (
     Plant("missing-extra-unsaid", "realtime_lrp/cli/group.py",
           'problem = missing_extra(name or "", rest)', "problem = None",
           ("tests/test_reliability.py::test_a_missing_extra_is_one_line_saying_what_to_install",)),
-    Plant("gradcam-unweighted", "realtime_lrp/apps/evaluate/cam.py",
+    Plant("gradcam-unweighted", "realtime_lrp/lrp/cam.py",
           "cam = (grads.mean((2, 3), keepdim=True) * acts).sum(1)", "cam = acts.sum(1)",
           ("tests/test_cam.py::test_maps_equal_pytorch_grad_cam",)),
     Plant("road-fills-the-mean", "realtime_lrp/apps/evaluate/road.py",
@@ -346,6 +346,9 @@ PLANTS: tuple[Plant, ...] = (
     Plant("sglrp-drops-p-t", "realtime_lrp/lrp/targets.py",
           "return p_t * (torch.zeros_like(p)", "return (torch.zeros_like(p)",
           ("tests/test_targets.py::test_softmax_gradient_equals_sglrp_from_its_definition",)),
+    Plant("shared-maxpool-pads-zeros", "realtime_lrp/lrp/rules/pools.py",
+          "pad[0], pad[0] + extra[0]), value=-torch.inf)", "pad[0], pad[0] + extra[0]), value=0.0)",
+          ("tests/test_maxpool_ties.py::test_shared_equals_the_per_window_reference",)),
 )
 
 
