@@ -59,6 +59,7 @@ class Plan:
     serve_seconds: float = 5.0
     nvenc: tuple[int, int, int] = (1280, 720, 60)
     pytest_timeout: int = 150
+    pytest_files: tuple[str, ...] = ()  # () = every test file with a cuda mark
 
     @classmethod
     def gpu(cls) -> "Plan":
@@ -67,7 +68,8 @@ class Plan:
     @classmethod
     def dry(cls) -> "Plan":
         return cls("cpu", (32,), (1, 2), repeats=1, warmup=0, fidelity_size=32, webcam=(64, 48, 6),
-                   serve_seconds=1.0, nvenc=(256, 144, 5), pytest_timeout=120)
+                   serve_seconds=1.0, nvenc=(256, 144, 5), pytest_timeout=120,
+                   pytest_files=("tests/test_fast.py",))
 
 
 @dataclass
@@ -119,7 +121,8 @@ def families(plan: Plan, report: Report) -> list[str]:
 
 def run_pytest(plan: Plan, report: Report) -> None:
     marker = "cuda"
-    files = sorted(str(p) for p in (ROOT / "tests").glob("test_*.py") if "mark.cuda" in p.read_text())
+    files = [str(ROOT / f) for f in plan.pytest_files] or \
+        sorted(str(p) for p in (ROOT / "tests").glob("test_*.py") if "mark.cuda" in p.read_text())
     command = [sys.executable, "-m", "pytest", "-q", "-m", marker, "-p", "no:cacheprovider", *files]
     started = time.monotonic()
     try:

@@ -441,4 +441,4 @@ def test_shrinking_is_antialiased():
     frame[:, ::2] = 255
     card = {"input_size": [8, 32], "input_channels": 3, "mean": [0.0] * 3, "std": [1.0] * 3}
     x = frames_to_tensor([frame], card) * 255
-    assert (x - 127.5).abs().max() < 4
+    assert (x[..., 1:-1] - 127.5).abs().max() < 1  # the edge columns see one stripe more
