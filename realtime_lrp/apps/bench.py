@@ -147,8 +147,8 @@ def zennit_call(model: nn.Module, preset: str, mean: Sequence[float] = IMAGENET_
 
 def autolrp_call(model: nn.Module, preset: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """autoLRP's nearest configuration for ``preset`` as ``x -> relevance (N, H, W)`` of the top-1
-    logit, or None (not installed, or no equivalent: it cannot address the first layer, so
-    there is no epsilon-gamma-box)."""
+    logit, one sample per call as autoLRP explains them, or None (not installed, or no
+    equivalent: it cannot address the first layer, so there is no epsilon-gamma-box)."""
     try:
         import autolrp
     except ImportError:
@@ -161,15 +161,19 @@ def autolrp_call(model: nn.Module, preset: str) -> Callable[[torch.Tensor], torc
     else:
         return None
 
+    def one(x: torch.Tensor) -> torch.Tensor:
+        wrapped = autolrp.tensor(x)
+        out = model(wrapped)
+        out[0, out[0].argmax()].lrp(config=config)
+        return wrapped.relevance.sum(1)
+
     def call(x: torch.Tensor) -> torch.Tensor:
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # it announces every in-place op it runs out of place
-            wrapped = autolrp.tensor(x)
-            out = model(wrapped)
-            out.gather(1, out.argmax(1, keepdim=True)).sum().lrp(config=config)
-        return wrapped.relevance.sum(1)
+            # One scalar per call: a summed batch would share one unit seed among its samples.
+            return torch.cat([one(x[i:i + 1]) for i in range(len(x))])
 
     return call
 
