@@ -93,7 +93,7 @@ def test_negative_zero_is_zero_to_the_radix_select() -> None:
 
 
 def test_select_method_is_checked() -> None:
-    with pytest.raises(ValueError, match="select method must be one of auto, topk, radix, got 'sort'"):
+    with pytest.raises(ValueError, match="select method must be one of auto, topk, radix, sample, got 'sort'"):
         RelevanceFilter(0.1, method="sort")
     with pytest.raises(ValueError, match="outside"):
         kth_largest(torch.zeros(1, 4), 5)

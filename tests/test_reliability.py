@@ -521,3 +521,103 @@ def test_a_corrupt_download_is_refused_and_leaves_no_file(monkeypatch: pytest.Mo
     _, card = load_model("auto", arch="mobilenet_v3_small", notify=notices.append)
     assert card["arch"] != "mobilenet_v3_small" and notices[-1].endswith("the download was corrupt")
     assert not [p for p in (tmp_path / "torch").rglob("*") if p.is_file()]
+
+
+# -- small CLI faults ------------------------------------------------------------------------------
+
+def only_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_explicit_cuda_device_without_cuda_is_one_line_and_exit_2(tmp_path: Path, weights: Path,
+                                                                     clip: Path) -> None:
+    from media import run_rtlrp
+
+    for device in ("cuda", "cuda:1"):
+        proc = run_rtlrp(["video", clip, "--out", tmp_path / "o.mp4", "--weights", weights, "--device", device])
+        assert proc.returncode == 2 and "CUDA is not available here" in only_line(proc.stderr)
+    proc = run_rtlrp(["explain", clip.with_suffix(".png"), "--out", tmp_path, "--device", "gpu"])
+    assert proc.returncode == 2 and "use auto, cpu, cuda or cuda:N" in only_line(proc.stderr)
+    image = tmp_path / "item.png"
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(image), np.full((32, 32), 100, np.uint8))
+    proc = run_rtlrp(["explain", image, "--out", tmp_path / "maps", "--weights", weights, "--device", "auto"])
+    assert proc.returncode == 0 and "CUDA is not available: running on the CPU" in proc.stderr, proc.stderr
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_crf_is_checked_against_the_codecs_own_range(tmp_path: Path, clip: Path) -> None:
+    import numpy as np
+    from media import run_rtlrp
+
+    from realtime_lrp.media.writer import VideoWriter, WriterError
+
+    for out, crf, codec in ((tmp_path / "o.mp4", "60", "h264"), (tmp_path / "o.mkv", "52", "hevc"),
+                            (tmp_path / "o.webm", "64", "vp9")):
+        proc = run_rtlrp(["video", clip, "--out", out, "--codec", codec, "--crf", crf, "--device", "cpu"])
+        top = 63 if codec == "vp9" else 51
+        assert proc.returncode == 2, proc.stderr
+        assert f"--crf {crf} is out of range for {codec}: use 0-{top}" in only_line(proc.stderr)
+    proc = run_rtlrp(["video", clip, "--out-dir", tmp_path / "many", "--crf", "60", "--device", "cpu"])
+    assert proc.returncode == 2 and "out of range for h264" in only_line(proc.stderr)
+    with pytest.raises(WriterError, match="out of range for h264"):
+        VideoWriter(tmp_path / "w.mp4", 25, (32, 24), crf=52)
+    with VideoWriter(tmp_path / "w.webm", 25, (32, 24), crf=60) as writer:  # in range for vp9
+        writer.write(np.zeros((24, 32, 3), np.uint8))
+    assert frame_count(tmp_path / "w.webm") == 1
+
+
+def test_webcam_looks_for_the_camera_before_loading_the_model(tmp_path: Path) -> None:
+    from media import run_rtlrp
+
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"not the weights")  # auto rejects it and loads the shipped model, saying so: no download
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
+    started = time.monotonic()
+    proc = run_rtlrp(["webcam", "--camera", "9", "--no-window", "--weights", "auto"], env=env)
+    print(f"no camera: said after {time.monotonic() - started:.1f} s")
+    assert proc.returncode == 1 and "cannot open camera 9" in only_line(proc.stderr)
+    assert "weights" not in proc.stderr, "the model was loaded before the camera was tried"
+    helped = run_rtlrp(["webcam", "--help"])
+    assert "headless (--no-window), stop with Ctrl-C" in " ".join(helped.stdout.split())
+
+
+# -- install what you use ----------------------------------------------------------------------------
+
+def test_a_missing_extra_is_one_line_saying_what_to_install(tmp_path: Path) -> None:
+    from media import run_rtlrp
+
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nfor name in ('starlette', 'websockets', 'matplotlib'):\n"
+                                           "    sys.modules[name] = None  # as if not installed\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hide), os.environ.get("PYTHONPATH", "")])}
+    proc = run_rtlrp(["serve", "--port", "0"], env=env)
+    assert proc.returncode == 1
+    assert only_line(proc.stderr) == ("Error: rtlrp serve needs the serve extra (starlette, websockets not"
+                                      " installed): pip install 'realtime-lrp[serve]'")
+    proc = run_rtlrp(["evaluate", "--plot", tmp_path / "p.png"], env=env)
+    assert proc.returncode == 1 and "pip install 'realtime-lrp[eval]'" in only_line(proc.stderr)
+    helped = run_rtlrp(["serve", "--help"], env=env)
+    assert helped.returncode == 0 and "Usage" in helped.stdout
+
+
+def test_the_extras_split_what_each_command_needs() -> None:
+    import configparser
+    import re
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    names = lambda text: {re.split(r"[<>=\[ ]", line.strip())[0] for line in text.splitlines() if line.strip()}  # noqa: E731
+    core = names(cfg["options"]["install_requires"])
+    extras = {k: names(v) for k, v in cfg["options.extras_require"].items()}
+    assert core == {"torch", "torchvision", "numpy", "opencv-python", "av", "click", "rich"}
+    assert extras["serve"] == {"starlette", "uvicorn", "websockets"} and extras["eval"] == {"matplotlib"}
+    assert extras["serve"] | extras["eval"] | {"pytest", "zennit"} <= extras["dev"]
+    assert "mutmut" not in extras["dev"] and extras["mutmut"] == {"mutmut"}

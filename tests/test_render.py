@@ -399,3 +399,46 @@ def test_the_map_is_shown_over_the_region_the_model_saw():
     letterbox[5:15] = 1.0  # the frame's rows in the model's input
     padded = render.render(frame, letterbox, 1.0, "hot", "heatmap", fit="pad")
     assert (padded == 255).all()
+
+
+def test_a_long_label_shrinks_then_wraps_to_fit_the_frame():
+    long = "Greater Swiss Mountain dog  6.8%  [LRP: Bernese mountain dog]"
+    for width in (640, 320, 160):
+        image = np.full((240, width, 3), 100, np.uint8)
+        render.draw_label(image, long)
+        h, w = _label_box(image, 100)
+        assert w <= width, width
+        text = (image[:h, :w] >= 200).all(2)
+        assert text[:, -3:].sum() == 0, "no text cut at the right edge"
+    wide = np.full((240, 1280, 3), 100, np.uint8)
+    render.draw_label(wide, long)
+    one_line = _label_box(wide, 100)[0]
+    narrow = np.full((240, 160, 3), 100, np.uint8)
+    render.draw_label(narrow, long)
+    assert _label_box(narrow, 100)[0] > one_line, "wrapped onto more lines"
+    assert render.wrap_text(long, 200, 0.5, 1) == ["Greater Swiss Mountain dog", "6.8%", "[LRP: Bernese mountain dog]"]
+
+
+@pytest.mark.parametrize("cmap", ["fire", "signed"])
+def test_legend_shows_the_maps_colours_in_order_with_their_meaning(cmap: str):
+    image = np.full((240, 320, 3), 100, np.uint8)
+    render.draw_legend(image, cmap)
+    changed = (image != 100).any(2)
+    rows, cols = np.nonzero(changed)
+    assert rows.min() > 120 and cols.min() > 160 and rows.max() == 239 and cols.max() == 319, "bottom-right"
+    lut = render.get_colormap(cmap).lut.astype(int)
+    bar_row = image[rows.min() + 4, cols.min() + 4: 319 - 4].astype(int)
+    assert np.abs(bar_row[0] - lut[0]).max() <= 40 and np.abs(bar_row[-1] - lut[255]).max() <= 40
+    if render.get_colormap(cmap).centered:
+        middle = bar_row[len(bar_row) // 2]
+        assert middle.min() > 200, "white at zero"
+
+
+def test_shrinking_is_antialiased():
+    """1-pixel black and white stripes shrunk 8x average to mid grey; plain bilinear sampling
+    would pick stripes and alias (values near 0 and 255)."""
+    frame = np.zeros((64, 256, 3), np.uint8)
+    frame[:, ::2] = 255
+    card = {"input_size": [8, 32], "input_channels": 3, "mean": [0.0] * 3, "std": [1.0] * 3}
+    x = frames_to_tensor([frame], card) * 255
+    assert (x[..., 1:-1] - 127.5).abs().max() < 1  # the edge columns see one stripe more

@@ -283,3 +283,47 @@ def test_attnlrp_equals_a_slow_reference_of_its_rules_on_torchvision_vits(size: 
     assert ref.abs().amax() > 0
     assert rel_error(ours, ref) <= 1e-4
     assert rel_error(LRP(model, preset="cp-lrp")(x, target=target).relevance, ref) > 1e-2  # the presets differ
+
+
+# -- the default preset, input sizes, half precision -------------------------------------------------
+
+def test_auto_takes_cp_lrp_for_a_transformer_and_says_so() -> None:
+    from realtime_lrp import LRP
+    from tests.test_registry import small_cnn
+
+    vit = LRP(random_vit(*VIT_SIZES["tiny"]))
+    assert vit.preset.name == "cp-lrp"
+    assert vit.chosen == "preset auto: cp-lrp (the model has attention (matmul, projection, softmax nodes))"
+    cnn = LRP(small_cnn())
+    assert cnn.preset.name == "epsilon-plus-flat" and cnn.chosen == "preset auto: epsilon-plus-flat " \
+        "(the model has no attention)"
+    assert LRP(small_cnn(), preset="zplus").chosen is None
+
+
+def test_a_vit_given_another_size_is_told_the_size_it_needs() -> None:
+    from realtime_lrp import LRP
+
+    lrp = LRP(random_vit(*VIT_SIZES["tiny"]))
+    lrp(torch.randn(1, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"^Wrong image height! Expected 32 but got 48!$"):
+        lrp(torch.randn(1, 3, 48, 32))
+    with pytest.raises(ValueError, match=r"^Wrong image width! Expected 32 but got 40!$"):
+        lrp(torch.randn(1, 3, 32, 40))
+
+
+@pytest.mark.parametrize("preset", ["cp-lrp", "attnlrp"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_maps_equal_fp32_maps_up_to_rounding(preset: str, dtype: torch.dtype) -> None:
+    """fp16/bf16 run the forward and the linear rules' products in half precision with the engine's
+    per-sample power-of-two scaling, the other rules in fp32; the maps stay close to fp32's."""
+    from realtime_lrp import LRP
+
+    model = random_vit(*VIT_SIZES["wide"])
+    torch.manual_seed(7)
+    x, target = torch.randn(2, 3, 48, 48), torch.tensor([1, 3])
+    ref = LRP(model, preset=preset)(x, target=target).relevance
+    half = LRP(model, preset=preset, dtype=dtype)(x.to(dtype), target=target).relevance
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+    assert rel_error(half, ref) <= (0.02 if dtype == torch.float16 else 0.05)  # LXT's own bf16 map: 0.05 off
+    cos = torch.nn.functional.cosine_similarity(half.flatten(1), ref.flatten(1))
+    assert (cos > 0.999).all(), cos

@@ -22,7 +22,8 @@ from realtime_lrp.cli.options import (
               help="Camera index, device path (/dev/video0), video file or stream URL (rtsp://, http://).")
 @click.option("--record", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Record what is shown, in real time (the same writer as rtlrp video; see --codec).")
-@click.option("--no-window", is_flag=True, help="Run headless: live stats in the terminal, no window.")
+@click.option("--no-window", is_flag=True, help="Run headless: live stats in the terminal, no window and no keys; stop with Ctrl-C"
+                   " (or --max-frames).")
 @click.option("--snapshot-dir", default="snapshots", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Where key s saves PNG snapshots.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None,
@@ -35,7 +36,8 @@ from realtime_lrp.cli.options import (
 def webcam_command(camera: str, record: Path | None, no_window: bool, snapshot_dir: Path,
                    max_frames: int | None, pace: bool, codec: str | None, crf: int | None,
                    **options: object) -> None:
-    """Live LRP heatmaps from a camera: keys q/ESC quit, space pause, s snapshot, +/- top-k, c colours, l layout."""
+    """Live LRP heatmaps from a camera. In the window, keys q/ESC quit, space pause, s snapshot, +/- top-k,
+    c colours, l layout; headless (--no-window), stop with Ctrl-C."""
     import numpy as np
 
     from realtime_lrp.apps.live import LiveLoop
@@ -50,18 +52,21 @@ def webcam_command(camera: str, record: Path | None, no_window: bool, snapshot_d
     except CameraError as exc:
         raise click.ClickException(str(exc)) from None
     if record is not None:
-        check_output(record, Path(str(spec.target)) if spec.kind == "file" else None, codec)
-    processor = build_processor(options, console)
-    h, w = processor.size
-    processor.explain([np.zeros((h, w, 3), np.uint8)])  # first-call set-up, before the camera runs
-    display = open_display(f"rtlrp - {spec}", not no_window, console, notice)
+        check_output(record, Path(str(spec.target)) if spec.kind == "file" else None, codec, crf)
+    try:  # the camera first: a missing one is said at once, not after seconds of loading the model
+        source = LiveSource(spec, pace=pace if spec.kind == "file" else False).open(start=False)
+    except CameraError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
-        source = LiveSource(spec, pace=pace if spec.kind == "file" else False).open()
-    except BaseException as exc:
-        display.close()
-        if isinstance(exc, CameraError):
-            raise click.ClickException(str(exc)) from None
+        processor = build_processor(options, console)
+        h, w = processor.size
+        processor.process([np.zeros((h, w, 3), np.uint8)])  # first-call set-up (the pass), before the camera runs
+        processor.reset()
+        display = open_display(f"rtlrp - {spec}", not no_window, console, notice)
+    except BaseException:
+        source.close()
         raise
+    source.start()
     with signals.Deferred() as stop:
         try:
             summary = LiveLoop(source, processor, display, record=record, snapshot_dir=snapshot_dir,

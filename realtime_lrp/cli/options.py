@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
 
-from realtime_lrp.lrp.presets import PRESET_NAMES
+from realtime_lrp.lrp.presets import PRESET_CHOICES
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -16,6 +16,31 @@ if TYPE_CHECKING:
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class BadValue(click.ClickException):
+    """An option value that cannot work here: one line (``Error: ...``) and exit 2, like a usage error."""
+
+    exit_code = 2
+
+
+def check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N; an explicit CUDA device that is not there is refused
+    (``auto`` falls back to the CPU and says so)."""
+    text = str(value).strip().lower()
+    index = text.partition(":")[2]
+    if text not in ("auto", "cpu", "cuda") and not (text.startswith("cuda:") and index.isdigit()):
+        raise BadValue(f"--device {value}: use auto, cpu, cuda or cuda:N")
+    if text.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BadValue(f"--device {value}: CUDA is not available here (no NVIDIA GPU or driver, or a CPU-only"
+                           " torch); use --device auto (falls back to the CPU) or --device cpu")
+        if index and int(index) >= torch.cuda.device_count():
+            raise BadValue(f"--device {value}: this machine has {torch.cuda.device_count()} CUDA device(s),"
+                           f" cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return text
 
 
 def size_pair(text: str) -> list[int]:
@@ -100,8 +125,8 @@ def processing_options(func: F) -> F:
     """
     options = [
         weights_option,
-        click.option("--preset", type=click.Choice(PRESET_NAMES), default="epsilon-plus-flat",
-                     show_default=True, help="LRP rule preset (see rtlrp presets)."),
+        click.option("--preset", type=click.Choice(PRESET_CHOICES), default="auto", show_default=True,
+                     help="LRP rule preset (see rtlrp presets); auto: cp-lrp for transformers, else epsilon-plus-flat."),
         click.option("--top-k", type=click.FloatRange(0, 1), default=0.02, show_default=True,
                      help="Fraction of relevance kept before each layer (filtered LRP); 0 turns the filter off."),
         click.option("--target", default=None, metavar="CLASS",
@@ -122,8 +147,9 @@ def processing_options(func: F) -> F:
                      help="Strength of the overlay."),
         click.option("--legend", is_flag=True, default=False,
                      help="Draw the colour scale's legend (what the colours mean) on every frame."),
-        click.option("--device", default="auto", show_default=True,
-                     help="auto, cuda, cuda:N or cpu. CUDA runs in fp16; the CPU in fp32."),
+        click.option("--device", default="auto", show_default=True, callback=check_device,
+                     help="auto, cuda, cuda:N or cpu. CUDA runs in fp16; the CPU in fp32. auto falls back to the"
+                          " CPU (and says so); an explicit cuda without CUDA is an error."),
         click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="CPU threads for torch; default: all cores but two (at least one), which leaves"
                           " room for decoding and encoding."),
@@ -173,25 +199,41 @@ def stderr_console() -> Console:
 
 def codec_options(func: F) -> F:
     """``--codec`` and ``--crf``, shared by ``video`` and ``webcam --record``."""
-    func = click.option("--crf", type=click.IntRange(0, 63), default=None,
-                        help="Quality of h264/hevc/vp9 (lower is better and larger); default 23 / 28 / 33.")(func)
+    func = click.option("--crf", type=click.IntRange(0), default=None,
+                        help="Quality of h264/hevc (0-51) or vp9 (0-63); lower is better and larger;"
+                             " default 23 / 28 / 33.")(func)
     return click.option("--codec", type=click.Choice(["h264", "hevc", "vp9", "mjpeg", "h264_nvenc"]), default=None,
                         help="Encoder; default by extension: .mp4/.mov/.m4v/.mkv h264, .webm vp9, .avi mjpeg"
                              " (keeps odd sizes). h264_nvenc falls back to h264 without an NVIDIA driver.")(func)
 
 
-def check_output(out: Path, src: Path | None = None, codec: str | None = None) -> None:
-    """Refuse an output that cannot be written, or that is the input, before any work starts."""
-    from realtime_lrp.media.writer import WriterError, codec_for
+def check_output(out: Path, src: Path | None = None, codec: str | None = None, crf: int | None = None) -> None:
+    """Refuse an output that cannot be written, or that is the input, before any work starts
+    (a --crf out of the codec's range is exit 2)."""
+    from realtime_lrp.media.writer import WriterError, resolve_codec
     from realtime_lrp.util.atomic import OutputError, check_writable, same_file
 
     try:
-        codec_for(out, codec)
+        chosen = resolve_codec(out, codec)
+    except WriterError as exc:
+        raise click.ClickException(str(exc)) from None
+    check_codec_crf(chosen, crf)
+    try:
         if src is not None and (same_file(out, src) or out.absolute() == src.absolute()):
             raise WriterError(f"--out {out} is the input file itself")
         check_writable(out)
     except (WriterError, OutputError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def check_codec_crf(codec: Any, crf: int | None) -> None:
+    """``--crf`` within the range of ``codec`` (a writer ``Codec``), else one line and exit 2."""
+    from realtime_lrp.media.writer import WriterError, check_crf
+
+    try:
+        check_crf(codec, crf)
+    except WriterError as exc:
+        raise BadValue(str(exc)) from None
 
 
 def rank_and_world() -> tuple[int, int, int]:

@@ -60,7 +60,7 @@ def video_command(sources: tuple[Path, ...], out: Path | None, out_dir: Path | N
     if out_dir is not None:
         return _video_many(list(sources), out_dir, batch, codec, crf, options, console, rank, world)
     src = sources[0]
-    check_output(out, src, codec)
+    check_output(out, src, codec, crf)
     try:
         VideoReader(src).close()
     except InputError as exc:
@@ -107,16 +107,12 @@ def _video_many(sources: list[Path], out_dir: Path, batch: int, codec: str | Non
 
     from realtime_lrp.apps.video import FileOutcome, Ranks, one_line, output_for, process_videos, share, video_progress
     from realtime_lrp.util import signals
-    from realtime_lrp.util.atomic import OutputError, check_writable
 
     names = [output_for(src, out_dir, codec) for src in sources]
     clash = next((n for n in names if names.count(n) > 1), None)
     if clash is not None:
         raise click.ClickException(f"two inputs would both be written to {clash}: give inputs with distinct names")
-    try:
-        check_writable(names[0])
-    except OutputError as exc:
-        raise click.ClickException(str(exc)) from None
+    check_output(names[0], None, codec, crf)
     ranks = Ranks(rank, world).start()  # every rank joins before any work, so none waits on one that never came
     settings = run_settings(options, codec, crf)
     notice = lambda msg: console.print(msg, style="yellow")  # noqa: E731

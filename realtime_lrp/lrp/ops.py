@@ -35,7 +35,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from realtime_lrp.lrp.nodes import Activation, Node
+from realtime_lrp.lrp.nodes import Activation, Node, UnsupportedModelError
 from realtime_lrp.lrp.presets import RuleSpec, rule
 from realtime_lrp.lrp.rules.attention import merge_heads, split_heads
 
@@ -743,12 +743,21 @@ def _read_mul(reader: Any, op: Op, fx_node: Any, module: None) -> None:
                                       "from the other (s * sigmoid(f(s)))")
 
 
+def _same_shape(node: Node, out: Tensor, kept: Tensor) -> Tensor:
+    """``out``, if it has the shape of the tensor that takes all relevance; a product that
+    broadcasts that tensor to a larger shape has no rule (checked on shapes only: no sync)."""
+    if out.shape != kept.shape:
+        raise UnsupportedModelError(f"no LRP rule for node '{node.name}' (a product that broadcasts its "
+                                    f"{tuple(kept.shape)} input to {tuple(out.shape)})")
+    return out
+
+
 def _scale(node: Node, a: Tensor, weight: Tensor, bias: None) -> tuple[Tensor, None]:
-    return a * weight, None
+    return _same_shape(node, a * weight, a), None
 
 
 def _gate(node: Node, a: tuple[Tensor, Tensor], weight: None, bias: None) -> tuple[Tensor, None]:
-    return a[0] * a[1], None
+    return _same_shape(node, a[0] * a[1], a[0]), None
 
 
 MUL = Op("mul", _read_mul, functions=(operator.mul, operator.imul, torch.mul), methods=("mul",))

@@ -169,17 +169,25 @@ class LiveSource:
         self._error: CameraError | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
-    def open(self) -> LiveSource:
-        """Open the capture (raising ``CameraError`` at once if it fails) and start the thread."""
-        if self._thread is not None:
-            return self
-        capture = self._open_once()
-        if capture is None:
-            raise CameraError(self._open_failure_message())
-        self._capture = capture
-        self.fps = capture_fps(capture)
-        self._thread = threading.Thread(target=self._run, name=f"capture {self.spec}", daemon=True)
-        self._thread.start()
+    def open(self, start: bool = True) -> LiveSource:
+        """Open the capture (raising ``CameraError`` at once if it fails) and, unless ``start`` is
+        False, start the thread (:meth:`start`; a file then plays from its first frame once the
+        caller is ready, e.g. after loading the model)."""
+        if self._capture is None and self._thread is None:
+            capture = self._open_once()
+            if capture is None:
+                raise CameraError(self._open_failure_message())
+            self._capture = capture
+            self.fps = capture_fps(capture)
+        return self.start() if start else self
+
+    def start(self) -> LiveSource:
+        """Start the capture thread of an opened source (once)."""
+        if self._thread is None:
+            if self._capture is None:
+                raise RuntimeError("LiveSource.start() before open()")
+            self._thread = threading.Thread(target=self._run, name=f"capture {self.spec}", daemon=True)
+            self._thread.start()
         return self
 
     def close(self, timeout: float = 5.0) -> None:

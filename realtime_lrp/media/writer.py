@@ -53,6 +53,7 @@ class Codec:
     options: dict[str, str] = field(default_factory=dict)
     crf: bool = True
     fallback: str | None = None
+    crf_max: int = 51  # x264 and x265 take 0-51, libvpx-vp9 0-63
 
     @property
     def even(self) -> bool:
@@ -67,7 +68,7 @@ CODECS: dict[str, Codec] = {c.name: c for c in (
     Codec("hevc", "libx265", "yuv420p", (".mp4", ".m4v", ".mov", ".mkv"),
           {"preset": "fast", "x265-params": "log-level=error"}),
     Codec("vp9", "libvpx-vp9", "yuv420p", (".webm", ".mkv", ".mp4"), {"deadline": "realtime", "cpu-used": "8",
-                                                                      "row-mt": "1"}),
+                                                                      "row-mt": "1"}, crf_max=63),
     Codec("mjpeg", "mjpeg", "yuvj444p", (".avi", ".mkv", ".mov"), crf=False),
 )}
 DEFAULT_CODEC: dict[str, str] = {".mp4": "h264", ".m4v": "h264", ".mov": "h264", ".mkv": "h264",
@@ -106,9 +107,22 @@ def resolve_codec(path: str | Path, codec: str | None = None) -> Codec:
     return chosen
 
 
-def codec_for(path: str | Path, codec: str | None = None) -> str:
-    """The codec name that :class:`VideoWriter` will use for ``path`` (checks the same things)."""
-    return resolve_codec(path, codec).name
+def codec_for(path: str | Path, codec: str | None = None, crf: int | None = None) -> str:
+    """The codec name that :class:`VideoWriter` will use for ``path`` (checks the same things, ``crf`` too)."""
+    chosen = resolve_codec(path, codec)
+    check_crf(chosen, crf)
+    return chosen.name
+
+
+def check_crf(codec: Codec, crf: int | None) -> None:
+    """Raise a one-line :class:`WriterError` unless ``crf`` is None or in ``codec``'s range."""
+    if crf is None:
+        return
+    if not codec.crf:
+        raise WriterError(f"--crf does not apply to {codec.name}")
+    if not 0 <= crf <= codec.crf_max:
+        raise WriterError(f"--crf {crf} is out of range for {codec.name}: use 0-{codec.crf_max}"
+                          f" (default {DEFAULT_CRF[codec.encoder]}; lower is better and larger)")
 
 
 def open_failure(encoder: str, size: tuple[int, int] = (640, 480)) -> str | None:
@@ -235,8 +249,7 @@ class VideoWriter:
         self.codec = resolve_codec(self.path, codec)
         if not (math.isfinite(float(fps)) and float(fps) > 0):
             raise WriterError(f"invalid frame rate {fps!r}")
-        if crf is not None and not self.codec.crf:
-            raise WriterError(f"--crf does not apply to {self.codec.name}")
+        check_crf(self.codec, crf)
         self.rate = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(100000)
         self.fps = float(self.rate)
         self._constant = FORMATS[self.path.suffix.lower()] in _CONSTANT_RATE

@@ -44,13 +44,13 @@ def _stderr(message: str) -> None:
 
 
 def download(url: str, dest: Path, timeout: float = 10.0, notify: Callable[[str], None] | None = None,
-             expected_mb: float | None = None, progress: bool = True) -> None:
+             expected_mib: float | None = None, progress: bool = True) -> None:
     """Fetch ``url`` into ``dest``: announced with its size, shown with a progress bar, written
     beside ``dest``, hash-checked, then moved into place (synced, folder too).
 
     Every socket wait is bounded by ``timeout``; nothing is announced before the server
-    answers, so an offline machine sees only its caller's one-line fallback. ``expected_mb``
-    (torchvision's ``_file_size``) is the size said when the server does not send one.
+    answers, so an offline machine sees only its caller's one-line fallback. ``expected_mib``
+    (torchvision's ``_file_size``, in MiB) gives the size said when the server does not send one.
     Raises ``OSError`` (:class:`DownloadCorrupt` for a hash mismatch); the cache is left as it was.
     """
     import urllib.request
@@ -68,7 +68,7 @@ def download(url: str, dest: Path, timeout: float = 10.0, notify: Callable[[str]
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as fh:
             length = response.headers.get("Content-Length") if getattr(response, "headers", None) else None
             total = int(length) if length and length.isdigit() else None
-            size = total / 1e6 if total else expected_mb
+            size = total / 1e6 if total else (expected_mib * 1.048576 if expected_mib else None)  # MB
             notify(f"downloading {dest.name}{f' ({size:,.1f} MB)' if size else ''} from {url} to {dest.parent}"
                    " (once; later runs read the cache)")
             bar = Progress("{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),

@@ -121,7 +121,7 @@ def load_imagenet(arch: str = "vgg16", timeout: float = 10.0,
     cached = imagenet_cache_file(arch)
     if not cached.is_file():
         try:
-            download(weights.url, cached, timeout, notify=notify, expected_mb=weights.meta.get("_file_size"))
+            download(weights.url, cached, timeout, notify=notify, expected_mib=weights.meta.get("_file_size"))
         except OSError as exc:
             why = _download_failure(exc)
             raise ImagenetUnavailable(
