@@ -60,6 +60,7 @@ class Plan:
     nvenc: tuple[int, int, int] = (1280, 720, 60)
     pytest_timeout: int = 150
     pytest_files: tuple[str, ...] = ()  # () = every test file with a cuda mark
+    other_families: tuple[str, ...] = OTHER_FAMILIES
 
     @classmethod
     def gpu(cls) -> "Plan":
@@ -67,9 +68,9 @@ class Plan:
 
     @classmethod
     def dry(cls) -> "Plan":
-        return cls("cpu", (32,), (1, 2), repeats=1, warmup=0, fidelity_size=32, webcam=(64, 48, 6),
+        return cls("cpu", (64,), (1, 2), repeats=1, warmup=0, fidelity_size=64, webcam=(64, 48, 6),
                    serve_seconds=1.0, nvenc=(256, 144, 5), pytest_timeout=120,
-                   pytest_files=("tests/test_fast.py",))
+                   pytest_files=("tests/test_fast.py",), other_families=("mobilenet_v3_small",))
 
 
 @dataclass
@@ -109,7 +110,7 @@ def families(plan: Plan, report: Report) -> list[str]:
     from realtime_lrp.models.architectures import build_model
 
     names = list(BASE_FAMILIES)
-    for arch in OTHER_FAMILIES:
+    for arch in plan.other_families:
         try:
             LRP(build_model(arch, 10).eval())
         except Exception as exc:  # noqa: BLE001 - unsupported or unknown here: said, not fatal
@@ -157,6 +158,9 @@ def run_bench(plan: Plan, report: Report, names: list[str]) -> None:
                     torch.cuda.empty_cache()
                     report.add("bench", f"{arch} {size} b{batch}", "out of memory")
                     continue
+                except Exception as exc:  # noqa: BLE001 - one family's failure is a row
+                    report.add("bench", f"{arch} {size} b{batch}", "failed", f"{type(exc).__name__}: {exc}")
+                    continue
                 for row in rows:
                     figure = f"{row['engine_ms']:.1f} ms ({row['engine_fps']:.0f} img/s)"
                     note = f"{row['engine_over_floor']:.2f}x floor"
@@ -183,10 +187,14 @@ def run_fidelity(plan: Plan, report: Report, names: list[str]) -> None:
         x = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(1)).to(plan.device)
         x = (x - 0.45) / 0.225
         maps = {}
-        for dtype in (torch.float32, low):
-            lrp = LRP(model, preset="epsilon-plus-flat", top_k=0.0, dtype=dtype, device=plan.device)
-            result = lrp(x.to(dtype))
-            maps[dtype] = (result.relevance.float().cpu(), result.logits.float().argmax(1).cpu())
+        try:
+            for dtype in (torch.float32, low):
+                lrp = LRP(model, preset="epsilon-plus-flat", top_k=0.0, dtype=dtype, device=plan.device)
+                result = lrp(x.to(dtype))
+                maps[dtype] = (result.relevance.float().cpu(), result.logits.float().argmax(1).cpu())
+        except Exception as exc:  # noqa: BLE001 - one family's failure is a row
+            report.add("fidelity", f"{arch} {size}", "failed", f"{type(exc).__name__}: {exc}")
+            continue
         (ref, top_ref), (got, top_got) = maps[torch.float32], maps[low]
         cosine = torch.nn.functional.cosine_similarity(ref.flatten(1), got.flatten(1), dim=1)
         finite = bool(torch.isfinite(got).all())

@@ -420,7 +420,7 @@ PLANTS: tuple[Plant, ...] = (
           ("tests/test_render.py::test_contact_sheet_tiles_are_one_size_with_no_gaps",)),
     Plant("padding-folded-into-the-scale", "realtime_lrp/pipeline/stream.py",
           "ok = torch.isfinite(q) & (q > 0) & (valid if valid is not None else _all(q.shape[0], q.device))",
-          "ok = torch.isfinite(q) & (q > 0)",
+          "ok = torch.isfinite(q) & (q > 0) & _all(q.shape[0], q.device)",
           ("tests/test_fast.py::test_a_partial_batch_runs_padded_in_the_captured_pass_and_its_padding_is_discarded",)),
     Plant("nvenc-probe-at-a-fixed-size", "realtime_lrp/media/writer.py",
           "failure = open_failure(codec.encoder, self.file_size) if", "failure = open_failure(codec.encoder) if",
