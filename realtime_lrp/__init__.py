@@ -8,12 +8,14 @@ The heavy names are imported lazily so that ``rtlrp --help`` does not pay for to
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["LRP", "LRPResult", "load_model", "__version__"]
+__all__ = ["LRP", "LRPResult", "load_model", "overlay", "prepare", "__version__"]
 
 _LAZY = {
     "LRP": "realtime_lrp.lrp.engine",
     "LRPResult": "realtime_lrp.lrp.engine",
     "load_model": "realtime_lrp.models.loading",
+    "prepare": "realtime_lrp.pipeline.api",
+    "overlay": "realtime_lrp.pipeline.api",
 }
 
 

@@ -23,8 +23,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from realtime_lrp.lrp.engine import LRP
-from realtime_lrp.pipeline.fast import DevicePass, _DeviceScale, channels_last_weights
 from realtime_lrp.lrp.presets import PRESET_NAMES
+from realtime_lrp.pipeline.fast import MODES, DevicePass, channels_last_weights
+from realtime_lrp.pipeline.preprocess import FITS, Fit
+from realtime_lrp.pipeline.stream import StreamState
 
 CUDA = torch.device("cuda", 0)
 
@@ -69,6 +71,8 @@ def audited(mode: FakeTensorMode, fn: Callable[[], Any]) -> tuple[Any, DeviceAud
 MODELS = {
     "vgg16_bn": lambda: torchvision.models.vgg16_bn(num_classes=10),
     "resnet50": lambda: torchvision.models.resnet50(num_classes=10),
+    "efficientnet_b0": lambda: torchvision.models.efficientnet_b0(num_classes=10),
+    "mobilenet_v3_large": lambda: torchvision.models.mobilenet_v3_large(num_classes=10),
 }
 
 
@@ -127,20 +131,116 @@ def test_the_checks_catch_a_sync_and_a_host_copy(fake_models) -> None:
 @pytest.mark.parametrize("preset", PRESET_NAMES)
 @pytest.mark.parametrize("top_k", [0.0, 0.02])
 def test_fast_frame_pass_device_part_has_no_host_sync(fake_models, arch: str, preset: str, top_k: float) -> None:
-    """The fast path's device part (resize, normalise, LRP, colour scale, colour map, blend)
-    on uint8 frames of another size than the processing size; each case takes one layout."""
+    """The frame pass's device part (conversion, fit, antialiased resize, normalise, LRP,
+    smoothing, colour scale, colour map, blend) on uint8 frames of another size than the
+    processing size; each case takes one layout, one fit and one mode, with a padded frame."""
     mode, models = fake_models
-    layout = ("overlay", "side", "heatmap")[(PRESET_NAMES.index(preset) + list(MODELS).index(arch)) % 3]
+    case = PRESET_NAMES.index(preset) + list(MODELS).index(arch) + int(top_k > 0)
+    layout = ("overlay", "side", "heatmap")[case % 3]
+    fit = FITS[(case // 3) % 3]
+    pass_mode = MODES[case % 3]
     with mode:
         lrp = LRP(models[arch], preset=preset, top_k=top_k)
         channels_last_weights(lrp)
-        scale = _DeviceScale(CUDA, 99.5, 0.1)
+        state = StreamState(0.5, (64, 48), CUDA, 2 if pass_mode == "streams" else 1)
         target = torch.full((2,), 4, dtype=torch.long, device=CUDA)
-        device_pass = DevicePass(lrp, (64, 48), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], scale,
-                                 "diverging", layout, 0.6, target)
+        device_pass = DevicePass(lrp, Fit.of(fit, (60, 90), (64, 48)), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225],
+                                 state, "diverging", layout, 0.6, target, pass_mode)
         frames = torch.randint(0, 256, (2, 60, 90, 3), dtype=torch.uint8, device=CUDA)
-    (out, preds), audit = audited(mode, lambda: device_pass(frames))
+        valid = torch.tensor([True, False], device=CUDA)
+    (out, preds), audit = audited(mode, lambda: device_pass(frames, valid))
     assert audit.off_device == []
     assert out.dtype == torch.uint8 and out.device == CUDA
     assert out.shape == ((2, 60, 180, 3) if layout == "side" else (2, 60, 90, 3))
     assert preds.shape == (3, 2) and preds.device == CUDA
+
+
+@pytest.fixture(scope="module")
+def fake_densenet() -> tuple[FakeTensorMode, nn.Module]:
+    torch.manual_seed(0)
+    mode = FakeTensorMode()
+    return mode, fake_cuda(torchvision.models.densenet121(num_classes=10), mode, torch.float16)
+
+
+@pytest.mark.parametrize("preset, top_k", [("epsilon-plus-flat", 0.02), ("epsilon-gamma-box", 0.0), ("zplus", 0.02)])
+def test_densenet121_fp16_has_no_host_sync(fake_densenet, preset: str, top_k: float) -> None:
+    """DenseNet-121 (concatenations, batch norms merged into the conv after them, thresholded ReLUs) in
+    fp16: building the engine and a call stay on the device, with no host sync."""
+    mode, model = fake_densenet
+    with mode:
+        lrp = LRP(model, preset=preset, top_k=top_k)
+        channels_last_weights(lrp)
+        target = torch.tensor([3, 7], device=CUDA)
+    assert {"cat", "shifted_relu"} <= {step.node.kind for step in lrp.steps}
+    x = fake_input(mode, 2, 64, 48)
+    result, audit = audited(mode, lambda: lrp(x, target=target))
+    assert audit.off_device == []
+    assert result.relevance.shape == (2, 64, 48) and result.relevance.device == CUDA
+
+
+def test_the_webcam_loops_own_pass_has_no_host_sync_on_fake_cuda_fp16(fake_models, tmp_path, monkeypatch) -> None:
+    """The pass the real webcam loop builds (run here on the CPU over a file camera, with a class
+    target, smoothing and a crop) replayed on fake CUDA in fp16 with VGG16-BN: device work only."""
+    from media import tiny_card, tiny_model
+    from test_live import SIZE, ScriptedDisplay, camera_source, write_clip
+
+    from realtime_lrp.apps.live import LiveLoop
+    from realtime_lrp.pipeline.processor import FrameProcessor
+
+    built: list[DevicePass] = []
+    init = DevicePass.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(DevicePass, "__init__", spy)
+    processor = FrameProcessor(tiny_model(3), tiny_card(3), device="cpu", target=4, smooth=0.5, fit="crop")
+    source = camera_source(write_clip(tmp_path / "camera.avi", 30))
+    try:
+        summary = LiveLoop(source, processor, ScriptedDisplay(), max_frames=2).run()
+    finally:
+        source.close()
+    assert summary.frames == 2 and len(built) == 1
+    live = built[0]
+    assert (live.mode, live.fit.mode, live.fit.frame) == ("stream", "crop", (SIZE[1], SIZE[0]))
+    target = int(live.target[0])
+    mode, models = fake_models
+    with mode:
+        lrp = LRP(models["vgg16_bn"], preset=processor.preset, top_k=processor.top_k)
+        channels_last_weights(lrp)
+        state = StreamState(live.state.smoother.alpha, processor.size, CUDA)
+        device_pass = DevicePass(lrp, live.fit, processor.card["mean"], processor.card["std"], state,
+                                 processor.cmap, live.layout, live.alpha, torch.full((1,), target, device=CUDA),
+                                 live.mode)
+        frames = torch.randint(0, 256, (1, SIZE[1], SIZE[0], 3), dtype=torch.uint8, device=CUDA)
+        valid = torch.ones(1, dtype=torch.bool, device=CUDA)
+    (out, preds), audit = audited(mode, lambda: device_pass(frames, valid))
+    assert audit.off_device == [] and out.shape == (1, SIZE[1], SIZE[0], 3) and out.device == CUDA
+    assert tuple(preds.shape) == (3, 1) and preds.device == CUDA
+
+
+@pytest.mark.parametrize("arch, size", [("small", 32), pytest.param("vit_b_16", 224, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("preset, top_k", [("cp-lrp", 0.02), ("attnlrp", 0.0)])
+def test_vision_transformer_fp16_has_no_host_sync(arch: str, size: int, preset: str, top_k: float) -> None:
+    """torchvision ViTs (attention read as its parts, class token, position embedding, shape checks)
+    in fp16: building the engine and a call stay on the device, with no host sync."""
+    torch.manual_seed(0)
+    mode = FakeTensorMode()
+    if arch == "small":
+        build = torchvision.models.VisionTransformer(32, 8, 2, 2, 16, 32, num_classes=10)
+    else:
+        build = torchvision.models.vit_b_16(num_classes=10)
+    model = fake_cuda(build, mode, torch.float16)
+    with mode:  # parameters stay Parameters: fx reads the class token and position embedding as get_attr
+        for module in model.modules():
+            for name, tensor in list(module._parameters.items()):
+                if tensor is not None:
+                    module._parameters[name] = nn.Parameter(tensor, requires_grad=False)
+        lrp = LRP(model, preset=preset, top_k=top_k)
+        target = torch.tensor([3, 7], device=CUDA)
+    assert {"matmul", "softmax", "layernorm", "projection", "assert"} <= {step.node.kind for step in lrp.steps}
+    x = fake_input(mode, 2, size, size)
+    result, audit = audited(mode, lambda: lrp(x, target=target))
+    assert audit.off_device == []
+    assert result.relevance.shape == (2, size, size) and result.relevance.device == CUDA

@@ -8,6 +8,8 @@ with no canonizer are the reference.
 from __future__ import annotations
 
 import copy
+import operator
+import types
 
 import pytest
 import torch
@@ -67,6 +69,7 @@ class IndexNet(nn.Module):
         p, q = y.chunk(2, dim=1)
         y = channel_shuffle(torch.cat([p, torch.relu(self.b(q))], 1), 2)
         y = y[:, :, 1:, ::2].permute(0, 1, 3, 2).transpose(-1, -2).contiguous()
+        y = y.permute(0, 2, 3, 1).permute([0, 3, 1, 2])  # not involutions: their inverses differ
         y = torch.relu(self.c(y.unsqueeze(2).squeeze(2)))
         first, second = torch.split(y, [2, 4], dim=1)
         y = torch.cat((second, first), dim=1)[..., :3, :4]
@@ -153,6 +156,16 @@ def _leaves(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
     return sorted(out, key=lambda t: order[id(t[2])])
 
 
+def fold_left(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold ``bn`` into the conv before it, in place (in the engine's order of operations: maps that
+    merge batch norms to the right are ill-conditioned, so the reference rounds as the engine does)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+    with torch.no_grad():
+        conv.weight.mul_(scale.view(-1, 1, 1, 1))
+        conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+
+
 def merge_batchnorm_left(model: nn.Module) -> nn.Module:
     """The test's canonizer (Pahde's CorrectSequentialMergeBatchNorm): a batch norm defined right
     after a conv is folded into it, without zennit's left-over epsilon, and becomes the identity."""
@@ -160,32 +173,42 @@ def merge_batchnorm_left(model: nn.Module) -> nn.Module:
     leaves = _leaves(model)
     for (_, _, conv), (parent, name, bn) in zip(leaves, leaves[1:]):
         if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
-            with torch.no_grad():
-                conv.weight.mul_(scale.view(-1, 1, 1, 1))
-                conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+            fold_left(conv, bn)
             setattr(parent, name, nn.Identity())
     return model
 
 
+POOL_FUNCTIONS = {nn.functional.max_pool2d: nn.MaxPool2d, nn.functional.avg_pool2d: nn.AvgPool2d,
+                  nn.functional.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d}
+
+
 def dag_zplus(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Slow z+ reference on any fx-traceable DAG (BN folded beforehand): each Conv2d/Linear by
-    the z+ rule with zero bias (the first one on an all-ones input), each pool by the z-rule (a
+    the z+ rule with zero bias (alpha=1, beta=0: positive weights on positive inputs and negative
+    ones on negative inputs; the first layer on an all-ones input), each pool by the z-rule (a
     max-pool as the average pool of its windows), one autograd gradient trick per layer; every
-    other node (ReLU, cat, flatten, slicing, views) passes relevance by its vector-Jacobian
-    product, which for these is the identity or the index map."""
+    ReLU module (and the thresholded ReLU) passes relevance unchanged; every other node (functional
+    ReLUs, cat, flatten, slicing, views) by its vector-Jacobian product, which for these is the
+    identity where the ReLU's output is not 0, or the index map."""
     model = copy.deepcopy(model)
     for module in model.modules():
         if hasattr(module, "inplace"):
             module.inplace = False
-    traced = torch.fx.symbolic_trace(model)
+    class Tracer(torch.fx.Tracer):  # ReLU modules (the thresholded ReLU too) stay one call: the identity rule
+        def is_leaf_module(self, m: nn.Module, name: str) -> bool:
+            return isinstance(m, nn.ReLU) or super().is_leaf_module(m, name)
+
+    tracer = Tracer()
+    graph = tracer.trace(model)
+    traced = torch.fx.GraphModule(tracer.root, graph)
     modules = dict(traced.named_modules())
     first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     values: dict = {}
     for node in traced.graph.nodes:
         if node.op == "placeholder":
             values[node] = x
+        elif node.op == "get_attr":
+            values[node] = operator.attrgetter(node.target)(traced)
         elif node.op == "output":
             out_node = node.args[0]
         else:
@@ -198,33 +221,45 @@ def dag_zplus(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.
     index = target.view(-1, 1)
     relevance = {out_node: torch.zeros_like(logits).scatter_(1, index, logits.gather(1, index))}
     for node in reversed(list(traced.graph.nodes)):
-        if node not in relevance or node.op == "placeholder":
+        if node not in relevance or node.op in ("placeholder", "get_attr"):
             continue
         R = relevance.pop(node)
-        if not isinstance(values[node], torch.Tensor):
+        if node.target is operator.getitem and isinstance(values[node.args[0]], tuple):  # a part of chunk/split
+            parts_of = relevance.setdefault(node.args[0], {})
+            parts_of[node.args[1]] = parts_of[node.args[1]] + R if node.args[1] in parts_of else R
+            continue
+        if isinstance(values[node], tuple):  # chunk/split: the relevance of each part read
+            R = tuple(R.get(k, torch.zeros_like(v)) for k, v in enumerate(values[node]))
+        elif not isinstance(values[node], torch.Tensor):
             continue
         inputs = list(node.all_input_nodes)
-        if node.op == "call_module" and isinstance(modules[node.target], (nn.Conv2d, nn.Linear, nn.MaxPool2d,
-                                                                          nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
-            layer = modules[node.target]
-            if isinstance(layer, (nn.Conv2d, nn.Linear)):
-                is_first = layer is first
-                layer = copy.deepcopy(layer)
-                layer.weight.data.clamp_(min=0)
-                if layer.bias is not None:
-                    layer.bias.data.zero_()
-            elif isinstance(layer, nn.MaxPool2d):
-                is_first = False
-                layer = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode)
-            else:
-                is_first = False
+        layer = modules[node.target] if node.op == "call_module" else None
+        if node.target in POOL_FUNCTIONS:  # F.max_pool2d(x, ...) is its module
+            layer = POOL_FUNCTIONS[node.target](*node.args[1:], **node.kwargs)
+        if isinstance(layer, nn.ReLU):
+            parts = [R]
+        elif isinstance(layer, (nn.Conv2d, nn.Linear)):  # z+ = alpha 1, beta 0: W+ on a+ and W- on a-
             a = values[inputs[0]]
-            a = (torch.ones_like(a) if is_first else a).detach().requires_grad_()
+            a = (torch.ones_like(a) if layer is first else a).detach()
+            pos, neg = (a.clamp(min=0).requires_grad_(), a.clamp(max=0).requires_grad_())
+            w_pos, w_neg = copy.deepcopy(layer), copy.deepcopy(layer)
+            w_pos.weight.data.clamp_(min=0)
+            w_neg.weight.data.clamp_(max=0)
+            for part in (w_pos, w_neg):
+                if part.bias is not None:
+                    part.bias.data.zero_()
+            z = w_pos(pos) + w_neg(neg) + 1e-5
+            (z * (R / z).detach()).sum().backward()
+            parts = [(pos * pos.grad + neg * neg.grad).detach()]
+        elif isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+            if isinstance(layer, nn.MaxPool2d):
+                layer = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode)
+            a = values[inputs[0]].detach().requires_grad_()
             z = layer(a) + 1e-5
             (z * (R / z).detach()).sum().backward()
             parts = [(a * a.grad).detach()]
         else:
-            inputs = [n for n in inputs if isinstance(values[n], torch.Tensor)]  # not shapes
+            inputs = [n for n in inputs if isinstance(values[n], torch.Tensor) and values[n].is_floating_point()]
             lookup = {n: values[n] for n in node.all_input_nodes}
             leaves = {n: values[n].detach().requires_grad_() for n in inputs}
             lookup.update({n: leaf.clone() for n, leaf in leaves.items()})  # F.relu(..., inplace=True) may write
@@ -240,67 +275,6 @@ def dag_zplus(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.
     return relevance[next(iter(traced.graph.nodes))].sum(1)
 
 
-def googlenet(transform_input: bool) -> nn.Module:
-    torch.manual_seed(0)
-    return randomise(torchvision.models.googlenet(num_classes=7, aux_logits=True, transform_input=transform_input,
-                                                  init_weights=False))
-
-
-def transformed_twin(model: nn.Module, x: torch.Tensor, bounds: tuple) -> tuple[nn.Module, torch.Tensor, tuple]:
-    """The test's canonizer for ``transform_input``: the same model without it, the image
-    transformed as torchvision does, and the z^B bounds mapped the same way (per channel)."""
-    if not getattr(model, "transform_input", False):
-        return model, x, bounds
-    twin = copy.deepcopy(model)
-    twin.transform_input = False
-    low, high = (model._transform_input(b.view(1, -1, 1, 1)).flatten() for b in bounds)
-    return twin, model._transform_input(x), (low, high)
-
-
-FAMILIES = {
-    "squeezenet1_0": lambda: randomise(torchvision.models.squeezenet1_0(num_classes=7)),
-    "squeezenet1_1": lambda: randomise(torchvision.models.squeezenet1_1(num_classes=7)),
-    "googlenet": lambda: googlenet(True),
-    "googlenet_plain": lambda: googlenet(False),
-}
-SIZES = {"squeezenet1_0": (37, 51), "squeezenet1_1": (37, 51), "googlenet": (40, 56), "googlenet_plain": (48, 40)}
-
-
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
-def family(request) -> tuple[str, nn.Module, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(1)
-    model = FAMILIES[request.param]()
-    x = torch.randn(2, 3, *SIZES[request.param])
-    with torch.no_grad():
-        logits = model(x)
-    ranked = logits.argsort(1, descending=True)
-    second = ranked[:, 1]  # explicit targets, not the top-1, unless that logit is 0 (SqueezeNet's ReLU'd logits)
-    target = torch.where(logits.gather(1, second.view(-1, 1)).squeeze(1) > 0, second, ranked[:, 0])
-    assert (logits.gather(1, target.view(-1, 1)) != 0).all()
-    return request.param, model, x, target
-
-
-@pytest.mark.parametrize("preset", SIGNED)
-def test_family_equals_zennit(family, preset: str) -> None:
-    name, model, x, target = family
-    twin, x_ref, bounds = transformed_twin(model, x, pixel_bounds(IMAGENET_MEAN, IMAGENET_STD))
-    ref = zennit_map(merge_batchnorm_left(twin), x_ref, preset, target, bounds=bounds)
-    ours = LRP(model, preset=preset)(x, target=target)
-    torch.testing.assert_close(ours.logits, model(x), rtol=1e-4, atol=1e-5)
-    error = relative_error(ours.relevance, ref)
-    print(f"{name} {preset}: max error {error.max():.2e}")
-    assert (error <= 1e-4).all()
-
-
-def test_family_zplus_equals_slow_reference(family) -> None:
-    name, model, x, target = family
-    twin, x_ref, _ = transformed_twin(model, x, (torch.zeros(3), torch.ones(3)))
-    ref = dag_zplus(merge_batchnorm_left(twin), x_ref, target)
-    error = relative_error(LRP(model, preset="zplus")(x, target=target).relevance, ref)
-    print(f"{name} zplus: max error {error.max():.2e}")
-    assert (error <= 1e-4).all()
-
-
 # -- batch norm merged into the layer after it ----------------------------------------------------
 
 def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,15 +283,16 @@ def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class ThreshReLU(nn.ReLU):
-    """Pahde's thresholded ReLU (an nn.ReLU, so zennit gives it Pass): ``x`` where ``s x + t > 0``, else ``-t/s``."""
+    """Pahde's thresholded ReLU (an nn.ReLU, so zennit gives it Pass): ``x`` where ``s x + t > 0``, else
+    ``-t/s`` (the test written as ``sign(s) (x + t/s) > 0``, as the engine rounds it)."""
 
     def __init__(self, bn: nn.BatchNorm2d) -> None:
         super().__init__()
         self.scale, self.shift = bn_affine(bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s, t = self.scale.view(1, -1, 1, 1), self.shift.view(1, -1, 1, 1)
-        return torch.where(s * x + t > 0, x, -t / s)
+        sign, floor = torch.sign(self.scale).view(1, -1, 1, 1), (-self.shift / self.scale).view(1, -1, 1, 1)
+        return torch.where((x - floor) * sign > 0, x, floor)
 
 
 def merged_right(layer: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
@@ -337,7 +312,7 @@ def merged_right(layer: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
     s, t = (v.repeat_interleave(per).view(view) for v in (scale, shift))
     bias = layer.bias.detach() if layer.bias is not None else 0
     with torch.no_grad():
-        layer.bias = nn.Parameter(bias + (layer.weight * t).flatten(1).sum(1))
+        layer.bias = nn.Parameter(bias + (layer.weight * t).sum(tuple(range(1, layer.weight.dim()))))
         layer.weight.mul_(s)
     if isinstance(layer, nn.Conv2d) and layer.padding != (0, 0):
         (ph, pw), fill = layer.padding, (-shift / scale).view(1, -1, 1, 1)
@@ -410,6 +385,18 @@ def test_batch_norm_before_a_layer_is_merged_into_it() -> None:
         torch.testing.assert_close(LRP(model, preset=preset)(x).logits, model(x), rtol=1e-5, atol=1e-6)
 
 
+def test_batch_norm_of_zero_scale_is_merged_exactly() -> None:
+    """A channel a batch norm sets to a constant (gamma 0, as in pruned models) stays that constant."""
+    model = bn_first()
+    for bn in (model.bn1, model.bn2, model.bn3):
+        bn.weight.data[1] = 0
+    x = torch.randn(2, 3, 13, 11)
+    for preset in ("epsilon-plus-flat", "epsilon-gamma-box", "zplus"):
+        result = LRP(model, preset=preset)(x)
+        torch.testing.assert_close(result.logits, model(x), rtol=1e-5, atol=1e-6)
+        assert torch.isfinite(result.relevance).all() and result.relevance.abs().amax() > 0
+
+
 @pytest.mark.parametrize("preset", SIGNED)
 def test_batch_norm_merged_right_equals_zennit(preset: str) -> None:
     model = bn_first()
@@ -417,3 +404,208 @@ def test_batch_norm_merged_right_equals_zennit(preset: str) -> None:
     target = torch.tensor([4, 1])
     ref = zennit_map(BNFirstMerged(model), x, preset, target)
     assert (relative_error(LRP(model, preset=preset)(x, target=target).relevance, ref) <= 1e-4).all()
+
+
+# -- the CNN families -------------------------------------------------------------------------------
+
+class _PoolShim:
+    """Stands for ``torch.nn.functional`` in one block's forward: its ``avg_pool2d`` calls a module of the
+    block, so zennit hooks it (Norm), as the engine reads the function as the module."""
+
+    def __init__(self, pool: nn.Module) -> None:
+        self.pool = pool
+
+    def avg_pool2d(self, x: torch.Tensor, kernel_size: int, stride: int, padding: int) -> torch.Tensor:
+        assert (self.pool.kernel_size, self.pool.stride, self.pool.padding) == (kernel_size, stride, padding)
+        return self.pool(x)
+
+    def __getattr__(self, name: str):
+        return getattr(nn.functional, name)
+
+
+class _ModularPools(nn.Module):
+    """An Inception block whose ``F.avg_pool2d`` calls a module of its own (built per call, so copies
+    and fx traces see this module's pool)."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block, self.ref_pool = block, nn.AvgPool2d(3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        code = type(self.block)._forward
+        fn = types.FunctionType(code.__code__, {**code.__globals__, "F": _PoolShim(self.ref_pool)})
+        return torch.cat(fn(self.block, x), 1)
+
+
+def modular_avg_pools(model: nn.Module) -> nn.Module:
+    """The test's canonizer for Inception-v3's ``F.avg_pool2d(x, 3, 1, 1)`` in its A, C and E blocks:
+    each block gets an ``nn.AvgPool2d`` module of its own that its forward calls instead."""
+    from torchvision.models import inception
+
+    model = copy.deepcopy(model)
+    for name, block in list(model.named_children()):
+        if isinstance(block, (inception.InceptionA, inception.InceptionC, inception.InceptionE)):
+            setattr(model, name, _ModularPools(block))
+    return model
+
+
+class _Head(nn.Module):
+    """``classifier(final(body(x)))``: a canonised model's forward as modules (zennit hooks modules)."""
+
+    def __init__(self, body: nn.Module, final: nn.Module, classifier: nn.Module) -> None:
+        super().__init__()
+        self.body, self.final, self.classifier = body, final, classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.final(self.body(x)))
+
+
+def densenet_canonised(model: nn.Module) -> nn.Module:
+    """The test's canonizer for DenseNet (Pahde's ``ThreshSequentialCanonizer``): each BN -> ReLU ->
+    conv of a dense layer or transition, and norm5 -> ReLU -> pool -> classifier, merged to the right
+    with a thresholded ReLU; the other BNs folded into the conv before them; the final ReLU and pool
+    as modules (Pahde's ``DenseNetAdaptiveAvgPoolCanonizer``)."""
+    from torchvision.models.densenet import _DenseLayer, _Transition
+
+    model = copy.deepcopy(model)
+    fold_left(model.features.conv0, model.features.norm0)
+    model.features.norm0 = nn.Identity()
+    for m in model.modules():
+        if isinstance(m, _DenseLayer):
+            fold_left(m.conv1, m.norm2)
+            m.relu1, m.conv1, m.norm1 = ThreshReLU(m.norm1), merged_right(m.conv1, m.norm1), nn.Identity()
+            m.norm2 = nn.Identity()
+        if isinstance(m, _Transition):
+            m.relu, m.conv, m.norm = ThreshReLU(m.norm), merged_right(m.conv, m.norm), nn.Identity()
+    norm5 = model.features.norm5
+    model.classifier, model.features.norm5 = merged_right(model.classifier, norm5), nn.Identity()
+    final = nn.Sequential(ThreshReLU(norm5), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return _Head(model.features, final, model.classifier).eval()
+
+
+def shufflenet_canonised(model: nn.Module) -> nn.Module:
+    """The test's canonizer for ShuffleNetV2: BNs folded into their convs, and the global mean as a
+    module pool (zennit's Norm; the engine reads ``x.mean([2, 3])`` as that pool)."""
+    m = merge_batchnorm_left(model)
+    body = nn.Sequential(m.conv1, m.maxpool, m.stage2, m.stage3, m.stage4, m.conv5)
+    return _Head(body, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), m.fc).eval()
+
+
+def transformed_twin(model: nn.Module, x: torch.Tensor, bounds: tuple) -> tuple[nn.Module, torch.Tensor, tuple]:
+    """The test's canonizer for ``transform_input``: the same model without it, the image
+    transformed as torchvision does, and the z^B bounds mapped the same way (per channel)."""
+    if not getattr(model, "transform_input", False):
+        return model, x, bounds
+    twin = copy.deepcopy(model)
+    twin.transform_input = False
+    low, high = (model._transform_input(b.view(1, -1, 1, 1)).flatten() for b in bounds)
+    return twin, model._transform_input(x), (low, high)
+
+
+def googlenet(transform_input: bool) -> nn.Module:
+    torch.manual_seed(0)
+    return randomise(torchvision.models.googlenet(num_classes=7, aux_logits=True, transform_input=transform_input,
+                                                  init_weights=False))
+
+
+def inception() -> nn.Module:
+    torch.manual_seed(0)
+    return randomise(torchvision.models.inception_v3(num_classes=7, aux_logits=True, transform_input=True,
+                                                     init_weights=False))
+
+
+# name: (build, input size, the reference's canonizer)
+FAMILIES = {
+    "squeezenet1_0": (lambda: randomise(torchvision.models.squeezenet1_0(num_classes=7)), (37, 51), None),
+    "squeezenet1_1": (lambda: randomise(torchvision.models.squeezenet1_1(num_classes=7)), (37, 51), None),
+    "googlenet": (lambda: googlenet(True), (40, 56), merge_batchnorm_left),
+    "googlenet_plain": (lambda: googlenet(False), (48, 40), merge_batchnorm_left),
+    "inception_v3": (inception, (80, 96), lambda m: merge_batchnorm_left(modular_avg_pools(m))),
+    "shufflenet_v2_x0_5": (lambda: randomise(torchvision.models.shufflenet_v2_x0_5(num_classes=7)), (40, 56),
+                           shufflenet_canonised),
+    "densenet121": (lambda: randomise(torchvision.models.densenet121(num_classes=7)), (40, 72), densenet_canonised),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request) -> tuple[str, nn.Module, torch.Tensor, torch.Tensor]:
+    build, size, _ = FAMILIES[request.param]
+    torch.manual_seed(1)
+    model = build()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        logits = model(x)
+    ranked = logits.argsort(1, descending=True)
+    second = ranked[:, 1]  # explicit targets, not the top-1, unless that logit is 0 (SqueezeNet's ReLU'd logits)
+    target = torch.where(logits.gather(1, second.view(-1, 1)).squeeze(1) > 0, second, ranked[:, 0])
+    assert (logits.gather(1, target.view(-1, 1)) != 0).all()
+    return request.param, model, x, target
+
+
+def reference_model(name: str, model: nn.Module, x: torch.Tensor, bounds: tuple
+                    ) -> tuple[nn.Module, torch.Tensor, tuple]:
+    twin, x_ref, bounds = transformed_twin(model, x, bounds)
+    canonizer = FAMILIES[name][2]
+    return (canonizer(twin) if canonizer else twin), x_ref, bounds
+
+
+@pytest.mark.parametrize("preset", SIGNED)
+def test_family_equals_zennit(family, preset: str) -> None:
+    name, model, x, target = family
+    ref_model, x_ref, bounds = reference_model(name, model, x, pixel_bounds(IMAGENET_MEAN, IMAGENET_STD))
+    with torch.no_grad():
+        torch.testing.assert_close(ref_model(x_ref), model(x), rtol=1e-4, atol=1e-5)  # the canonizers are exact
+    ref = zennit_map(ref_model, x_ref, preset, target, bounds=bounds)
+    ours = LRP(model, preset=preset)(x, target=target)
+    torch.testing.assert_close(ours.logits, model(x), rtol=1e-4, atol=1e-5)
+    error = relative_error(ours.relevance, ref)
+    print(f"{name} {preset}: max error {error.max():.2e}")
+    assert (error <= 1e-4).all()
+
+
+def test_family_zplus_equals_slow_reference(family) -> None:
+    name, model, x, target = family
+    ref_model, x_ref, _ = reference_model(name, model, x, (torch.zeros(3), torch.ones(3)))
+    ref = dag_zplus(ref_model, x_ref, target)
+    error = relative_error(LRP(model, preset="zplus")(x, target=target).relevance, ref)
+    print(f"{name} zplus: max error {error.max():.2e}")
+    assert (error <= 1e-4).all()
+
+
+# -- what is still refused: one line, the node, its module, a hint ----------------------------------
+
+class _Flattened(nn.Module):
+    def __init__(self, flatten) -> None:
+        super().__init__()
+        self.conv, self.fc, self.flatten = nn.Conv2d(3, 4, 3), nn.Linear(4 * 6 * 6, 2), flatten
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.conv(x)))
+
+
+@pytest.mark.parametrize("flatten, message", [
+    (lambda y: y.view(len(y), -1), r"'len' is not supported.*; hint: x\.view\(len\(x\), -1\): "
+                                   r"use torch\.flatten\(x, 1\)$"),
+    (lambda y: y.view(int(y.size(0)), -1), r"; hint: x\.view\(int\(x\.size\(0\)\), -1\): use torch\.flatten\(x, 1\)"),
+    (lambda y: y.view(y.numel() // 144, -1), r"^no LRP rule for node 'numel' \(Tensor\.numel\); "
+                                              r"hint: x\.view\(x\.numel\(\) // n, -1\): use torch\.flatten\(x, 1\)$"),
+    (lambda y: y.view(y.size(0), -1) if y.sum() > 0 else y, r"; hint: the forward branches on tensor values"),
+])
+def test_refusals_are_one_line_with_a_hint(flatten, message: str) -> None:
+    with pytest.raises(UnsupportedModelError, match=message) as error:
+        LRP(_Flattened(flatten).eval())
+    assert "\n" not in str(error.value)
+    LRP(_Flattened(lambda y: y.view(y.size(0), -1)).eval())  # what the hints say works
+
+
+class _Cumulative(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cumsum(x, 1)
+
+
+def test_a_refused_function_names_the_module_that_calls_it() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Sequential(nn.ReLU(), _Cumulative()), nn.Flatten(),
+                          nn.Linear(8 * 6 * 6, 2)).eval()
+    with pytest.raises(UnsupportedModelError) as error:
+        canonize(model)
+    assert str(error.value) == "no LRP rule for node 'cumsum' (torch.cumsum) in '1.1' (_Cumulative)"

@@ -243,7 +243,7 @@ class _Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
-        return self.fc(self.attn(y, y, y)[0])
+        return self.fc(self.attn(y, y, y)[1])  # the attention weights, which no rule explains
 
 
 @pytest.mark.parametrize("model, message", [
@@ -252,8 +252,8 @@ class _Attention(nn.Module):
     (_Product, r"'mul' \(operator\.mul of two tensors, neither a sigmoid gate computed from the other"),
     (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.PReLU(), nn.Flatten(), nn.Linear(144, 2)), r"'1' \(PReLU\)"),
     (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm([4, 6, 6]), nn.Flatten(), nn.Linear(144, 2)),
-     r"'1' \(LayerNorm\)"),
-    (_Attention, r"'attn' \(MultiheadAttention\)"),
+     r"'1' \(LayerNorm over 3 dims"),
+    (_Attention, r"'attn' \(MultiheadAttention whose attention weights are used\)"),
 ])
 def test_unsupported_node_is_named(model, message: str) -> None:
     with pytest.raises(UnsupportedModelError, match="no LRP rule for node " + message):

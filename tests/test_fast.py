@@ -4,14 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from media import frame_for, read_video, tiny_card, tiny_model, write_video
-from realtime_lrp.lrp.engine import LRP
-from realtime_lrp.pipeline.fast import CapturedCall, FastProcessor, percentile_rows
-from realtime_lrp.lrp.filter import RelevanceFilter, kth_largest
-from realtime_lrp.pipeline.processor import FrameProcessor, ProcessingError
-from realtime_lrp.pipeline.render import StableScale
+
 from realtime_lrp.apps.video import process_video
+from realtime_lrp.lrp.engine import LRP
+from realtime_lrp.lrp.filter import RelevanceFilter, kth_largest
+from realtime_lrp.pipeline.fast import CapturedCall, FastProcessor
+from realtime_lrp.pipeline.processor import FrameProcessor, ProcessingError
+from realtime_lrp.pipeline.stream import StableScale, percentile_rows
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -156,15 +156,20 @@ def test_fast_resizes_and_converts_to_gray_like_the_plain_processor() -> None:
         assert (diff > 8).mean() < 0.02
 
 
-def test_stills_reset_the_scale_per_frame() -> None:
+def test_stills_are_scaled_each_on_its_own_and_leave_the_stream_alone() -> None:
+    """One batch of stills renders each frame as a fresh stream renders it as its first frame;
+    the stream's own state is not touched."""
     plain, fast = processors(3, top_k=0.05)
     frames = [frame_for(i, (32, 32)) for i in range(3)]
+    fast.process(frames[:1])
+    before = fast.scale.value.clone()
     stills, _ = fast.process(frames, stable=False)
     for frame, still in zip(frames, stills):
         fresh = FastProcessor(FrameProcessor(tiny_model(3), tiny_card(3), device="cpu", top_k=0.05))
         assert np.array_equal(fresh.process([frame])[0][0], still)
-    scale = StableScale.frame_scale(plain.explain(frames[-1:])[0][0])
-    assert fast.scale.value.item() == pytest.approx(scale, rel=1e-5)
+    assert torch.equal(fast.scale.value, before)
+    scale = StableScale.frame_scale(torch.from_numpy(plain.explain(frames[:1])[0]))
+    assert before.item() == pytest.approx(scale.item(), rel=1e-5)
 
 
 def test_settings_changes_build_new_passes() -> None:
@@ -271,7 +276,7 @@ def test_pass_with_copies_outside_the_graph_renders_the_same() -> None:
     split.reset()
     (pass_,) = split._passes.values()
     pass_.copies_outside = True
-    pass_.call = CapturedCall(pass_._compute, [pass_.dev_in])
+    pass_.call = CapturedCall(pass_._compute, [pass_.dev_in, pass_.dev_valid])
     rendered, _ = split.process(frames)
     assert all(np.array_equal(a, b) for a, b in zip(expected, rendered))
 
@@ -296,7 +301,7 @@ def test_pass_cache_keeps_the_most_recent_shapes_and_settings() -> None:
     assert np.array_equal(again, first[(32, 32)])
     fast.processor.cmap = "inferno"  # another setting is another pass
     fast.process([frame_for(1, (32, 32))], stable=False)
-    assert [key[:3] + key[5:6] for key in fast._passes] == [(1, 32, 32, "diverging"), (1, 32, 32, "inferno")]
+    assert [key[:3] + key[6:7] for key in fast._passes] == [(1, 32, 32, "signed"), (1, 32, 32, "inferno")]
 
 
 def test_an_empty_batch_renders_nothing_and_builds_nothing() -> None:
@@ -337,6 +342,59 @@ def test_label_names_the_explained_class_when_it_is_not_the_top_class(fast_path:
     classes = tiny_card(3)["classes"]
     for target, suffix in ((None, ""), (top.index, ""), (other, f"  [LRP: {classes[other]}]")):
         proc = FrameProcessor(tiny_model(3), tiny_card(3), device="cpu", target=target)
-        (pred,) = (FastProcessor(proc) if fast_path else proc).process([frame])[1]
+        (pred,) = FastProcessor(proc).process([frame])[1] if fast_path else proc.explain([frame])[1]
         assert (pred.index, pred.explained) == (top.index, top.index if target is None else target)
         assert pred.label == f"{classes[top.index]}  {100 * pred.probability:.1f}%{suffix}"
+
+
+def test_fit_is_said_once_per_frame_size_and_crop_shows_the_centre() -> None:
+    notices: list[str] = []
+    proc = FrameProcessor(tiny_model(3), tiny_card(3), device="cpu", fit="crop", top_k=0.0, notice=notices.append)
+    wide = frame_for(1, (128, 64))
+    for _ in range(2):
+        out = proc.process([wide])[0][0]
+    proc.process([frame_for(1, (32, 32))])
+    assert notices == ["--fit crop: the model sees the centre 64x64 of the 128x64 frames (resized to 32x32);"
+                       " the rest is dimmed. --fit pad shows it all, --size WxH sets the aspect"]
+    below = slice(40, None)  # below the label
+    assert np.array_equal(out[below, :32], wide[below, :32] // 2)
+    assert np.array_equal(out[below, 96:], wide[below, 96:] // 2)
+    centre = proc.explain([wide[:, 32:96]], stream=False)[1][0]
+    assert proc.process([wide], stable=False)[1][0].probability == pytest.approx(centre.probability, rel=1e-5)
+
+
+def test_a_partial_batch_runs_padded_in_the_captured_pass_and_its_padding_is_discarded() -> None:
+    """With graphs on (forced here; the CPU runs the pass eagerly either way), the last batch of 2
+    runs in the pass built for 4: no new pass, the same pixels, labels and stream state as a run
+    that builds a pass per batch size."""
+    frames = [frame_for(i, (32, 32)) for i in range(6)]
+    runs = {}
+    for graph in (True, False):
+        fast = FastProcessor(FrameProcessor(tiny_model(3), tiny_card(3), device="cpu", top_k=0.05, smooth=0.5),
+                             graph=graph)
+        out = fast.process(frames[:4])[0] + fast.process(frames[4:])[0]
+        runs[graph] = (out, [key[0] for key in fast._passes], fast.scale.value.clone(), fast.smoother.value.clone())
+    (padded, sizes, scale, smooth), (plain, plain_sizes, plain_scale, plain_smooth) = runs[True], runs[False]
+    assert sizes == [4] and plain_sizes == [4, 2]
+    assert len(padded) == 6 and all(np.array_equal(a, b) for a, b in zip(padded, plain))
+    torch.testing.assert_close(scale, plain_scale)
+    torch.testing.assert_close(smooth, plain_smooth)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_captured_passes_share_one_memory_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    from realtime_lrp.pipeline import fast as fast_module
+
+    pools = []
+    graph = torch.cuda.graph
+
+    def spy(cuda_graph, pool=None, **kwargs):
+        pools.append(pool)
+        return graph(cuda_graph, pool=pool, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "graph", spy)
+    fast = FastProcessor(FrameProcessor(tiny_model(3), tiny_card(3, 64), device="cuda"))
+    fast.process([frame_for(0, (80, 60))])
+    fast.process([frame_for(0, (64, 48))] * 2)
+    assert len(pools) == 2 and pools[0] is not None and pools[0] == pools[1] == fast_module.shared_pool()

@@ -18,17 +18,26 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from media import (
+    ends_with_last_shown,
+    interrupt_rtlrp,
+    model_file,
+    read_video,
+    run_rtlrp,
+    spied_count,
+    spy_env,
+    tiny_card,
+    tiny_model,
+)
 from rich.console import Console
 
-from media import (ends_with_last_shown, interrupt_rtlrp, model_file, read_video, run_rtlrp, spied_count, spy_env,
-                   tiny_card, tiny_model)
 from realtime_lrp.apps import live
-from realtime_lrp.media.capture import LiveSource
-from realtime_lrp.cli import cli
-from realtime_lrp.media.display import HeadlessDisplay, LiveStats, WindowDisplay, display_problem
 from realtime_lrp.apps.live import FpsMeter, LiveLoop, LiveRecorder, fit_frame
-from realtime_lrp.pipeline.processor import FrameProcessor
+from realtime_lrp.cli import cli
+from realtime_lrp.media.capture import LiveSource
+from realtime_lrp.media.display import HeadlessDisplay, LiveStats, WindowDisplay, display_problem
 from realtime_lrp.media.writer import VideoWriter
+from realtime_lrp.pipeline.processor import FrameProcessor
 
 FPS = 29.97
 SIZE = (97, 75)  # odd sizes, as cameras and files may have
@@ -99,7 +108,8 @@ class ScriptedDisplay:
 @pytest.fixture
 def processor() -> FrameProcessor:
     processor = FrameProcessor(tiny_model(3), tiny_card(3), device="cpu")
-    processor.explain([np.zeros((SIZE[1], SIZE[0], 3), np.uint8)])  # warm up before the camera runs
+    processor.process([np.zeros((SIZE[1], SIZE[0], 3), np.uint8)])  # warm up before the camera runs
+    processor.reset()
     return processor
 
 
@@ -197,14 +207,14 @@ def test_loop_shows_each_new_frame_once_with_label_and_fps(clip: Path, processor
     clock = [100.0]
     monkeypatch.setattr(live, "time", SimpleNamespace(monotonic=lambda: clock[0], strftime=time.strftime))
     explained: list[np.ndarray] = []
-    explain = processor.explain
+    process = processor.process
 
-    def slow_explain(images):
+    def slow_process(images):
         explained.extend(images)
         clock[0] += 0.05 * len(explained)
-        return explain(images)
+        return process(images)
 
-    monkeypatch.setattr(processor, "explain", slow_explain)
+    monkeypatch.setattr(processor, "process", slow_process)
     source = camera_source(clip)
     delivered = []
     read = source.read
@@ -423,3 +433,57 @@ def test_sigint_closes_the_recording_and_exits_130(tmp_path: Path, weights: Path
     frames, fps = read_video(out)
     assert len(frames) == int(recorded.group(1)) == spied_count(spy, "written") > 0 and fps == pytest.approx(30.0)
     assert ends_with_last_shown(frames, *shown(spy)), "the recording ends with the last frame shown"
+
+
+# -- one pass for every command ----------------------------------------------------------------
+def test_video_webcam_serve_and_explain_run_the_one_frame_pass(tmp_path: Path, clip: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spy on the frame pass's device part counts its runs: one per batch of ``rtlrp video``, per
+    webcam frame, per serve batch (two clients in one run) and per still image; evaluate's inputs
+    come from the pass's own preprocessing."""
+    from realtime_lrp.apps.serve.protocol import Settings
+    from realtime_lrp.apps.serve.worker import Job, Stream, Worker
+    from realtime_lrp.apps.stills import explain_images
+    from realtime_lrp.apps.video import process_video
+    from realtime_lrp.pipeline import fast, preprocess
+
+    runs: list[tuple[int, str]] = []
+    call = fast.DevicePass.__call__
+
+    def spy(self, frames, valid):
+        runs.append((int(valid.sum()), self.mode))
+        return call(self, frames, valid)
+
+    monkeypatch.setattr(fast.DevicePass, "__call__", spy)
+    processor = FrameProcessor(tiny_model(3), tiny_card(3), device="cpu")
+    short = write_clip(tmp_path / "short.avi", 9)
+    process_video(short, tmp_path / "out.avi", processor, batch=4)
+    assert runs == [(4, "stream"), (4, "stream"), (1, "stream")]
+    runs.clear()
+    source = camera_source(clip)
+    try:
+        summary = LiveLoop(source, processor, ScriptedDisplay(), max_frames=3).run()
+    finally:
+        source.close()
+    assert summary.frames == 3 and runs == [(1, "stream")] * 3
+    runs.clear()
+    worker = Worker(processor, batch=8)
+    replies: list[list] = [[], []]
+    streams = [Stream(deliver=replies[0].append), Stream(deliver=replies[1].append)]
+    image = np.full((SIZE[1], SIZE[0], 3), 90, np.uint8)
+    for i, stream in enumerate(streams):
+        worker.submit(stream, Job(i, image, Settings(), time.monotonic(), reset=True))
+    worker._explain(("epsilon-plus-flat", 0.02, None, "overlay", 0.6, image.shape), worker._take())
+    assert runs == [(2, "streams")] and all(len(r) == 1 for r in replies)
+    runs.clear()
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    explain_images(paths, [image, image[:40]], processor, tmp_path)
+    assert runs == [(1, "stills"), (1, "stills")]
+    converted: list[int] = []
+    to_input = preprocess.to_input
+    monkeypatch.setattr(preprocess, "to_input", lambda frames, *a, **k: converted.append(len(frames)) or
+                        to_input(frames, *a, **k))
+    from realtime_lrp.apps.evaluate import inputs
+
+    x = inputs._frames_tensor([image, image[:40]], tiny_card(3), (32, 32))
+    assert converted == [1, 1] and x.shape == (2, 3, 32, 32)

@@ -14,6 +14,7 @@ from realtime_lrp.models import imagenet as imagenet_module
 from realtime_lrp.models.architectures import (
     ALL_ARCHS,
     ARCHS,
+    MODERN_ARCHS,
     RESNET_ARCHS,
     build_model,
     build_vgg,
@@ -29,7 +30,7 @@ from realtime_lrp.models.cards import (
 )
 from realtime_lrp.models.errors import WeightsError
 from realtime_lrp.models.files import load_weights_file, safe_load, sha256_file
-from realtime_lrp.models.imagenet import _imagenet_weights, hash_prefix, imagenet_cache_file
+from realtime_lrp.models.imagenet import MODERN_WEIGHTS, _imagenet_weights, hash_prefix, imagenet_cache_file
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -314,13 +315,23 @@ def test_shipped_card_still_validates_unchanged() -> None:
     assert {"width", "hidden", "pool"} <= card.keys() and "small_input" not in card
 
 
+def _published_densenet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A DenseNet state as its published file spells it: ``norm.1``, not torchvision's ``norm1``,
+    and no ``num_batches_tracked`` (older than that BatchNorm buffer)."""
+    import re
+
+    return {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k): v for k, v in state.items()
+            if not k.endswith("num_batches_tracked")}
+
+
 def _plant_imagenet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, arch: str) -> dict[str, torch.Tensor]:
     """A random torchvision ``arch`` state dict in a temporary torch hub cache, under a name
-    whose hash prefix is the file's own, as ``_imagenet_weights(arch)``'s URL names it."""
+    whose hash prefix is the file's own, as ``_imagenet_weights(arch)``'s URL names it (a
+    DenseNet's with the key names of its published file)."""
     torch.manual_seed(0)
     state = getattr(torchvision.models, arch)().state_dict()
     staging = tmp_path / "staging.pth"
-    torch.save(state, staging)
+    torch.save(_published_densenet_keys(state) if arch.startswith("densenet") else state, staging)
     name = f"{arch}-{sha256_file(staging)[:8]}.pth"
     real = _imagenet_weights(arch)
     fake = type("Weights", (), {"url": f"https://example.invalid/{name}", "meta": real.meta,
@@ -349,6 +360,35 @@ def test_imagenet_arch_loads_planted_weights_through_the_safe_loader(monkeypatch
     assert card["weights"] == str(torchvision.models.get_model_weights(arch).DEFAULT)
     assert "hidden" not in card and len(card["classes"]) == 1000
     validate_card(card)
+
+
+@pytest.mark.parametrize("arch", MODERN_ARCHS)
+def test_imagenet_modern_arch_loads_planted_weights_through_the_safe_loader(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path, arch: str) -> None:
+    state = _plant_imagenet(monkeypatch, tmp_path, arch)
+    if arch == "densenet121":
+        assert "features.denseblock1.denselayer1.norm.1.weight" in safe_load(imagenet_cache_file(arch))
+    model, card = load_model(f"imagenet:{arch}")
+    loaded = model.state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    assert (card["arch"], card["small_input"], card["num_classes"]) == (arch, False, 1000)
+    assert card["input_size"] == [224, 224]
+    assert "width" not in card and validate_card(card) == card
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_imagenet_weights_table_matches_torchvision_and_every_file_carries_its_hash() -> None:
+    """The pinned table names torchvision's own files; every architecture's file name carries a
+    SHA-256 prefix, so the cache check (``check_hash_prefix``) applies to all of them."""
+    assert tuple(MODERN_WEIGHTS) == MODERN_ARCHS
+    for arch, (member, name) in MODERN_WEIGHTS.items():
+        weights = _imagenet_weights(arch)
+        assert str(weights) == member and weights.url.endswith("/" + name)
+        assert len(weights.meta["categories"]) == 1000
+    for arch in ALL_ARCHS:
+        prefix = hash_prefix(imagenet_cache_file(arch))
+        assert prefix is not None and len(prefix) >= 6, arch
 
 
 def test_imagenet_arch_rejects_a_file_that_does_not_match_its_name(monkeypatch: pytest.MonkeyPatch,

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 import pytest
+import torch
 from media import rtlrp_command
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
@@ -38,6 +39,7 @@ from realtime_lrp.apps.serve.protocol import Limits, decode_result
 from realtime_lrp.apps.serve.server import LrpServer
 from realtime_lrp.pipeline import render
 from realtime_lrp.pipeline.processor import FrameProcessor
+from realtime_lrp.pipeline.stream import StableScale
 
 TROUSER, SNEAKER = 1, 7
 
@@ -137,7 +139,7 @@ def test_frames_come_back_explained_with_their_labels(server: LrpServer) -> None
             if ident == 1:  # a new stream's first frame is scaled by its own map
                 sent = cv2.imdecode(np.frombuffer(item_jpeg(index), np.uint8), cv2.IMREAD_COLOR)
                 relevance, _ = reference.explain([sent])
-                scale = render.StableScale.frame_scale(relevance[0])
+                scale = StableScale.frame_scale(torch.from_numpy(relevance[:1])).item()
                 assert meta["cmap"] == render.default_cmap(reference.signed)
                 expected = render.render(sent, relevance[0], scale, meta["cmap"], "overlay", 0.6)
                 expected = cv2.imdecode(cv2.imencode(".jpg", expected, [cv2.IMWRITE_JPEG_QUALITY, 85])[1],
@@ -158,7 +160,7 @@ def test_each_client_keeps_its_own_settings(server: LrpServer) -> None:
             assert (meta_a["preset"], meta_a["layout"], meta_a["cmap"], meta_a["top_k"]) == ("zplus", "side", "viridis", 0)
             assert image_a.shape == (32, 64, 3)
             assert (meta_b["preset"], meta_b["layout"], meta_b["cmap"], meta_b["top_k"]) == \
-                ("epsilon-gamma-box", "overlay", "diverging", 0.02)
+                ("epsilon-gamma-box", "overlay", "signed", 0.02)
             assert image_b.shape == (32, 32, 3)
             assert meta_a["class"] == meta_b["class"] == "Trouser"
 
@@ -687,6 +689,26 @@ def test_the_page_drops_the_token_from_its_address_and_reloads_with_the_cookie(s
         assert not state["tokenDropped"] and "token" not in browser.evaluate("location.href")
     finally:
         browser.close()
+
+
+@needs_chromium
+def test_a_page_closed_for_idling_reconnects_when_it_has_a_frame(tmp_path: Path) -> None:
+    with LrpServer(own_processor(), port=0, limits=Limits(idle_seconds=2)) as srv:
+        srv.start()
+        browser = Chromium(srv.url, tmp_path / "profile", ["--use-fake-device-for-media-stream",
+                                                           "--deny-permission-prompts"])
+        try:  # no camera: the page sends nothing, and is closed
+            state = browser.wait_for(lambda s: (s.get("closed") or {}).get("code") == 1000, "the idle close")
+            assert "idle for 2 s" in state["closed"]["reason"] and "reconnects" in state["message"]
+            still = tmp_path / "sneaker.png"
+            cv2.imwrite(str(still), cv2.resize(load_items()[SNEAKER][0], (64, 64), interpolation=cv2.INTER_NEAREST))
+            root = browser.call("DOM.getDocument")["root"]["nodeId"]
+            node = browser.call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
+            browser.call("DOM.setFileInputFiles", nodeId=node, files=[str(still)])
+            state = browser.wait_for(lambda s: s.get("framesReceived", 0) >= 1, "the picked image explained")
+            assert state["connected"] and state["label"].startswith("Sneaker")
+        finally:
+            browser.close()
 
 
 @needs_chromium

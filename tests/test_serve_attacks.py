@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import socket
 import threading
@@ -366,45 +367,30 @@ def test_stopping_while_frames_are_being_decoded_leaves_no_traceback(slow_decodi
 
 # -- presets ---------------------------------------------------------------------------------------
 
-def test_every_preset_is_built_after_start_up() -> None:
+def test_every_preset_is_built_at_start_up_and_none_on_a_switch(monkeypatch) -> None:
+    """Building a preset's processor when a client first picks it stalled every client while it was built."""
+    from realtime_lrp.apps.serve.worker import Worker
     from realtime_lrp.lrp.presets import PRESET_NAMES
 
-    with own_server() as srv:
-        srv.start()
-        assert wait_until(lambda: srv.worker.ready() == set(PRESET_NAMES), 120), srv.worker.ready()
-
-
-def test_a_preset_being_built_stalls_only_the_client_that_chose_it(monkeypatch) -> None:
-    from realtime_lrp.apps.serve.worker import Worker
-
-    release = threading.Event()
+    built = []
     make = Worker._make
 
-    def blocked(self, preset: str):
-        if preset == "zplus":
-            assert release.wait(60)
+    def counted(self, preset: str):
+        built.append(preset)
         return make(self, preset)
 
-    monkeypatch.setattr(Worker, "_make", blocked)
+    monkeypatch.setattr(Worker, "_make", counted)
     with own_server(max_fps=1000) as srv:
         srv.start()
-        try:
-            with connect(ws_url(srv.url)) as chooser, connect(ws_url(srv.url)) as other:
-                hello_of(chooser), hello_of(other)
-                chooser.send('{"type": "settings", "preset": "zplus"}')
-                chooser.send(frame_message(1, item_jpeg(TROUSER)))
-                for ident in range(1, 11):  # all while zplus is being built
-                    meta, _ = round_trip(other, ident, item_jpeg(SNEAKER))
-                    assert meta["class"] == "Sneaker" and meta["preset"] == "epsilon-plus-flat"
-                assert "zplus" not in srv.worker.ready()
-                with pytest.raises(TimeoutError):
-                    chooser.recv(timeout=0.5)  # its frame waits for its preset (not explained with another)
-                release.set()
-                reply = chooser.recv(timeout=60)
-                meta, _ = decode_result(reply)
-                assert meta["id"] == 1 and meta["preset"] == "zplus" and meta["class"] == "Trouser"
-        finally:
-            release.set()
+        assert srv.worker.ready() == set(PRESET_NAMES)
+        at_start = list(built)
+        with connect(ws_url(srv.url)) as chooser, connect(ws_url(srv.url)) as other:
+            hello_of(chooser), hello_of(other)
+            for ident, preset in enumerate(PRESET_NAMES, start=1):
+                chooser.send(json.dumps({"type": "settings", "preset": preset}))
+                assert round_trip(chooser, ident, item_jpeg(TROUSER))[0]["preset"] == preset
+                assert round_trip(other, ident, item_jpeg(SNEAKER))[0]["class"] == "Sneaker"
+        assert built == at_start, "a processor was built while clients were being served"
 
 
 # -- the load test -------------------------------------------------------------------------------

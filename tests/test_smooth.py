@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from media import frame_for, model_file, read_video, tiny_card, tiny_model, write_video
+
 from realtime_lrp.cli import cli
 from realtime_lrp.pipeline.fast import FastProcessor
-from realtime_lrp.pipeline.processor import FrameProcessor, MapSmoother
+from realtime_lrp.pipeline.processor import FrameProcessor
+from realtime_lrp.pipeline.stream import MapSmoother
 
 
 def ema_reference(maps: np.ndarray, alpha: float) -> np.ndarray:

@@ -20,9 +20,9 @@ import av
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from media import model_file
 from tiny_data import torchrun_two_cpu_processes
+
 from realtime_lrp.cli import cli
 from realtime_lrp.media.writer import VideoWriter, WriterError, resolve_codec
 
@@ -488,3 +488,25 @@ def test_unknown_extensions_and_codecs_name_the_choices() -> None:
         resolve_codec("noext")
     with pytest.raises(WriterError, match=r"^unknown codec 'theora9': this build has h264(, \w+)*, vp9"):
         resolve_codec("o.mp4", "theora9")
+
+
+def test_nvenc_probe_opens_at_the_outputs_size_and_names_the_cause(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe opens NVENC at the file's own (even) size, not a tiny one NVENC refuses, and the
+    fallback notice carries the encoder's own reason."""
+    from realtime_lrp.media import writer
+
+    calls: list[tuple[str, tuple[int, int]]] = []
+
+    def refuse(encoder: str, size: tuple[int, int]) -> str:
+        calls.append((encoder, size))
+        return "No capable devices found"
+
+    monkeypatch.setattr(writer, "open_failure", refuse)
+    notes: list[str] = []
+    out = tmp_path / "out.mp4"
+    with writer.VideoWriter(out, 25.0, (97, 75), codec="h264_nvenc", notice=notes.append) as w:
+        w.write(np.zeros((75, 97, 3), np.uint8))
+    assert calls == [("h264_nvenc", (98, 76))]
+    assert any("h264_nvenc cannot encode 98x76 here (No capable devices found): using h264 instead" in n for n in notes)
+    assert probe(out)["codec"] == "h264"

@@ -1,7 +1,8 @@
-"""The live view: newest camera frame → FrameProcessor → FPS overlay → window and recording.
+"""The live view: newest camera frame → the frame pass → FPS overlay → window and recording.
 
 One frame at a time: :class:`~realtime_lrp.media.capture.LiveSource` hands over the newest frame
-(never one twice), the processor explains and renders it, the status overlay (FPS,
+(never one twice), the processor's frame pass (the one ``rtlrp video`` runs, captured on
+CUDA) explains and renders it, the status overlay (FPS,
 pause, recording, the last key's effect) is drawn on it, and it is shown and recorded.
 The FPS counter counts processed frames, over a window of recent ones, not loop turns.
 
@@ -19,12 +20,13 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from realtime_lrp.util.atomic import OutputError, write_image
 from realtime_lrp.media.capture import CameraError, EndOfStream, LiveSource
 from realtime_lrp.media.display import Display, LiveStats
-from realtime_lrp.pipeline.processor import FrameProcessor, Prediction, ProcessingError
-from realtime_lrp.util.signals import Deferred, Interrupted, exit_code
 from realtime_lrp.media.writer import VideoWriter, WriterError
+from realtime_lrp.pipeline.processor import FrameProcessor, Prediction, ProcessingError
+from realtime_lrp.pipeline.render import wrap_text
+from realtime_lrp.util.atomic import OutputError, write_image
+from realtime_lrp.util.signals import Deferred, Interrupted, exit_code
 
 Notice = Callable[[str], None]
 
@@ -173,25 +175,12 @@ def draw_status(image: np.ndarray, fps: float, paused: bool = False, recording: 
     if recording:
         box("REC", w, y, (40, 40, 230))
     if message:
-        lines = wrap_text(message, w - 2 * pad, font, scale, thick)
+        lines = wrap_text(message, w - 2 * pad, scale, thick, font)
         (_, th), base = cv2.getTextSize(message, font, scale, thick)
         y = h - len(lines) * (th + base + 2 * pad)
         for line in lines:
             y += box(line, 0, max(0, y), (255, 255, 255))
     return image
-
-
-def wrap_text(text: str, width: int, font: int, scale: float, thick: int) -> list[str]:
-    """Split ``text`` at double spaces (else spaces) into lines no wider than ``width`` pixels."""
-    sep = "  " if "  " in text else " "
-    lines: list[str] = []
-    for word in text.split(sep):
-        candidate = f"{lines[-1]}{sep}{word}" if lines else word
-        if lines and cv2.getTextSize(candidate, font, scale, thick)[0][0] <= width:
-            lines[-1] = candidate
-        else:
-            lines.append(word)
-    return lines
 
 
 @dataclass
@@ -235,7 +224,8 @@ class LiveLoop:
         self.meter = FpsMeter()
         self.summary = LiveSummary()
         self.paused = False
-        self._last: tuple[np.ndarray, np.ndarray, Prediction, float] | None = None  # frame, relevance, pred, scale
+        self._last: np.ndarray | None = None  # the last camera frame explained
+        self._before: tuple[tuple, float] | None = None  # the stream's state before it, and its top-k
         self._shown: np.ndarray | None = None
         self._message: tuple[str, float] | None = None
         if display.interactive:
@@ -297,18 +287,24 @@ class LiveLoop:
             self._act(KEYS[key])
 
     def _process(self, image: np.ndarray) -> None:
-        relevance, preds = self.processor.explain([image])
-        scale = self.processor.scales(relevance)[0]
+        self._before = (self.processor.passes.state.state(), self.processor.top_k)
+        rendered, preds = self.processor.process([image])
         now = time.monotonic()
         self.meter.tick(now)
         self.summary.frames += 1
-        self._last = (image, relevance[0], preds[0], scale)
-        self._present(now)
+        self._last = image
+        self._present(rendered[0], preds[0], now)
 
-    def _present(self, now: float) -> None:
-        """Render the last explained frame with the current settings and overlay; show and record."""
-        image, relevance, pred, scale = self._last
-        out = self.processor.render([image], relevance[None], [pred], [scale])[0]
+    def _redraw(self, now: float) -> None:
+        """Explain the still frame again with the current settings, from the stream's state before it."""
+        state, top_k = self._before
+        if top_k == self.processor.top_k:  # another top-k started the state afresh
+            self.processor.passes.state.restore(state)
+        rendered, preds = self.processor.process([self._last])
+        self._present(rendered[0], preds[0], now)
+
+    def _present(self, out: np.ndarray, pred: Prediction, now: float) -> None:
+        """Draw the overlay on a rendered frame; show and record it."""
         message = None
         if self._message is not None and now < self._message[1]:
             message = self._message[0]
@@ -346,13 +342,13 @@ class LiveLoop:
             self._say(self._snapshot())
         elif action in ("more", "less"):
             value = self.processor.scale_top_k(TOP_K_STEP if action == "more" else 1 / TOP_K_STEP)
-            self._say(f"top-k {100 * value:g}%" + (" (from the next frame)" if self.paused else ""))
+            self._say(f"top-k {100 * value:g}%")
         elif action == "cmap":
             self._say(f"colour map {self.processor.next_cmap()}")
         elif action == "layout":
             self._say(f"layout {self.processor.next_layout()}")
         if self._last is not None and (self.paused or action == "pause"):
-            self._present(now)  # redraw the still frame with the new settings
+            self._redraw(now)  # the still frame with the new settings
 
     def _snapshot(self) -> str:
         """Save the frame on screen as a PNG in ``snapshot_dir``; the message to show."""

@@ -14,10 +14,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from realtime_lrp.util.atomic import write_image
-from realtime_lrp.pipeline.processor import FrameProcessor
 from realtime_lrp.media.reader import InputError
-from realtime_lrp.pipeline.render import contact_sheet
+from realtime_lrp.pipeline.processor import FrameProcessor
+from realtime_lrp.pipeline.render import PANELS, contact_sheet, draw_label, draw_legend
+from realtime_lrp.util.atomic import write_image
 from realtime_lrp.util.signals import Deferred
 
 
@@ -45,21 +45,22 @@ def read_images(paths: Sequence[Path]) -> list[np.ndarray]:
     return frames
 
 
-def enlarge(frame: np.ndarray, display_size: int) -> np.ndarray:
-    """Scale ``frame`` up by a whole factor (sharp pixels) until its short side reaches ``display_size``."""
-    import cv2
-
+def enlargement(frame: np.ndarray, display_size: int) -> int:
+    """The whole factor (sharp pixels) that brings ``frame``'s short side up to ``display_size``; 1 if it is there."""
     short = min(frame.shape[:2])
     if not display_size or short >= display_size:
-        return frame
-    k = math.ceil(display_size / short)
-    return cv2.resize(frame, None, fx=k, fy=k, interpolation=cv2.INTER_NEAREST)
+        return 1
+    return math.ceil(display_size / short)
 
 
 def explain_images(paths: Sequence[Path], frames: Sequence[np.ndarray], processor: FrameProcessor, out: Path,
                    display_size: int = 256, sheet: Path | None = None, stop: Deferred | None = None,
                    report: Callable[[Path, str, list[Path]], None] | None = None) -> StillsResult:
-    """Explain ``frames`` (read from ``paths``) one by one into PNGs in ``out``."""
+    """Explain ``frames`` (read from ``paths``) one by one into PNGs in ``out``.
+
+    Each image takes one run of the frame pass, on its own colour scale, that renders the
+    overlay, the heatmap and the frame side by side; the PNGs are its panels.
+    """
     layouts = ["overlay", "heatmap"] + (["side"] if processor.layout == "side" else [])
     result = StillsResult()
     overlays, stems = [], set()
@@ -67,14 +68,18 @@ def explain_images(paths: Sequence[Path], frames: Sequence[np.ndarray], processo
         if stop is not None and stop.requested:
             result.signum = stop.signum
             return result
-        relevance, preds = processor.explain([frame])
-        scales = processor.scales(relevance, stable=False)
-        shown = enlarge(frame, display_size)
+        rendered, preds = processor.passes.process([frame], stable=False, label=False, layout=PANELS,
+                                                   enlarge=enlargement(frame, display_size))
+        w = rendered[0].shape[1] // 3
+        overlay, heatmap, shown = (np.ascontiguousarray(rendered[0][:, j * w:(j + 1) * w]) for j in range(3))
+        pictures = {"overlay": overlay, "heatmap": heatmap, "side": np.concatenate([shown, heatmap], axis=1)}
         stem = path.stem if path.stem not in stems else f"{path.stem}_{i}"
         stems.add(stem)
         written = []
         for layout in layouts:
-            picture = processor.render([shown], relevance, preds, scales, layout)[0]
+            picture = draw_label(pictures[layout], preds[0].label)
+            if processor.legend:
+                draw_legend(picture, processor.cmap)
             target = out / f"{stem}_{layout}.png"
             write_image(target, picture)
             written.append(target)

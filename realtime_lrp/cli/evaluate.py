@@ -23,6 +23,9 @@ from realtime_lrp.cli.options import WEIGHTS_HELP, check_size, comma_list, defau
               help="Module whose activations the CAM methods read; default: the last conv stage.")
 @click.option("--top-k", default="0,0.02,0.05", show_default=True, callback=comma_list(float), metavar="K,K,...",
               help="Filter fractions for every preset; 0 is unfiltered.")
+@click.option("--target-modes", default="plain", show_default=True, callback=comma_list(str),
+              metavar="plain,contrastive,softmax-gradient",
+              help="Target modes of every preset: plain LRP, CLRP (contrastive) or SGLRP (softmax-gradient).")
 @click.option("--dtypes", default="auto", show_default=True, metavar="auto|fp32,bf16,fp16",
               help="Precisions of the LRP maps; auto: fp32, bf16, and fp16 on CUDA.")
 @click.option("--batch", default=64, show_default=True, type=click.IntRange(min=1), help="Images per batch.")
@@ -57,10 +60,10 @@ from realtime_lrp.cli.options import WEIGHTS_HELP, check_size, comma_list, defau
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw the MoRF and LeRF curves of every method into this PNG.")
 def evaluate_command(source: str | None, weights: str, images: int, methods: list[str], cam_layer: str | None,
-                     top_k: list[float], dtypes: str, batch: int, size: str | None, noise: float, draws: int,
-                     flip_step: float, flip_max: float, flip_value: str, flip_score: str, flip_rank: str, road: bool,
-                     class_r: bool, smooth: float, seed: int, device: str, threads: int | None,
-                     json_path: Path | None, plot_path: Path | None) -> None:
+                     top_k: list[float], target_modes: list[str], dtypes: str, batch: int, size: str | None,
+                     noise: float, draws: int, flip_step: float, flip_max: float, flip_value: str,
+                     flip_score: str, flip_rank: str, road: bool, class_r: bool, smooth: float, seed: int,
+                     device: str, threads: int | None, json_path: Path | None, plot_path: Path | None) -> None:
     """Measure how faithful, stable and sparse each method's maps are: SOURCE is a folder of
     images, a video file or fashion-mnist (the default for models trained on it)."""
     import sys
@@ -79,12 +82,12 @@ def evaluate_command(source: str | None, weights: str, images: int, methods: lis
     torch.set_num_threads(threads or default_threads())
     try:
         config = EvalConfig(
-            methods=methods, top_ks=top_k,
+            methods=methods, top_ks=top_k, target_modes=target_modes,
             dtypes=None if dtypes == "auto" else [d.strip() for d in dtypes.split(",") if d.strip()],
             flip=FlipProtocol(flip_step, flip_max, flip_value, flip_score, flip_rank),
             noise=noise, draws=draws, batch=batch, smooth=smooth, seed=seed,
             cam_layer=cam_layer, road=road, class_sensitivity=class_r)
-        plan_methods(config.methods, config.top_ks, config.dtypes or ["fp32"])
+        plan_methods(config.methods, config.top_ks, config.dtypes or ["fp32"], config.target_modes)
         model, card = load_weights(weights)
         with evaluate_progress(console) as progress:
             report = run(source, model, card, config, count=images, size=parse_size(size), device=device,

@@ -60,7 +60,8 @@ def webcam_command(camera: str, record: Path | None, no_window: bool, snapshot_d
     try:
         processor = build_processor(options, console)
         h, w = processor.size
-        processor.explain([np.zeros((h, w, 3), np.uint8)])  # first-call set-up
+        processor.process([np.zeros((h, w, 3), np.uint8)])  # first-call set-up (the pass), before the camera runs
+        processor.reset()
         display = open_display(f"rtlrp - {spec}", not no_window, console, notice)
     except BaseException:
         source.close()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
 
-from realtime_lrp.lrp.presets import PRESET_NAMES
+from realtime_lrp.lrp.presets import PRESET_CHOICES
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -120,26 +120,33 @@ def processing_options(func: F) -> F:
     """Options shared by ``video``, ``explain`` and ``webcam``: model, LRP method, rendering, device.
 
     The command receives them as keyword arguments ``weights, preset, top_k, target, size,
-    cmap, layout, alpha, device, threads``; :func:`build_processor` sets the threads and
+    fit, cmap, layout, alpha, legend, device, threads``; :func:`build_processor` sets the threads and
     hands the rest to ``FrameProcessor.from_options``.
     """
     options = [
         weights_option,
-        click.option("--preset", type=click.Choice(PRESET_NAMES), default="epsilon-plus-flat",
-                     show_default=True, help="LRP rule preset (see rtlrp presets)."),
+        click.option("--preset", type=click.Choice(PRESET_CHOICES), default="auto", show_default=True,
+                     help="LRP rule preset (see rtlrp presets); auto: cp-lrp for transformers, else epsilon-plus-flat."),
         click.option("--top-k", type=click.FloatRange(0, 1), default=0.02, show_default=True,
                      help="Fraction of relevance kept before each layer (filtered LRP); 0 turns the filter off."),
         click.option("--target", default=None, metavar="CLASS",
                      help="Class to explain: top1 (default), softmax, a class index or a class name."),
         click.option("--size", default=None, metavar="N|WxH", callback=check_size,
-                     help="Processing size the whole frame is resized to; default: the model's input size."),
+                     help="Processing size the frame is fitted to; default: the model's input size."),
+        click.option("--fit", type=click.Choice(["crop", "squash", "pad"]), default=None,
+                     help="How a frame meets the processing size: centre crop to its aspect, squash the whole"
+                          " frame, or pad it (letterbox); default: crop for ImageNet models, else squash."
+                          " The map is shown over the region the model saw."),
         click.option("--cmap", default=None, metavar="NAME", callback=check_cmap,
-                     help="Colour map: hot, diverging, or an OpenCV map (inferno, turbo, viridis, jet, ...);"
-                          " default: hot for positive-only presets, diverging for signed ones."),
+                     help="Colour map: fire, signed, hot, diverging, or an OpenCV map (inferno, turbo, viridis,"
+                          " jet, ...); default: fire for positive-only presets, signed for signed ones (both stay"
+                          " visible on light and dark frames)."),
         click.option("--layout", type=click.Choice(["overlay", "side", "heatmap"]), default="overlay",
                      show_default=True, help="Map over the frame, frame and map side by side, or the map alone."),
         click.option("--alpha", type=click.FloatRange(0, 1), default=0.6, show_default=True,
                      help="Strength of the overlay."),
+        click.option("--legend", is_flag=True, default=False,
+                     help="Draw the colour scale's legend (what the colours mean) on every frame."),
         click.option("--device", default="auto", show_default=True, callback=check_device,
                      help="auto, cuda, cuda:N or cpu. CUDA runs in fp16; the CPU in fp32. auto falls back to the"
                           " CPU (and says so); an explicit cuda without CUDA is an error."),

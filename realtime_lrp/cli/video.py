@@ -95,13 +95,8 @@ def video_command(sources: tuple[Path, ...], out: Path | None, out_dir: Path | N
 
 
 def _video_processor(options: dict[str, Any], console: Console) -> Any:
-    """The processor for ``rtlrp video``: the captured fast path on CUDA, the plain one elsewhere."""
-    processor = build_processor(options, console)
-    if processor.device.type == "cuda":
-        from realtime_lrp.pipeline.fast import FastProcessor
-
-        processor = FastProcessor(processor, notice=lambda msg: console.print(msg, style="yellow"))
-    return processor
+    """The processor for ``rtlrp video``: its frame pass is captured on CUDA, eager elsewhere."""
+    return build_processor(options, console)
 
 
 def _video_many(sources: list[Path], out_dir: Path, batch: int, codec: str | None, crf: int | None,

@@ -19,8 +19,14 @@ from realtime_lrp.lrp.filter import FilterMode, RelevanceFilter
 from realtime_lrp.lrp.graph import canonize
 from realtime_lrp.lrp.nodes import Node, UnsupportedModelError
 from realtime_lrp.lrp.ops import PRESET
-from realtime_lrp.lrp.presets import PRESETS, Preset, RuleSpec
+from realtime_lrp.lrp.presets import AUTO, PRESET_CHOICES, PRESETS, Preset, RuleSpec, auto_preset
 from realtime_lrp.lrp.rules import Propagator, RuleContext, pow2
+from realtime_lrp.lrp.targets import target_mode as _target_mode
+
+MAXPOOL_OPTIONS: dict[str, Union[RuleSpec, None]] = {
+    "preset": None, "wta": RuleSpec("WinnerTakeAll"), "shared": RuleSpec("NearMaxShare", (("tolerance", 1e-2),)),
+}
+"""``LRP(maxpool=...)``: the preset's max-pool rule, or one of these in its place."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -83,25 +89,40 @@ class LRP:
     ``dtype=torch.float16`` rather than a model already cast to fp16. ``mean``/``std`` give
     the pixel bounds of the z^B rule (ImageNet's by default for 3-channel models, [0, 1]
     unnormalised otherwise). ``top_k`` in (0, 1) keeps that fraction of relevance before
-    each node whose op is filtered (conv, linear, pools); 0 or 1 turn it off.
+    each node whose op is filtered (conv, linear, pools); 0 or 1 turn it off. ``preset="auto"``
+    takes ``cp-lrp`` for a model with attention and ``epsilon-plus-flat`` otherwise, and says so
+    in ``chosen`` (None when the preset was named). ``target_mode``
+    (:mod:`realtime_lrp.lrp.targets`): ``plain``, ``contrastive`` (CLRP) or ``softmax-gradient``
+    (SGLRP). ``maxpool``: the preset's max-pool rule, ``wta`` (winner-take-all, zennit's) or
+    ``shared`` (relevance shared among a window's values within 1 % of its maximum:
+    :class:`realtime_lrp.lrp.rules.NearMaxShare`; README, "Max-pool near-ties").
     """
 
     def __init__(
         self,
         model: nn.Module,
-        preset: str = "epsilon-plus-flat",
+        preset: str = AUTO,
         top_k: float = 0.0,
         filter_mode: FilterMode = "signed",
         mean: Union[Sequence[float], None] = None,
         std: Union[Sequence[float], None] = None,
         dtype: Union[torch.dtype, None] = None,
         device: Union[str, torch.device, None] = None,
+        target_mode: str = "plain",
+        maxpool: str = "preset",
     ):
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        self.preset = PRESETS[preset]
+        self.target_mode = _target_mode(target_mode)
+        if maxpool not in MAXPOOL_OPTIONS:
+            raise ValueError(f"unknown max-pool option {maxpool!r}; choose one of {', '.join(MAXPOOL_OPTIONS)}")
+        if preset not in PRESETS and preset != AUTO:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_CHOICES)}")
         self.filter = RelevanceFilter(top_k, filter_mode)
         graph = canonize(model)  # before reading a parameter: a model without any is refused in one line
+        self.chosen: Union[str, None] = None
+        if preset == AUTO:
+            preset, why = auto_preset(node.kind for node in graph.nodes)
+            self.chosen = f"preset auto: {preset} ({why})"
+        self.preset = PRESETS[preset]
         param = next(model.parameters())
         self.device = torch.device(device) if device is not None else param.device
         self.dtype = dtype if dtype is not None else param.dtype
@@ -120,7 +141,8 @@ class LRP:
             if node.weight is not None:  # fp32 on the engine's device: rules derive their weights from these
                 node.weight = node.weight.to(self.device)
                 node.bias = None if node.bias is None else node.bias.to(self.device)
-            propagate = _spec(self.preset, node).build().bind(node, self.dtype, context) if i else None
+            spec = MAXPOOL_OPTIONS[maxpool] if node.kind == "maxpool" and maxpool != "preset" else None
+            propagate = (spec or _spec(self.preset, node)).build().bind(node, self.dtype, context) if i else None
             bias = None if node.bias is None else node.bias.to(self.dtype)
             self.steps.append(_Step(node, node.weight_in(self.dtype), bias, propagate, node.op.filtered))
 
@@ -140,8 +162,50 @@ class LRP:
     def __call__(self, x: Tensor, target: Target = None) -> LRPResult:
         """Explain ``x`` (N, C, H, W): the top-1 class, given classes, or ``"softmax"``."""
         self._check_input(x)
+        if isinstance(target, str) and self.target_mode.name != "plain":
+            raise ValueError(f"target {target!r} needs the plain target mode, not {self.target_mode.name!r}")
         with torch.no_grad():
-            return self._explain(x, target)
+            try:
+                return self._explain(x, target)
+            except RuntimeError as error:
+                if "too small" not in str(error):
+                    raise
+                h, w = x.shape[2:]
+                least = self._smallest_side()
+                need = f"at least {least}x{least}" if least else "a larger input"
+                raise ValueError(f"size {w}x{h} is too small for this model: it needs {need}") from None
+
+    def _accepts(self, side: int) -> bool:
+        """Whether the forward pass runs on a (1, C, side, side) input: shapes only, under FakeTensorMode."""
+        import logging
+
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        log = logging.getLogger("torch._subclasses.fake_tensor")
+        level = log.level
+        log.setLevel(logging.CRITICAL)  # a failing shape check is the answer here, not an error to log
+        try:
+            with FakeTensorMode(allow_non_fake_inputs=True):
+                values = [torch.empty(1, self.in_channels, side, side, dtype=self.dtype, device=self.device)]
+                for step in self.steps[1:]:
+                    inputs = step.node.inputs
+                    a = values[inputs[0]] if len(inputs) == 1 else tuple(values[i] for i in inputs)
+                    values.append(step.node.forward(a, step.weight, step.bias)[0])
+        except (RuntimeError, ValueError, IndexError):
+            return False
+        finally:
+            log.setLevel(level)
+        return True
+
+    def _smallest_side(self, limit: int = 1024) -> int | None:
+        """The smallest square side the model takes (binary search), for the one-line error on a too-small input."""
+        if not self._accepts(limit):
+            return None
+        low, high = 1, limit
+        while low < high:
+            mid = (low + high) // 2
+            low, high = (low, mid) if self._accepts(mid) else (mid + 1, high)
+        return low
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -150,7 +214,8 @@ class LRP:
             raise ValueError(f"input is {x.dtype} on {x.device}, the model is {self.dtype} on {self.device}")
 
     def _explain(self, x: Tensor, target: Target) -> LRPResult:
-        values: list[Tensor] = [x]
+        copies = self.target_mode.copies
+        values: list[Tensor] = [x if copies == 1 else torch.cat([x] * copies)]
         aux: list[Union[Tensor, None]] = [None]
         for step in self.steps[1:]:
             inputs = step.node.inputs
@@ -158,8 +223,9 @@ class LRP:
             out, extra = step.node.forward(a, step.weight, step.bias)
             values.append(out)
             aux.append(extra)
-        logits = values[self.output].float()
+        logits = values[self.output].float()[:x.shape[0]]
         relevance, explained = initial_relevance(logits, target)
+        relevance = self.target_mode.start(logits, relevance, explained)
         pending: list[Union[Scaled, None]] = [None] * len(self.steps)
         pending[self.output] = (relevance, None)
         for i in range(len(self.steps) - 1, 0, -1):
@@ -176,16 +242,16 @@ class LRP:
             relevance, log_factor = step.propagate(a, out, extra, relevance)
             if log_factor is not None:
                 log_scale = log_factor if log_scale is None else log_scale + log_factor
-            parts = relevance if len(inputs) > 1 else (relevance,)
+            parts = (None,) * len(inputs) if relevance is None else relevance if len(inputs) > 1 else (relevance,)
             for j, part in zip(inputs, parts):
-                if part is None:  # a rule that gives this input nothing (a gate): its branch is skipped
+                if part is None:  # no relevance for this input (a gate, a held constant): its branch is skipped
                     continue
                 pending[j] = (part, log_scale) if pending[j] is None else _merge(pending[j], (part, log_scale))
         relevance, log_scale = pending[0]
         maps = relevance.sum(1)
         if log_scale is not None:
             maps = (maps.double() * torch.exp2(log_scale.double()).view(-1, 1, 1)).float()
-        return LRPResult(maps, logits, explained)
+        return LRPResult(self.target_mode.finish(maps), logits, explained)
 
 
 def _spec(preset: Preset, node: Node) -> RuleSpec:

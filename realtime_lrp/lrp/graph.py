@@ -41,6 +41,23 @@ class _Tracer(torch.fx.Tracer):
         return ops.op_for_module(m) is not None or super().is_leaf_module(m, module_qualified_name)
 
 
+_HINTS = (  # (text of the refusal, what to do instead)
+    ("'len' is not supported", "x.view(len(x), -1): use torch.flatten(x, 1)"),
+    ("int() argument must be", "x.view(int(x.size(0)), -1): use torch.flatten(x, 1) or x.size(0) itself"),
+    ("(Tensor.numel)", "x.view(x.numel() // n, -1): use torch.flatten(x, 1)"),
+    ("cannot be used as inputs to control flow", "the forward branches on tensor values: make the branch a "
+                                                  "Python setting fixed before the model is explained"),
+    ("(get_attr ", "a parameter read in a forward, outside a module call: the op that uses it has no rule"),
+    ("computed from a tensor's values", "give sizes as ints or read them with x.size()/x.shape"),
+)
+
+
+def _hinted(message: str) -> str:
+    """``message`` with what to do, where one applies."""
+    hints = [hint for text, hint in _HINTS if text in message]
+    return f"{message}; hint: {hints[0]}" if hints else message
+
+
 def _trace(model: nn.Module) -> torch.fx.GraphModule:
     try:
         tracer = _Tracer()
@@ -48,9 +65,9 @@ def _trace(model: nn.Module) -> torch.fx.GraphModule:
         return torch.fx.GraphModule(tracer.root, graph)
     except Exception as exc:  # fx raises many types for code it cannot follow
         first_line = (str(exc).splitlines() or [""])[0][:200]
-        raise UnsupportedModelError(
+        raise UnsupportedModelError(_hinted(
             f"{type(model).__name__} cannot be read as a graph by torch.fx ({type(exc).__name__}: {first_line})"
-        ) from None
+        )) from None
 
 
 def _function_name(target: object) -> str:
@@ -81,7 +98,8 @@ class _Sym:
     value: Callable[[Mapping[int, torch.Size]], Any]
 
 
-_SHAPE_ARITHMETIC = {operator.floordiv, operator.mul, operator.add, operator.sub, operator.mod, operator.neg}
+_SHAPE_ARITHMETIC = {operator.floordiv, operator.mul, operator.add, operator.sub, operator.mod, operator.neg,
+                     operator.eq, operator.ne}  # comparisons: the shape checks of torch._assert
 
 
 def _resolve(value: Any, shapes: Mapping[int, torch.Size]) -> Any:
@@ -153,6 +171,7 @@ class _Reader:
         self.nodes: list[Node] = []
         self.env: dict[torch.fx.Node, int] = {}
         self.output: Union[int, None] = None
+        self.skipped: set[torch.fx.Node] = set()
         self.symbols: dict[torch.fx.Node, _Sym] = {}
         self.tuples: dict[torch.fx.Node, tuple[int, Callable[[int], Any]]] = {}
         self.constants: dict[torch.fx.Node, Tensor] = {}
@@ -194,6 +213,10 @@ class _Reader:
         node = self.add(fx_node, ops.BATCHNORM_RIGHT, (source,), bn)
         node.weight, node.bias = _affine(bn)
 
+    def skip(self, fx_node: torch.fx.Node) -> None:
+        """``fx_node`` has been read with an earlier call (an unused output of it): visiting it does nothing."""
+        self.skipped.add(fx_node)
+
     def parts(self, fx_node: torch.fx.Node, source: int, part: Callable[[int], Any]) -> None:
         """``fx_node`` is a tuple of parts of node ``source`` (chunk, split): ``part(k)`` is how
         its ``getitem`` k reads them."""
@@ -227,6 +250,7 @@ class _Reader:
             return tuple(out)
 
         return shape, tuple(sorted(refs))
+
     def constant(self, arg: object) -> Union[Tensor, None]:
         """``arg`` as an fp32 tensor if it is a constant (a number, a parameter or buffer), else None."""
         if isinstance(arg, (int, float)) and not isinstance(arg, bool):
@@ -234,9 +258,16 @@ class _Reader:
         return self.constants.get(arg) if isinstance(arg, torch.fx.Node) else None
 
     def unsupported(self, fx_node: torch.fx.Node, what: str) -> UnsupportedModelError:
-        """The error for a node without a rule, named by its module path (or fx name for functions)."""
-        name = fx_node.target if fx_node.op == "call_module" else fx_node.name
-        return UnsupportedModelError(f"no LRP rule for node '{name}' ({what})")
+        """The error for a node without a rule, in one line: named by its module path (or its fx name,
+        and the module whose forward calls it, for functions and methods), its type, and a hint."""
+        if fx_node.op == "call_module":
+            return UnsupportedModelError(_hinted(f"no LRP rule for node '{fx_node.target}' ({what})"))
+        where = ""
+        stack = fx_node.meta.get("nn_module_stack")
+        if stack:
+            path, cls = list(stack.values())[-1]
+            where = f" in '{path}' ({getattr(cls, '__name__', cls)})"
+        return UnsupportedModelError(_hinted(f"no LRP rule for node '{fx_node.name}' ({what}){where}"))
 
     def what(self, fx_node: torch.fx.Node) -> str:
         """What a call is, for messages: a module's type, ``torch.flatten``, ``x.view``, ..."""
@@ -280,6 +311,8 @@ class _Reader:
         return False
 
     def visit(self, fx_node: torch.fx.Node) -> None:
+        if fx_node in self.env or fx_node in self.skipped:  # read with the call that made it
+            return
         if fx_node.op == "placeholder":
             if self.nodes:
                 raise UnsupportedModelError(f"{type(self.model).__name__} takes more than one input ('{fx_node.name}')")
@@ -340,6 +373,7 @@ def _merge_right(nodes: list[Node], output: int) -> tuple[list[Node], int]:
     With ``bn(x) = s x + t`` per channel: the layer's weight takes ``s`` per input channel and its
     bias ``sum W t``; a ReLU between them becomes the thresholded ReLU ``x where s x + t > 0, else
     -t/s``, whose image under ``s x + t`` is the ReLU's output (Pahde's ``ThreshReLUMergeBatchNorm``);
+    a channel of zero scale is the constant the batch norm (and ReLU) gives it, merged with scale 1;
     average pools and flatten in between keep constants, so the shift passes them. A padded conv
     sees zeros at its border, where ``s x + t`` would give ``t``: the border is padded explicitly with
     ``-t/s``, whose image is 0, and the conv runs unpadded, so the output is exact at every position
@@ -357,9 +391,8 @@ def _merge_right(nodes: list[Node], output: int) -> tuple[list[Node], int]:
         refused = UnsupportedModelError(
             f"batch norm '{bn.name}' follows no Conv2d and leads to no Conv2d or Linear (through a ReLU, "
             "average pools and flatten), so it cannot be merged")
-        scale, shift = bn.weight, bn.bias
-        if (scale == 0).any():
-            raise UnsupportedModelError(f"batch norm '{bn.name}' has a zero scale, so it cannot be merged to the right")
+        zero = bn.weight == 0  # a channel the batch norm sets to its shift: kept as that constant, unscaled
+        scale, shift = torch.where(zero, 1.0, bn.weight), torch.where(zero, 0.0, bn.bias)
         chain, j = [], b
         while True:
             if j == output or len(users[j]) != 1 or any(users[j][0] == k for k in chain):
@@ -394,10 +427,14 @@ def _merge_right(nodes: list[Node], output: int) -> tuple[list[Node], int]:
         layer.weight = layer.weight * s
         if chain and nodes[chain[0]].kind == "relu":
             relu = nodes[chain[0]]
-            nodes[chain[0]] = Node(relu.name, ops.SHIFTED_RELU, relu.inputs, relu.module, weight=torch.sign(scale),
-                                   bias=-shift / scale)
-        alias[b] = bn.inputs[0]
-    if not alias:
+            floor = torch.where(zero, bn.bias.clamp(min=0), -shift / scale)
+            nodes[chain[0]] = Node(relu.name, ops.SHIFTED_RELU, relu.inputs, relu.module,
+                                   weight=torch.where(zero, 0.0, torch.sign(scale)), bias=floor)
+            alias[b] = bn.inputs[0]
+        else:  # the identity, but a zero-scale channel is its constant
+            nodes[b] = Node(bn.name, ops.CHANNEL_AFFINE, bn.inputs, bn.module, weight=(~zero).float(),
+                            bias=torch.where(zero, bn.bias, 0.0))
+    if not alias and not pads:
         return nodes, output
     index: dict[int, int] = {}
     merged: list[Node] = []

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import inspect
 import operator
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
@@ -34,8 +35,9 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from realtime_lrp.lrp.nodes import Activation, Node
+from realtime_lrp.lrp.nodes import Activation, Node, UnsupportedModelError
 from realtime_lrp.lrp.presets import RuleSpec, rule
+from realtime_lrp.lrp.rules.attention import merge_heads, split_heads
 
 PRESET = "preset"
 """``Op.relevance`` of ops whose rule the preset chooses."""
@@ -103,6 +105,11 @@ def _read_batchnorm(reader: Any, op: Op, fx_node: Any, module: nn.Module) -> Non
 
 
 def _read_add(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    operands = _tensor_and_constant(reader, fx_node)
+    if operands is not None:  # x + c: the constant absorbs its share (ops' transformer section)
+        node = reader.add(fx_node, ADD_CONSTANT, (operands[0],))
+        node.weight = operands[1]
+        return
     if len(fx_node.args) != 2 or fx_node.kwargs:
         raise reader.unsupported(fx_node, reader.what(fx_node))
     inputs = tuple(reader.producer(fx_node, arg) for arg in fx_node.args)
@@ -380,6 +387,202 @@ _INDEX_OPS: tuple[Op, ...] = (CAT, PARTS, SELECT, VIEW, UNSQUEEZE, PERMUTE, CONT
                               BATCHNORM_RIGHT, SHIFTED_RELU, BORDER_PAD)
 
 
+# -- normalisation, attention and transformers ---------------------------------------------
+# LayerNorm (std held constant), sums with a constant (position embedding: a get_attr
+# parameter or a number; products with one are the activation section's scale), nn.MultiheadAttention read as its parts
+# (q/k/v projections, heads, Q K^T, softmax, P V, merge, output projection), and the
+# softmax and matmul of two activations that Swin's and MaxViT's attention call directly.
+
+def _read_layernorm(reader: Any, op: Op, fx_node: Any, module: nn.Module) -> None:
+    """``nn.LayerNorm`` over the last dim, or torchvision's ``LayerNorm2d`` over the channels of (N, C, H, W)."""
+    source = _one_input(reader, fx_node, module)
+    if len(module.normalized_shape) != 1:
+        raise reader.unsupported(fx_node, f"LayerNorm over {len(module.normalized_shape)} dims (only the last one)")
+    if type(module).forward is nn.LayerNorm.forward:
+        dim = -1
+    elif type(module).__name__ == "LayerNorm2d":  # ConvNeXt: permute, layer_norm over C, permute back
+        dim = 1
+    else:
+        raise reader.unsupported(fx_node, f"{type(module).__name__}, a LayerNorm with a forward of its own")
+    node = reader.add(fx_node, op, (source,), module, {"dim": dim, "eps": module.eps})
+    node.weight = None if module.weight is None else module.weight.detach().float()
+    node.bias = None if module.bias is None else module.bias.detach().float()
+
+
+def _layernorm(node: Node, a: Tensor, weight: Union[Tensor, None], bias: Union[Tensor, None]) -> tuple[Tensor, None]:
+    eps = node.attrs["eps"]
+    if node.attrs["dim"] == 1:
+        return F.layer_norm(a.permute(0, 2, 3, 1), a.shape[1:2], weight, bias, eps).permute(0, 3, 1, 2), None
+    return F.layer_norm(a, a.shape[-1:], weight, bias, eps), None
+
+
+def _tensor_and_constant(reader: Any, fx_node: Any) -> Union[tuple[int, Tensor], None]:
+    """A binary call's graph input and its constant operand (a parameter, buffer or number), or None."""
+    if len(fx_node.args) != 2 or fx_node.kwargs:
+        return None
+    for x, c in (fx_node.args, fx_node.args[::-1]):
+        constant = reader.constant(c)
+        if isinstance(x, torch.fx.Node) and x in reader.env and constant is not None:
+            return reader.env[x], constant
+    return None
+
+
+def _add_constant(node: Node, a: Tensor, weight: Tensor, bias: None) -> tuple[Tensor, None]:
+    return a + weight, None
+
+
+def _read_attention(reader: Any, op: Op, fx_node: Any, module: nn.MultiheadAttention) -> None:
+    """Self-attention as torchvision's ViT calls it, ``attn(x, x, x, need_weights=False)[0]``, read as its parts."""
+    query, key, value = (list(fx_node.args) + [fx_node.kwargs.get(k) for k in ("query", "key", "value")])[:3]
+    extra = set(fx_node.kwargs) - {"need_weights", "average_attn_weights"}
+    if len(fx_node.args) > 3 or extra or not (query is key is value):
+        raise reader.unsupported(fx_node, "MultiheadAttention other than self-attention attn(x, x, x) without masks")
+    if not module._qkv_same_embed_dim or module.bias_k is not None or module.add_zero_attn:
+        raise reader.unsupported(fx_node, "MultiheadAttention with separate q/k/v weights, bias_k/bias_v or "
+                                 "add_zero_attn")
+    outputs = list(fx_node.users)
+    if not all(u.op == "call_function" and u.target is operator.getitem and u.args[1] in (0, 1) for u in outputs) \
+            or any(u.args[1] == 1 and u.users for u in outputs):
+        raise reader.unsupported(fx_node, "MultiheadAttention whose attention weights are used")
+    x = reader.producer(fx_node, query)
+    e, heads, first = module.embed_dim, module.num_heads, module.batch_first
+    scale = (e // heads) ** -0.5  # folded into the query projection: the rules are invariant to it
+    w, b = module.in_proj_weight.detach().float(), module.in_proj_bias
+    b = torch.zeros(3 * e) if b is None else b.detach().float()
+    projections = []
+    for part, factor in zip(range(3), (scale, 1.0, 1.0)):
+        node = reader.add(fx_node, PROJECTION, (x,), module)
+        node.weight, node.bias = w[part * e:(part + 1) * e] * factor, b[part * e:(part + 1) * e] * factor
+        projections.append(len(reader.nodes) - 1)
+    split = [reader.add(fx_node, HEADS, (p,), attrs={"heads": heads, "batch_first": first, "keys": keys,
+                                                    "merge": False})
+             for p, keys in zip(projections, (False, True, False))]
+    q, k, v = (reader.nodes.index(n) for n in split)
+    reader.add(fx_node, MATMUL, (q, k))
+    reader.add(fx_node, SOFTMAX, (len(reader.nodes) - 1,), attrs={"dim": -1})
+    reader.add(fx_node, MATMUL, (len(reader.nodes) - 1, v))
+    reader.add(fx_node, HEADS, (len(reader.nodes) - 1,), attrs={"heads": heads, "batch_first": first,
+                                                                  "keys": False, "merge": True})
+    out = reader.add(fx_node, PROJECTION, (len(reader.nodes) - 1,), module.out_proj)
+    out.name = f"{fx_node.target}.out_proj"
+    out.weight = module.out_proj.weight.detach().float()
+    out.bias = None if module.out_proj.bias is None else module.out_proj.bias.detach().float()
+    for user in outputs:
+        if user.args[1] == 0:
+            reader.alias(user, len(reader.nodes) - 1)
+        else:
+            reader.skip(user)
+
+
+def _heads(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
+    attrs = node.attrs
+    if attrs["merge"]:
+        return merge_heads(a, attrs["batch_first"], False), None
+    return split_heads(a, attrs["heads"], attrs["batch_first"], attrs["keys"]), None
+
+
+def _read_matmul(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``a @ b`` of two activations (``torch.matmul``, ``x.matmul``)."""
+    if len(fx_node.args) != 2 or fx_node.kwargs:
+        raise reader.unsupported(fx_node, reader.what(fx_node))
+    reader.add(fx_node, op, tuple(reader.producer(fx_node, arg) for arg in fx_node.args))
+
+
+def _matmul(node: Node, a: tuple[Tensor, Tensor], weight: None, bias: None) -> tuple[Tensor, None]:
+    return torch.matmul(*a), None
+
+
+def _read_softmax(reader: Any, op: Op, fx_node: Any, module: Union[nn.Module, None]) -> None:
+    """``softmax(x, dim)`` as a module, function or method (no dtype argument)."""
+    if module is not None:
+        dim = module.dim
+        source = _one_input(reader, fx_node, module)
+    else:
+        dim = fx_node.kwargs.get("dim", fx_node.args[1] if len(fx_node.args) > 1 else None)
+        if not isinstance(dim, int) or set(fx_node.kwargs) - {"dim"} or len(fx_node.args) > 2:
+            raise reader.unsupported(fx_node, f"{reader.what(fx_node)} without an int dim, or with a dtype")
+        source = reader.producer(fx_node, fx_node.args[0])
+    reader.add(fx_node, op, (source,), module, {"dim": dim})
+
+
+def _softmax(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
+    return torch.softmax(a, node.attrs["dim"]), None
+
+
+def _read_expand(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``token.expand(n, -1, -1)`` of a constant (ViT's class token), ``n`` read from a shape at run time:
+    a constant input of the graph, which keeps the relevance it gets."""
+    constant = reader.constant(fx_node.args[0])
+    sizes = fx_node.args[1:]
+    if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+        sizes = tuple(sizes[0])
+    if constant is None or fx_node.kwargs:
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} of an activation (only of a parameter)")
+    shape, refs = reader.ints(fx_node, sizes, -1)
+    node = reader.add(fx_node, op, refs, attrs={"shape": shape})
+    node.weight = constant
+
+
+def _expand(node: Node, a: Activation, weight: Tensor, bias: None) -> tuple[Tensor, None]:
+    tensors = a if isinstance(a, tuple) else (a,)
+    return weight.expand(node.attrs["shape"]({i: t.shape for i, t in zip(node.inputs, tensors)})), None
+
+
+def _read_assert(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``torch._assert(cond, message)`` on shapes (a ViT's image size): checked on every call, where a
+    failure is one line, the model's message with the values it names (``Proxy(h)``) filled in."""
+    cond, message = (list(fx_node.args) + [""])[:2]
+    if not isinstance(cond, torch.fx.Node):
+        if not cond:
+            raise reader.unsupported(fx_node, f"torch._assert that always fails: {message}")
+        reader.skip(fx_node)
+        return
+    check, refs = reader.ints(fx_node, (cond,), -1)
+    named = {n.name: n for n in reader.traced.graph.nodes}
+    fills = {}
+    for name in re.findall(r"Proxy\((\w+)\)", str(message)):
+        if name in named and name not in fills:
+            fills[name], more = reader.ints(fx_node, (named[name],), -1)
+            refs = tuple(sorted(set(refs) | set(more)))
+    reader.add(fx_node, op, refs, attrs={"check": check, "message": str(message), "fills": fills})
+
+
+def _assert(node: Node, a: Activation, weight: None, bias: None) -> tuple[Tensor, None]:
+    tensors = a if isinstance(a, tuple) else (a,)
+    shapes = {i: t.shape for i, t in zip(node.inputs, tensors)}
+    if not all(node.attrs["check"](shapes)):
+        message = node.attrs["message"]
+        for name, value in node.attrs["fills"].items():
+            got = value(shapes)
+            message = message.replace(f"Proxy({name})", str(got[0] if len(got) == 1 else tuple(got)))
+        raise ValueError(message.splitlines()[0] if message else f"the model's check '{node.name}' failed")
+    return tensors[0], None
+
+
+def _internal(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    raise reader.unsupported(fx_node, f"{op.kind}, an op the graph makes only itself")
+
+
+LAYERNORM = Op("layernorm", _read_layernorm, _layernorm, modules=(nn.LayerNorm,))
+ADD_CONSTANT = Op("add_constant", _internal, _add_constant, relevance=rule("ShareWithConstant"))
+"""``x + c`` with a constant ``c``, made by the ``add`` reader (ViT's position embedding)."""
+ATTENTION = Op("attention", _read_attention, modules=(nn.MultiheadAttention,))
+PROJECTION = Op("projection", _internal, _linear, filtered=True, params=True)
+"""The q/k/v and output projections inside ``nn.MultiheadAttention``: Linear maps its forward calls
+as functions (``F.multi_head_attention_forward``), not as modules, so LXT's recipe leaves them to
+Gradient x Input while zennit's rules go to the Linear modules; presets bind them apart."""
+HEADS = Op("heads", _internal, _heads, sign="keep", relevance=rule("Heads"))
+MATMUL = Op("matmul", _read_matmul, _matmul, functions=(operator.matmul, torch.matmul), methods=("matmul",))
+SOFTMAX = Op("softmax", _read_softmax, _softmax, modules=(nn.Softmax,), functions=(torch.softmax, F.softmax),
+             methods=("softmax",), sign="nonneg")
+
+EXPAND = Op("expand", _read_expand, _expand, methods=("expand",), relevance=rule("HeldConstant"))
+ASSERT = Op("assert", _read_assert, _assert, functions=(torch._assert,), relevance=rule("HeldConstant"))
+"""A shape check: no consumer, so no relevance ever reaches it."""
+
+_TRANSFORMER_OPS: tuple[Op, ...] = (LAYERNORM, ADD_CONSTANT, ATTENTION, PROJECTION, HEADS, MATMUL, SOFTMAX, EXPAND, ASSERT)
+
+
 # -- activations, gates and functional forms -------------------------------------------------
 
 def _no_inplace(module: nn.Module) -> nn.Module:
@@ -540,12 +743,21 @@ def _read_mul(reader: Any, op: Op, fx_node: Any, module: None) -> None:
                                       "from the other (s * sigmoid(f(s)))")
 
 
+def _same_shape(node: Node, out: Tensor, kept: Tensor) -> Tensor:
+    """``out``, if it has the shape of the tensor that takes all relevance; a product that
+    broadcasts that tensor to a larger shape has no rule (checked on shapes only: no sync)."""
+    if out.shape != kept.shape:
+        raise UnsupportedModelError(f"no LRP rule for node '{node.name}' (a product that broadcasts its "
+                                    f"{tuple(kept.shape)} input to {tuple(out.shape)})")
+    return out
+
+
 def _scale(node: Node, a: Tensor, weight: Tensor, bias: None) -> tuple[Tensor, None]:
-    return a * weight, None
+    return _same_shape(node, a * weight, a), None
 
 
 def _gate(node: Node, a: tuple[Tensor, Tensor], weight: None, bias: None) -> tuple[Tensor, None]:
-    return a[0] * a[1], None
+    return _same_shape(node, a[0] * a[1], a[0]), None
 
 
 MUL = Op("mul", _read_mul, functions=(operator.mul, operator.imul, torch.mul), methods=("mul",))
@@ -583,7 +795,7 @@ IDENTITY = Op("identity", _read_identity, modules=(nn.Identity, nn.modules.dropo
 BATCHNORM = Op("batchnorm", _read_batchnorm, modules=(nn.BatchNorm2d,))
 
 OPS: tuple[Op, ...] = (CONV, LINEAR, RELU, MAXPOOL, AVGPOOL, ADAPTIVE_AVGPOOL, FLATTEN, ADD, IDENTITY, BATCHNORM,
-                       *_ACTIVATION_OPS, *_INDEX_OPS)
+                       *_ACTIVATION_OPS, *_INDEX_OPS, *_TRANSFORMER_OPS)
 OPS_BY_KIND: dict[str, Op] = {op.kind: op for op in OPS}
 
 _BY_MODULE: dict[type, Op] = {t: op for op in OPS for t in op.modules}

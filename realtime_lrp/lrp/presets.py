@@ -14,7 +14,7 @@ preset is adding one entry to ``PRESETS``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,11 @@ class Preset:
 
 
 _POOLS_NORM = {"avgpool": rule("Norm"), "adaptive_avgpool": rule("Norm"), "add": rule("Norm")}
+TRANSFORMER_KINDS = ("projection", "matmul", "softmax")
+"""Kinds only the transformer presets bind: a model with them is explained by ``cp-lrp`` by default."""
+_LRP0 = 1e-12
+"""The stabiliser of LRP-0 (epsilon negligible, Gradient x Input), where LXT's efficient rules have none."""
+_LAYERNORM = {"layernorm": rule("LayerNormCentred", epsilon=_LRP0)}
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -74,7 +79,7 @@ PRESETS: dict[str, Preset] = {
             "zennit EpsilonPlusFlat()",
             True,
             rules={"conv": rule("ZPlus"), "linear": rule("Epsilon"), "maxpool": rule("WinnerTakeAll"),
-                   **_POOLS_NORM},
+                   **_POOLS_NORM, **_LAYERNORM},
             first={"conv": rule("Flat"), "linear": rule("Flat")},
         ),
         Preset(
@@ -83,7 +88,7 @@ PRESETS: dict[str, Preset] = {
             "zennit EpsilonGammaBox(low, high)",
             True,
             rules={"conv": rule("Gamma", gamma=0.25), "linear": rule("Epsilon"), "maxpool": rule("WinnerTakeAll"),
-                   **_POOLS_NORM},
+                   **_POOLS_NORM, **_LAYERNORM},
             first={"conv": rule("ZBox")},
             first_conv_only=True,
         ),
@@ -102,6 +107,42 @@ PRESETS: dict[str, Preset] = {
             first={"conv": rule("ZPlus", stabilizer=1e-5, zero_bias=True, ones_input=True),
                    "linear": rule("ZPlus", stabilizer=1e-5, zero_bias=True, ones_input=True)},
         ),
+        Preset(
+            "cp-lrp",
+            "CP-LRP: attention probabilities held constant (relevance through the values only), LayerNorm with "
+            "its standard deviation held constant, identity on activations, epsilon 1e-6 on every conv and "
+            "Linear module; LRP-0 inside attention, on LayerNorm's centring and on sums",
+            "LXT 2.1 vit_torch.cp_LRP patches with zennit Epsilon on conv/Linear, Gradient x Input (Ali et al. 2022)",
+            True,
+            rules={"conv": rule("Epsilon"), "linear": rule("Epsilon"), "maxpool": rule("WinnerTakeAll"),
+                   **{k: rule("Norm", stabilizer=_LRP0) for k in ("avgpool", "adaptive_avgpool", "add")},
+                   **_LAYERNORM, "projection": rule("Epsilon", epsilon=_LRP0),
+                   "matmul": rule("AttentionValues", epsilon=_LRP0), "softmax": rule("HeldConstant")},
+        ),
+        Preset(
+            "attnlrp",
+            "AttnLRP: softmax by Prop. 3.1, products of two activations by the uniform epsilon rule (each operand "
+            "half), LayerNorm with its standard deviation held constant, identity on activations, epsilon 1e-6 "
+            "on every conv, Linear and attention projection",
+            "LXT 2.1 explicit softmax_fn, matmul_fn, layer_norm_grad_fn (Achtibat et al. 2024)",
+            True,
+            rules={"conv": rule("Epsilon"), "linear": rule("Epsilon"), "maxpool": rule("WinnerTakeAll"),
+                   **_POOLS_NORM, "layernorm": rule("LayerNormCentred"), "projection": rule("Epsilon"),
+                   "matmul": rule("UniformProduct"), "softmax": rule("SoftmaxTaylor")},
+        ),
     )
 }
 PRESET_NAMES: Sequence[str] = tuple(PRESETS)
+
+AUTO = "auto"
+AUTO_DESCRIPTION = "cp-lrp for a model with attention (a transformer), epsilon-plus-flat otherwise"
+PRESET_CHOICES: Sequence[str] = (AUTO, *PRESET_NAMES)
+"""What a user may ask for: a preset, or ``auto``."""
+
+
+def auto_preset(kinds: Iterable[str]) -> tuple[str, str]:
+    """The preset ``auto`` stands for on a graph with nodes of ``kinds``, and why (for the one line stating it)."""
+    found = sorted(set(kinds) & set(TRANSFORMER_KINDS))
+    if found:
+        return "cp-lrp", f"the model has attention ({', '.join(found)} nodes)"
+    return "epsilon-plus-flat", "the model has no attention"

@@ -125,18 +125,27 @@ def check_crf(codec: Codec, crf: int | None) -> None:
                           f" (default {DEFAULT_CRF[codec.encoder]}; lower is better and larger)")
 
 
-def _opens(encoder: str) -> bool:
-    """Whether ``encoder`` can be opened here (NVENC needs an NVIDIA driver, not just the build)."""
+def open_failure(encoder: str, size: tuple[int, int] = (640, 480)) -> str | None:
+    """Why ``encoder`` cannot be opened here at ``size`` (width, height), or None if it can.
+
+    NVENC needs an NVIDIA driver, not just the build, and refuses frames below its minimum
+    size, so the probe opens the encoder at the output's own size.
+    """
     import av
 
     try:
         context = av.CodecContext.create(encoder, "w")
-        context.width, context.height, context.pix_fmt = 64, 64, "yuv420p"
+        context.width, context.height, context.pix_fmt = size[0], size[1], "yuv420p"
         context.time_base = Fraction(1, 25)
         context.open()
-    except (av.FFmpegError, ValueError):
-        return False
-    return True
+    except (av.FFmpegError, ValueError) as error:
+        return (str(error).splitlines() or [type(error).__name__])[0][:160]
+    return None
+
+
+def _opens(encoder: str, size: tuple[int, int] = (640, 480)) -> bool:
+    """Whether ``encoder`` can be opened here at ``size`` (width, height)."""
+    return open_failure(encoder, size) is None
 
 
 def read_comment(path: str | Path) -> str | None:
@@ -272,9 +281,10 @@ class VideoWriter:
         except OutputError as error:
             raise WriterError(str(error)) from None
         codec = self.codec
-        if codec.fallback and not _opens(codec.encoder):
-            self._notice(f"{codec.name} is not available here (no NVIDIA driver or GPU): using "
-                         f"{codec.fallback} instead")
+        failure = open_failure(codec.encoder, self.file_size) if codec.fallback else None
+        if failure is not None:
+            self._notice(f"{codec.name} cannot encode {self.file_size[0]}x{self.file_size[1]} here ({failure}):"
+                         f" using {codec.fallback} instead")
             codec = self.codec = CODECS[codec.fallback]
         fmt = FORMATS[self.path.suffix.lower()]
         options = {"flush_packets": "1"}  # each frame reaches the disk as it is encoded, not in 32 KiB blocks

@@ -5,6 +5,7 @@ The cache is untrusted: a file's SHA-256 must start with the prefix its name car
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,13 +17,51 @@ from realtime_lrp.models.cards import _TORCHVISION_FIELDS, IMAGENET_MEAN, IMAGEN
 from realtime_lrp.models.errors import WeightsError
 from realtime_lrp.models.files import DownloadCorrupt, check_finite, download, hash_prefix, safe_load, sha256_file
 
+# The ImageNet weights of the architectures beyond ReLU CNNs: torchvision's enum member (its
+# DEFAULT in torchvision 0.29) and the file its URL names, SHA-256 prefix included; pinned so
+# that a newer torchvision's DEFAULT cannot swap the file a card describes.
+MODERN_WEIGHTS: dict[str, tuple[str, str]] = {
+    "mobilenet_v3_small": ("MobileNet_V3_Small_Weights.IMAGENET1K_V1", "mobilenet_v3_small-047dcff4.pth"),
+    "mobilenet_v3_large": ("MobileNet_V3_Large_Weights.IMAGENET1K_V2", "mobilenet_v3_large-5c1a4163.pth"),
+    "efficientnet_b0": ("EfficientNet_B0_Weights.IMAGENET1K_V1", "efficientnet_b0_rwightman-7f5810bc.pth"),
+    "regnet_y_400mf": ("RegNet_Y_400MF_Weights.IMAGENET1K_V2", "regnet_y_400mf-e6988f5f.pth"),
+    "regnet_y_800mf": ("RegNet_Y_800MF_Weights.IMAGENET1K_V2", "regnet_y_800mf-58fc7688.pth"),
+    "convnext_tiny": ("ConvNeXt_Tiny_Weights.IMAGENET1K_V1", "convnext_tiny-983f1562.pth"),
+    "densenet121": ("DenseNet121_Weights.IMAGENET1K_V1", "densenet121-a639ec97.pth"),
+}
+
 
 def _imagenet_weights(arch: str) -> Any:
+    from torchvision import models as tv_models
     from torchvision.models import get_model_weights
 
     if arch not in ALL_ARCHS:
         raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(ALL_ARCHS)}")
-    return get_model_weights(arch).DEFAULT
+    if arch not in MODERN_WEIGHTS:
+        return get_model_weights(arch).DEFAULT
+    (enum, member), name = MODERN_WEIGHTS[arch][0].split("."), MODERN_WEIGHTS[arch][1]
+    weights = getattr(getattr(tv_models, enum), member, None)
+    if weights is None or not weights.url.endswith("/" + name):
+        raise WeightsError(f"this torchvision's {enum}.{member} does not name {name}, the file pinned for "
+                           f"ImageNet {arch} (torchvision 0.29's); install torchvision 0.29")
+    return weights
+
+
+# DenseNet's published files name a layer's parts ``norm.1``/``conv.2``; torchvision's modules
+# are ``norm1``/``conv2`` (its own loader renames them the same way).
+_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def _torchvision_keys(arch: str, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with the key names torchvision's ``arch`` module uses today."""
+    if not arch.startswith("densenet"):
+        return state
+    renamed = {}
+    for key, value in state.items():
+        match = _DENSENET_KEY.match(key)
+        renamed[match.group(1) + match.group(2) if match else key] = value
+    return renamed
 
 
 def imagenet_cache_file(arch: str = "vgg16") -> Path:
@@ -90,7 +129,7 @@ def load_imagenet(arch: str = "vgg16", timeout: float = 10.0,
                 "them, or use --weights shipped or --weights PATH", why) from None
     check_hash_prefix(cached)
     try:
-        state = safe_load(cached)
+        state = _torchvision_keys(arch, safe_load(cached))
         model = getattr(tv_models, arch)(weights=None)
         model.load_state_dict(state)
     except Exception as exc:  # a corrupt or unsafe cache file surfaces as one of many torch errors

@@ -1,21 +1,25 @@
-"""Relevance → colour → frame: colour maps, stable scaling, layouts and the class label.
+"""Relevance → colour → frame, in torch: colour maps, the map over the frame, layouts; the label and legend.
 
-Colour maps are 256-entry BGR lookup tables, so the same table colours a numpy map on
-the CPU or a torch map on the GPU (:func:`colorize` accepts either). A *centred* map
-(``diverging``) spans ``[-scale, scale]`` with white at zero, for signed relevance; every
-other map spans ``[0, scale]`` (negative relevance shows as zero), for positive-only presets.
-
-The scale comes from :class:`StableScale`, an exponential moving average of a high
-percentile of ``|R|`` per stream, so colours do not flicker the way per-frame min–max does.
+Colour maps are 256-entry BGR lookup tables (built once, with OpenCV's own maps), indexed by
+a torch map on its device (:func:`colour`). A *centred* map (``diverging``) spans
+``[-scale, scale]`` with white at zero, for signed relevance; every other map spans
+``[0, scale]`` (negative relevance shows as zero), for positive-only presets. The scale is
+the stream's :class:`realtime_lrp.pipeline.stream.StableScale`. :func:`compose` is the device
+half of the frame pass; OpenCV draws only text (the label, the legend) on the finished frame.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence, TypeVar
+from typing import Sequence
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from realtime_lrp.pipeline.preprocess import Fit, as_frame, to_bgr
 
 LAYOUTS: tuple[str, ...] = ("overlay", "side", "heatmap")
 
@@ -26,6 +30,22 @@ _DIVERGING_RGB = [
     (0.50, (255, 255, 255)),
     (0.80, (235, 70, 50)),
     (1.00, (140, 15, 20)),
+]
+# RGB anchors of the overlay defaults, chosen for contrast on light and dark frames alike:
+# neither ends in white or black where relevance is strong (hot's white vanishes on a pale
+# item, the diverging map's dark red and blue on a dark one; docs/contrast.png shows both).
+_FIRE_RGB = [
+    (0.00, (0, 0, 0)),
+    (0.50, (200, 0, 40)),
+    (0.80, (255, 50, 0)),
+    (1.00, (255, 160, 0)),
+]
+_SIGNED_RGB = [
+    (0.00, (0, 70, 230)),
+    (0.30, (120, 170, 255)),
+    (0.50, (255, 255, 255)),
+    (0.70, (255, 140, 120)),
+    (1.00, (220, 0, 0)),
 ]
 _CV2_SKIP = {"hsv", "twilight", "twilight_shifted"}  # cyclic maps make no sense for magnitudes
 
@@ -39,10 +59,11 @@ class Colormap:
     centered: bool
 
 
-def _diverging_lut() -> np.ndarray:
+def _anchored_lut(anchors: list[tuple[float, tuple[int, int, int]]]) -> np.ndarray:
+    """A BGR table interpolated linearly between RGB ``anchors`` (position in [0, 1], colour)."""
     t = np.linspace(0.0, 1.0, 256)
-    xs = [a for a, _ in _DIVERGING_RGB]
-    rgb = np.stack([np.interp(t, xs, [c[i] for _, c in _DIVERGING_RGB]) for i in range(3)], axis=1)
+    xs = [a for a, _ in anchors]
+    rgb = np.stack([np.interp(t, xs, [c[i] for _, c in anchors]) for i in range(3)], axis=1)
     return np.round(rgb[:, ::-1]).astype(np.uint8)
 
 
@@ -53,10 +74,13 @@ def _cv2_lut(code: int) -> np.ndarray:
 
 @lru_cache(maxsize=None)
 def colormaps() -> dict[str, Colormap]:
-    """All colour maps by name: ``hot``, ``diverging`` and OpenCV's sequential maps."""
+    """All colour maps by name: ``fire``, ``signed`` (the defaults), ``hot``, ``diverging`` and
+    OpenCV's sequential maps."""
     maps = {
+        "fire": Colormap("fire", _anchored_lut(_FIRE_RGB), False),
+        "signed": Colormap("signed", _anchored_lut(_SIGNED_RGB), True),
         "hot": Colormap("hot", _cv2_lut(cv2.COLORMAP_HOT), False),
-        "diverging": Colormap("diverging", _diverging_lut(), True),
+        "diverging": Colormap("diverging", _anchored_lut(_DIVERGING_RGB), True),
     }
     for attr in sorted(dir(cv2)):
         if attr.startswith("COLORMAP_"):
@@ -78,135 +102,109 @@ def get_colormap(cmap: str | Colormap) -> Colormap:
 
 
 def default_cmap(signed: bool) -> str:
-    """``diverging`` for signed relevance, ``hot`` for positive-only."""
-    return "diverging" if signed else "hot"
+    """``signed`` for signed relevance, ``fire`` for positive-only: the maps that stay visible over
+    light and dark frames."""
+    return "signed" if signed else "fire"
 
 
-Array = TypeVar("Array")
 
 
-def colorize(relevance: Array, scale: float | Sequence[float] | Array, cmap: str | Colormap) -> Array:
-    """Colour a relevance map: ``(..., H, W)`` → ``(..., H, W, 3)`` BGR uint8.
+def lut_tensor(cmap: str | Colormap, device: torch.device | str = "cpu") -> Tensor:
+    """The colour map's 256x3 BGR table as a uint8 tensor on ``device``."""
+    return torch.from_numpy(get_colormap(cmap).lut).to(device)
 
-    ``relevance`` is a numpy array or a torch tensor (the result stays on its device).
-    ``scale`` is the value that gets the strongest colour: a number, or one per map of a
-    batch ``(N, H, W)``. Values beyond it saturate.
+
+def colour(relevance: Tensor, scale: Tensor, lut: Tensor, centered: bool) -> Tensor:
+    """Colour maps (N, H, W) with one scale per map (N,): (N, H, W, 3) BGR uint8 from ``lut``.
+
+    ``scale`` gets the strongest colour and values beyond it saturate; a centred map spans
+    [-scale, scale] around its middle entry.
     """
+    v = relevance.float() / scale.float().clamp_min(1e-30).view(-1, 1, 1)
+    v = (v + 1.0) * 0.5 if centered else v
+    return lut[(v * 255.0).round().clamp(0, 255).long()]
+
+
+def frame_map(relevance: Tensor, fit: Fit) -> Tensor:
+    """Maps (N, h, w) at the model's size → (N, H, W) over the frame: bilinear over the region the
+    model saw (``fit``), zero elsewhere (outside a crop); a letterbox's padding is cut off first."""
+    py0, py1, px0, px1 = fit.placed
+    r = relevance[:, py0:py1, px0:px1] if (py1 - py0, px1 - px0) != tuple(relevance.shape[1:]) else relevance
+    y0, y1, x0, x1 = fit.region
+    if tuple(r.shape[1:]) != (y1 - y0, x1 - x0):
+        r = F.interpolate(r[:, None].float(), size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[:, 0]
+    if (y0, y1, x0, x1) != (0, fit.frame[0], 0, fit.frame[1]):
+        r = F.pad(r, (x0, fit.frame[1] - x1, y0, fit.frame[0] - y1))
+    return r.float()
+
+
+FRAME_MARGIN = 30.0  # under full weight the frame spans [30, 225]: no white or black for colours to vanish on
+OUTSIDE_DIM = 0.5  # what the model did not see (outside a crop) is shown at half brightness
+PANELS = "panels"  # overlay, heatmap and frame side by side: what ``rtlrp explain`` writes
+
+
+def compose(frames: Tensor, relevance: Tensor, scale: Tensor, lut: Tensor, centered: bool, layout: str,
+            alpha: float, fit: Fit) -> Tensor:
+    """The rendered frames: uint8 BGR (N, H, W, 3) frames and their maps (N, h, w) → (N, H, W', 3).
+
+    The map is shown over the region the model saw (:func:`frame_map`). Layouts: ``overlay``
+    moves each pixel towards its colour by ``alpha * v``, ``v = min(|R| / scale, 1)``, so irrelevant
+    areas keep the picture; the colour is the map's at ``(1 + v) / 2`` of its strong half (of
+    either sign), and the pixel's range is pulled in by ``alpha * v`` * :data:`FRAME_MARGIN` first, so the
+    colour contrasts with light and dark frames alike; ``side`` puts the frame left of the map; ``heatmap`` is the map
+    alone; :data:`PANELS` is overlay, heatmap and frame side by side. Outside a crop the
+    frame is dimmed and the map has the colour of zero. Pure device work, no host sync.
+    """
+    if layout not in LAYOUTS + (PANELS,):
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    r = frame_map(relevance, fit)
+    heat = colour(r, scale, lut, centered)
+    f = frames
+    if fit.region != (0, fit.frame[0], 0, fit.frame[1]):
+        y0, y1, x0, x1 = fit.region
+        ys = torch.arange(fit.frame[0], device=frames.device)
+        xs = torch.arange(fit.frame[1], device=frames.device)
+        inside = ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
+        f = torch.where(inside[None, :, :, None], frames, (frames.float() * OUTSIDE_DIM).to(torch.uint8))
+    parts = []
+    if layout in ("overlay", PANELS):
+        v = (r.abs() / scale.float().clamp_min(1e-30).view(-1, 1, 1)).clamp(0, 1)
+        weight = (v * alpha)[..., None]
+        strong = colour(r.sign() * (0.5 + 0.5 * v), torch.ones_like(scale), lut, centered)
+        ff = f.float()
+        ff = ff + weight * (FRAME_MARGIN - 2 * FRAME_MARGIN / 255.0 * ff)  # relevant pixels: no white or black
+        parts.append((ff + weight * (strong.float() - ff) + 0.5).clamp(0, 255).to(torch.uint8))
+    if layout == "side":
+        parts.append(f)
+    if layout in ("side", "heatmap", PANELS):
+        parts.append(heat)
+    if layout == PANELS:
+        parts.append(f)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+
+def colorize(relevance: np.ndarray, scale: float | Sequence[float], cmap: str | Colormap) -> np.ndarray:
+    """:func:`colour` for a numpy map ``(..., H, W)``: ``(..., H, W, 3)`` BGR uint8 (for pictures and tests)."""
     cm = get_colormap(cmap)
-    if isinstance(relevance, np.ndarray):
-        r = relevance.astype(np.float32, copy=False)
-        s = np.asarray(scale, dtype=np.float32)
-        s = np.maximum(s.reshape(s.shape + (1, 1)) if s.ndim else s, 1e-30)
-        v = r / s
-        v = (v + 1.0) * 0.5 if cm.centered else v
-        idx = np.clip(np.rint(v * 255.0), 0, 255).astype(np.uint8)
-        return cm.lut[idx]
-    import torch
-
-    r = relevance.float()
-    s = torch.as_tensor(scale, dtype=torch.float32, device=r.device)
-    s = (s.view(-1, 1, 1) if s.ndim else s).clamp_min(1e-30)
-    v = r / s
-    v = (v + 1.0) * 0.5 if cm.centered else v
-    idx = (v * 255.0).round_().clamp_(0, 255).long()
-    lut = torch.from_numpy(cm.lut).to(r.device)
-    return lut[idx]
-
-
-class StableScale:
-    """Per-stream colour scale: an EMA of the ``percentile`` of ``|R|``, one update per frame.
-
-    Frames are folded in one at a time and in order, so the scale a frame gets does not
-    depend on how frames were batched. ``momentum`` is the weight of the newest frame
-    (0.1 settles in about 10 frames). A map whose percentile is 0 (a very sparse map)
-    falls back to its maximum; an all-zero map leaves the scale unchanged.
-    """
-
-    def __init__(self, percentile: float = 99.5, momentum: float = 0.1) -> None:
-        self.percentile = percentile
-        self.momentum = momentum
-        self.value: float | None = None
-
-    def reset(self) -> None:
-        """Forget the history (for a new stream or after a change of method)."""
-        self.value = None
-
-    @staticmethod
-    def frame_scale(relevance: np.ndarray, percentile: float = 99.5) -> float:
-        """The scale of one map on its own: a high percentile of ``|R|`` (its max if that is 0)."""
-        a = np.abs(np.asarray(relevance, dtype=np.float32))
-        with np.errstate(invalid="ignore"):  # a map with inf gives nan here, which update() skips
-            q = float(np.percentile(a, percentile))
-        return q if q > 0 else float(a.max())
-
-    def update(self, relevance: np.ndarray) -> list[float]:
-        """Fold in a batch ``(N, H, W)`` (or one ``(H, W)`` map); the scale for each frame."""
-        maps = relevance[None] if relevance.ndim == 2 else relevance
-        scales = []
-        for r in maps:
-            q = self.frame_scale(r, self.percentile)
-            if np.isfinite(q) and q > 0:
-                self.value = q if self.value is None else (1 - self.momentum) * self.value + self.momentum * q
-            scales.append(self.value if self.value is not None else 1.0)
-        return scales
-
-
-def label_text(name: str, probability: float) -> str:
-    """The label a frame carries: ``"T-shirt/top  97.3%"``."""
-    return f"{name}  {100.0 * probability:.1f}%"
-
-
-def draw_label(image: np.ndarray, text: str) -> np.ndarray:
-    """Write ``text`` in the top-left corner on a dark box, sized to the image; in place."""
-    h, w = image.shape[:2]
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    scale = max(0.3, min(1.2, min(h, w) / 400.0))
-    thickness = max(1, int(round(scale * 2)))
-    (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
-    pad = max(2, int(round(4 * scale)))
-    x1, y1 = min(w, tw + 2 * pad), min(h, th + base + 2 * pad)
-    box = image[:y1, :x1]
-    box[:] = (box.astype(np.uint16) * 2 // 5).astype(np.uint8)
-    cv2.putText(image, text, (pad, pad + th), font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
-    return image
-
-
-def to_bgr(frame: np.ndarray) -> np.ndarray:
-    """A gray (2-D or one-channel), BGRA or BGR frame as the BGR frame it shows."""
-    if frame.ndim == 2 or frame.shape[2] == 1:
-        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-    if frame.shape[2] == 4:
-        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
-    return frame
+    r = torch.from_numpy(np.ascontiguousarray(relevance, dtype=np.float32))
+    flat = r.reshape(-1, *r.shape[-2:])
+    s = torch.as_tensor(scale, dtype=torch.float32).reshape(-1).expand(flat.shape[0])
+    return colour(flat, s, lut_tensor(cm), cm.centered).reshape(*r.shape, 3).numpy()
 
 
 def render(frame: np.ndarray, relevance: np.ndarray, scale: float, cmap: str | Colormap,
-           layout: str = "overlay", alpha: float = 0.6, label: str | None = None) -> np.ndarray:
-    """Compose one output frame from an input frame and its relevance map.
+           layout: str = "overlay", alpha: float = 0.6, label: str | None = None, fit: str = "squash") -> np.ndarray:
+    """:func:`compose` for one numpy frame and its map ``(h, w)`` at the processing size, with its label.
 
-    ``relevance`` is ``(h, w)`` at the processing size; it is resized bilinearly to the
-    frame (so the whole frame is covered) and coloured with ``cmap`` at ``scale``.
-    Layouts: ``overlay`` blends the map over the frame, each pixel weighted by
-    ``alpha * |R| / scale`` so irrelevant areas keep the picture; ``side`` puts the frame
-    and the map side by side (double width); ``heatmap`` is the map alone. The output is
-    BGR uint8; ``label`` is drawn on it.
+    The frame pass renders batches on the device with the same code; this is the one-frame
+    form for pictures, the API and tests. The output is BGR uint8.
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    frame = to_bgr(frame)
-    h, w = frame.shape[:2]
-    r = np.asarray(relevance, dtype=np.float32)
-    if r.shape != (h, w):
-        r = cv2.resize(r, (w, h), interpolation=cv2.INTER_LINEAR)
-    heat = colorize(r, scale, cmap)
-    if layout == "overlay":
-        weight = np.clip(np.abs(r) / max(float(scale), 1e-30), 0.0, 1.0) * alpha
-        out = frame.astype(np.float32) + weight[:, :, None] * (heat.astype(np.float32) - frame)
-        out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
-    elif layout == "side":
-        out = np.concatenate([frame, heat], axis=1)
-    else:
-        out = heat
+    cm = get_colormap(cmap)
+    f = to_bgr(torch.from_numpy(np.ascontiguousarray(as_frame(frame)))[None])
+    r = torch.from_numpy(np.ascontiguousarray(relevance, dtype=np.float32))[None]
+    geometry = Fit.of(fit, tuple(f.shape[1:3]), tuple(r.shape[1:]))
+    out = compose(f, r, torch.tensor([float(scale)]), lut_tensor(cm), cm.centered, layout, alpha, geometry)
+    out = np.ascontiguousarray(out[0].numpy())
     if label:
         draw_label(out, label)
     return out
@@ -218,17 +216,114 @@ def output_size(frame_size: tuple[int, int], layout: str) -> tuple[int, int]:
     return (2 * w, h) if layout == "side" else (w, h)
 
 
-def contact_sheet(images: Sequence[np.ndarray], columns: int = 5, gap: int = 4) -> np.ndarray:
-    """Tile BGR images into one picture, ``columns`` per row, each cell the size of the largest."""
+def label_text(name: str, probability: float) -> str:
+    """The label a frame carries: ``"T-shirt/top  97.3%"``."""
+    return f"{name}  {100.0 * probability:.1f}%"
+
+
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+MIN_TEXT_SCALE = 0.3
+
+
+def wrap_text(text: str, width: int, scale: float, thick: int, font: int = FONT) -> list[str]:
+    """Split ``text`` at double spaces (else spaces) into lines no wider than ``width`` pixels
+    (a single word wider than that stays one line)."""
+    sep = "  " if "  " in text else " "
+    lines: list[str] = []
+    for word in text.split(sep):
+        candidate = f"{lines[-1]}{sep}{word}" if lines else word
+        if lines and cv2.getTextSize(candidate, font, scale, thick)[0][0] <= width:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines
+
+
+def text_box(image: np.ndarray, lines: Sequence[str], x: int, y: int, scale: float, thick: int,
+             color: tuple[int, int, int] = (255, 255, 255)) -> tuple[int, int]:
+    """Draw ``lines`` on a box darkened to 2/5 with its top-left at (x, y), kept inside the
+    image; in place. Returns the box's (width, height)."""
+    h, w = image.shape[:2]
+    pad = max(2, int(round(4 * scale)))
+    sizes = [cv2.getTextSize(line, FONT, scale, thick) for line in lines]
+    line_h = max(th + base for (_, th), base in sizes) + pad
+    bw = min(w, max(tw for (tw, _), _ in sizes) + 2 * pad)
+    bh = min(h, line_h * len(lines) + pad)
+    x, y = max(0, min(x, w - bw)), max(0, min(y, h - bh))
+    box = image[y:y + bh, x:x + bw]
+    box[:] = (box.astype(np.uint16) * 2 // 5).astype(np.uint8)
+    for i, (line, ((_, th), _)) in enumerate(zip(lines, sizes)):
+        cv2.putText(image, line, (x + pad, y + pad + th + i * line_h), FONT, scale, color, thick, cv2.LINE_AA)
+    return bw, bh
+
+
+def draw_label(image: np.ndarray, text: str) -> np.ndarray:
+    """Write ``text`` in the top-left corner on a dark box, sized to the image; in place.
+
+    A label wider than the frame is drawn smaller (down to a readable minimum), then
+    wrapped at its double spaces (name, probability, explained class) or spaces.
+    """
+    h, w = image.shape[:2]
+    scale = max(MIN_TEXT_SCALE, min(1.2, min(h, w) / 400.0))
+    thickness = max(1, int(round(scale * 2)))
+    room = w - 2 * max(2, int(round(4 * scale)))
+    while cv2.getTextSize(text, FONT, scale, thickness)[0][0] > room and scale > MIN_TEXT_SCALE:
+        scale = max(MIN_TEXT_SCALE, scale * 0.9)
+        thickness = max(1, int(round(scale * 2)))
+    lines = [text] if cv2.getTextSize(text, FONT, scale, thickness)[0][0] <= room else \
+        wrap_text(text, room, scale, thickness)
+    text_box(image, lines, 0, 0, scale, thickness)
+    return image
+
+
+def draw_legend(image: np.ndarray, cmap: str | Colormap) -> np.ndarray:
+    """A colour-scale legend in the bottom-right corner, in place: the map's colours from low
+    to high with what they mean (``-  0  +`` relevance for a centred map, ``0 … max`` otherwise)."""
+    cm = get_colormap(cmap)
+    h, w = image.shape[:2]
+    scale = max(MIN_TEXT_SCALE, min(0.8, min(h, w) / 600.0))
+    thick = max(1, int(round(scale * 2)))
+    pad = max(2, int(round(4 * scale)))
+    bar_w, bar_h = max(32, min(w // 3, 256)), max(6, int(round(12 * scale)))
+    (tw, th), base = cv2.getTextSize("relevance", FONT, scale, thick)
+    box_w, box_h = min(w, bar_w + 2 * pad), min(h, bar_h + th + base + 3 * pad)
+    x0, y0 = w - box_w, h - box_h
+    box = image[y0:, x0:]
+    box[:] = (box.astype(np.uint16) * 2 // 5).astype(np.uint8)
+    ramp = cm.lut[np.linspace(0, 255, bar_w).round().astype(int)]
+    bar = np.broadcast_to(ramp[None], (bar_h, bar_w, 3))
+    by, bx = y0 + pad, x0 + pad
+    image[by:by + bar_h, bx:bx + bar_w] = bar[:max(0, h - by), :max(0, w - bx)]
+    marks = (("-", 0.0), ("0", 0.5), ("+", 1.0)) if cm.centered else (("0", 0.0), ("relevance", 0.5), ("max", 1.0))
+    ty = by + bar_h + pad + th
+    for text, at in marks:
+        mw = cv2.getTextSize(text, FONT, scale, thick)[0][0]
+        tx = int(bx + at * bar_w - at * mw)
+        cv2.putText(image, text, (tx, min(h - 1, ty)), FONT, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return image
+
+
+def contact_sheet(images: Sequence[np.ndarray], columns: int = 5) -> np.ndarray:
+    """Tile BGR images into one picture, ``columns`` per row, every tile the same size.
+
+    Each image is scaled (keeping its aspect) to the tallest one's height, and centred in a
+    tile as wide as the widest so scaled; tiles touch, and what no image covers is black.
+    """
     if not images:
         raise ValueError("no images for the sheet")
-    images = [to_bgr(im) for im in images]
+    images = [np.ascontiguousarray(to_bgr(torch.from_numpy(as_frame(im))[None])[0].numpy()) for im in images]
     ch = max(im.shape[0] for im in images)
-    cw = max(im.shape[1] for im in images)
-    cols = min(columns, len(images))
-    rows = -(-len(images) // cols)
-    sheet = np.full((rows * ch + (rows - 1) * gap, cols * cw + (cols - 1) * gap, 3), 255, np.uint8)
-    for i, im in enumerate(images):
-        y, x = (i // cols) * (ch + gap), (i % cols) * (cw + gap)
-        sheet[y:y + im.shape[0], x:x + im.shape[1]] = im
+    scaled = []
+    for im in images:
+        if im.shape[0] != ch:
+            width = max(1, round(im.shape[1] * ch / im.shape[0]))
+            im = cv2.resize(im, (width, ch), interpolation=cv2.INTER_AREA if im.shape[0] > ch else cv2.INTER_LINEAR)
+        scaled.append(im)
+    cw = max(im.shape[1] for im in scaled)
+    cols = min(columns, len(scaled))
+    rows = -(-len(scaled) // cols)
+    sheet = np.zeros((rows * ch, cols * cw, 3), np.uint8)
+    for i, im in enumerate(scaled):
+        y, x = (i // cols) * ch, (i % cols) * cw + (cw - im.shape[1]) // 2
+        sheet[y:y + ch, x:x + im.shape[1]] = im
     return sheet

@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from realtime_lrp.lrp.cam import CAM_METHODS
 from realtime_lrp.lrp.engine import LRP
 from realtime_lrp.lrp.presets import PRESET_NAMES
 
@@ -20,8 +21,6 @@ Explain = Callable[[Tensor, Tensor], Tensor]
 BASELINES: tuple[str, ...] = ("random", "gradient", "gradient-x-input")
 
 
-CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "layercam")
-"""The class-activation-map family (:mod:`realtime_lrp.apps.evaluate.cam`), what users pick instead of LRP."""
 
 
 METHOD_NAMES: tuple[str, ...] = (*PRESET_NAMES, *CAM_METHODS, *BASELINES)
@@ -42,20 +41,35 @@ class Method:
     preset: str | None = None
     top_k: float | None = None
     dtype: str = "fp32"
+    target_mode: str = "plain"
+
+    @property
+    def label(self) -> str:
+        """The preset and its target mode unless plain (``zplus contrastive``), or the method's name."""
+        if self.kind != "lrp":
+            return self.kind
+        return str(self.preset) + ("" if self.target_mode == "plain" else f" {self.target_mode}")
 
     @property
     def name(self) -> str:
-        """``epsilon-plus-flat k=0.02 fp32``, or the baseline's name."""
+        """``epsilon-plus-flat k=0.02 fp32``, ``zplus contrastive k=0 fp32``, or the baseline's name."""
         if self.kind != "lrp":
             return self.kind
-        return f"{self.preset} k={self.top_k:g} {self.dtype}"
+        return f"{self.label} k={self.top_k:g} {self.dtype}"
 
 
-def plan_methods(names: Sequence[str], top_ks: Sequence[float], dtypes: Sequence[str]) -> list[Method]:
-    """The methods of a run, in table order: each preset × top-k × dtype, the CAM methods, the baselines.
+def plan_methods(names: Sequence[str], top_ks: Sequence[float], dtypes: Sequence[str],
+                 target_modes: Sequence[str] = ("plain",)) -> list[Method]:
+    """The methods of a run, in table order: each preset × target mode × top-k × dtype, the CAM
+    methods, the baselines.
 
-    Unknown names, top-k values outside [0, 1] and unknown dtypes are one-line errors.
+    Unknown names, top-k values outside [0, 1], unknown dtypes and target modes are one-line errors.
     """
+    from realtime_lrp.lrp.targets import TARGET_MODES
+
+    odd = [m for m in target_modes if m not in TARGET_MODES]
+    if odd or not target_modes:
+        raise EvaluationError(f"unknown target mode {odd[0] if odd else ''!r}; choose from {', '.join(TARGET_MODES)}")
     unknown = [n for n in names if n not in METHOD_NAMES]
     if unknown:
         raise EvaluationError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHOD_NAMES)}")
@@ -66,8 +80,8 @@ def plan_methods(names: Sequence[str], top_ks: Sequence[float], dtypes: Sequence
     if wrong:
         raise EvaluationError(f"unknown dtype {wrong[0]!r}; choose from {', '.join(DTYPES)}")
     ordered_dtypes = [d for d in DTYPES if d in dtypes]
-    methods = [Method("lrp", p, float(k), d) for p in PRESET_NAMES if p in names
-               for k in dict.fromkeys(top_ks) for d in ordered_dtypes]
+    methods = [Method("lrp", p, float(k), d, m) for p in PRESET_NAMES if p in names
+               for m in TARGET_MODES if m in target_modes for k in dict.fromkeys(top_ks) for d in ordered_dtypes]
     return methods + [Method(b) for b in (*CAM_METHODS, *BASELINES) if b in names]
 
 
@@ -89,7 +103,8 @@ def lrp_explainer(model: nn.Module, card: Mapping[str, Any], method: Method) -> 
     """LRP maps (N, H, W) in fp32 from a copy of ``model`` in the method's dtype."""
     dtype = DTYPES[method.dtype]
     runner = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
-    lrp = LRP(runner, preset=method.preset, top_k=method.top_k, mean=card["mean"], std=card["std"])
+    lrp = LRP(runner, preset=method.preset, top_k=method.top_k, mean=card["mean"], std=card["std"],
+              target_mode=method.target_mode)
 
     def explain(x: Tensor, target: Tensor) -> Tensor:
         maps = lrp(x.to(dtype), target=target).relevance.float()
@@ -136,7 +151,7 @@ def select_device(requested: str) -> torch.device:
 
 def cam_explainer(model: nn.Module, method: str, layer: str) -> Explain:
     """``method``'s maps (Grad-CAM, Grad-CAM++ or LayerCAM) from the activations of ``layer``."""
-    from realtime_lrp.apps.evaluate.cam import cam_maps
+    from realtime_lrp.lrp.cam import cam_maps
 
     def explain(x: Tensor, target: Tensor) -> Tensor:
         return cam_maps(model, layer, x, target, method)

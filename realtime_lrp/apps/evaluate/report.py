@@ -50,7 +50,7 @@ def results_table(rows: Sequence[Mapping[str, Any]], title: str = "rtlrp evaluat
         table.add_column(name, justify="left" if name in ("method", "dtype") else "right")
     best = max(rows, key=lambda r: r["aopc_diff"] if r["aopc_diff"] is not None else -math.inf)
     for r in rows:
-        cells = [r["preset"] or r["method"], "—" if r["top_k"] is None else f"{r['top_k']:g}", r["dtype"],
+        cells = [_label(r), "—" if r["top_k"] is None else f"{r['top_k']:g}", r["dtype"],
                  _fmt(r["aopc_morf"]), _fmt(r["aopc_lerf"]), _fmt(r["aopc_diff"])]
         cells += [_fmt(r["aopc_road_diff"])] if road else []
         cells += [_fmt(r["sensitivity_r"]), _fmt(r["sensitivity_r_min"]), _fmt(r["gini"])]
@@ -60,6 +60,14 @@ def results_table(rows: Sequence[Mapping[str, Any]], title: str = "rtlrp evaluat
         cells += [_fmt(r["ms_per_image"], 2)]
         table.add_row(*cells, style="bold" if r is best else None)
     return table
+
+
+def _label(row: Mapping[str, Any]) -> str:
+    """The preset and its target mode unless plain, or the method's name."""
+    if row["kind"] != "lrp":
+        return row["method"]
+    mode = row.get("target_mode") or "plain"
+    return row["preset"] + ("" if mode == "plain" else f" {mode}")
 
 
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
@@ -85,7 +93,7 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float], p
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    presets = list(dict.fromkeys(r["preset"] for r in rows if r["kind"] == "lrp")) or ["baselines"]
+    presets = list(dict.fromkeys(_label(r) for r in rows if r["kind"] == "lrp")) or ["baselines"]
     baselines = [r for r in rows if r["kind"] != "lrp"]
     top_ks = list(dict.fromkeys(r["top_k"] for r in rows if r["kind"] == "lrp"))
     colours = {k: plt.get_cmap("viridis")(i / max(1, len(top_ks) - 1) * 0.85) for i, k in enumerate(top_ks)}
@@ -106,7 +114,7 @@ def plot_curves(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float], p
         for row_i, (key, label) in enumerate(panels):
             ax = axes[row_i][col]
             for r in rows:
-                if r["kind"] == "lrp" and r["preset"] == preset:
+                if r["kind"] == "lrp" and _label(r) == preset:
                     name = f"LRP top-k {r['top_k']:g}, {r['dtype']}"
                     legend[name], = ax.plot(xs, r[key], color=colours[r["top_k"]], linestyle=styles[r["dtype"]],
                                             linewidth=1.8)

@@ -9,7 +9,6 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from realtime_lrp.apps.evaluate.cam import cam_layer
 from realtime_lrp.apps.evaluate.inputs import SMOOTH_NEEDS_VIDEO, Inputs, load_inputs, source_kind
 from realtime_lrp.apps.evaluate.methods import (
     CAM_METHODS,
@@ -36,7 +35,7 @@ from realtime_lrp.apps.evaluate.report import payload, plot_curves, write_json
 from realtime_lrp.apps.evaluate.road import NOISE
 
 ROW_KEYS: tuple[str, ...] = (
-    "method", "kind", "preset", "top_k", "dtype", "aopc_morf", "aopc_lerf", "aopc_diff", "sensitivity_r",
+    "method", "kind", "preset", "target_mode", "top_k", "dtype", "aopc_morf", "aopc_lerf", "aopc_diff", "sensitivity_r",
     "sensitivity_r_median", "sensitivity_r_min", "gini", "r_vs_fp32", "frame_r", "images", "seconds",
     "ms_per_image", "cam_layer", "aopc_road_morf", "aopc_road_lerf", "aopc_road_diff", "class_r",
     "curve_road_morf", "curve_road_lerf",
@@ -50,6 +49,7 @@ class EvalConfig:
 
     methods: Sequence[str] = METHOD_NAMES
     top_ks: Sequence[float] = (0.0, 0.02, 0.05)
+    target_modes: Sequence[str] = ("plain",)
     dtypes: Sequence[str] | None = None
     flip: FlipProtocol = field(default_factory=FlipProtocol)
     noise: float = 0.5
@@ -73,7 +73,7 @@ def evaluate(model: nn.Module, card: Mapping[str, Any], inputs: Inputs, config: 
     and imputation noise; the other class of the class sensitivity), so methods are compared on
     the same noise, and changing ``draws`` leaves the pixel-flipping results alone.
     """
-    from realtime_lrp.pipeline.processor import MapSmoother
+    from realtime_lrp.pipeline.stream import MapSmoother
 
     notice = notice or (lambda _msg: None)
     if config.draws < 1 or config.batch < 1 or config.noise < 0:
@@ -81,19 +81,20 @@ def evaluate(model: nn.Module, card: Mapping[str, Any], inputs: Inputs, config: 
     if config.smooth and not inputs.video:
         raise EvaluationError(SMOOTH_NEEDS_VIDEO)
     model = model.to(device, torch.float32).eval()
-    methods = plan_methods(config.methods, config.top_ks, run_dtypes(config.dtypes, device, notice))
+    methods = plan_methods(config.methods, config.top_ks, run_dtypes(config.dtypes, device, notice),
+                           config.target_modes)
     x_all = inputs.x
     n, _, h, w = x_all.shape
     std = torch.tensor(card["std"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
     sigma = config.noise / 255.0 / std
     layer = None
     if any(m.kind in CAM_METHODS for m in methods):
-        layer = cam_layer(model, x_all[:1].to(device), config.cam_layer)
+        layer = _cam_layer(model, x_all[:1].to(device), config.cam_layer)
     targets = torch.cat([score_logits(model, x_all[i:i + config.batch].to(device)).argmax(1)
                          for i in range(0, n, config.batch)])
     classes = int(score_logits(model, x_all[:1].to(device)).shape[1])
     task = progress.add_task("evaluating", total=len(methods) * n) if progress is not None else None
-    fp32_maps: dict[tuple[str, float], Tensor] = {}
+    fp32_maps: dict[tuple[str, str, float], Tensor] = {}
     rows = []
     for method in methods:
         if task is not None:
@@ -129,14 +130,25 @@ def evaluate(model: nn.Module, card: Mapping[str, Any], inputs: Inputs, config: 
             if task is not None:
                 progress.advance(task, len(x))
         joined = {k: torch.cat(v) for k, v in parts.items() if v}
-        reference = fp32_maps.get((method.preset, method.top_k)) if method.dtype != "fp32" else None
+        key = (str(method.preset), method.target_mode, float(method.top_k or 0))
+        reference = fp32_maps.get(key) if method.dtype != "fp32" else None
         if method.kind == "lrp" and method.dtype == "fp32":
-            fp32_maps[(method.preset, method.top_k)] = joined["maps"]
+            fp32_maps[key] = joined["maps"]
         row = _row(method, joined, reference, inputs.video, time.perf_counter() - start)
         row.update(ms_per_image=round(1000 * explaining / n, 4),
                    cam_layer=layer if method.kind in CAM_METHODS else None)
         rows.append(row)
     return rows
+
+
+def _cam_layer(model: nn.Module, probe: Tensor, name: str | None) -> str:
+    """The CAM methods' layer (:func:`realtime_lrp.lrp.cam.cam_layer`); an unfit one is an EvaluationError."""
+    from realtime_lrp.lrp.cam import CAMLayerError, cam_layer
+
+    try:
+        return cam_layer(model, probe, name)
+    except CAMLayerError as exc:
+        raise EvaluationError(str(exc)) from None
 
 
 def _clock(device: torch.device) -> float:
@@ -166,7 +178,8 @@ def _row(method: Method, m: dict[str, Tensor], reference: Tensor | None, video: 
     morf, lerf = aopc(m["morf"]), aopc(m["lerf"])
     frame_r = pearson_rows(m["maps"][:-1], m["maps"][1:]) if video and len(m["maps"]) > 1 else None
     return {
-        "method": method.name, "kind": method.kind, "preset": method.preset, "top_k": method.top_k,
+        "method": method.name, "kind": method.kind, "preset": method.preset,
+        "target_mode": method.target_mode if method.kind == "lrp" else None, "top_k": method.top_k,
         "dtype": method.dtype, "aopc_morf": _stat(morf, "mean"), "aopc_lerf": _stat(lerf, "mean"),
         "aopc_diff": _stat(morf - lerf, "mean"), "sensitivity_r": _stat(m["sens"], "mean"),
         "sensitivity_r_median": _stat(m["sens"], "median"), "sensitivity_r_min": _stat(m["sens"], "min"),
@@ -231,7 +244,7 @@ def run(source: str | None, model: nn.Module, card: Mapping[str, Any], config: E
     from realtime_lrp.apps.bench import environment
 
     notice = notice or (lambda _msg: None)
-    plan_methods(config.methods, config.top_ks, config.dtypes or ["fp32"])
+    plan_methods(config.methods, config.top_ks, config.dtypes or ["fp32"], config.target_modes)
     if plot_path is not None and Path(plot_path).suffix.lower() != ".png":
         raise EvaluationError(f"--plot must be a .png file, got {Path(plot_path).name}")
     if config.smooth and source_kind(source, card)[0] != "video":
@@ -241,7 +254,7 @@ def run(source: str | None, model: nn.Module, card: Mapping[str, Any], config: E
         from realtime_lrp.pipeline.preprocess import processing_size
 
         probe = torch.zeros(1, int(card["input_channels"]), *processing_size(card, size))
-        cam_layer(model.float().eval(), probe, config.cam_layer)
+        _cam_layer(model.float().eval(), probe, config.cam_layer)
     start = time.perf_counter()
     inputs = load_inputs(source, card, count, size, notice)
     acc = accuracy(model, inputs, dev)

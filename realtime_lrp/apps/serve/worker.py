@@ -1,4 +1,8 @@
-"""The one thread that owns the processor and explains the newest frame of every client in batches."""
+"""The one thread that owns the processor and explains the newest frame of every client in batches.
+
+A batch runs through the processor's frame pass (the one ``rtlrp video`` runs, captured on
+CUDA) in its ``streams`` mode: frame i is scaled and smoothed with the state of its client.
+"""
 from __future__ import annotations
 
 import json
@@ -7,7 +11,7 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -17,8 +21,8 @@ import numpy as np
 from realtime_lrp.apps.live import FpsMeter
 from realtime_lrp.apps.serve.protocol import JPEG_QUALITY, Settings, encode_result
 from realtime_lrp.lrp.presets import PRESET_NAMES
-from realtime_lrp.pipeline import render
 from realtime_lrp.pipeline.processor import FrameProcessor, ProcessingError
+from realtime_lrp.pipeline.stream import StreamState
 
 Notice = Callable[[str], None]
 
@@ -55,11 +59,12 @@ class Stream:
     """A sequence of frames explained with one colour scale: a browser client's, or the kiosk source's.
 
     ``deliver`` takes each reply (bytes: a result; str: JSON text) and must not block.
-    ``scale`` and ``key`` belong to the worker thread; the counters are for ``/stats``.
+    ``state`` (colour scale and smoothed map, made by the worker on first use) and ``key``
+    belong to the worker thread; the counters are for ``/stats``.
     """
 
     deliver: Callable[[bytes | str], None]
-    scale: render.StableScale = field(default_factory=render.StableScale)
+    state: StreamState | None = None
     key: tuple[str, float] | None = None
     explained: int = 0
 
@@ -69,11 +74,12 @@ class Worker:
 
     Frames wait in one slot per stream (a newer frame replaces the older one, which
     :meth:`submit` returns so its sender can be told). Each turn takes the waiting
-    frames of up to ``batch`` streams, oldest first, and explains them in one call per
-    (preset, top-k) group, with one processor per preset (sharing the model). The other
-    presets' processors are built in a background thread after start-up; a frame of a preset
-    not built yet waits for it while the other streams go on. Colour scale, colour map,
-    layout and alpha are applied per stream.
+    frames of up to ``batch`` streams, oldest first, and explains and renders them in one
+    pass per group of the same preset, top-k, colour map, layout, alpha and frame size, with
+    one processor per preset (sharing the model), all built at start-up: building one on
+    first use stalled every stream, and building one in another thread races the worker
+    (torch.fx tracing patches ``Module.__call__`` process-wide). Each stream keeps its own
+    colour scale.
     """
 
     def __init__(self, processor: FrameProcessor, batch: int = 8, notice: Notice | None = None) -> None:
@@ -82,7 +88,6 @@ class Worker:
         self.notice = notice
         self._processors: dict[str, FrameProcessor] = {processor.preset: processor}
         self._unbuildable: dict[str, str] = {}
-        self._builder = threading.Thread(target=self._build_all, name="rtlrp serve presets", daemon=True)
         self._pending: OrderedDict[Stream, Job] = OrderedDict()
         self._cond = threading.Condition()
         self._stopping = False
@@ -92,48 +97,40 @@ class Worker:
         self.batches = 0
 
     def start(self) -> None:
-        """Run the first-call set-up, then start the thread."""
+        """Build and warm up every preset's processor (a preset that fails answers its frames with
+        the error), then start the thread."""
         h, w = self.base.size
-        self.base.explain([np.zeros((h, w, 3), np.uint8)])
-        self._thread.start()
-        self._builder.start()
-
-    def ready(self) -> set[str]:
-        """The presets whose processors are built."""
-        with self._cond:
-            return set(self._processors)
-
-    def _build_all(self) -> None:
-        """Build (and warm up) every other preset's processor, one by one, without holding up the worker."""
-        h, w = self.base.size
+        warm = [np.zeros((h, w, 3), np.uint8)]
+        self.base.passes.process(warm, stable=False, label=False)
         for preset in PRESET_NAMES:
-            if self._stopping or preset in self._processors:
+            if preset in self._processors:
                 continue
             try:
                 processor = self._make(preset)
-                processor.explain([np.zeros((h, w, 3), np.uint8)])
-            except Exception as exc:  # noqa: BLE001 - its frames are answered with the error
-                with self._cond:
-                    self._unbuildable[preset] = f"cannot explain with {preset}: {exc}"
-                    self._cond.notify_all()
+                processor.passes.process(warm, stable=False, label=False)
+            except Exception as exc:  # noqa: BLE001 - the other presets still serve
+                self._unbuildable[preset] = f"cannot explain with {preset}: {exc}"
                 continue
-            with self._cond:
-                self._processors[preset] = processor
-                self._cond.notify_all()
+            self._processors[preset] = processor
+        self._thread.start()
+
+    def ready(self) -> set[str]:
+        """The presets whose processors are built."""
+        return set(self._processors)
 
     def _make(self, preset: str) -> FrameProcessor:
         base = self.base
         return FrameProcessor(base.model, base.card, preset=preset, top_k=base.top_k, target=base.target,
-                              size=base.size, device=str(base.device))
+                              size=base.size, device=str(base.device), fit=base.fit, smooth=base.smooth,
+                              notice=self.notice)
 
     def stop(self) -> None:
         """Finish the batch in hand and end the thread."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        for thread in (self._thread, self._builder):
-            if thread.is_alive():
-                thread.join(30)
+        if self._thread.is_alive():
+            self._thread.join(30)
 
     @property
     def fps(self) -> float:
@@ -156,22 +153,23 @@ class Worker:
             self._pending.pop(stream, None)
 
     def _take(self) -> list[tuple[Stream, Job]] | None:
-        """Up to ``batch`` waiting frames, oldest first, of presets that are built (or cannot be)."""
         with self._cond:
-            while True:
-                if self._stopping:
-                    return None
-                ready = [stream for stream, job in self._pending.items()
-                         if job.settings.preset in self._processors or job.settings.preset in self._unbuildable]
-                if ready:
-                    return [(stream, self._pending.pop(stream)) for stream in ready[:self.batch]]
+            while not self._pending and not self._stopping:
                 self._cond.wait()
+            if self._stopping:
+                return None
+            items = []
+            while self._pending and len(items) < self.batch:
+                items.append(self._pending.popitem(last=False))
+            return items
 
     def _run(self) -> None:
         while (items := self._take()) is not None:
-            groups: dict[tuple[str, float], list[tuple[Stream, Job]]] = {}
+            groups: dict[tuple, list[tuple[Stream, Job]]] = {}
             for stream, job in items:
-                groups.setdefault((job.settings.preset, job.settings.top_k), []).append((stream, job))
+                s = job.settings
+                key = (s.preset, s.top_k, s.cmap, s.layout, s.alpha, job.image.shape)
+                groups.setdefault(key, []).append((stream, job))
             self.batches += 1
             for key, group in groups.items():
                 try:
@@ -184,25 +182,28 @@ class Worker:
                         stream.deliver(json.dumps({"type": "error", "message": message}))
 
     def _processor(self, preset: str) -> FrameProcessor:
-        with self._cond:
-            if preset in self._unbuildable:
-                raise ProcessingError(self._unbuildable[preset])
-            return self._processors[preset]
+        if preset in self._unbuildable:
+            raise ProcessingError(self._unbuildable[preset])
+        return self._processors[preset]
 
-    def _explain(self, key: tuple[str, float], group: list[tuple[Stream, Job]]) -> None:
-        """Explain one (preset, top-k) group in one call, then render and send each stream's frame."""
+    def _explain(self, key: tuple, group: list[tuple[Stream, Job]]) -> None:
+        """Explain and render one group of frames in one pass, each with its stream's state; send each."""
         started = time.monotonic()
-        processor = self._processor(key[0])
-        processor.top_k = key[1]
-        relevance, preds = processor.explain([job.image for _, job in group])
+        preset, top_k, cmap, layout, alpha, _shape = key
+        processor = self._processor(preset)
+        processor.top_k = top_k
+        processor.cmap, processor.layout, processor.alpha = cmap, layout, alpha
+        method = (preset, top_k)
+        for stream, job in group:
+            if stream.state is None:
+                stream.state = StreamState(processor.smooth, processor.size, processor.device)
+            if job.reset or stream.key != method:
+                stream.state.reset()  # a new stream, or maps of another method: another magnitude
+                stream.key = method
+        images, preds = processor.passes.process([job.image for _, job in group], label=False,
+                                                 streams=[stream.state for stream, _ in group])
         explained = time.monotonic()
-        for (stream, job), r, pred in zip(group, relevance, preds):
-            if job.reset or stream.key != key:
-                stream.scale.reset()  # a new stream, or maps of another method: another magnitude
-                stream.key = key
-            scale = stream.scale.update(r)[0]
-            cmap = job.settings.cmap or render.default_cmap(processor.signed)
-            image = render.render(job.image, r, scale, cmap, job.settings.layout, job.settings.alpha)
+        for (stream, job), image, pred in zip(group, images, preds):
             jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1]
             self.frames += 1
             stream.explained += 1
@@ -211,7 +212,7 @@ class Worker:
                 "type": "result", "id": job.frame_id, "label": pred.label, "class": pred.name,
                 "probability": round(pred.probability, 4), "explained": pred.explained_name,
                 "width": int(image.shape[1]), "height": int(image.shape[0]),
-                "preset": key[0], "top_k": key[1], "cmap": cmap, "layout": job.settings.layout,
+                "preset": preset, "top_k": top_k, "cmap": processor.cmap, "layout": layout,
                 "batch": len(group), "explain_ms": round(1000 * (explained - started), 2),
                 "wait_ms": round(1000 * (started - job.received), 2), "server_fps": round(self.fps, 2),
             }

@@ -1,0 +1,35 @@
+"""Operations with a constant operand: the constant takes no relevance, or its share of it.
+
+- A product with a constant (ConvNeXt's layer scale ``gamma * x``, a scalar): all relevance
+  goes to ``x`` (the identity rule; the notes' "product with a constant"), :class:`Pass`.
+- A sum with a constant (ViT's added position embedding, a bias): ``R_x = x R / stabilise(x + c)``,
+  the constant absorbs its share, as a bias does in LRP-0 (LXT's ``add2`` with one input
+  constant; Gradient x Input equals it). The stabiliser only guards against 0 / 0.
+"""
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+from torch import Tensor
+
+from realtime_lrp.lrp.nodes import Node
+from realtime_lrp.lrp.rules.base import Propagator, Rule, RuleContext, stabilise
+
+
+class ShareWithConstant(Rule):
+    """``x + c``: ``R_x = x R / stabilise(x + c)``, in fp32."""
+
+    kinds = ("add_constant",)
+
+    def __init__(self, epsilon: float = 1e-12):
+        self.epsilon = epsilon
+
+    def bind(self, node: Node, dtype: torch.dtype, context: RuleContext) -> Propagator:
+        self._check(node)
+        eps = self.epsilon
+
+        def propagate(a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, None]:
+            return a.float() * (R.float() / stabilise(out.float(), eps, True)), None
+
+        return propagate
