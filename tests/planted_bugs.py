@@ -433,6 +433,10 @@ PLANTS: tuple[Plant, ...] = (
           "        if self.value.shape[0] != 1:\n            self.value.fill_(self.value.mean())\n"
           "            blended = torch.where(self.seen, (1 - self.momentum)",
           ("tests/test_render.py::test_stable_scale_with_a_slot_per_frame_keeps_each_stream_apart",)),
+    Plant("refusal-names-no-module", "realtime_lrp/lrp/graph.py",
+          """_hinted(f"no LRP rule for node '{fx_node.name}' ({what}){where}")""",
+          """_hinted(f"no LRP rule for node '{fx_node.name}' ({what})")""",
+          ("tests/test_cnn_index.py::test_a_refused_function_names_the_module_that_calls_it",)),
 )
 
 
