@@ -377,6 +377,9 @@ PLANTS: tuple[Plant, ...] = (
     Plant("convnext-layernorm2d-over-last-dim", "realtime_lrp/lrp/ops.py",
           'elif type(module).__name__ == "LayerNorm2d":', 'elif type(module).__name__ == "LayerNorm2":',
           ("tests/test_convnext.py::test_small_convnext_equals_lxt_gradient_x_input",)),
+    Plant("swin-relevance-not-shifted-back", "realtime_lrp/lrp/rules/attention.py",
+          "return (window_partition(R, window, shift),), None", "return (window_partition(R, window, (0, 0)),), None",
+          ("tests/test_transformers.py::test_swin_cp_lrp_equals_gradient_x_input_with_the_probabilities_held_constant",)),
 )
 
 
