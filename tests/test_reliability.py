@@ -263,7 +263,8 @@ def test_rotated_clips_are_explained_and_written_upright(tmp_path: Path, weights
     assert turn == 0 and written[0].shape == upright.shape
     red = lambda im: (im[..., 2].astype(int) - im[..., 1]) > 100  # noqa: E731
     assert red(upright).mean() > 0.2
-    assert (red(written[0]) == red(upright)).mean() > 0.85  # the label at the top differs; a wrong turn: < 0.5
+    agree = (red(written[0]) == red(upright)).mean()  # the label drawn over the frame differs a little
+    assert agree > 0.75 and agree > (red(written[0]) == red(np.rot90(upright, 2))).mean() + 0.2  # not upside down
 
 
 def test_a_size_change_mid_stream_is_letterboxed_and_said_once(tmp_path: Path, weights: Path) -> None:
