@@ -69,6 +69,7 @@ class IndexNet(nn.Module):
         p, q = y.chunk(2, dim=1)
         y = channel_shuffle(torch.cat([p, torch.relu(self.b(q))], 1), 2)
         y = y[:, :, 1:, ::2].permute(0, 1, 3, 2).transpose(-1, -2).contiguous()
+        y = y.permute(0, 2, 3, 1).permute([0, 3, 1, 2])  # not involutions: their inverses differ
         y = torch.relu(self.c(y.unsqueeze(2).squeeze(2)))
         first, second = torch.split(y, [2, 4], dim=1)
         y = torch.cat((second, first), dim=1)[..., :3, :4]
@@ -569,3 +570,42 @@ def test_family_zplus_equals_slow_reference(family) -> None:
     error = relative_error(LRP(model, preset="zplus")(x, target=target).relevance, ref)
     print(f"{name} zplus: max error {error.max():.2e}")
     assert (error <= 1e-4).all()
+
+
+# -- what is still refused: one line, the node, its module, a hint ----------------------------------
+
+class _Flattened(nn.Module):
+    def __init__(self, flatten) -> None:
+        super().__init__()
+        self.conv, self.fc, self.flatten = nn.Conv2d(3, 4, 3), nn.Linear(4 * 6 * 6, 2), flatten
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.conv(x)))
+
+
+@pytest.mark.parametrize("flatten, message", [
+    (lambda y: y.view(len(y), -1), r"'len' is not supported.*; hint: x\.view\(len\(x\), -1\): "
+                                   r"use torch\.flatten\(x, 1\)$"),
+    (lambda y: y.view(int(y.size(0)), -1), r"; hint: x\.view\(int\(x\.size\(0\)\), -1\): use torch\.flatten\(x, 1\)"),
+    (lambda y: y.view(y.numel() // 144, -1), r"^no LRP rule for node 'numel' \(Tensor\.numel\); "
+                                              r"hint: x\.view\(x\.numel\(\) // n, -1\): use torch\.flatten\(x, 1\)$"),
+    (lambda y: y.view(y.size(0), -1) if y.sum() > 0 else y, r"; hint: the forward branches on tensor values"),
+])
+def test_refusals_are_one_line_with_a_hint(flatten, message: str) -> None:
+    with pytest.raises(UnsupportedModelError, match=message) as error:
+        LRP(_Flattened(flatten).eval())
+    assert "\n" not in str(error.value)
+    LRP(_Flattened(lambda y: y.view(y.size(0), -1)).eval())  # what the hints say works
+
+
+class _Cumulative(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cumsum(x, 1)
+
+
+def test_a_refused_function_names_the_module_that_calls_it() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Sequential(nn.ReLU(), _Cumulative()), nn.Flatten(),
+                          nn.Linear(8 * 6 * 6, 2)).eval()
+    with pytest.raises(UnsupportedModelError) as error:
+        canonize(model)
+    assert str(error.value) == "no LRP rule for node 'cumsum' (torch.cumsum) in '1.1' (_Cumulative)"

@@ -19,7 +19,7 @@ from realtime_lrp.lrp.filter import FilterMode, RelevanceFilter
 from realtime_lrp.lrp.graph import canonize
 from realtime_lrp.lrp.nodes import Node, UnsupportedModelError
 from realtime_lrp.lrp.ops import PRESET
-from realtime_lrp.lrp.presets import PRESETS, Preset, RuleSpec
+from realtime_lrp.lrp.presets import AUTO, PRESET_CHOICES, PRESETS, Preset, RuleSpec, auto_preset
 from realtime_lrp.lrp.rules import Propagator, RuleContext, pow2
 from realtime_lrp.lrp.targets import target_mode as _target_mode
 
@@ -89,7 +89,9 @@ class LRP:
     ``dtype=torch.float16`` rather than a model already cast to fp16. ``mean``/``std`` give
     the pixel bounds of the z^B rule (ImageNet's by default for 3-channel models, [0, 1]
     unnormalised otherwise). ``top_k`` in (0, 1) keeps that fraction of relevance before
-    each node whose op is filtered (conv, linear, pools); 0 or 1 turn it off. ``target_mode``
+    each node whose op is filtered (conv, linear, pools); 0 or 1 turn it off. ``preset="auto"``
+    takes ``cp-lrp`` for a model with attention and ``epsilon-plus-flat`` otherwise, and says so
+    in ``chosen`` (None when the preset was named). ``target_mode``
     (:mod:`realtime_lrp.lrp.targets`): ``plain``, ``contrastive`` (CLRP) or ``softmax-gradient``
     (SGLRP). ``maxpool``: the preset's max-pool rule, ``wta`` (winner-take-all, zennit's) or
     ``shared`` (relevance shared among a window's values within 1 % of its maximum:
@@ -99,7 +101,7 @@ class LRP:
     def __init__(
         self,
         model: nn.Module,
-        preset: str = "epsilon-plus-flat",
+        preset: str = AUTO,
         top_k: float = 0.0,
         filter_mode: FilterMode = "signed",
         mean: Union[Sequence[float], None] = None,
@@ -112,11 +114,15 @@ class LRP:
         self.target_mode = _target_mode(target_mode)
         if maxpool not in MAXPOOL_OPTIONS:
             raise ValueError(f"unknown max-pool option {maxpool!r}; choose one of {', '.join(MAXPOOL_OPTIONS)}")
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        self.preset = PRESETS[preset]
+        if preset not in PRESETS and preset != AUTO:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_CHOICES)}")
         self.filter = RelevanceFilter(top_k, filter_mode)
         graph = canonize(model)  # before reading a parameter: a model without any is refused in one line
+        self.chosen: Union[str, None] = None
+        if preset == AUTO:
+            preset, why = auto_preset(node.kind for node in graph.nodes)
+            self.chosen = f"preset auto: {preset} ({why})"
+        self.preset = PRESETS[preset]
         param = next(model.parameters())
         self.device = torch.device(device) if device is not None else param.device
         self.dtype = dtype if dtype is not None else param.dtype

@@ -41,6 +41,23 @@ class _Tracer(torch.fx.Tracer):
         return ops.op_for_module(m) is not None or super().is_leaf_module(m, module_qualified_name)
 
 
+_HINTS = (  # (text of the refusal, what to do instead)
+    ("'len' is not supported", "x.view(len(x), -1): use torch.flatten(x, 1)"),
+    ("int() argument must be", "x.view(int(x.size(0)), -1): use torch.flatten(x, 1) or x.size(0) itself"),
+    ("(Tensor.numel)", "x.view(x.numel() // n, -1): use torch.flatten(x, 1)"),
+    ("cannot be used as inputs to control flow", "the forward branches on tensor values: make the branch a "
+                                                  "Python setting fixed before the model is explained"),
+    ("(get_attr ", "a parameter read in a forward, outside a module call: the op that uses it has no rule"),
+    ("computed from a tensor's values", "give sizes as ints or read them with x.size()/x.shape"),
+)
+
+
+def _hinted(message: str) -> str:
+    """``message`` with what to do, where one applies."""
+    hints = [hint for text, hint in _HINTS if text in message]
+    return f"{message}; hint: {hints[0]}" if hints else message
+
+
 def _trace(model: nn.Module) -> torch.fx.GraphModule:
     try:
         tracer = _Tracer()
@@ -48,9 +65,9 @@ def _trace(model: nn.Module) -> torch.fx.GraphModule:
         return torch.fx.GraphModule(tracer.root, graph)
     except Exception as exc:  # fx raises many types for code it cannot follow
         first_line = (str(exc).splitlines() or [""])[0][:200]
-        raise UnsupportedModelError(
+        raise UnsupportedModelError(_hinted(
             f"{type(model).__name__} cannot be read as a graph by torch.fx ({type(exc).__name__}: {first_line})"
-        ) from None
+        )) from None
 
 
 def _function_name(target: object) -> str:
@@ -241,9 +258,16 @@ class _Reader:
         return self.constants.get(arg) if isinstance(arg, torch.fx.Node) else None
 
     def unsupported(self, fx_node: torch.fx.Node, what: str) -> UnsupportedModelError:
-        """The error for a node without a rule, named by its module path (or fx name for functions)."""
-        name = fx_node.target if fx_node.op == "call_module" else fx_node.name
-        return UnsupportedModelError(f"no LRP rule for node '{name}' ({what})")
+        """The error for a node without a rule, in one line: named by its module path (or its fx name,
+        and the module whose forward calls it, for functions and methods), its type, and a hint."""
+        if fx_node.op == "call_module":
+            return UnsupportedModelError(_hinted(f"no LRP rule for node '{fx_node.target}' ({what})"))
+        where = ""
+        stack = fx_node.meta.get("nn_module_stack")
+        if stack:
+            path, cls = list(stack.values())[-1]
+            where = f" in '{path}' ({getattr(cls, '__name__', cls)})"
+        return UnsupportedModelError(_hinted(f"no LRP rule for node '{fx_node.name}' ({what}){where}"))
 
     def what(self, fx_node: torch.fx.Node) -> str:
         """What a call is, for messages: a module's type, ``torch.flatten``, ``x.view``, ..."""

@@ -14,7 +14,15 @@
 
 Presets name rules by their class name here (:class:`realtime_lrp.lrp.presets.RuleSpec`).
 """
-from realtime_lrp.lrp.rules.attention import AttentionValues, Heads, HeldConstant, SoftmaxTaylor, UniformProduct
+from realtime_lrp.lrp.rules.attention import (
+                                              AttentionValues,
+                                              Heads,
+                                              HeldConstant,
+                                              PatchPhases,
+                                              SoftmaxTaylor,
+                                              UniformProduct,
+                                              Windows,
+)
 from realtime_lrp.lrp.rules.base import Propagator, Rule, RuleContext, pow2, stabilise
 from realtime_lrp.lrp.rules.constants import ShareWithConstant
 from realtime_lrp.lrp.rules.gate import SignalTakeAll
@@ -26,6 +34,6 @@ from realtime_lrp.lrp.rules.norm import Norm, SumZPlus
 from realtime_lrp.lrp.rules.pools import AvgPoolZ, NearMaxShare, WinnerTakeAll
 
 __all__ = ["AttentionValues", "AvgPoolZ", "Concat", "Crop", "Epsilon", "Flat", "Gamma", "Heads", "HeldConstant",
-           "LayerNormCentred", "NearMaxShare", "Norm", "Pass", "Permute", "Propagator", "Reshape", "Rule", "RuleContext", "Select",
-           "ShareWithConstant", "SignalTakeAll", "SoftmaxTaylor", "SumZPlus", "UniformProduct", "View", "WinnerTakeAll",
+           "LayerNormCentred", "NearMaxShare", "Norm", "Pass", "PatchPhases", "Permute", "Propagator", "Reshape", "Rule", "RuleContext", "Select",
+           "ShareWithConstant", "SignalTakeAll", "SoftmaxTaylor", "SumZPlus", "UniformProduct", "View", "WinnerTakeAll", "Windows",
            "ZBox", "ZPlus", "pow2", "stabilise"]
