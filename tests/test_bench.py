@@ -56,7 +56,8 @@ def costing(clock: FakeClock, ms: float, fn):
 
 def test_rows_have_the_keys_and_consistent_ratios(monkeypatch) -> None:
     """Each call costs a known time on a fake clock (engine 30 ms unfiltered and 45 ms filtered,
-    floor 10 ms, zennit 90 ms, frame pass 60 ms): every row reports those times and their ratios."""
+    floor 10 ms, zennit 90 ms, autoLRP 120 ms, frame pass 60 ms): every row reports those times
+    and their ratios."""
     clock = FakeClock()
     monkeypatch.setattr(bench.time, "perf_counter", clock)
     engine_ms = {0.0: 30.0, 0.05: 45.0}
@@ -72,6 +73,8 @@ def test_rows_have_the_keys_and_consistent_ratios(monkeypatch) -> None:
     monkeypatch.setattr(bench, "floor_call", lambda *a, **k: costing(clock, 10.0, real_floor(*a, **k)))
     monkeypatch.setattr(bench, "_frame_pass", frame_pass)
     monkeypatch.setattr(bench._ZennitCall, "__call__", costing(clock, 90.0, bench._ZennitCall.__call__))
+    real_autolrp = bench.autolrp_call
+    monkeypatch.setattr(bench, "autolrp_call", lambda *a: costing(clock, 120.0, real_autolrp(*a)))
     seen = []
     rows = bench.bench_model(tiny_model(3), tiny_card(3), quick(batches=(1, 2)), on_row=seen.append)
     assert seen == rows and len(rows) == 4
@@ -81,9 +84,12 @@ def test_rows_have_the_keys_and_consistent_ratios(monkeypatch) -> None:
         assert r["dtype"] == "fp32" and r["device"] == "cpu" and r["graph"] is False
         assert r["peak_mem_mib"] is None
         engine = engine_ms[r["top_k"]]
-        assert (r["engine_ms"], r["floor_ms"], r["zennit_ms"], r["pass_ms"]) == pytest.approx((engine, 10, 90, 60))
+        assert (r["engine_ms"], r["floor_ms"], r["zennit_ms"], r["autolrp_ms"], r["pass_ms"]) == pytest.approx(
+            (engine, 10, 90, 120, 60))
         assert r["engine_over_floor"] == pytest.approx(engine / 10)
         assert r["zennit_over_engine"] == pytest.approx(90 / engine)
+        assert r["autolrp_over_engine"] == pytest.approx(120 / engine)
+        assert set(r) == set(bench.ROW_KEYS)
         assert r["engine_fps"] == pytest.approx(1000 * r["batch"] / engine)
     json.dumps(rows)
 
@@ -135,7 +141,8 @@ def test_cli_table_and_json(tmp_path) -> None:
     result = run("bench", "--weights", weights, "--device", "cpu", "--sizes", "32", "--batch", "1",
                  "--top-k", "0,0.05", "--repeats", "1", "--warmup", "0", "--json", out)
     assert result.exit_code == 0, result.output
-    assert "LRP/floor" in result.output and "zennit/LRP" in result.output
+    assert "LRP/floor" in result.output and "zennit" in result.output and "autoLRP" in result.output
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
     payload = json.loads(out.read_text())
     assert [r["top_k"] for r in payload["rows"]] == [0.0, 0.05]
     assert all(set(REQUIRED) <= set(r) for r in payload["rows"])
@@ -251,3 +258,49 @@ def test_cli_random_resnet(tmp_path) -> None:
     assert row["engine_ms"] > 0 and row["zennit_ms"] > 0
     result = run("bench", "--arch", "resnet9", "--device", "cpu", "--sizes", "32")
     assert result.exit_code == 1 and "unknown architecture" in result.output
+
+
+def test_autolrp_call_explains_each_sample_s_top_class() -> None:
+    """The batched call seeds each sample's top logit, as autoLRP's own one-sample call does;
+    autoLRP has no equivalent of epsilon-gamma-box."""
+    import autolrp
+
+    torch.manual_seed(0)
+    model = build_model("vgg11", 10, 3, width=1 / 16).eval()
+    x = torch.randn(3, 3, 32, 32)
+    call = bench.autolrp_call(model, "epsilon-plus-flat")
+    batched = call(x)
+    assert batched.shape == (3, 32, 32) and bench.autolrp_call(model, "epsilon-gamma-box") is None
+    for i in range(3):
+        wrapped = autolrp.tensor(x[i:i + 1])
+        out = model(wrapped)
+        out[0, out[0].argmax()].lrp(config=autolrp.LRPConfig.composite())
+        torch.testing.assert_close(batched[i], wrapped.relevance[0].sum(0), rtol=1e-4, atol=1e-6)
+
+
+def test_a_reference_that_cannot_explain_the_model_leaves_its_column_empty(monkeypatch) -> None:
+    def refuses(model, preset):
+        def call(x):
+            raise RuntimeError("derivative for aten::hardsigmoid_backward is not implemented\nmore")
+        return call
+
+    monkeypatch.setattr(bench, "autolrp_call", refuses)
+    notices: list[str] = []
+    rows = bench.bench_model(tiny_model(3), tiny_card(3), quick(frame_pass=False), notice=notices.append)
+    assert [r["autolrp_ms"] for r in rows] == [None, None] and all(r["zennit_ms"] > 0 for r in rows)
+    assert notices == ["autoLRP cannot explain this model, its column stays empty: RuntimeError: derivative for "
+                       "aten::hardsigmoid_backward is not implemented"]
+
+
+def test_table_fits_80_columns_with_every_column_filled() -> None:
+    from rich.console import Console
+
+    row = {"size": 1024, "batch": 32, "dtype": "fp16", "top_k": 0.02, "preset": "epsilon-gamma-box",
+           "device": "cuda", "engine_ms": 1234.5, "floor_ms": 999.99, "engine_over_floor": 12.34,
+           "zennit_ms": 98765.4, "autolrp_ms": 12345.6, "pass_ms": 4321.0, "peak_mem_mib": 123456.0}
+    console = Console(width=200, record=True)
+    console.print(bench.rows_table([row, {**row, "top_k": 0.0}], "rtlrp bench vgg16 on a GPU (date)"))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for cell in ("1234.5", "1000.0", "12.34", "98765", "12346", "4321.0", "123456", "epsilon-gamma-box, fp16"):
+        assert cell in text

@@ -10,9 +10,8 @@ from click.testing import CliRunner
 from media import model_file, tiny_model
 from torch import nn
 
-from realtime_lrp.apps.evaluate.cam import CAM_METHODS, cam_layer, cam_maps, spatial_layers
-from realtime_lrp.apps.evaluate.methods import EvaluationError
 from realtime_lrp.cli import cli
+from realtime_lrp.lrp.cam import CAM_METHODS, CAMLayerError, cam_layer, cam_maps, spatial_layers
 
 
 def library_maps(model: nn.Module, layer: str, x: torch.Tensor, target: torch.Tensor, method: str) -> np.ndarray:
@@ -76,7 +75,7 @@ def test_the_default_layer_is_the_last_conv_stage() -> None:
 
 def test_a_model_without_a_conv_stage_is_one_line() -> None:
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(16, 10))
-    with pytest.raises(EvaluationError, match="no convolutional stage: the CAM methods need one"):
+    with pytest.raises(CAMLayerError, match="no convolutional stage: the CAM methods need one"):
         cam_layer(mlp, torch.randn(1, 1, 4, 4))
 
 

@@ -218,3 +218,29 @@ def test_the_webcam_loops_own_pass_has_no_host_sync_on_fake_cuda_fp16(fake_model
     (out, preds), audit = audited(mode, lambda: device_pass(frames, valid))
     assert audit.off_device == [] and out.shape == (1, SIZE[1], SIZE[0], 3) and out.device == CUDA
     assert tuple(preds.shape) == (3, 1) and preds.device == CUDA
+
+
+@pytest.mark.parametrize("arch, size", [("small", 32), pytest.param("vit_b_16", 224, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("preset, top_k", [("cp-lrp", 0.02), ("attnlrp", 0.0)])
+def test_vision_transformer_fp16_has_no_host_sync(arch: str, size: int, preset: str, top_k: float) -> None:
+    """torchvision ViTs (attention read as its parts, class token, position embedding, shape checks)
+    in fp16: building the engine and a call stay on the device, with no host sync."""
+    torch.manual_seed(0)
+    mode = FakeTensorMode()
+    if arch == "small":
+        build = torchvision.models.VisionTransformer(32, 8, 2, 2, 16, 32, num_classes=10)
+    else:
+        build = torchvision.models.vit_b_16(num_classes=10)
+    model = fake_cuda(build, mode, torch.float16)
+    with mode:  # parameters stay Parameters: fx reads the class token and position embedding as get_attr
+        for module in model.modules():
+            for name, tensor in list(module._parameters.items()):
+                if tensor is not None:
+                    module._parameters[name] = nn.Parameter(tensor, requires_grad=False)
+        lrp = LRP(model, preset=preset, top_k=top_k)
+        target = torch.tensor([3, 7], device=CUDA)
+    assert {"matmul", "softmax", "layernorm", "projection", "assert"} <= {step.node.kind for step in lrp.steps}
+    x = fake_input(mode, 2, size, size)
+    result, audit = audited(mode, lambda: lrp(x, target=target))
+    assert audit.off_device == []
+    assert result.relevance.shape == (2, size, size) and result.relevance.device == CUDA

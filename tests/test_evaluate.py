@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from media import frame_for, model_file, tiny_card, tiny_model, write_video
 
 from realtime_lrp.apps.evaluate.inputs import load_inputs
-from realtime_lrp.apps.evaluate.methods import EvaluationError, gradient_explainer
+from realtime_lrp.apps.evaluate.methods import METHOD_NAMES, EvaluationError, gradient_explainer
 from realtime_lrp.apps.evaluate.metrics import (
     FlipProtocol,
     aopc,
@@ -377,8 +377,7 @@ def test_a_video_gets_the_frame_to_frame_r(tmp_path) -> None:
     (lambda p: (p / "empty").mkdir() or p / "empty", [], "no images (.png"),
     (lambda p: p / "nowhere", [], "no such folder, video file or dataset"),
     (lambda p: folder_of(p, 2, (32, 32)), ["--methods", "zplus,saliency"],
-     "unknown method 'saliency'; choose from epsilon-plus-flat, epsilon-gamma-box, zplus, gradcam, gradcam++, "
-     "layercam, random, gradient, gradient-x-input"),
+     f"unknown method 'saliency'; choose from {', '.join(METHOD_NAMES)}"),
     (lambda p: folder_of(p, 2, (32, 32)), ["--top-k", "0,2"], "top-k 2 is outside [0, 1]"),
     (lambda p: folder_of(p, 2, (32, 32)), ["--dtypes", "fp8"], "unknown dtype 'fp8'"),
     (lambda p: folder_of(p, 2, (32, 32)), ["--target-modes", "plain,dual"],

@@ -427,3 +427,38 @@ def test_train_offers_every_architecture() -> None:
     from realtime_lrp.cli.train import TRAIN_ARCHS
 
     assert TRAIN_ARCHS == ALL_ARCHS
+
+
+MOBILENET = Path(__file__).resolve().parents[1] / "weights" / "fashion_mnist_mobilenet_v3_small.pt"
+
+
+@pytest.mark.skipif(not MOBILENET.is_file(), reason="shipped MobileNetV3-Small weights not built")
+def test_shipped_mobilenet_v3_small_card_accuracy_and_map() -> None:
+    """The second shipped model: its card rebuilds it, its test accuracy (>= 92 %) reproduces from
+    the card alone on the 10,000 test images, and the engine explains it with a finite map."""
+    import torch.nn.functional as F
+
+    from realtime_lrp import LRP
+    from realtime_lrp.models.datasets import fashion_mnist_dir, read_idx_gz
+
+    model, card = load_model(MOBILENET)
+    assert (card["arch"], card["small_input"], card["input_size"], card["input_channels"]) == (
+        "mobilenet_v3_small", True, [32, 32], 1)
+    assert card["test_accuracy"] >= 0.92 and "rtlrp train --arch mobilenet_v3_small" in card["command"]
+    assert MOBILENET.stat().st_size <= 20 * 1024 * 1024
+    if fashion_mnist_dir() is not None:
+        root = fashion_mnist_dir()
+        images = torch.from_numpy(read_idx_gz(root / "t10k-images-idx3-ubyte.gz").copy())[:, None].float() / 255
+        labels = torch.from_numpy(read_idx_gz(root / "t10k-labels-idx1-ubyte.gz").astype("int64"))
+        correct = 0
+        with torch.no_grad():
+            for i in range(0, len(images), 1000):
+                x = F.interpolate(images[i:i + 1000], size=card["input_size"], mode="bilinear", align_corners=False)
+                x = (x - card["mean"][0]) / card["std"][0]
+                correct += int((model(x).argmax(1) == labels[i:i + 1000]).sum())
+        assert correct / len(images) == pytest.approx(card["test_accuracy"], abs=2e-4)
+    x = torch.randn(2, 1, 32, 32)
+    for preset in ("epsilon-plus-flat", "zplus"):
+        result = LRP(model, preset=preset, mean=card["mean"], std=card["std"], top_k=0.02)(x)
+        assert result.relevance.shape == (2, 32, 32) and torch.isfinite(result.relevance).all()
+        assert (result.relevance != 0).any()

@@ -263,7 +263,8 @@ def test_rotated_clips_are_explained_and_written_upright(tmp_path: Path, weights
     assert turn == 0 and written[0].shape == upright.shape
     red = lambda im: (im[..., 2].astype(int) - im[..., 1]) > 100  # noqa: E731
     assert red(upright).mean() > 0.2
-    assert (red(written[0]) == red(upright)).mean() > 0.85  # the label at the top differs; a wrong turn: < 0.5
+    agree = (red(written[0]) == red(upright)).mean()  # the label drawn over the frame differs a little
+    assert agree > 0.75 and agree > (red(written[0]) == red(np.rot90(upright, 2))).mean() + 0.2  # not upside down
 
 
 def test_a_size_change_mid_stream_is_letterboxed_and_said_once(tmp_path: Path, weights: Path) -> None:
@@ -385,6 +386,7 @@ def torchrun(args: list[str], env: dict | None = None, timeout: float = 300) -> 
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["oom-input", "broken-rank"])
 def test_a_failing_rank_reports_and_no_rank_waits(tmp_path: Path, weights: Path, fault: str) -> None:
     names = ["a.mp4", "oom.mp4" if fault == "oom-input" else "b.mp4", "c.mp4"]  # rank 1 takes the second
@@ -534,37 +536,43 @@ def only_line(stderr: str) -> str:
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_an_explicit_cuda_device_without_cuda_is_one_line_and_exit_2(tmp_path: Path, weights: Path,
                                                                      clip: Path) -> None:
-    from media import run_rtlrp
-
-    for device in ("cuda", "cuda:1"):
-        proc = run_rtlrp(["video", clip, "--out", tmp_path / "o.mp4", "--weights", weights, "--device", device])
-        assert proc.returncode == 2 and "CUDA is not available here" in only_line(proc.stderr)
-    proc = run_rtlrp(["explain", clip.with_suffix(".png"), "--out", tmp_path, "--device", "gpu"])
-    assert proc.returncode == 2 and "use auto, cpu, cuda or cuda:N" in only_line(proc.stderr)
-    image = tmp_path / "item.png"
     import cv2
     import numpy as np
+    from click.testing import CliRunner
+    from media import run_rtlrp
 
-    cv2.imwrite(str(image), np.full((32, 32), 100, np.uint8))
-    proc = run_rtlrp(["explain", image, "--out", tmp_path / "maps", "--weights", weights, "--device", "auto"])
-    assert proc.returncode == 0 and "CUDA is not available: running on the CPU" in proc.stderr, proc.stderr
+    from realtime_lrp.cli import cli
+
+    proc = run_rtlrp(["video", clip, "--out", tmp_path / "o.mp4", "--weights", weights, "--device", "cuda"])
+    assert proc.returncode == 2 and "--device cuda: CUDA is not available here" in only_line(proc.stderr)
     assert not (tmp_path / "o.mp4").exists()
+    image = tmp_path / "item.png"
+    cv2.imwrite(str(image), np.full((32, 32), 100, np.uint8))
+    explain = ["explain", str(image), "--out", str(tmp_path / "maps"), "--weights", str(weights)]
+    for device, line in (("cuda:1", "--device cuda:1: CUDA is not available here"),
+                         ("gpu", "use auto, cpu, cuda or cuda:N")):
+        result = CliRunner().invoke(cli, [*explain, "--device", device])
+        assert result.exit_code == 2 and line in only_line(result.output), result.output
+    result = CliRunner().invoke(cli, [*explain, "--device", "auto"])
+    assert result.exit_code == 0 and "CUDA is not available: running on the CPU" in result.output, result.output
 
 
 def test_crf_is_checked_against_the_codecs_own_range(tmp_path: Path, clip: Path) -> None:
     import numpy as np
+    from click.testing import CliRunner
     from media import run_rtlrp
 
+    from realtime_lrp.cli import cli
     from realtime_lrp.media.writer import VideoWriter, WriterError
 
-    for out, crf, codec in ((tmp_path / "o.mp4", "60", "h264"), (tmp_path / "o.mkv", "52", "hevc"),
-                            (tmp_path / "o.webm", "64", "vp9")):
-        proc = run_rtlrp(["video", clip, "--out", out, "--codec", codec, "--crf", crf, "--device", "cpu"])
-        top = 63 if codec == "vp9" else 51
-        assert proc.returncode == 2, proc.stderr
-        assert f"--crf {crf} is out of range for {codec}: use 0-{top}" in only_line(proc.stderr)
-    proc = run_rtlrp(["video", clip, "--out-dir", tmp_path / "many", "--crf", "60", "--device", "cpu"])
-    assert proc.returncode == 2 and "out of range for h264" in only_line(proc.stderr)
+    proc = run_rtlrp(["video", clip, "--out", tmp_path / "o.mp4", "--crf", "60", "--device", "cpu"])
+    assert proc.returncode == 2, proc.stderr
+    assert "--crf 60 is out of range for h264: use 0-51" in only_line(proc.stderr)
+    for args, line in ((["--out", tmp_path / "o.mkv", "--codec", "hevc", "--crf", "52"], "for hevc: use 0-51"),
+                       (["--out", tmp_path / "o.webm", "--crf", "64"], "for vp9: use 0-63"),
+                       (["--out-dir", tmp_path / "many", "--crf", "60"], "for h264: use 0-51")):
+        result = CliRunner().invoke(cli, ["video", str(clip), *map(str, args), "--device", "cpu"])
+        assert result.exit_code == 2 and line in only_line(result.output), result.output
     with pytest.raises(WriterError, match="out of range for h264"):
         VideoWriter(tmp_path / "w.mp4", 25, (32, 24), crf=52)
     with VideoWriter(tmp_path / "w.webm", 25, (32, 24), crf=60) as writer:  # in range for vp9
@@ -584,8 +592,12 @@ def test_webcam_looks_for_the_camera_before_loading_the_model(tmp_path: Path) ->
     print(f"no camera: said after {time.monotonic() - started:.1f} s")
     assert proc.returncode == 1 and "cannot open camera 9" in only_line(proc.stderr)
     assert "weights" not in proc.stderr, "the model was loaded before the camera was tried"
-    helped = run_rtlrp(["webcam", "--help"])
-    assert "headless (--no-window), stop with Ctrl-C" in " ".join(helped.stdout.split())
+    from click.testing import CliRunner
+
+    from realtime_lrp.cli import cli
+
+    helped = CliRunner().invoke(cli, ["webcam", "--help"])
+    assert "headless (--no-window), stop with Ctrl-C" in " ".join(helped.output.split())
 
 
 # -- install what you use ----------------------------------------------------------------------------
@@ -604,8 +616,9 @@ def test_a_missing_extra_is_one_line_saying_what_to_install(tmp_path: Path) -> N
                                       " installed): pip install 'realtime-lrp[serve]'")
     proc = run_rtlrp(["evaluate", "--plot", tmp_path / "p.png"], env=env)
     assert proc.returncode == 1 and "pip install 'realtime-lrp[eval]'" in only_line(proc.stderr)
-    helped = run_rtlrp(["serve", "--help"], env=env)
-    assert helped.returncode == 0 and "Usage" in helped.stdout
+    from realtime_lrp.cli.group import missing_extra
+
+    assert missing_extra("serve", ["--help"]) is None and missing_extra("evaluate", []) is None
 
 
 def test_the_extras_split_what_each_command_needs() -> None:

@@ -432,3 +432,13 @@ def test_legend_shows_the_maps_colours_in_order_with_their_meaning(cmap: str):
     if render.get_colormap(cmap).centered:
         middle = bar_row[len(bar_row) // 2]
         assert middle.min() > 200, "white at zero"
+
+
+def test_shrinking_is_antialiased():
+    """1-pixel black and white stripes shrunk 7x average to mid grey; plain bilinear sampling
+    would land on single stripes and alias (values near 0 and 255)."""
+    frame = np.zeros((56, 224, 3), np.uint8)
+    frame[:, ::2] = 255
+    card = {"input_size": [8, 32], "input_channels": 3, "mean": [0.0] * 3, "std": [1.0] * 3}
+    x = frames_to_tensor([frame], card) * 255
+    assert (x[..., 1:-1] - 127.5).abs().max() < 8  # the edge columns see one stripe more

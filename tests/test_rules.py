@@ -178,12 +178,16 @@ class _SharedConv(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.bn(y) + y, 1), 1))
 
 
+_UNMERGEABLE = "follows no Conv2d and leads to no Conv2d or Linear (through a ReLU, average pools and flatten), so " \
+    "it cannot be merged"
+
+
 @pytest.mark.parametrize("model, message", [
-    (lambda: nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 2)),
-     "batch norm '0' does not follow a Conv2d, so it cannot be folded"),
-    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(144, 2)),
-     "batch norm '2' does not follow a Conv2d, so it cannot be folded"),
-    (_SharedConv, "batch norm 'bn' does not follow a Conv2d, so it cannot be folded"),
+    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.MaxPool2d(2), nn.Flatten(),
+                           nn.Linear(36, 2)),
+     f"batch norm '2' {_UNMERGEABLE}"),
+    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4)), f"batch norm '2' {_UNMERGEABLE}"),
+    (_SharedConv, f"batch norm 'bn' {_UNMERGEABLE}"),
     (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False), nn.Flatten(),
                            nn.Linear(144, 2)),
      "batch norm '1' keeps no running statistics to fold"),

@@ -296,9 +296,11 @@ def test_an_idle_client_is_closed_and_frees_its_slot() -> None:
 
 
 class SlowDecoding(list):
-    """The ids of the frames decoded, each of which took ``delay`` seconds, as a costly JPEG would."""
+    """The ids of the frames decoded, each of which took ``delay`` seconds, as a costly JPEG would:
+    of CPU if ``busy``, else asleep."""
 
     delay = 0.3
+    busy = False
 
 
 @pytest.fixture()
@@ -308,7 +310,11 @@ def slow_decoding(monkeypatch) -> SlowDecoding:
     decoded = SlowDecoding()
 
     def slow(data: bytes, limits: Limits) -> np.ndarray:
-        time.sleep(decoded.delay)
+        began = time.thread_time()
+        if not decoded.busy:
+            time.sleep(decoded.delay)
+        while time.thread_time() - began < decoded.delay and decoded.busy:
+            pass
         decoded.append(int.from_bytes(data[:4], "big"))
         return decode_frame(data, limits)
 
@@ -331,6 +337,7 @@ def test_a_client_that_leaves_frees_its_slot_at_once_and_its_queued_frames_are_n
 
 
 def test_a_client_whose_frames_take_too_long_to_decode_is_closed(slow_decoding) -> None:
+    slow_decoding.busy = True
     with own_server(max_fps=1000, decode_share=0.05) as srv:
         srv.start()
         with connect(ws_url(srv.url)) as ws:

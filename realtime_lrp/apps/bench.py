@@ -1,4 +1,4 @@
-"""``rtlrp bench``: how fast the engine is, against the floor and against zennit, in one run.
+"""``rtlrp bench``: how fast the engine is, against the floor, zennit and autoLRP, in one run.
 
 For every combination of size, batch, top-k and preset one row is measured:
 
@@ -7,7 +7,10 @@ For every combination of size, batch, top-k and preset one row is measured:
   input, with autograd, the same dtype and memory format and the same graph mode — the
   least any backward-pass explanation can cost;
 - ``zennit_ms``: zennit's equivalent composite, eager (its hooks cannot be captured), or
-  None when zennit is missing or the preset has no zennit equivalent;
+  None when zennit is missing, the preset has no zennit equivalent or zennit fails on the model;
+- ``autolrp_ms``: autoLRP's nearest configuration (it rewrites nothing and has no flat rule:
+  z+ on convolutions and epsilon on dense layers for ``epsilon-plus-flat``, z+ on both for
+  ``zplus``), eager, or None where it is missing, has no equivalent or fails on the model;
 - ``pass_ms``: the whole per-frame pass of :class:`realtime_lrp.pipeline.fast.FastProcessor`
   (upload, preprocess, LRP, colour map and blend, download) on frames of that size;
 - ``peak_mem_mib``: the peak GPU memory of the engine call (None on the CPU).
@@ -39,7 +42,8 @@ Notice = Callable[[str], None]
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ROW_KEYS: tuple[str, ...] = (
     "size", "batch", "dtype", "top_k", "preset", "device", "graph", "engine_ms", "floor_ms", "zennit_ms",
-    "pass_ms", "peak_mem_mib", "engine_fps", "engine_over_floor", "zennit_over_engine",
+    "autolrp_ms", "pass_ms", "peak_mem_mib", "engine_fps", "engine_over_floor", "zennit_over_engine",
+    "autolrp_over_engine",
 )
 
 
@@ -120,7 +124,8 @@ def zennit_call(model: nn.Module, preset: str, mean: Sequence[float] = IMAGENET_
     """zennit's composite for ``preset`` as ``x -> relevance (N, H, W)``, or None (not installed,
     or no equivalent). ``mean``/``std`` give epsilon-gamma-box's pixel bounds. The canonizer
     is zennit's ``ResNetCanonizer`` for torchvision ResNets (and ResNeXts, Wide-ResNets),
-    its merge-batch-norm ``VGGCanonizer`` otherwise. The caller enters the returned object's
+    its merge-batch-norm ``VGGCanonizer`` otherwise (zennit has no canonizer of its own for
+    gates, LayerNorm or batch norm before a conv). The caller enters the returned object's
     ``context()`` and sets ``modified`` to what it yields."""
     try:
         from torchvision.models.resnet import ResNet
@@ -138,6 +143,51 @@ def zennit_call(model: nn.Module, preset: str, mean: Sequence[float] = IMAGENET_
     else:
         return None
     return _ZennitCall(copy.deepcopy(model), composite)
+
+
+def autolrp_call(model: nn.Module, preset: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """autoLRP's nearest configuration for ``preset`` as ``x -> relevance (N, H, W)`` of the top-1
+    logit, one sample per call as autoLRP explains them, or None (not installed, or no
+    equivalent: it cannot address the first layer, so there is no epsilon-gamma-box)."""
+    try:
+        import autolrp
+    except ImportError:
+        return None
+    if preset == "epsilon-plus-flat":
+        config = autolrp.LRPConfig.composite()
+    elif preset == "zplus":
+        config = autolrp.LRPConfig(rule={**autolrp.BASE, **autolrp.on(
+            ("ConvolutionBackward", "AddmmBackward", "MmBackward"), "zplus")})
+    else:
+        return None
+
+    def one(x: torch.Tensor) -> torch.Tensor:
+        wrapped = autolrp.tensor(x)
+        out = model(wrapped)
+        out[0, out[0].argmax()].lrp(config=config)
+        return wrapped.relevance.sum(1)
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # it announces every in-place op it runs out of place
+            # One scalar per call: a summed batch would share one unit seed among its samples.
+            return torch.cat([one(x[i:i + 1]) for i in range(len(x))])
+
+    return call
+
+
+def _runs(name: str, fn: Callable[[], Any], notice: Notice | None) -> bool:
+    """Whether a reference library's call runs on this model; if not, say why once."""
+    try:
+        fn()
+        return True
+    except Exception as exc:  # a library that cannot explain a model raises anything
+        if notice is not None:
+            detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+            notice(f"{name} cannot explain this model, its column stays empty: {type(exc).__name__}: {detail}")
+        return False
 
 
 class _ZennitCall:
@@ -176,6 +226,7 @@ class BenchConfig:
     zennit: bool = True
     frame_pass: bool = True
     select: str = "auto"
+    autolrp: bool = True
 
     def resolved(self) -> tuple[torch.device, torch.dtype, bool, int, int]:
         """(device, dtype, graph, repeats, warmup) with defaults per device: fp16, graphs and
@@ -209,6 +260,7 @@ def bench_model(model: nn.Module, card: Mapping[str, Any], config: BenchConfig,
     rows = []
     for preset in config.presets:
         zennit = zennit_call(model, preset, card["mean"], card["std"]) if config.zennit else None
+        autolrp = autolrp_call(model, preset) if config.autolrp else None
         for size in config.sizes:
             for batch in config.batches:
                 generator = torch.Generator().manual_seed(size * 1000 + batch)
@@ -227,21 +279,26 @@ def bench_model(model: nn.Module, card: Mapping[str, Any], config: BenchConfig,
                     if config.frame_pass and dtype == pipeline_dtype:
                         calls[f"pass {top_k}"] = _frame_pass(model, card, preset, top_k, size, batch, device,
                                                              graph, notice)
+                if autolrp is not None and _runs("autoLRP", lambda: autolrp(x), notice):
+                    calls["autolrp"] = lambda: autolrp(x)
                 context = zennit.context() if zennit is not None else contextlib.nullcontext()
                 with context as modified:
                     if zennit is not None:
                         zennit.modified = modified
-                        calls["zennit"] = lambda: zennit(x)
+                        if _runs("zennit", lambda: zennit(x), notice):
+                            calls["zennit"] = lambda: zennit(x)
                     ms = time_ms(calls, device, repeats, warmup)
                 for top_k in config.top_ks:
                     engine_ms = ms[f"engine {top_k}"]
                     row = {
                         "size": size, "batch": batch, "dtype": _dtype_name(dtype), "top_k": top_k,
                         "preset": preset, "device": str(device), "graph": graph, "engine_ms": engine_ms,
-                        "floor_ms": ms["floor"], "zennit_ms": ms.get("zennit"), "pass_ms": ms.get(f"pass {top_k}"),
-                        "peak_mem_mib": peaks[top_k], "engine_fps": 1000.0 * batch / engine_ms,
+                        "floor_ms": ms["floor"], "zennit_ms": ms.get("zennit"), "autolrp_ms": ms.get("autolrp"),
+                        "pass_ms": ms.get(f"pass {top_k}"), "peak_mem_mib": peaks[top_k],
+                        "engine_fps": 1000.0 * batch / engine_ms,
                         "engine_over_floor": _ratio(engine_ms, ms["floor"]),
                         "zennit_over_engine": _ratio(ms.get("zennit"), engine_ms),
+                        "autolrp_over_engine": _ratio(ms.get("autolrp"), engine_ms),
                     }
                     rows.append(row)
                     if on_row is not None:
@@ -353,21 +410,44 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def rows_table(rows: Iterable[Mapping[str, Any]], title: str = "rtlrp bench") -> Any:
-    """A rich table of bench rows, with the ratios engine/floor and zennit/engine."""
-    from rich.table import Table
+def _ms(value: float | None) -> str:
+    """Milliseconds in at most 7 characters (one decimal from 100 ms, none from 10 s)."""
+    if value is None:
+        return "—"
+    return f"{value:.2f}" if value < 100 else f"{value:.1f}" if value < 10_000 else f"{value:.0f}"
 
-    table = Table(title=title)
-    for name in ("size", "N", "dtype", "top-k", "preset", "LRP ms", "LRP FPS", "floor ms", "LRP/floor",
-                 "zennit ms", "zennit/LRP", "pass ms", "pass FPS", "peak MiB"):
-        table.add_column(name, justify="left" if name in ("dtype", "preset") else "right")
+
+def rows_table(rows: Iterable[Mapping[str, Any]], title: str = "rtlrp bench") -> Any:
+    """The bench rows as rich tables that fit 80 columns: one per preset and dtype, times in
+    ms, the engine over the floor, and (with ``--json``) everything else.
+
+    The engine's frames/s and the ratios to zennit and autoLRP follow from these columns and
+    are left to the JSON rows; peak memory is shown where it was measured (CUDA).
+    """
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    rows = list(rows)
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
     for r in rows:
-        pass_fps = None if r["pass_ms"] is None else 1000.0 * r["batch"] / r["pass_ms"]
-        table.add_row(str(r["size"]), str(r["batch"]), r["dtype"], f"{r['top_k']:g}", r["preset"],
-                      _fmt(r["engine_ms"]), _fmt(r["engine_fps"], 1), _fmt(r["floor_ms"]),
-                      _fmt(r["engine_over_floor"]), _fmt(r["zennit_ms"]), _fmt(r["zennit_over_engine"]),
-                      _fmt(r["pass_ms"]), _fmt(pass_fps, 1), _fmt(r["peak_mem_mib"], 0))
-    return table
+        groups.setdefault((r["preset"], r["dtype"], r["device"]), []).append(r)
+    tables: list[Any] = [Text(title, style="bold")]
+    for (preset, dtype, device), members in groups.items():
+        peak = any(r["peak_mem_mib"] is not None for r in members)
+        table = Table(title=f"{preset}, {dtype}, {device}: times in ms", title_justify="left",
+                      box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False)
+        names = ["size", "N", "top-k", "LRP", "floor", "LRP/floor", "zennit", "autoLRP", "frame pass"]
+        for name in names + (["peak MiB"] if peak else []):
+            table.add_column(name, justify="right")
+        for r in members:
+            cells = [str(r["size"]), str(r["batch"]), f"{r['top_k']:g}", _ms(r["engine_ms"]), _ms(r["floor_ms"]),
+                     _fmt(r["engine_over_floor"]), _ms(r["zennit_ms"]), _ms(r.get("autolrp_ms")),
+                     _ms(r["pass_ms"])]
+            table.add_row(*cells, *([_fmt(r["peak_mem_mib"], 0)] if peak else []))
+        tables.append(table)
+    return Group(*tables)
 
 
 def video_table(result: VideoBench) -> Any:

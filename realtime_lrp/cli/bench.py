@@ -1,4 +1,4 @@
-"""``rtlrp bench``: the engine's speed beside the floor and zennit, and the video path's stages."""
+"""``rtlrp bench``: the engine's speed beside the floor, zennit and autoLRP, and the video path's stages."""
 from __future__ import annotations
 
 import sys
@@ -27,7 +27,8 @@ from realtime_lrp.lrp.presets import PRESET_NAMES
 @click.option("--arch", default="vgg16", show_default=True,
               help="Architecture with random weights (speed does not depend on the weights): vgg11 ... "
                    "vgg19_bn, resnet18 ... resnet152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, "
-                   "wide_resnet50_2, wide_resnet101_2 or alexnet.")
+                   "wide_resnet50_2, wide_resnet101_2, alexnet, mobilenet_v3_small, mobilenet_v3_large, "
+                   "efficientnet_b0, regnet_y_400mf, regnet_y_800mf, convnext_tiny or densenet121.")
 @click.option("--weights", default=None, metavar="imagenet[:ARCH]|shipped|PATH",
               help="Benchmark this model instead of a random --arch.")
 @click.option("--repeats", type=click.IntRange(min=1), default=None,
@@ -36,10 +37,12 @@ from realtime_lrp.lrp.presets import PRESET_NAMES
 @click.option("--graph/--no-graph", default=True, show_default=True, help="CUDA graphs on CUDA.")
 @click.option("--zennit/--no-zennit", default=True, show_default=True,
               help="Also time zennit's equivalent preset (when installed).")
+@click.option("--autolrp/--no-autolrp", default=True, show_default=True,
+              help="Also time autoLRP's nearest configuration (when installed: pip install '.[bench]').")
 @click.option("--frame-pass/--no-frame-pass", default=True, show_default=True,
               help="Also time the fast path's whole frame pass (upload to download).")
-@click.option("--select", type=click.Choice(["auto", "topk", "radix"]), default="auto", show_default=True,
-              help="How the top-k filter finds its threshold: auto is topk on the CPU, radix on CUDA.")
+@click.option("--select", type=click.Choice(["auto", "topk", "radix", "sample"]), default="auto", show_default=True,
+              help="How the top-k filter finds its threshold: auto is sample on the CPU, radix on CUDA.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the rows (and the environment) to this JSON file.")
 @click.option("--video", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -51,9 +54,9 @@ from realtime_lrp.lrp.presets import PRESET_NAMES
               help="CPU threads for torch; default as for video: all cores but two, at least one.")
 def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[float], preset: list[str],
                   dtype: str | None, arch: str, weights: str | None, repeats: int | None, warmup: int | None,
-                  graph: bool, zennit: bool, frame_pass: bool, select: str, json_path: Path | None,
+                  graph: bool, zennit: bool, autolrp: bool, frame_pass: bool, select: str, json_path: Path | None,
                   video: Path | None, frames: int, plain: bool, threads: int | None) -> None:
-    """Time the LRP engine against the floor (forward + input gradient) and zennit."""
+    """Time the LRP engine against the floor (forward + input gradient), zennit and autoLRP."""
     import json
 
     import torch
@@ -65,7 +68,7 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
     from realtime_lrp.util.atomic import OutputError, check_writable, write_text
 
     console = stderr_console()
-    out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)  # the table, on stdout
+    out = Console(highlight=False, width=None if sys.stdout.isatty() else 80)  # the table (80 wide), on stdout
     notice = lambda msg: console.print(msg, style="yellow")  # noqa: E731
     unknown = [p for p in preset if p not in PRESET_NAMES]
     if unknown:
@@ -104,12 +107,14 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
             payload = {"environment": env, "rows": [], "video": result.as_dict()}
         else:
             config = bench.BenchConfig(sizes, batch, top_k, preset, device, dtype, graph, repeats, warmup,
-                                       zennit, frame_pass, select)
+                                       zennit, frame_pass, select, autolrp)
             rows = bench.bench_model(model, card, config, notice,
                                      on_row=lambda r: console.print(
                                          f"  {r['size']}px batch {r['batch']} top-k {r['top_k']:g} {r['preset']}:"
                                          f" engine {r['engine_ms']:.2f} ms, floor {r['floor_ms']:.2f} ms"))
-            out.print(bench.rows_table(rows, f"rtlrp bench on {env['gpu'] or 'CPU'} ({env['date']})"))
+            name = arch if weights is None else weights
+            out.print(bench.rows_table(rows, f"rtlrp bench {name} on {env['gpu'] or 'CPU'}, "
+                                             f"{env['threads']} threads ({env['date']})"))
             payload = {"environment": env, "rows": rows, "video": None}
     except torch.cuda.OutOfMemoryError:
         raise click.ClickException("CUDA out of memory: try smaller --sizes or --batch") from None

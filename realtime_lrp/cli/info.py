@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from realtime_lrp.cli.group import cli
-from realtime_lrp.lrp.presets import PRESET_NAMES
+from realtime_lrp.lrp.presets import AUTO, AUTO_DESCRIPTION, PRESET_NAMES
 
 
 @cli.command("presets")
@@ -13,6 +13,7 @@ def presets_command(show_rules: bool) -> None:
     """List the LRP rule presets and their zennit equivalents."""
     from realtime_lrp.lrp.presets import PRESETS
 
+    click.echo(f"{AUTO:20s} {AUTO_DESCRIPTION}  [the default]")
     for name in PRESET_NAMES:
         preset = PRESETS[name]
         click.echo(f"{name:20s} {preset.description}  [{preset.reference}]")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
 
-from realtime_lrp.lrp.presets import PRESET_NAMES
+from realtime_lrp.lrp.presets import PRESET_CHOICES
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -125,10 +125,11 @@ def processing_options(func: F) -> F:
     """
     options = [
         weights_option,
-        click.option("--preset", type=click.Choice(PRESET_NAMES), default="epsilon-plus-flat",
-                     show_default=True, help="LRP rule preset (see rtlrp presets)."),
-        click.option("--top-k", type=click.FloatRange(0, 1), default=0.02, show_default=True,
-                     help="Fraction of relevance kept before each layer (filtered LRP); 0 turns the filter off."),
+        click.option("--preset", type=click.Choice(PRESET_CHOICES), default="auto", show_default=True,
+                     help="LRP rule preset (see rtlrp presets); auto: cp-lrp for transformers, else epsilon-plus-flat."),
+        click.option("--top-k", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+                     help="Fraction of relevance kept before each layer (filtered LRP); 0 turns the filter off."
+                          " 0.05: the most faithful and steadiest filter under rtlrp evaluate (README)."),
         click.option("--target", default=None, metavar="CLASS",
                      help="Class to explain: top1 (default), softmax, a class index or a class name."),
         click.option("--size", default=None, metavar="N|WxH", callback=check_size,

@@ -19,9 +19,14 @@ from realtime_lrp.lrp.filter import FilterMode, RelevanceFilter
 from realtime_lrp.lrp.graph import canonize
 from realtime_lrp.lrp.nodes import Node, UnsupportedModelError
 from realtime_lrp.lrp.ops import PRESET
-from realtime_lrp.lrp.presets import PRESETS, Preset, RuleSpec
+from realtime_lrp.lrp.presets import AUTO, PRESET_CHOICES, PRESETS, Preset, RuleSpec, auto_preset
 from realtime_lrp.lrp.rules import Propagator, RuleContext, pow2
 from realtime_lrp.lrp.targets import target_mode as _target_mode
+
+MAXPOOL_OPTIONS: dict[str, Union[RuleSpec, None]] = {
+    "preset": None, "wta": RuleSpec("WinnerTakeAll"), "shared": RuleSpec("NearMaxShare", (("tolerance", 1e-2),)),
+}
+"""``LRP(maxpool=...)``: the preset's max-pool rule, or one of these in its place."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -84,15 +89,19 @@ class LRP:
     ``dtype=torch.float16`` rather than a model already cast to fp16. ``mean``/``std`` give
     the pixel bounds of the z^B rule (ImageNet's by default for 3-channel models, [0, 1]
     unnormalised otherwise). ``top_k`` in (0, 1) keeps that fraction of relevance before
-    each node whose op is filtered (conv, linear, pools); 0 or 1 turn it off. ``target_mode``
+    each node whose op is filtered (conv, linear, pools); 0 or 1 turn it off. ``preset="auto"``
+    takes ``cp-lrp`` for a model with attention and ``epsilon-plus-flat`` otherwise, and says so
+    in ``chosen`` (None when the preset was named). ``target_mode``
     (:mod:`realtime_lrp.lrp.targets`): ``plain``, ``contrastive`` (CLRP) or ``softmax-gradient``
-    (SGLRP).
+    (SGLRP). ``maxpool``: the preset's max-pool rule, ``wta`` (winner-take-all, zennit's) or
+    ``shared`` (relevance shared among a window's values within 1 % of its maximum:
+    :class:`realtime_lrp.lrp.rules.NearMaxShare`; README, "Max-pool near-ties").
     """
 
     def __init__(
         self,
         model: nn.Module,
-        preset: str = "epsilon-plus-flat",
+        preset: str = AUTO,
         top_k: float = 0.0,
         filter_mode: FilterMode = "signed",
         mean: Union[Sequence[float], None] = None,
@@ -100,13 +109,20 @@ class LRP:
         dtype: Union[torch.dtype, None] = None,
         device: Union[str, torch.device, None] = None,
         target_mode: str = "plain",
+        maxpool: str = "preset",
     ):
         self.target_mode = _target_mode(target_mode)
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        self.preset = PRESETS[preset]
+        if maxpool not in MAXPOOL_OPTIONS:
+            raise ValueError(f"unknown max-pool option {maxpool!r}; choose one of {', '.join(MAXPOOL_OPTIONS)}")
+        if preset not in PRESETS and preset != AUTO:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESET_CHOICES)}")
         self.filter = RelevanceFilter(top_k, filter_mode)
         graph = canonize(model)  # before reading a parameter: a model without any is refused in one line
+        self.chosen: Union[str, None] = None
+        if preset == AUTO:
+            preset, why = auto_preset(node.kind for node in graph.nodes)
+            self.chosen = f"preset auto: {preset} ({why})"
+        self.preset = PRESETS[preset]
         param = next(model.parameters())
         self.device = torch.device(device) if device is not None else param.device
         self.dtype = dtype if dtype is not None else param.dtype
@@ -125,7 +141,8 @@ class LRP:
             if node.weight is not None:  # fp32 on the engine's device: rules derive their weights from these
                 node.weight = node.weight.to(self.device)
                 node.bias = None if node.bias is None else node.bias.to(self.device)
-            propagate = _spec(self.preset, node).build().bind(node, self.dtype, context) if i else None
+            spec = MAXPOOL_OPTIONS[maxpool] if node.kind == "maxpool" and maxpool != "preset" else None
+            propagate = (spec or _spec(self.preset, node)).build().bind(node, self.dtype, context) if i else None
             bias = None if node.bias is None else node.bias.to(self.dtype)
             self.steps.append(_Step(node, node.weight_in(self.dtype), bias, propagate, node.op.filtered))
 

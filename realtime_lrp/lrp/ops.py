@@ -37,7 +37,14 @@ from torch import Tensor, nn
 
 from realtime_lrp.lrp.nodes import Activation, Node, UnsupportedModelError
 from realtime_lrp.lrp.presets import RuleSpec, rule
-from realtime_lrp.lrp.rules.attention import merge_heads, split_heads
+from realtime_lrp.lrp.rules.attention import (
+    merge_heads,
+    patch_phases,
+    split_heads,
+    window_mask,
+    window_partition,
+    window_reverse,
+)
 
 PRESET = "preset"
 """``Op.relevance`` of ops whose rule the preset chooses."""
@@ -55,6 +62,7 @@ class Op:
     forward: Union[Forward, None] = None
     modules: tuple[type, ...] = ()
     module_names: tuple[str, ...] = ()
+    function_names: tuple[str, ...] = ()
     functions: tuple[object, ...] = ()
     methods: tuple[str, ...] = ()
     sign: str = "any"
@@ -559,6 +567,85 @@ def _assert(node: Node, a: Activation, weight: None, bias: None) -> tuple[Tensor
     return tensors[0], None
 
 
+def _read_relative_bias(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """Swin's ``_get_relative_position_bias(table, index, window)``: computed once, a constant."""
+    table, index = (reader.constant(arg) for arg in fx_node.args[:2])
+    window = fx_node.args[2]
+    if table is None or index is None or not isinstance(window, (list, tuple)):
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} of run-time values")
+    tokens = window[0] * window[1]
+    bias = table[index.long().view(-1)].view(tokens, tokens, -1).permute(2, 0, 1).contiguous().unsqueeze(0)
+    reader.constants[fx_node] = bias
+
+
+def _read_window_attention(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """Swin's ``shifted_window_attention`` (V1), read as windows, q/k/v projections, heads, Q K^T plus
+    the relative position bias and shift mask, softmax, P V, merge, output projection, windows reversed."""
+    names = ("input", "qkv_weight", "proj_weight", "relative_position_bias", "window_size", "num_heads",
+             "shift_size", "attention_dropout", "dropout", "qkv_bias", "proj_bias", "logit_scale", "training")
+    args = dict(zip(names, fx_node.args), **fx_node.kwargs)
+    if args.get("logit_scale") is not None or args.get("training", True):
+        raise reader.unsupported(fx_node, "shifted_window_attention with cosine attention (Swin V2) or in training")
+    x = reader.producer(fx_node, args["input"])
+    w, pw, bias = (reader.constant(args.get(k)) for k in ("qkv_weight", "proj_weight", "relative_position_bias"))
+    if w is None or pw is None or bias is None:
+        raise reader.unsupported(fx_node, "shifted_window_attention with weights computed at run time")
+    b = reader.constant(args.get("qkv_bias"))
+    pb = reader.constant(args.get("proj_bias"))
+    window, heads = tuple(args["window_size"]), args["num_heads"]
+    shift = tuple(args.get("shift_size", (0, 0)))
+    e = w.shape[1]
+    b = torch.zeros(3 * e) if b is None else b
+    geometry = {"window": window, "shift": shift}
+    windows = reader.add(fx_node, WINDOWS, (x,), attrs={**geometry, "reverse": False})
+    source = reader.nodes.index(windows)
+    split = []
+    for part, factor in zip(range(3), ((e // heads) ** -0.5, 1.0, 1.0)):
+        node = reader.add(fx_node, PROJECTION, (source,))
+        node.name = args["qkv_weight"].target.rsplit(".", 1)[0]  # the Linear module whose weight it is
+        node.weight, node.bias = w[part * e:(part + 1) * e] * factor, b[part * e:(part + 1) * e] * factor
+        split.append(reader.add(fx_node, HEADS, (len(reader.nodes) - 1,),
+                                attrs={"heads": heads, "batch_first": True, "keys": part == 1, "merge": False}))
+    q, k, v = (reader.nodes.index(n) for n in split)
+    reader.add(fx_node, MATMUL, (q, k))
+    scores = reader.add(fx_node, ATTENTION_BIAS, (len(reader.nodes) - 1, x), attrs=geometry)
+    scores.weight = bias
+    reader.add(fx_node, SOFTMAX, (len(reader.nodes) - 1,), attrs={"dim": -1})
+    reader.add(fx_node, MATMUL, (len(reader.nodes) - 1, v))
+    reader.add(fx_node, HEADS, (len(reader.nodes) - 1,), attrs={"heads": heads, "batch_first": True,
+                                                                  "keys": False, "merge": True})
+    out = reader.add(fx_node, PROJECTION, (len(reader.nodes) - 1,))
+    out.name = args["proj_weight"].target.rsplit(".", 1)[0]
+    out.weight, out.bias = pw, pb
+    reader.add(fx_node, WINDOWS, (len(reader.nodes) - 1, x), attrs={**geometry, "reverse": True})
+
+
+def _windows(node: Node, a: Activation, weight: None, bias: None) -> tuple[Tensor, None]:
+    window, shift = node.attrs["window"], node.attrs["shift"]
+    if node.attrs["reverse"]:
+        return window_reverse(a[0], a[1].shape, window, shift), None
+    return window_partition(a, window, shift), None
+
+
+def _attention_bias(node: Node, a: tuple[Tensor, Tensor], weight: Tensor, bias: None) -> tuple[Tensor, None]:
+    scores, x = a
+    out = scores + weight
+    if any(node.attrs["shift"]):
+        mask = window_mask(x.shape, node.attrs["window"], node.attrs["shift"], scores)
+        n, h, t, _ = out.shape
+        out = (out.view(n // mask.shape[0], mask.shape[0], h, t, t) + mask.unsqueeze(0)).view(n, h, t, t)
+    return out, None
+
+
+def _read_patch_merging_pad(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """Swin's ``_patch_merging_pad``: padded to even sizes, the four 2x2 phases concatenated on channels."""
+    reader.add(fx_node, op, (reader.producer(fx_node, fx_node.args[0]),))
+
+
+def _patch_merging_pad(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
+    return patch_phases(a), None
+
+
 def _internal(reader: Any, op: Op, fx_node: Any, module: None) -> None:
     raise reader.unsupported(fx_node, f"{op.kind}, an op the graph makes only itself")
 
@@ -580,7 +667,17 @@ EXPAND = Op("expand", _read_expand, _expand, methods=("expand",), relevance=rule
 ASSERT = Op("assert", _read_assert, _assert, functions=(torch._assert,), relevance=rule("HeldConstant"))
 """A shape check: no consumer, so no relevance ever reaches it."""
 
-_TRANSFORMER_OPS: tuple[Op, ...] = (LAYERNORM, ADD_CONSTANT, ATTENTION, PROJECTION, HEADS, MATMUL, SOFTMAX, EXPAND, ASSERT)
+RELATIVE_BIAS = Op("relative_bias", _read_relative_bias,
+                   function_names=("torchvision.models.swin_transformer._get_relative_position_bias",))
+WINDOW_ATTENTION = Op("window_attention", _read_window_attention,
+                      function_names=("torchvision.models.swin_transformer.shifted_window_attention",))
+WINDOWS = Op("windows", _internal, _windows, sign="keep", relevance=rule("Windows"))
+ATTENTION_BIAS = Op("attention_bias", _internal, _attention_bias, relevance=rule("ShareWithConstant"))
+PATCH_MERGING = Op("patch_merging", _read_patch_merging_pad, _patch_merging_pad, sign="keep",
+                   relevance=rule("PatchPhases"),
+                   function_names=("torchvision.models.swin_transformer._patch_merging_pad",))
+
+_TRANSFORMER_OPS: tuple[Op, ...] = (RELATIVE_BIAS, WINDOW_ATTENTION, WINDOWS, ATTENTION_BIAS, PATCH_MERGING, LAYERNORM, ADD_CONSTANT, ATTENTION, PROJECTION, HEADS, MATMUL, SOFTMAX, EXPAND, ASSERT)
 
 
 # -- activations, gates and functional forms -------------------------------------------------
@@ -801,6 +898,7 @@ OPS_BY_KIND: dict[str, Op] = {op.kind: op for op in OPS}
 _BY_MODULE: dict[type, Op] = {t: op for op in OPS for t in op.modules}
 _BY_MODULE_NAME: dict[str, Op] = {name: op for op in OPS for name in op.module_names}
 _BY_FUNCTION: dict[object, Op] = {f: op for op in OPS for f in op.functions}
+_BY_FUNCTION_NAME: dict[tuple[str, str], Op] = {tuple(f.rsplit(".", 1)): op for op in OPS for f in op.function_names}
 _BY_METHOD: dict[str, Op] = {m: op for op in OPS for m in op.methods}
 
 
@@ -815,9 +913,11 @@ def op_for_module(module: nn.Module) -> Union[Op, None]:
 def op_for_function(target: object) -> Union[Op, None]:
     """The op of a ``call_function`` target (``torch.flatten``, ``operator.add``, ...)."""
     try:
-        return _BY_FUNCTION.get(target)
+        found = _BY_FUNCTION.get(target)
     except TypeError:  # an unhashable target matches nothing
         return None
+    key = (getattr(target, "__module__", None) or "", getattr(target, "__name__", ""))
+    return found if found is not None else _BY_FUNCTION_NAME.get(key)
 
 
 def op_for_method(name: str) -> Union[Op, None]:

@@ -14,7 +14,7 @@ preset is adding one entry to ``PRESETS``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 
 @dataclass(frozen=True)
@@ -133,3 +133,16 @@ PRESETS: dict[str, Preset] = {
     )
 }
 PRESET_NAMES: Sequence[str] = tuple(PRESETS)
+
+AUTO = "auto"
+AUTO_DESCRIPTION = "cp-lrp for a model with attention (a transformer), epsilon-plus-flat otherwise"
+PRESET_CHOICES: Sequence[str] = (AUTO, *PRESET_NAMES)
+"""What a user may ask for: a preset, or ``auto``."""
+
+
+def auto_preset(kinds: Iterable[str]) -> tuple[str, str]:
+    """The preset ``auto`` stands for on a graph with nodes of ``kinds``, and why (for the one line stating it)."""
+    found = sorted(set(kinds) & set(TRANSFORMER_KINDS))
+    if found:
+        return "cp-lrp", f"the model has attention ({', '.join(found)} nodes)"
+    return "epsilon-plus-flat", "the model has no attention"

@@ -85,7 +85,7 @@ class FrameProcessor:
     CUDA. ``notice`` receives one-line messages (the CPU fallback, a failed capture).
     """
 
-    def __init__(self, model: torch.nn.Module, card: Mapping[str, Any], *, preset: str = "epsilon-plus-flat",
+    def __init__(self, model: torch.nn.Module, card: Mapping[str, Any], *, preset: str = "auto",
                  top_k: float = 0.02, target: str | int | None = None, size: tuple[int, int] | None = None,
                  cmap: str | None = None, layout: str = "overlay", alpha: float = 0.6,
                  smooth: float = 0.0, device: str = "auto", notice: Notice | None = None,
@@ -108,7 +108,9 @@ class FrameProcessor:
         check_input_size(self.model, card, self.size)
         self.lrp = LRP(self.model, preset=preset, top_k=top_k, mean=card["mean"], std=card["std"], dtype=self.dtype,
                        device=self.device)
-        self.preset = preset
+        self.preset = self.lrp.preset.name  # "auto" resolved
+        if self.lrp.chosen and notice is not None:
+            notice(self.lrp.chosen)
         self._cmap: str | None = None
         self.cmap = cmap
         self.layout = layout

@@ -29,7 +29,7 @@ averaged:
 The LRP maps of a dtype other than fp32 also get ``r_vs_fp32``, the median r to the fp32 map
 of the same preset and top-k.
 
-Modules: ``methods`` (what is compared), ``cam`` (the CAM family), ``inputs`` (the images),
+Modules: ``methods`` (what is compared; the CAM family is :mod:`realtime_lrp.lrp.cam`), ``inputs`` (the images),
 ``metrics`` (the measures), ``road`` (the imputation), ``runner`` (one run) and ``report``
 (table, JSON, plot).
 """

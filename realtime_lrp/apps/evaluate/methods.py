@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from realtime_lrp.lrp.cam import CAM_METHODS
 from realtime_lrp.lrp.engine import LRP
 from realtime_lrp.lrp.presets import PRESET_NAMES
 
@@ -20,8 +21,6 @@ Explain = Callable[[Tensor, Tensor], Tensor]
 BASELINES: tuple[str, ...] = ("random", "gradient", "gradient-x-input")
 
 
-CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "layercam")
-"""The class-activation-map family (:mod:`realtime_lrp.apps.evaluate.cam`), what users pick instead of LRP."""
 
 
 METHOD_NAMES: tuple[str, ...] = (*PRESET_NAMES, *CAM_METHODS, *BASELINES)
@@ -152,7 +151,7 @@ def select_device(requested: str) -> torch.device:
 
 def cam_explainer(model: nn.Module, method: str, layer: str) -> Explain:
     """``method``'s maps (Grad-CAM, Grad-CAM++ or LayerCAM) from the activations of ``layer``."""
-    from realtime_lrp.apps.evaluate.cam import cam_maps
+    from realtime_lrp.lrp.cam import cam_maps
 
     def explain(x: Tensor, target: Tensor) -> Tensor:
         return cam_maps(model, layer, x, target, method)

@@ -9,7 +9,6 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from realtime_lrp.apps.evaluate.cam import cam_layer
 from realtime_lrp.apps.evaluate.inputs import SMOOTH_NEEDS_VIDEO, Inputs, load_inputs, source_kind
 from realtime_lrp.apps.evaluate.methods import (
     CAM_METHODS,
@@ -90,7 +89,7 @@ def evaluate(model: nn.Module, card: Mapping[str, Any], inputs: Inputs, config: 
     sigma = config.noise / 255.0 / std
     layer = None
     if any(m.kind in CAM_METHODS for m in methods):
-        layer = cam_layer(model, x_all[:1].to(device), config.cam_layer)
+        layer = _cam_layer(model, x_all[:1].to(device), config.cam_layer)
     targets = torch.cat([score_logits(model, x_all[i:i + config.batch].to(device)).argmax(1)
                          for i in range(0, n, config.batch)])
     classes = int(score_logits(model, x_all[:1].to(device)).shape[1])
@@ -140,6 +139,16 @@ def evaluate(model: nn.Module, card: Mapping[str, Any], inputs: Inputs, config: 
                    cam_layer=layer if method.kind in CAM_METHODS else None)
         rows.append(row)
     return rows
+
+
+def _cam_layer(model: nn.Module, probe: Tensor, name: str | None) -> str:
+    """The CAM methods' layer (:func:`realtime_lrp.lrp.cam.cam_layer`); an unfit one is an EvaluationError."""
+    from realtime_lrp.lrp.cam import CAMLayerError, cam_layer
+
+    try:
+        return cam_layer(model, probe, name)
+    except CAMLayerError as exc:
+        raise EvaluationError(str(exc)) from None
 
 
 def _clock(device: torch.device) -> float:
@@ -245,7 +254,7 @@ def run(source: str | None, model: nn.Module, card: Mapping[str, Any], config: E
         from realtime_lrp.pipeline.preprocess import processing_size
 
         probe = torch.zeros(1, int(card["input_channels"]), *processing_size(card, size))
-        cam_layer(model.float().eval(), probe, config.cam_layer)
+        _cam_layer(model.float().eval(), probe, config.cam_layer)
     start = time.perf_counter()
     inputs = load_inputs(source, card, count, size, notice)
     acc = accuracy(model, inputs, dev)

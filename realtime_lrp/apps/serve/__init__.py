@@ -24,13 +24,17 @@ only the newest unsent reply (a client that stops reading loses replies, nobody 
 waits). One :class:`~realtime_lrp.apps.serve.worker.Worker` thread owns the processor and explains the newest frame of
 every client in one batch per (preset, top-k) group. A message that breaks the protocol
 closes that client's connection with a WebSocket close code and a reason; the others go on.
+Each client's messages are taken by a task that only checks them (ids, rates) and keeps
+the newest frame in one slot; another task decodes it, if the client is still there and
+within its decoding budget, so a client that leaves frees its slot at once.
 
 Who gets in: a random token is required on every address, loopback too, as in Jupyter
 (``?token=`` in the URL, then a cookie named after the port; the page then drops the token
 from its address); without it HTTP requests and WebSocket handshakes get 403. ``--no-token``
 turns it off on loopback only. A loopback server also wants a loopback Host header.
 
-Modules: ``protocol`` (messages, limits, close codes), ``auth`` (who gets in), ``worker``
+Modules: ``protocol`` (messages, limits, close codes), ``jpeg`` (a frame's structure, read
+before decoding), ``auth`` (who gets in), ``worker``
 (the batching thread), ``kiosk`` (a server-side source), ``app`` (the Starlette application),
 ``server`` (sockets, uvicorn, shutdown) and ``bench`` (``rtlrp serve-bench``).
 """

@@ -57,8 +57,8 @@ class Limits:
     """What one client may send and use, and how many clients there may be.
 
     Frames per second (a client far over it for a few seconds is closed), pixels a side,
-    bytes a message, text messages per second; ``decode_share``: seconds of decoding per
-    second of connection, on average; ``idle_seconds``: how long a client that sends
+    bytes a message, text messages per second; ``decode_share``: CPU seconds of decoding
+    per second of connection, on average; ``idle_seconds``: how long a client that sends
     nothing keeps its slot (kiosk pages only watch, and have no such limit).
     """
 
@@ -221,7 +221,7 @@ class RateLimit:
 
 
 class DecodeBudget:
-    """Seconds of decoding a client may use: ``share`` of each second, in bursts of up to 2 s."""
+    """CPU seconds of decoding a client may use: ``share`` of each second, in bursts of up to 2 s."""
 
     def __init__(self, share: float) -> None:
         self.share = share

@@ -4,11 +4,12 @@
   goes to ``x`` (the identity rule; the notes' "product with a constant"), :class:`Pass`.
 - A sum with a constant (ViT's added position embedding, a bias): ``R_x = x R / stabilise(x + c)``,
   the constant absorbs its share, as a bias does in LRP-0 (LXT's ``add2`` with one input
-  constant; Gradient x Input equals it). The stabiliser only guards against 0 / 0.
+  constant; Gradient x Input equals it), and Swin's relative position bias and shift mask added
+  to the attention scores. The stabiliser only guards against 0 / 0.
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor
@@ -20,7 +21,7 @@ from realtime_lrp.lrp.rules.base import Propagator, Rule, RuleContext, stabilise
 class ShareWithConstant(Rule):
     """``x + c``: ``R_x = x R / stabilise(x + c)``, in fp32."""
 
-    kinds = ("add_constant",)
+    kinds = ("add_constant", "attention_bias")
 
     def __init__(self, epsilon: float = 1e-12):
         self.epsilon = epsilon
@@ -29,7 +30,9 @@ class ShareWithConstant(Rule):
         self._check(node)
         eps = self.epsilon
 
-        def propagate(a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, None]:
-            return a.float() * (R.float() / stabilise(out.float(), eps, True)), None
+        def propagate(a: Any, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Any, None]:
+            x = a[0] if isinstance(a, tuple) else a  # Swin's bias and mask: (scores, a shape reference)
+            r = x.float() * (R.float() / stabilise(out.float(), eps, True))
+            return ((r,) if isinstance(a, tuple) else r), None
 
         return propagate

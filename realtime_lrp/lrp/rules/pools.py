@@ -1,4 +1,5 @@
-"""Rules for max-pools: winner-take-all (the gradient), or the z-rule of the average pool of the same windows."""
+"""Rules for max-pools: winner-take-all (the gradient), near-maxima shared, or the z-rule of the average pool of
+the same windows."""
 from __future__ import annotations
 
 from typing import Union
@@ -60,5 +61,45 @@ class AvgPoolZ(Rule):
             z = F.avg_pool2d(a32, kernel, stride, pad, ceil, True)
             s = R / stabilise(z, eps, False)
             return a32 * torch.ops.aten.avg_pool2d_backward(s, a32, kernel, stride, pad, ceil, True, None), None
+
+        return propagate
+
+
+class NearMaxShare(Rule):
+    """Max-pool with near-ties shared: each output's relevance is split equally among the inputs
+    of its window within ``tolerance`` (relative) of the window's maximum.
+
+    Winner-take-all gives everything to one input even where several are equal up to rounding
+    (flat backgrounds), so a 1-ulp change of the input, or another batch size's kernel, can move
+    relevance to another pixel. Sharing among near-maxima makes the map continuous there; with
+    ``tolerance`` 0 only exact ties are shared. Padding never receives relevance.
+    """
+
+    kinds = ("maxpool",)
+
+    def __init__(self, tolerance: float = 1e-2):
+        if not 0 <= tolerance < 1:
+            raise ValueError(f"max-pool tolerance {tolerance:g} is outside [0, 1)")
+        self.tolerance = tolerance
+
+    def bind(self, node: Node, dtype: torch.dtype, context: RuleContext) -> Propagator:
+        self._check(node)
+        kernel, stride, pad = pool_window(node)
+        dilation = list(torch.nn.modules.utils._pair(node.module.dilation))
+        tol = self.tolerance
+
+        def propagate(a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, None]:
+            n, c, h, w = a.shape
+            oh, ow = R.shape[2:]
+            extra = [max(0, (o - 1) * s + d * (k - 1) + 1 - (size + 2 * p))  # ceil_mode's last windows
+                     for o, s, d, k, size, p in zip((oh, ow), stride, dilation, kernel, (h, w), pad)]
+            padded = F.pad(a.float(), (pad[1], pad[1] + extra[1], pad[0], pad[0] + extra[0]), value=-torch.inf)
+            cols = F.unfold(padded, kernel, dilation, 0, stride).view(n, c, kernel[0] * kernel[1], oh * ow)
+            peak = cols.amax(2, keepdim=True)
+            near = (cols >= peak - tol * peak.abs()).to(R.dtype)
+            share = near / near.sum(2, keepdim=True)
+            spread = (share * R.flatten(2)[:, :, None, :]).view(n, c * kernel[0] * kernel[1], oh * ow)
+            full = F.fold(spread, padded.shape[2:], kernel, dilation, 0, stride)
+            return full[:, :, pad[0]:pad[0] + h, pad[1]:pad[1] + w], None
 
         return propagate

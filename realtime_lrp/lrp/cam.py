@@ -16,16 +16,26 @@ with respect to them:
 The map is upsampled to the input (bilinear, half-pixel centres, as OpenCV's resize) and
 scaled to [0, 1] per image. The layer is by default the last conv stage: the last module
 (called once per forward pass) whose output is an image with more than one pixel.
+
+It sits beside the LRP engine, not in it, so that every command can show it: ``rtlrp evaluate``
+measures it and ``rtlrp video|explain|webcam|serve --method`` shows it (:class:`CAM` has the
+engine's call signature and result).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from realtime_lrp.apps.evaluate.methods import CAM_METHODS, EvaluationError
+from realtime_lrp.lrp.engine import LRPResult, Target, initial_relevance
+
+CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "layercam")
+
+
+class CAMLayerError(ValueError):
+    """No layer the CAM methods can read, or a named one that is unfit; the message is one line."""
 
 
 def spatial_layers(model: nn.Module, x: Tensor) -> list[str]:
@@ -60,17 +70,17 @@ def spatial_layers(model: nn.Module, x: Tensor) -> list[str]:
 def cam_layer(model: nn.Module, x: Tensor, name: str | None = None) -> str:
     """The layer CAM reads: ``name`` if it has spatial output, else the last conv stage; one-line errors."""
     if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        raise EvaluationError(f"{type(model).__name__} has no convolutional stage: the CAM methods need one "
+        raise CAMLayerError(f"{type(model).__name__} has no convolutional stage: the CAM methods need one "
                               "(a token grid is not reshaped into an image here)")
     candidates = spatial_layers(model, x)
     if name is None:
         if not candidates:
-            raise EvaluationError("no layer of the model has an output of more than one pixel: no CAM layer")
+            raise CAMLayerError("no layer of the model has an output of more than one pixel: no CAM layer")
         return candidates[-1]
     if name not in candidates:
         shown = ", ".join(candidates[-12:])
         why = "has no spatial output" if name in dict(model.named_modules()) else "names no layer"
-        raise EvaluationError(f"--cam-layer {name!r} {why}; layers with spatial output: {shown}")
+        raise CAMLayerError(f"--cam-layer {name!r} {why}; layers with spatial output: {shown}")
     return name
 
 
@@ -102,8 +112,36 @@ def cam_maps(model: nn.Module, layer: str, x: Tensor, target: Tensor, method: st
     elif method == "layercam":
         cam = (grads.clamp(min=0) * acts).sum(1)
     else:
-        raise EvaluationError(f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
+        raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
     cam = F.interpolate(cam.clamp(min=0)[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     low = cam.flatten(1).min(1).values.view(-1, 1, 1)
     cam = cam - low
     return cam / (cam.flatten(1).max(1).values.view(-1, 1, 1) + 1e-7)
+
+
+class CAM:
+    """A CAM method with the engine's interface: ``cam(x, target)`` gives an :class:`LRPResult`.
+
+    ``model`` runs as it is (on ``x``'s device and dtype); ``layer`` None reads the last conv
+    stage of an input of ``probe``'s shape. The maps are positive ([0, 1]); ``top_k`` is kept
+    for the callers that set it, and has no effect.
+    """
+
+    signed = False
+
+    def __init__(self, model: nn.Module, method: str, probe: Tensor, layer: Union[str, None] = None):
+        if method not in CAM_METHODS:
+            raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
+        self.model, self.method = model, method
+        self.layer = cam_layer(model, probe, layer)
+        self.top_k = 0.0
+
+    def __call__(self, x: Tensor, target: Target = None) -> LRPResult:
+        """The maps of ``target`` (None: the top-1 class; an int, list or per-sample tensor)."""
+        if isinstance(target, str):
+            raise ValueError(f"target {target!r} has no CAM map: give a class, or none for the top-1 class")
+        with torch.no_grad():
+            logits = self.model(x).float()
+        _, explained = initial_relevance(logits, target)
+        maps = cam_maps(self.model, self.layer, x, explained, self.method)
+        return LRPResult(maps, logits, explained)
