@@ -44,10 +44,10 @@ class _ZPropagator:
     In fp32 nothing is rescaled (there is no underflow to avoid), and a group's bias, plus
     eps when z cannot be negative, is added inside the first convolution; in fp16/bf16 both
     are added in fp32 after it, so a stabiliser of 1e-6 keeps its value. ``z_is_output``: z is the
-    node's own output (epsilon), which in fp16/bf16 is taken as the forward rounded it rather than
-    recomputed: relevance from above carries that rounded output as a factor, and dividing by a
-    recomputed z instead amplifies the rounding wherever z cancels to near zero (measured on a random
-    ViT in bf16: 60 % off fp32 recomputed, 2 % with the output).
+    node's own output (epsilon), taken as the forward computed it rather than recomputed: in fp32 it
+    is the same tensor, one product fewer; in fp16/bf16 relevance from above carries that rounded
+    output as a factor, and dividing by a recomputed z instead amplifies the rounding wherever z
+    cancels to near zero (measured on a random ViT in bf16: 60 % off fp32 recomputed, 2 % with the output).
     """
 
     def __init__(self, node: Node, groups: list[tuple[list[_Term], Union[str, None]]], eps: float, signed: bool,
@@ -111,7 +111,7 @@ class _ZPropagator:
         inputs: dict = {}
         quotients = []
         for group in self.groups:
-            if self.scaled and self.z_is_output:
+            if self.z_is_output:
                 inputs["id"] = a
                 s = R / stabilise(out.float(), self.eps, self.signed)
             else:
