@@ -433,6 +433,15 @@ PLANTS: tuple[Plant, ...] = (
           "        if self.value.shape[0] != 1:\n            self.value.fill_(self.value.mean())\n"
           "            blended = torch.where(self.seen, (1 - self.momentum)",
           ("tests/test_render.py::test_stable_scale_with_a_slot_per_frame_keeps_each_stream_apart",)),
+    Plant("sampled-select-never-falls-back", "realtime_lrp/lrp/filter.py",
+          "row[keep] if count >= k else row", "row[keep] if count >= 0 else row",
+          ("tests/test_filter.py::test_a_sample_that_misleads_falls_back_to_the_whole_row",)),
+    Plant("densenet-keys-not-renamed", "realtime_lrp/models/imagenet.py",
+          "        state = _torchvision_keys(arch, safe_load(cached))", "        state = safe_load(cached)",
+          ("tests/test_models.py::test_imagenet_modern_arch_loads_planted_weights_through_the_safe_loader",)),
+    Plant("small-stem-keeps-its-stride", "realtime_lrp/models/architectures.py",
+          "    elif small_input:\n        stride = (1, 1)", "    elif small_input:\n        pass",
+          ("tests/test_train_archs.py::test_modern_architecture_small_stem_stops_downsampling",)),
 )
 
 
