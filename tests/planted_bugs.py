@@ -440,6 +440,15 @@ PLANTS: tuple[Plant, ...] = (
           """_hinted(f"no LRP rule for node '{fx_node.name}' ({what}){where}")""",
           """_hinted(f"no LRP rule for node '{fx_node.name}' ({what})")""",
           ("tests/test_cnn_index.py::test_a_refused_function_names_the_module_that_calls_it",)),
+    Plant("sampled-select-never-falls-back", "realtime_lrp/lrp/filter.py",
+          "row[keep] if count >= k else row", "row[keep] if count >= 0 else row",
+          ("tests/test_filter.py::test_a_sample_that_misleads_falls_back_to_the_whole_row",)),
+    Plant("densenet-keys-not-renamed", "realtime_lrp/models/imagenet.py",
+          "        state = _torchvision_keys(arch, safe_load(cached))", "        state = safe_load(cached)",
+          ("tests/test_models.py::test_imagenet_modern_arch_loads_planted_weights_through_the_safe_loader",)),
+    Plant("small-stem-keeps-its-stride", "realtime_lrp/models/architectures.py",
+          "    elif small_input:\n        stride = (1, 1)", "    elif small_input:\n        pass",
+          ("tests/test_train_archs.py::test_modern_architecture_small_stem_stops_downsampling",)),
 )
 
 

@@ -304,3 +304,23 @@ def test_table_fits_80_columns_with_every_column_filled() -> None:
     assert max(len(line) for line in text.splitlines()) <= 80
     for cell in ("1234.5", "1000.0", "12.34", "98765", "12346", "4321.0", "123456", "epsilon-gamma-box, fp16"):
         assert cell in text
+
+
+def test_zennit_that_fails_to_canonize_leaves_its_column_empty(monkeypatch) -> None:
+    """A canonizer that raises on entry (zennit's batch-norm merge on a DenseNet did) costs the
+    zennit column, not the run; a DenseNet gets no merge canonizer at all."""
+    import torchvision
+
+    def context(self):
+        raise RuntimeError("The size of tensor a (32) must match the size of tensor b (96)")
+
+    monkeypatch.setattr(bench._ZennitCall, "context", context)
+    notices: list[str] = []
+    rows = bench.bench_model(tiny_model(3), tiny_card(3), quick(frame_pass=False, autolrp=False),
+                             notice=notices.append)
+    assert [r["zennit_ms"] for r in rows] == [None, None] and all(r["engine_ms"] > 0 for r in rows)
+    assert notices == ["zennit cannot explain this model, its column stays empty: RuntimeError: The size of "
+                       "tensor a (32) must match the size of tensor b (96)"]
+    with torch.device("meta"):
+        densenet = torchvision.models.densenet121()
+    assert bench.zennit_call(densenet, "epsilon-plus-flat").composite.canonizers == []

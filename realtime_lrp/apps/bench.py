@@ -124,8 +124,9 @@ def zennit_call(model: nn.Module, preset: str, mean: Sequence[float] = IMAGENET_
     """zennit's composite for ``preset`` as ``x -> relevance (N, H, W)``, or None (not installed,
     or no equivalent). ``mean``/``std`` give epsilon-gamma-box's pixel bounds. The canonizer
     is zennit's ``ResNetCanonizer`` for torchvision ResNets (and ResNeXts, Wide-ResNets),
-    its merge-batch-norm ``VGGCanonizer`` otherwise (zennit has no canonizer of its own for
-    gates, LayerNorm or batch norm before a conv). The caller enters the returned object's
+    none for a DenseNet (its batch norms come before their convs, which zennit's merge does not
+    handle), its merge-batch-norm ``VGGCanonizer`` otherwise (zennit has no canonizer of its
+    own for gates or LayerNorm). The caller enters the returned object's
     ``context()`` and sets ``modified`` to what it yields."""
     try:
         from torchvision.models.resnet import ResNet
@@ -133,13 +134,16 @@ def zennit_call(model: nn.Module, preset: str, mean: Sequence[float] = IMAGENET_
         from zennit.torchvision import ResNetCanonizer, VGGCanonizer
     except ImportError:
         return None
-    canonizer = ResNetCanonizer() if isinstance(model, ResNet) else VGGCanonizer()
+    from torchvision.models.densenet import DenseNet
+
+    canonizers = [] if isinstance(model, DenseNet) else [ResNetCanonizer() if isinstance(model, ResNet)
+                                                         else VGGCanonizer()]
     if preset == "epsilon-plus-flat":
-        composite = composites.EpsilonPlusFlat(canonizers=[canonizer])
+        composite = composites.EpsilonPlusFlat(canonizers=canonizers)
     elif preset == "epsilon-gamma-box":
         param = next(model.parameters())
         low, high = (b.view(1, -1, 1, 1).to(param.device, param.dtype) for b in pixel_bounds(mean, std))
-        composite = composites.EpsilonGammaBox(low=low, high=high, canonizers=[canonizer])
+        composite = composites.EpsilonGammaBox(low=low, high=high, canonizers=canonizers)
     else:
         return None
     return _ZennitCall(copy.deepcopy(model), composite)
@@ -281,12 +285,13 @@ def bench_model(model: nn.Module, card: Mapping[str, Any], config: BenchConfig,
                                                              graph, notice)
                 if autolrp is not None and _runs("autoLRP", lambda: autolrp(x), notice):
                     calls["autolrp"] = lambda: autolrp(x)
-                context = zennit.context() if zennit is not None else contextlib.nullcontext()
-                with context as modified:
-                    if zennit is not None:
-                        zennit.modified = modified
-                        if _runs("zennit", lambda: zennit(x), notice):
-                            calls["zennit"] = lambda: zennit(x)
+                with contextlib.ExitStack() as stack:
+                    def enter_and_call() -> Any:  # canonizing can fail as well as the call
+                        zennit.modified = stack.enter_context(zennit.context())
+                        return zennit(x)
+
+                    if zennit is not None and _runs("zennit", enter_and_call, notice):
+                        calls["zennit"] = lambda: zennit(x)
                     ms = time_ms(calls, device, repeats, warmup)
                 for top_k in config.top_ks:
                     engine_ms = ms[f"engine {top_k}"]
@@ -421,8 +426,9 @@ def rows_table(rows: Iterable[Mapping[str, Any]], title: str = "rtlrp bench") ->
     """The bench rows as rich tables that fit 80 columns: one per preset and dtype, times in
     ms, the engine over the floor, and (with ``--json``) everything else.
 
-    The engine's frames/s and the ratios to zennit and autoLRP follow from these columns and
-    are left to the JSON rows; peak memory is shown where it was measured (CUDA).
+    ``pass`` is the whole frame pass. The engine's frames/s and the ratios to zennit and
+    autoLRP follow from these columns and are left to the JSON rows; peak memory is shown
+    where it was measured (CUDA).
     """
     from rich import box
     from rich.console import Group
@@ -438,7 +444,7 @@ def rows_table(rows: Iterable[Mapping[str, Any]], title: str = "rtlrp bench") ->
         peak = any(r["peak_mem_mib"] is not None for r in members)
         table = Table(title=f"{preset}, {dtype}, {device}: times in ms", title_justify="left",
                       box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False)
-        names = ["size", "N", "top-k", "LRP", "floor", "LRP/floor", "zennit", "autoLRP", "frame pass"]
+        names = ["size", "N", "top-k", "LRP", "floor", "LRP/floor", "zennit", "autoLRP", "pass"]
         for name in names + (["peak MiB"] if peak else []):
             table.add_column(name, justify="right")
         for r in members:
