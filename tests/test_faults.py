@@ -48,6 +48,15 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
+def error_line(stderr: str) -> str:
+    """The one error line of ``stderr``, its last line (notices and the progress bar may come before it;
+    fails on a traceback or a second error line)."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(("Error:", "rtlrp "))]
+    assert "Traceback" not in stderr and errors == lines[-1:], stderr
+    return lines[-1]
+
+
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -196,7 +205,7 @@ def test_full_disk_during_video_is_one_line_and_no_broken_file(tmp_path: Path, w
     proc = run_rtlrp(["video", src, "--out", out, "--weights", weights, "--device", "cpu", "--crf", "0"],
                      file_limit=60_000)
     assert proc.returncode == 1
-    line = one_line(proc.stderr.split("\n", 1)[-1] if proc.stderr.startswith("explaining") else proc.stderr)
+    line = error_line(proc.stderr)
     assert "File too large" in line and "Wrote" not in proc.stderr
     assert out.read_bytes() == b"the previous, good output"
     assert not (tmp_path / "out.partial.mp4").exists()
@@ -221,7 +230,7 @@ def test_full_disk_for_pngs_and_json(tmp_path: Path, weights: Path) -> None:
     cv2.imwrite(str(image), (np.random.default_rng(0).random((300, 300, 3)) * 255).astype(np.uint8))
     proc = run_rtlrp(["explain", image, "--out", tmp_path / "pngs", "--weights", weights, "--device", "cpu"],
                      file_limit=200_000)
-    assert proc.returncode == 1 and "File too large" in one_line(proc.stderr)
+    assert proc.returncode == 1 and "File too large" in error_line(proc.stderr)
     assert not list((tmp_path / "pngs").glob("*")), "no PNG, whole or partial, is left"
 
 
