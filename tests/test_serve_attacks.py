@@ -41,7 +41,7 @@ from websockets.sync.client import connect
 from realtime_lrp.apps.sample import CLASSES
 from realtime_lrp.apps.serve.bench import run_load
 from realtime_lrp.apps.serve.jpeg import MAX_SCANS, JpegError, inspect
-from realtime_lrp.apps.serve.protocol import Limits, ProtocolError, Settings, decode_frame, decode_result, parse_text
+from realtime_lrp.apps.serve.protocol import Limits, ProtocolError, Settings, decode_frame, parse_text
 from realtime_lrp.apps.serve.server import LrpServer
 from realtime_lrp.pipeline.processor import FrameProcessor
 
