@@ -16,6 +16,11 @@ A batch smaller than a pass already captured for its shape (the last one of a vi
 that pass, padded; the padding is left out of the stream's state and discarded. The label
 (and the legend) are drawn by OpenCV on the host after the download.
 
+Fidelity guard: in fp16 a rule's denominator can overflow and blank a frame's map. The pass
+downloads the engine's per-frame ``finite`` flag with the predictions; after the sync, the
+frames flagged (rare) are explained again in fp32, eagerly, outside the graph, and the run
+says so once (:meth:`~realtime_lrp.pipeline.processor.FrameProcessor.say_overflow`).
+
 Three modes: ``stream`` (one stream, frames folded into its state in order: video, webcam),
 ``streams`` (frame i belongs to stream i, each with its own state: serve) and ``stills``
 (each frame scaled on its own, nothing kept: explain).
