@@ -449,6 +449,13 @@ PLANTS: tuple[Plant, ...] = (
     Plant("small-stem-keeps-its-stride", "realtime_lrp/models/architectures.py",
           "    elif small_input:\n        stride = (1, 1)", "    elif small_input:\n        pass",
           ("tests/test_train_archs.py::test_modern_architecture_small_stem_stops_downsampling",)),
+    Plant("fp16-overflow-flag-always-finite", "realtime_lrp/lrp/engine.py",
+          "finite = torch.isfinite(maps).flatten(1).all(1) & torch.isfinite(logits).all(1)",
+          "finite = torch.ones_like(explained, dtype=torch.bool)",
+          ("tests/test_fidelity_guard.py::test_the_overflowing_sample_alone_is_flagged_with_its_layer",)),
+    Plant("fp16-overflow-frame-not-rerun", "realtime_lrp/pipeline/fast.py",
+          "if overflowed and self.owner.lrp.dtype", "if False and self.owner.lrp.dtype",
+          ("tests/test_fidelity_guard.py::test_the_frame_pass_reruns_the_overflowing_frame_in_fp32_and_says_so_once",)),
 )
 
 

@@ -39,11 +39,19 @@ Scaled = tuple[Tensor, Union[Tensor, None]]
 
 @dataclass
 class LRPResult:
-    """Relevance maps (N, H, W) in fp32, the logits (N, classes) and the explained class (N,)."""
+    """Relevance maps (N, H, W) in fp32, the logits (N, classes) and the explained class (N,).
+
+    ``finite`` (N,) bool: whether a sample's logits and map are all finite (False when fp16 overflowed).
+    ``first_bad`` (N,) int64: the step at which the sample first went non-finite (forward, then backward
+    order), -1 for none; None where steps are not checked (fp32, fp64: they do not overflow in practice).
+    :meth:`LRP.step_name` names the step. Both stay on the device: reading them is the caller's sync.
+    """
 
     relevance: Tensor
     logits: Tensor
     target: Tensor
+    finite: Union[Tensor, None] = None
+    first_bad: Union[Tensor, None] = None
 
 
 @dataclass
@@ -207,6 +215,10 @@ class LRP:
             low, high = (low, mid) if self._accepts(mid) else (mid + 1, high)
         return low
 
+    def step_name(self, step: int) -> Union[str, None]:
+        """The layer name of a step index from :attr:`LRPResult.first_bad` (None for -1 or out of range)."""
+        return self.steps[step].node.name if 0 < step < len(self.steps) else None
+
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
@@ -217,12 +229,16 @@ class LRP:
         copies = self.target_mode.copies
         values: list[Tensor] = [x if copies == 1 else torch.cat([x] * copies)]
         aux: list[Union[Tensor, None]] = [None]
-        for step in self.steps[1:]:
+        # fp16/bf16 can overflow: track per sample (on the device) the first step that went non-finite
+        first = torch.full((values[0].shape[0],), -1, dtype=torch.long, device=x.device) if self._tracked else None
+        for i, step in enumerate(self.steps[1:], 1):
             inputs = step.node.inputs
             a = values[inputs[0]] if len(inputs) == 1 else tuple(values[i] for i in inputs)
             out, extra = step.node.forward(a, step.weight, step.bias)
             values.append(out)
             aux.append(extra)
+            if first is not None:
+                first = _first_bad(first, out, i)
         logits = values[self.output].float()[:x.shape[0]]
         relevance, explained = initial_relevance(logits, target)
         relevance = self.target_mode.start(logits, relevance, explained)
@@ -246,12 +262,31 @@ class LRP:
             for j, part in zip(inputs, parts):
                 if part is None:  # no relevance for this input (a gate, a held constant): its branch is skipped
                     continue
+                if first is not None:
+                    first = _first_bad(first, part, i)
                 pending[j] = (part, log_scale) if pending[j] is None else _merge(pending[j], (part, log_scale))
         relevance, log_scale = pending[0]
         maps = relevance.sum(1)
         if log_scale is not None:
             maps = (maps.double() * torch.exp2(log_scale.double()).view(-1, 1, 1)).float()
-        return LRPResult(self.target_mode.finish(maps), logits, explained)
+        maps = self.target_mode.finish(maps)
+        finite = torch.isfinite(maps).flatten(1).all(1) & torch.isfinite(logits).all(1)
+        if first is not None:  # a sample's copies (contrastive) share its verdict: the earliest bad step of any
+            first = first.view(copies, -1)
+            first = torch.where(first >= 0, first, len(self.steps)).amin(0)
+            first = torch.where(first < len(self.steps), first, -1)
+        return LRPResult(maps, logits, explained, finite, first)
+
+    @property
+    def _tracked(self) -> bool:
+        """Whether steps are checked for overflow: only in the half-precision dtypes, where it happens."""
+        return self.dtype in (torch.float16, torch.bfloat16)
+
+
+def _first_bad(first: Tensor, value: Tensor, step: int) -> Tensor:
+    """``first`` with ``step`` set for the samples of ``value`` that are non-finite and had no bad step yet."""
+    bad = ~torch.isfinite(value).flatten(1).all(1)
+    return torch.where(bad & (first < 0), step, first)
 
 
 def _spec(preset: Preset, node: Node) -> RuleSpec:

@@ -16,6 +16,11 @@ A batch smaller than a pass already captured for its shape (the last one of a vi
 that pass, padded; the padding is left out of the stream's state and discarded. The label
 (and the legend) are drawn by OpenCV on the host after the download.
 
+Fidelity guard: in fp16 a rule's denominator can overflow and blank a frame's map. The pass
+downloads the engine's per-frame ``finite`` flag with the predictions; after the sync, the
+frames flagged (rare) are explained again in fp32, eagerly, outside the graph, and the run
+says so once (:meth:`~realtime_lrp.pipeline.processor.FrameProcessor.say_overflow`).
+
 Three modes: ``stream`` (one stream, frames folded into its state in order: video, webcam),
 ``streams`` (frame i belongs to stream i, each with its own state: serve) and ``stills``
 (each frame scaled on its own, nothing kept: explain).
@@ -125,8 +130,9 @@ def channels_last_weights(lrp: LRP) -> None:
 
 class DevicePass:
     """The device part of a frame pass: uint8 frames (N, H, W, C) on the device and a (N,)
-    bool ``valid`` mask in; rendered frames (N, H k, W' k, 3) and a (3, N) tensor of
-    (top-1, probability, explained class) out.
+    bool ``valid`` mask in; rendered frames (N, H k, W' k, 3) and a (5, N) tensor of
+    (top-1, probability, explained class, finite, first bad step) out: the last two are the
+    engine's fidelity guard (:class:`~realtime_lrp.lrp.engine.LRPResult`; -1 where not tracked).
 
     Conversion, fitting and normalisation, the LRP call, smoothing and the colour scale
     (``state``, per ``mode``), colour map and blend are device work only, with no host
@@ -173,7 +179,9 @@ class DevicePass:
             shown = shown.repeat_interleave(self.enlarge, dim=1).repeat_interleave(self.enlarge, dim=2)
             fit = fit.scaled(self.enlarge)
         out = render.compose(shown, relevance, scale, self.lut, self.centered, self.layout, self.alpha, fit)
-        return out, torch.stack([top_i.float(), top_p, result.target.float()])
+        first_bad = result.first_bad if result.first_bad is not None else torch.full_like(result.target, -1)
+        return out, torch.stack([top_i.float(), top_p, result.target.float(), result.finite.float(),
+                                 first_bad.float()])
 
 
 class _FramePass:
@@ -189,10 +197,11 @@ class _FramePass:
         self.host_valid = torch.zeros(n, dtype=torch.bool, pin_memory=pin)
         panels = {"side": 2, render.PANELS: 3}.get(layout, 1)
         self.host_out = torch.empty((n, h * enlarge, panels * w * enlarge, 3), dtype=torch.uint8, pin_memory=pin)
-        self.host_pred = torch.empty((3, n), dtype=torch.float32, pin_memory=pin)
+        self.host_pred = torch.empty((5, n), dtype=torch.float32, pin_memory=pin)
         self.dev_in = torch.empty((n, h, w, c), dtype=torch.uint8, device=device)
         self.dev_valid = torch.zeros(n, dtype=torch.bool, device=device)
         self.state = StreamState(owner.state.smoother.alpha, p.size, device, n) if mode == "streams" else owner.state
+        self.owner, self.mode, self.layout, self.enlarge = owner, mode, layout, enlarge
         self._compute = DevicePass(owner.lrp, Fit.of(p.fit, (h, w), p.size), p.card["mean"], p.card["std"],
                                    self.state, p.cmap, layout, p.alpha, owner.static_target(n), mode, enlarge)
         saved = self.state.state()  # capture warms up on these (blank) buffers: keep the stream's state
@@ -246,7 +255,37 @@ class _FramePass:
         out = self.host_out.numpy()
         pred = self.host_pred.numpy()
         rendered = [out[i].copy() for i in range(k)]
-        return rendered, [(int(pred[0, i]), float(pred[1, i]), int(pred[2, i])) for i in range(k)]
+        raw = [(int(pred[0, i]), float(pred[1, i]), int(pred[2, i])) for i in range(k)]
+        overflowed = [i for i in range(k) if pred[3, i] == 0.0]
+        if overflowed and self.owner.lrp.dtype in (torch.float16, torch.bfloat16):
+            self._rescue(frames, overflowed, [int(pred[4, i]) for i in overflowed], rendered, raw)
+        return rendered, raw
+
+    def _rescue(self, frames: Sequence[np.ndarray], rows: list[int], steps: list[int],
+                rendered: list[np.ndarray], raw: list[tuple[int, float, int]]) -> None:
+        """Explain again in fp32, eagerly and outside the captured pass, the frames whose relevance
+        overflowed the engine's dtype, replacing their rendered frames and predictions.
+
+        Each is drawn with a throwaway copy of its stream's colour scale and smoothed map (as they
+        were after the batch); the stream's state itself keeps the batch's pass (it saw the frame blank).
+        """
+        owner, p = self.owner, self.owner.processor
+        p.say_overflow(len(rows), {owner.lrp.step_name(s) for s in steps} - {None})
+        lrp = p.fp32_lrp()
+        for i in rows:
+            row = i if self.mode == "streams" else 0
+            state = StreamState(self.state.smoother.alpha, p.size, owner.device, 1, self.state.scale.percentile,
+                                self.state.scale.momentum)
+            for mine, theirs in ((state.scale, self.state.scale), (state.smoother, self.state.smoother)):
+                mine.value[0].copy_(theirs.value[row])
+                mine.seen[0].copy_(theirs.seen[row])
+            device_pass = DevicePass(lrp, self._compute.fit, p.card["mean"], p.card["std"], state, p.cmap,
+                                     self.layout, p.alpha, owner.static_target(1), self.mode, self.enlarge)
+            frame = torch.from_numpy(np.ascontiguousarray(frames[i]))[None].to(owner.device)
+            out, pred = device_pass(frame, torch.ones(1, dtype=torch.bool, device=owner.device))
+            rendered[i] = out[0].cpu().numpy()
+            pred = pred[:, 0].cpu()
+            raw[i] = (int(pred[0]), float(pred[1]), int(pred[2]))
 
 
 class FastProcessor:

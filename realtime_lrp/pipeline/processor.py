@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from realtime_lrp.lrp.engine import LRP
+from realtime_lrp.lrp.engine import LRP, LRPResult
 from realtime_lrp.models.sizes import check_input_size
 from realtime_lrp.pipeline import render
 from realtime_lrp.pipeline.fast import FastProcessor
@@ -109,6 +109,9 @@ class FrameProcessor:
         self.lrp = LRP(self.model, preset=preset, top_k=top_k, mean=card["mean"], std=card["std"], dtype=self.dtype,
                        device=self.device)
         self.preset = self.lrp.preset.name  # "auto" resolved
+        self.notice = notice
+        self._fp32: LRP | None = None
+        self._overflow_said = False
         if self.lrp.chosen and notice is not None:
             notice(self.lrp.chosen)
         self._cmap: str | None = None
@@ -118,6 +121,24 @@ class FrameProcessor:
         self.smooth = float(smooth)
         self.legend = legend
         self.passes = FastProcessor(self, graph=graph, notice=notice)
+
+    def fp32_lrp(self) -> LRP:
+        """An fp32 engine on the same device, model and settings, built on first use: it explains
+        again the samples whose relevance overflowed fp16 (the fidelity guard)."""
+        if self._fp32 is None:
+            self._fp32 = LRP(self.model, preset=self.preset, mean=self.card["mean"], std=self.card["std"],
+                             dtype=torch.float32, device=self.device)
+        self._fp32.top_k = self.lrp.top_k
+        return self._fp32
+
+    def say_overflow(self, count: int, layers: set[str]) -> None:
+        """Say, once per run, that relevance overflowed the engine's dtype (in which layers, if known)."""
+        if self._overflow_said or self.notice is None:
+            return
+        self._overflow_said = True
+        where = f"in layer {', '.join(sorted(layers))}" if layers else "in an unknown layer"
+        self.notice(f"{str(self.dtype).removeprefix('torch.')} overflowed {where} on {count} frame(s):"
+                    " explaining those again in fp32 (said once)")
 
     @property
     def scale(self):
@@ -186,8 +207,9 @@ class FrameProcessor:
         try:
             x = frames_to_tensor(frames, self.card, self.size, self.device, self.dtype, self.fit)
             result = self.lrp(x, target=self.passes.static_target(len(frames)))
-            probs = torch.softmax(result.logits.float(), dim=1)
-            top_p, top_i = probs.max(dim=1)
+            if self.dtype in (torch.float16, torch.bfloat16):
+                result = self._guarded(frames, result)
+            top_p, top_i = torch.softmax(result.logits.float(), dim=1).max(dim=1)
             relevance = torch.nan_to_num(result.relevance.float(), nan=0.0, posinf=0.0, neginf=0.0)
             if stream:
                 relevance = self.smoother(relevance)
@@ -206,6 +228,21 @@ class FrameProcessor:
             for i, p, e in zip(top_i.cpu().tolist(), top_p.cpu().tolist(), explained)
         ]
         return relevance, preds
+
+    def _guarded(self, frames: Sequence[np.ndarray], result: LRPResult) -> LRPResult:
+        """The fidelity guard of :meth:`explain`: ``result`` with the rows whose relevance overflowed
+        (one host read of the flag) explained again in fp32, from the frames themselves."""
+        bad = (~result.finite).nonzero().flatten()
+        if not len(bad):
+            return result
+        self.say_overflow(len(bad), {self.lrp.step_name(int(s)) for s in result.first_bad[bad]} - {None})
+        x = frames_to_tensor([frames[i] for i in bad.tolist()], self.card, self.size, self.device, torch.float32,
+                             self.fit)
+        target = self.passes.static_target(len(frames))
+        again = self.fp32_lrp()(x, target=target[bad] if torch.is_tensor(target) else target)
+        return LRPResult(*(mine.index_copy(0, bad, theirs.to(mine.dtype)) for mine, theirs in
+                           ((result.relevance, again.relevance), (result.logits.float(), again.logits),
+                            (result.target, again.target), (result.finite, again.finite))))
 
     def process(self, frames: Sequence[np.ndarray], stable: bool = True) -> tuple[list[np.ndarray], list[Prediction]]:
         """Explain and render frames in order with the current layout, through the frame pass; each
