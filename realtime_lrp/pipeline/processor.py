@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from realtime_lrp.lrp.engine import LRP, LRPResult
+from realtime_lrp.lrp.presets import auto_preset
 from realtime_lrp.models.sizes import check_input_size
 from realtime_lrp.pipeline import render
 from realtime_lrp.pipeline.fast import FastProcessor
@@ -112,8 +113,8 @@ class FrameProcessor:
         self.notice = notice
         self._fp32: LRP | None = None
         self._overflow_said = False
-        if self.lrp.chosen and notice is not None:
-            notice(self.lrp.chosen)
+        if self.lrp.chosen and self.preset != auto_preset(())[0] and notice is not None:
+            notice(self.lrp.chosen)  # a CNN keeps the preset it always had: nothing new to say
         self._cmap: str | None = None
         self.cmap = cmap
         self.layout = layout
