@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import json
 from pathlib import Path
 
 import cv2

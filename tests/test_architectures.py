@@ -18,9 +18,9 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from realtime_lrp import LRP
 from realtime_lrp.lrp.engine import IMAGENET_MEAN, IMAGENET_STD, _merge, pixel_bounds
 from realtime_lrp.lrp.graph import canonize
+from realtime_lrp.lrp.rules import pow2
 from realtime_lrp.models.architectures import ENGINE_ARCHS, build_model
 from realtime_lrp.models.errors import WeightsError
-from realtime_lrp.lrp.rules import pow2
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -8,13 +8,13 @@ import threading
 import pytest
 import torch
 from click.testing import CliRunner
-
 from media import frame_for, model_file, tiny_card, tiny_model, write_video
+
 from realtime_lrp.apps import bench
 from realtime_lrp.cli import cli
 from realtime_lrp.lrp.engine import LRP
-from realtime_lrp.pipeline.fast import FastProcessor
 from realtime_lrp.models.architectures import build_model
+from realtime_lrp.pipeline.fast import FastProcessor
 from realtime_lrp.pipeline.processor import FrameProcessor
 
 REQUIRED = ("size", "batch", "dtype", "top_k", "preset", "engine_ms", "floor_ms", "zennit_ms")
@@ -162,8 +162,7 @@ def test_video_stages_and_end_to_end(tmp_path, monkeypatch) -> None:
     """On a fake clock, decoding costs 2 ms a frame, processing 20 ms and encoding 5 ms: each stage
     alone runs at 500, 50 and 200 frames/s, and the pipeline, whose stages all tick the same clock
     here, at 1000 / 27 frames/s, 0.74 of its slowest stage."""
-    from realtime_lrp.media import reader
-    from realtime_lrp.media import writer
+    from realtime_lrp.media import reader, writer
 
     src = tmp_path / "clip.mp4"
     write_video(src, 12, (46, 38), 29.97)

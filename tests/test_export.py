@@ -11,14 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from tiny_data import TINY, make_imagefolder
 
 from realtime_lrp import load_model
+from realtime_lrp.apps.train.loop import load_checkpoint
 from realtime_lrp.cli import cli
-from realtime_lrp.models.datasets import fashion_mnist_dir, read_idx_gz
 from realtime_lrp.models.architectures import build_vgg
 from realtime_lrp.models.cards import CARD_FIELDS, shipped_weights
-from realtime_lrp.apps.train.loop import load_checkpoint
-from tiny_data import TINY, make_imagefolder
+from realtime_lrp.models.datasets import fashion_mnist_dir, read_idx_gz
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from media import frame_count, interrupt_rtlrp, model_file, read_video, rtlrp_command, run_rtlrp, write_video
+
+from realtime_lrp.media.writer import VideoWriter
+from realtime_lrp.models import imagenet as imagenet_module
 from realtime_lrp.models.cards import SHIPPED_NAME
 from realtime_lrp.models.imagenet import ImagenetUnavailable, _imagenet_weights, imagenet_cache_file, load_imagenet
 from realtime_lrp.models.loading import load_model
-from realtime_lrp.models import imagenet as imagenet_module
-from realtime_lrp.media.writer import VideoWriter
 
 SHIPPED_NAME = SHIPPED_NAME
 

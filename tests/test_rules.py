@@ -13,12 +13,11 @@ import copy
 import pytest
 import torch
 from torch import nn
-
 from zplus_reference import slow_zplus
+
 from realtime_lrp import LRP
 from realtime_lrp.lrp.engine import IMAGENET_MEAN, IMAGENET_STD, pixel_bounds
-from realtime_lrp.lrp.graph import canonize
-from realtime_lrp.lrp.graph import UnsupportedModelError
+from realtime_lrp.lrp.graph import UnsupportedModelError, canonize
 
 
 class HeadFirst(nn.Module):

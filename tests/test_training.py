@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny_data import TINY, make_imagefolder, torchrun_two_cpu_processes, train_ddp_two_cpu_processes
 
+from realtime_lrp.apps.train.loop import augment, load_checkpoint
 from realtime_lrp.cli import cli
 from realtime_lrp.models.datasets import DataError, fashion_mnist_dir, load_datasets, read_idx_gz
-from realtime_lrp.apps.train.loop import augment, load_checkpoint
-from tiny_data import TINY, make_imagefolder, torchrun_two_cpu_processes, train_ddp_two_cpu_processes
 
 needs_fashion_mnist = pytest.mark.skipif(
     fashion_mnist_dir() is None,

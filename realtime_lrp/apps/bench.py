@@ -379,8 +379,8 @@ def bench_video(path: str | Path, processor: Any, batch: int = 1, keep: int = 12
     :func:`realtime_lrp.apps.video.process_video` on the whole file into a temporary H.264 .mp4.
     ``processor`` is a ``FrameProcessor`` or a ``FastProcessor``.
     """
-    from realtime_lrp.media.reader import VideoReader
     from realtime_lrp.apps.video import process_video
+    from realtime_lrp.media.reader import VideoReader
     from realtime_lrp.media.writer import VideoWriter
 
     with VideoReader(path) as reader:

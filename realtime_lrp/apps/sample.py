@@ -15,8 +15,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from realtime_lrp.util.atomic import write_image
 from realtime_lrp.media.writer import VideoWriter
+from realtime_lrp.util.atomic import write_image
 
 ASSET = "fashion_mnist_test.png"
 ITEM = 28

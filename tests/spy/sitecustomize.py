@@ -14,8 +14,8 @@ if _FOLDER:
     import numpy as np
 
     from realtime_lrp.apps import live
-    from realtime_lrp.pipeline import processor
     from realtime_lrp.media import writer
+    from realtime_lrp.pipeline import processor
 
     def _count(name: str, lines: int) -> None:
         with open(os.path.join(_FOLDER, name), "a", encoding="ascii") as log:

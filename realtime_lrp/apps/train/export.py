@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from realtime_lrp.util.atomic import OutputError, check_writable, commit, partial_path, reason, remove, write_text
-from realtime_lrp.models.datasets import load_datasets
-from realtime_lrp.models.cards import CARD_FORMAT, validate_card
-from realtime_lrp.models.files import load_weights_file, sha256_file
 from realtime_lrp.apps.train.loop import evaluate, load_checkpoint
+from realtime_lrp.models.cards import CARD_FORMAT, validate_card
+from realtime_lrp.models.datasets import load_datasets
+from realtime_lrp.models.files import load_weights_file, sha256_file
+from realtime_lrp.util.atomic import OutputError, check_writable, commit, partial_path, reason, remove, write_text
 
 
 def fp16_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
