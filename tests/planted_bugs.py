@@ -160,7 +160,10 @@ PLANTS: tuple[Plant, ...] = (
           "    for cls in type(module).__mro__:\n", "    for cls in (type(module),):\n",
           ("tests/test_registry.py::test_modules_are_found_by_their_base_class_and_dropout_of_any_rank_is_the_identity",)),
     Plant("bn-without-affine-scaled-by-zero", "realtime_lrp/lrp/graph.py",
-          "if bn.weight is not None else torch.ones_like(mean)", "if bn.weight is not None else torch.zeros_like(mean)",
+          "torch.ones_like(mean)\n    beta = bn.bias.detach().float() if bn.bias is not None else torch.zeros_like(mean)\n"
+          "    scale = gamma / torch.sqrt(var + bn.eps)\n    folded",
+          "torch.zeros_like(mean)\n    beta = bn.bias.detach().float() if bn.bias is not None else torch.zeros_like(mean)\n"
+          "    scale = gamma / torch.sqrt(var + bn.eps)\n    folded",
           ("tests/test_registry.py::test_batch_norms_with_and_without_affine_parameters_are_folded",)),
     Plant("engine-folds-after-casting", "realtime_lrp/lrp/engine.py",
           "        graph = canonize(model)  #", "        graph = canonize(model.to(dtype) if dtype else model)  #",
