@@ -459,6 +459,10 @@ PLANTS: tuple[Plant, ...] = (
     Plant("fp16-overflow-frame-not-rerun", "realtime_lrp/pipeline/fast.py",
           "if overflowed and self.owner.lrp.dtype", "if False and self.owner.lrp.dtype",
           ("tests/test_fidelity_guard.py::test_the_frame_pass_reruns_the_overflowing_frame_in_fp32_and_says_so_once",)),
+    Plant("json-streamed-into-the-target", "realtime_lrp/util/atomic.py",
+          '    write_text(target, json.dumps(value, indent=2) + "\\n")',
+          '    make_parent(target)\n    with open(target, "w", encoding="utf-8") as fh:\n        json.dump(value, fh, indent=2)\n        fh.write("\\n")',
+          ("tests/test_reliability.py::test_every_committed_output_syncs_its_folder",)),
 )
 
 

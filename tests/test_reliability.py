@@ -119,9 +119,10 @@ class SyncLog:
 
 
 def test_every_committed_output_syncs_its_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import json
+
     import numpy as np
 
-    from realtime_lrp.apps.evaluate.report import write_json
     from realtime_lrp.media.writer import VideoWriter
     from realtime_lrp.util import atomic
 
@@ -130,8 +131,13 @@ def test_every_committed_output_syncs_its_folder(monkeypatch: pytest.MonkeyPatch
     assert log.folder_synced_after_replace(tmp_path / "a" / "settings.json"), log.events
     atomic.write_with(tmp_path / "b" / "model.pt", lambda p: p.write_bytes(b"weights"))
     assert log.folder_synced_after_replace(tmp_path / "b" / "model.pt"), log.events
-    write_json(tmp_path / "c" / "report.json", {"rows": []})
-    assert log.folder_synced_after_replace(tmp_path / "c" / "report.json"), log.events
+    report = tmp_path / "c" / "report.json"
+    atomic.write_json(report, {"rows": [1.5]})
+    assert log.folder_synced_after_replace(report), log.events
+    assert json.loads(report.read_text()) == {"rows": [1.5]}
+    with pytest.raises(TypeError):  # a value JSON cannot hold: the report before it stays whole
+        atomic.write_json(report, {"rows": [object()]})
+    assert json.loads(report.read_text()) == {"rows": [1.5]} and not list(report.parent.glob("*partial*"))
     with VideoWriter(tmp_path / "d" / "out.mp4", 25, (32, 24)) as writer:
         for i in range(3):
             writer.write(np.full((24, 32, 3), 40 * i, np.uint8))

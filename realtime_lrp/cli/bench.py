@@ -57,15 +57,13 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
                   graph: bool, zennit: bool, autolrp: bool, frame_pass: bool, select: str, json_path: Path | None,
                   video: Path | None, frames: int, plain: bool, threads: int | None) -> None:
     """Time the LRP engine against the floor (forward + input gradient), zennit and autoLRP."""
-    import json
-
     import torch
     from rich.console import Console
 
     from realtime_lrp.apps import bench
     from realtime_lrp.models.architectures import build_model
     from realtime_lrp.models.errors import WeightsError
-    from realtime_lrp.util.atomic import OutputError, check_writable, write_text
+    from realtime_lrp.util.atomic import OutputError, check_writable, write_json
 
     console = stderr_console()
     out = Console(highlight=False, width=None if sys.stdout.isatty() else 80)  # the table (80 wide), on stdout
@@ -125,7 +123,7 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
         sys.exit(exit_code(exc))
     if json_path is not None:
         try:
-            write_text(json_path, json.dumps(payload, indent=2) + "\n")
+            write_json(json_path, payload)
         except OutputError as exc:
             raise click.ClickException(str(exc)) from None
         console.print(f"wrote {json_path}")

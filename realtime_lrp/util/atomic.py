@@ -12,10 +12,11 @@ OpenCV, image viewers) still recognise the partial file.
 from __future__ import annotations
 
 import errno
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 
 class OutputError(RuntimeError):
@@ -133,6 +134,12 @@ def write_bytes(target: str | Path, data: bytes) -> None:
 def write_text(target: str | Path, text: str) -> None:
     """Write UTF-8 ``text`` to ``target`` atomically."""
     write_bytes(target, text.encode("utf-8"))
+
+
+def write_json(target: str | Path, value: Any) -> None:
+    """Write ``value`` as indented JSON ending in a newline to ``target`` atomically (serialised first,
+    so a value that cannot be written leaves ``target`` as it was)."""
+    write_text(target, json.dumps(value, indent=2) + "\n")
 
 
 def write_with(target: str | Path, save: Callable[[Path], None]) -> None:

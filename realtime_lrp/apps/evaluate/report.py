@@ -1,7 +1,6 @@
 """What a run leaves: the terminal table, the JSON and the plot of the flipping curves."""
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -68,16 +67,6 @@ def _label(row: Mapping[str, Any]) -> str:
         return row["method"]
     mode = row.get("target_mode") or "plain"
     return row["preset"] + ("" if mode == "plain" else f" {mode}")
-
-
-def write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write ``payload`` atomically: ``PATH.partial`` beside it, then renamed over ``PATH``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(payload, indent=2) + "\n")
-    commit(partial, path)
 
 
 def plot_curves(rows: Sequence[Mapping[str, Any]], fractions: Sequence[float], path: Path,

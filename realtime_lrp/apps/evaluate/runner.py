@@ -31,8 +31,9 @@ from realtime_lrp.apps.evaluate.metrics import (
     replacement,
     sensitivity,
 )
-from realtime_lrp.apps.evaluate.report import payload, plot_curves, write_json
+from realtime_lrp.apps.evaluate.report import payload, plot_curves
 from realtime_lrp.apps.evaluate.road import NOISE
+from realtime_lrp.util.atomic import write_json
 
 ROW_KEYS: tuple[str, ...] = (
     "method", "kind", "preset", "target_mode", "top_k", "dtype", "aopc_morf", "aopc_lerf", "aopc_diff", "sensitivity_r",

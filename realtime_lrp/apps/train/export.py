@@ -7,7 +7,6 @@ preprocessing (bilinear resize of the whole image to ``input_size``, then ``mean
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from realtime_lrp.apps.train.loop import evaluate, load_checkpoint
 from realtime_lrp.models.cards import CARD_FORMAT, validate_card
 from realtime_lrp.models.datasets import load_datasets
 from realtime_lrp.models.files import load_weights_file, sha256_file
-from realtime_lrp.util.atomic import OutputError, check_writable, commit, partial_path, reason, remove, write_text
+from realtime_lrp.util.atomic import OutputError, check_writable, commit, partial_path, reason, remove, write_json
 
 
 def fp16_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -70,10 +69,10 @@ def export(source: Path, out: Path, measure: bool = True) -> dict[str, Any]:
                              "scale to [0, 1], then (x - mean) / std per channel",
         }
         validate_card(card, "exported card")
-        write_text(card_file, json.dumps(card, indent=2) + "\n")
+        write_json(card_file, card)
         if measure:
             card["test_accuracy"] = round(measure_accuracy(weights), 5)
-            write_text(card_file, json.dumps(card, indent=2) + "\n")
+            write_json(card_file, card)
         commit(weights, out)
         commit(card_file, out.with_suffix(".json"))
     finally:
