@@ -12,11 +12,12 @@ import functools
 import pytest
 import torch
 import torchvision
+from references import relative_error, signed_composite, zennit_map
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from realtime_lrp import LRP
-from realtime_lrp.lrp.engine import IMAGENET_MEAN, IMAGENET_STD, _merge, pixel_bounds
+from realtime_lrp.lrp.engine import _merge
 from realtime_lrp.lrp.graph import canonize
 from realtime_lrp.lrp.rules import pow2
 from realtime_lrp.models.architectures import ENGINE_ARCHS, build_model
@@ -67,40 +68,10 @@ def model(arch: str) -> nn.Module:
     return randomised(ARCHS[arch](), seed=len(arch))
 
 
-def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """max |ours - ref| / max |ref| per sample."""
-    return (ours - ref).flatten(1).abs().amax(1) / ref.flatten(1).abs().amax(1)
-
-
-def zennit_map(net: nn.Module, x: torch.Tensor, preset: str, target: torch.Tensor) -> torch.Tensor:
-    """zennit's attribution of ``logit * one_hot(target)``, composite arguments as in test_engine.
-
-    zennit's merge-batch-norm canonizer resets a merged batch norm's statistics but keeps
-    its eps, so the "identity" it leaves computes ``x / sqrt(1 + eps)``: a factor of
-    1 - 5e-6 per batch norm that, over the ~50 of a ResNet-50, moves maps by ~1e-4. The
-    reference sets those eps to 0 after the merge, i.e. the model with batch norm folded.
-    """
-    composites = pytest.importorskip("zennit.composites")
+def canonizer(net: nn.Module) -> object:
+    """zennit's canonizer for ``net``: ``ResNetCanonizer`` for ResNets, the merge-batch-norm one otherwise."""
     canonizers = pytest.importorskip("zennit.torchvision")
-    resnet = isinstance(net, ResNet)
-    canonizer = canonizers.ResNetCanonizer() if resnet else canonizers.VGGCanonizer()
-    if preset == "epsilon-plus-flat":
-        composite = composites.EpsilonPlusFlat(canonizers=[canonizer])
-    else:
-        low, high = pixel_bounds(IMAGENET_MEAN, IMAGENET_STD)
-        composite = composites.EpsilonGammaBox(low=low.view(1, 3, 1, 1), high=high.view(1, 3, 1, 1),
-                                               canonizers=[canonizer])
-    net = copy.deepcopy(net)
-    x = x.clone().requires_grad_()
-    with composite.context(net) as modified:
-        for module in modified.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.eps = 0.0
-        out = modified(x)
-        index = target.view(-1, 1)
-        grad_output = torch.zeros_like(out).scatter_(1, index, out.gather(1, index))
-        (attribution,) = torch.autograd.grad(out, x, grad_output)
-    return attribution.sum(1)
+    return canonizers.ResNetCanonizer() if isinstance(net, ResNet) else canonizers.VGGCanonizer()
 
 
 CASES = [
@@ -130,7 +101,7 @@ def test_equals_zennit(arch: str, shape: tuple[int, int, int], explicit: bool, p
     result = LRP(net, preset=preset)(x, target=target if explicit else None)
     assert torch.equal(result.target, target)
     assert result.relevance.shape == (n, h, w) and result.relevance.dtype == torch.float32
-    ref = zennit_map(net, x, preset, target)
+    ref = zennit_map(net, x, signed_composite(preset, [canonizer(net)]), target, folded=True)
     assert (ref.flatten(1).abs().amax(1) > 0).all()
     assert (relative_error(result.relevance, ref) <= 1e-4).all()
 

@@ -12,55 +12,30 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+from references import relative_error, signed_composite, zennit_map
 from torch import nn
 from zplus_reference import topk_scatter
 
 from realtime_lrp import LRP
 from realtime_lrp.lrp import ops
-from realtime_lrp.lrp.engine import IMAGENET_MEAN, IMAGENET_STD, pixel_bounds
 from realtime_lrp.lrp.graph import UnsupportedModelError, canonize
 
 SIGNED = ("epsilon-plus-flat", "epsilon-gamma-box")
 
 
-def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """max |ours - ref| / max |ref| per sample."""
-    return (ours - ref).flatten(1).abs().amax(1) / ref.flatten(1).abs().amax(1)
-
-
 def composite(preset: str, canonizers: list | None = None):
-    """zennit's composite for a signed preset, arguments as in test_engine; ``Pass`` on Mish
-    too, which zennit's ``Activation`` type does not list."""
-    composites = pytest.importorskip("zennit.composites")
+    """zennit's composite for a signed preset, with ``Pass`` on Mish too, which zennit's
+    ``Activation`` type does not list."""
     rules = pytest.importorskip("zennit.rules")
-    extra = [(nn.Mish, rules.Pass())]
-    if preset == "epsilon-plus-flat":
-        return composites.EpsilonPlusFlat(layer_map=extra, canonizers=canonizers or [])
-    low, high = pixel_bounds(IMAGENET_MEAN, IMAGENET_STD)
-    return composites.EpsilonGammaBox(low=low.view(1, 3, 1, 1), high=high.view(1, 3, 1, 1), layer_map=extra,
-                                      canonizers=canonizers or [])
+    return signed_composite(preset, canonizers, layer_map=[(nn.Mish, rules.Pass())])
 
 
-def zennit_map(model: nn.Module, x: torch.Tensor, preset, target: torch.Tensor,
+def zennit_ref(model: nn.Module, x: torch.Tensor, preset, target: torch.Tensor,
                canonizers: list | None = None) -> torch.Tensor:
-    """zennit's attribution of ``logit * one_hot(target)`` under a signed preset's composite (or the
-    composite given).
-
-    zennit's merge-batch-norm canonizer keeps each merged batch norm's eps (``x / sqrt(1 + eps)``);
-    as in test_architectures, those are set to 0 after the merge: the model with batch norm folded.
-    """
-    model = copy.deepcopy(model)
-    x = x.clone().requires_grad_()
+    """zennit's map under a signed preset's composite (or the composite given), batch norm folded
+    (see references.zennit_relevance)."""
     chosen = composite(preset, canonizers) if isinstance(preset, str) else preset
-    with chosen.context(model) as modified:
-        for module in modified.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.eps = 0.0
-        out = modified(x)
-        index = target.view(-1, 1)
-        grad_output = torch.zeros_like(out).scatter_(1, index, out.gather(1, index))
-        (attribution,) = torch.autograd.grad(out, x, grad_output)
-    return attribution.sum(1)
+    return zennit_map(model, x, chosen, target, folded=True)
 
 
 # -- element-wise activations ------------------------------------------------------------------
@@ -133,7 +108,7 @@ def test_activations_take_the_identity_rule_as_zennit_pass(name: str, preset: st
     x = torch.randn(2, 3, 12, 18, generator=torch.Generator().manual_seed(3))
     target = torch.tensor([2, 4])
     ours = LRP(model, preset=preset)(x, target=target).relevance
-    ref = zennit_map(model, x, preset, target)
+    ref = zennit_ref(model, x, preset, target)
     assert (ref.flatten(1).abs().amax(1) > 0).all()
     assert (relative_error(ours, ref) <= 1e-4).all()
 
@@ -365,7 +340,7 @@ def test_families_equal_zennit_with_the_canonizers_of_pahde_et_al(arch: str, pre
     x, target = family_input(arch)
     result = LRP(model, preset=preset)(x, target=target)
     assert torch.equal(result.target, target) and result.relevance.shape == (2, 64, 80)
-    ref = zennit_map(model, x, preset, target, family_canonizers())
+    ref = zennit_ref(model, x, preset, target, family_canonizers())
     assert (ref.flatten(1).abs().amax(1) > 0).all()
     error = relative_error(result.relevance, ref)
     print(f"{arch} {preset}: max relative error {error.max().item():.2e}")
@@ -439,7 +414,7 @@ def test_a_gate_either_way_round_gives_the_signal_all_relevance_and_keeps_the_si
     x, target = torch.randn(2, 3, 10, 14), torch.tensor([0, 2])
     for preset in SIGNED:
         ours = LRP(model, preset=preset)(x, target=target).relevance
-        ref = zennit_map(GatedReference(model), x, preset, target)
+        ref = zennit_ref(GatedReference(model), x, preset, target)
         assert (relative_error(ours, ref) <= 1e-4).all()
 
 
@@ -541,7 +516,7 @@ def test_families_zplus_equals_the_slow_per_layer_reference(arch: str, top_k: fl
     if top_k:  # a signed filter on a class with a negative logit keeps nothing: explain the top-1 there
         target = model(x).argmax(1)
     ours = LRP(model, preset="zplus", top_k=top_k)(x, target=target).relevance
-    ref = zennit_map(model, x, slow_zplus_composite(top_k, family_canonizers()), target)
+    ref = zennit_ref(model, x, slow_zplus_composite(top_k, family_canonizers()), target)
     assert (ref.flatten(1).abs().amax(1) > 0).all()
     error = relative_error(ours, ref)
     print(f"{arch} zplus top_k={top_k}: max relative error {error.max().item():.2e}")

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.fx
 import torchvision
+from references import relative_error, signed_composite, zennit_map
 from torch import nn
 from torchvision.models.shufflenetv2 import channel_shuffle
 
@@ -24,32 +25,6 @@ from realtime_lrp.lrp.graph import canonize
 from realtime_lrp.lrp.nodes import UnsupportedModelError
 
 SIGNED = ("epsilon-plus-flat", "epsilon-gamma-box")
-
-
-def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """max |ours - ref| / max |ref| per sample."""
-    return (ours - ref).flatten(1).abs().amax(1) / ref.flatten(1).abs().amax(1)
-
-
-def zennit_map(model: nn.Module, x: torch.Tensor, preset: str, target: torch.Tensor,
-               canonizers: list | None = None, bounds: tuple | None = None) -> torch.Tensor:
-    """zennit's composite of ``preset`` with ``canonizers``; output relevance the target's logit."""
-    composites = pytest.importorskip("zennit.composites")
-    if preset == "epsilon-plus-flat":
-        composite = composites.EpsilonPlusFlat(canonizers=canonizers or [])
-    else:
-        low, high = bounds if bounds is not None else pixel_bounds(IMAGENET_MEAN, IMAGENET_STD)
-        composite = composites.EpsilonGammaBox(low=low.view(1, -1, 1, 1).expand_as(x),
-                                               high=high.view(1, -1, 1, 1).expand_as(x),
-                                               canonizers=canonizers or [])
-    model = copy.deepcopy(model)
-    x = x.clone().requires_grad_()
-    with composite.context(model) as modified:
-        out = modified(x)
-        index = target.view(-1, 1)
-        grad_output = torch.zeros_like(out).scatter_(1, index, out.gather(1, index))
-        (attribution,) = torch.autograd.grad(out, x, grad_output)
-    return attribution.sum(1)
 
 
 class IndexNet(nn.Module):
@@ -98,7 +73,7 @@ def test_index_ops_equal_zennit(preset: str, size: tuple[int, int]) -> None:
     target = torch.tensor([1, 3])
     ours = LRP(model, preset=preset)(x, target=target)
     torch.testing.assert_close(ours.logits, model(x), rtol=1e-5, atol=1e-6)
-    assert (relative_error(ours.relevance, zennit_map(model, x, preset, target)) <= 1e-4).all()
+    assert (relative_error(ours.relevance, zennit_map(model, x, signed_composite(preset), target)) <= 1e-4).all()
 
 
 @pytest.mark.parametrize("preset", ["epsilon-plus-flat", "zplus"])
@@ -401,7 +376,7 @@ def test_batch_norm_merged_right_equals_zennit(preset: str) -> None:
     model = bn_first()
     x = torch.randn(2, 3, 13, 11)
     target = torch.tensor([4, 1])
-    ref = zennit_map(BNFirstMerged(model), x, preset, target)
+    ref = zennit_map(BNFirstMerged(model), x, signed_composite(preset), target)
     assert (relative_error(LRP(model, preset=preset)(x, target=target).relevance, ref) <= 1e-4).all()
 
 
@@ -554,7 +529,7 @@ def test_family_equals_zennit(family, preset: str) -> None:
     ref_model, x_ref, bounds = reference_model(name, model, x, pixel_bounds(IMAGENET_MEAN, IMAGENET_STD))
     with torch.no_grad():
         torch.testing.assert_close(ref_model(x_ref), model(x), rtol=1e-4, atol=1e-5)  # the canonizers are exact
-    ref = zennit_map(ref_model, x_ref, preset, target, bounds=bounds)
+    ref = zennit_map(ref_model, x_ref, signed_composite(preset, bounds=bounds), target)
     ours = LRP(model, preset=preset)(x, target=target)
     torch.testing.assert_close(ours.logits, model(x), rtol=1e-4, atol=1e-5)
     error = relative_error(ours.relevance, ref)

@@ -17,6 +17,7 @@ import copy
 import pytest
 import torch
 import torchvision
+from references import relative_error
 from torch import nn
 from torchvision.models.convnext import CNBlock, CNBlockConfig, ConvNeXt, LayerNorm2d
 
@@ -90,10 +91,6 @@ def lxt_map(model: nn.Module, x: torch.Tensor, preset: str, target: torch.Tensor
     return (x * grad).detach().sum(1)
 
 
-def rel_error(ours: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    return (ours - ref).flatten(1).abs().amax(1) / ref.flatten(1).abs().amax(1)
-
-
 @pytest.mark.parametrize("preset", ["epsilon-plus-flat", "epsilon-gamma-box"])
 @pytest.mark.parametrize("size", [(32, 32), (40, 56)])
 def test_small_convnext_equals_lxt_gradient_x_input(preset: str, size: tuple[int, int]) -> None:
@@ -103,7 +100,7 @@ def test_small_convnext_equals_lxt_gradient_x_input(preset: str, size: tuple[int
     ours = LRP(model, preset=preset)(x, target=target).relevance
     ref = lxt_map(model, x, preset, target)
     assert ref.abs().amax() > 0
-    assert (rel_error(ours, ref) <= 1e-4).all(), rel_error(ours, ref)
+    assert (relative_error(ours, ref) <= 1e-4).all(), relative_error(ours, ref)
 
 
 @pytest.mark.slow
@@ -129,8 +126,8 @@ def test_convnext_tiny_equals_lxt_gradient_x_input() -> None:
     ours = LRP(model, preset="epsilon-plus-flat")(x, target=target).relevance
     ref = lxt_map(model, x, "epsilon-plus-flat", target)
     exact = lxt_map(copy.deepcopy(model).double(), x.double(), "epsilon-plus-flat", target)
-    floor = rel_error(ref.double(), exact)
-    assert (rel_error(ours.double(), exact) <= 1e-4 + 2 * floor).all(), (rel_error(ours.double(), exact), floor)
+    floor = relative_error(ref.double(), exact)
+    assert (relative_error(ours.double(), exact) <= 1e-4 + 2 * floor).all(), (relative_error(ours.double(), exact), floor)
 
 
 def test_layer_scale_and_stochastic_depth_are_the_identity() -> None:

@@ -7,11 +7,12 @@ import pytest
 import torch
 import torchvision
 import vgg_reference
+from references import relative_error, signed_composite, zennit_map
 from torch import nn
 from zplus_reference import slow_zplus, topk_scatter
 
 from realtime_lrp import LRP
-from realtime_lrp.lrp.engine import IMAGENET_MEAN, IMAGENET_STD, initial_relevance, pixel_bounds
+from realtime_lrp.lrp.engine import initial_relevance
 from realtime_lrp.lrp.filter import RelevanceFilter
 from realtime_lrp.lrp.graph import UnsupportedModelError
 
@@ -36,29 +37,9 @@ def vgg(bn: bool, classes: int = 5, seed: int = 0, cfg=(8, "M", 16, "M", 16, 16,
     return model.eval()
 
 
-def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """max |ours - ref| / max |ref| per sample."""
-    return (ours - ref).flatten(1).abs().amax(1) / ref.flatten(1).abs().amax(1)
-
-
-def zennit_map(model: nn.Module, x: torch.Tensor, preset: str) -> torch.Tensor:
-    composites = pytest.importorskip("zennit.composites")
-    canonizers = pytest.importorskip("zennit.torchvision")
-    if preset == "epsilon-plus-flat":
-        composite = composites.EpsilonPlusFlat(canonizers=[canonizers.VGGCanonizer()])
-    else:
-        low, high = pixel_bounds(IMAGENET_MEAN, IMAGENET_STD)
-        composite = composites.EpsilonGammaBox(
-            low=low.view(1, 3, 1, 1), high=high.view(1, 3, 1, 1), canonizers=[canonizers.VGGCanonizer()]
-        )
-    model = copy.deepcopy(model)
-    x = x.clone().requires_grad_()
-    with composite.context(model) as modified:
-        out = modified(x)
-        target = out.argmax(1, keepdim=True)
-        grad_output = torch.zeros_like(out).scatter_(1, target, out.gather(1, target))
-        (attribution,) = torch.autograd.grad(out, x, grad_output)
-    return attribution.sum(1)
+def vgg_composite(preset: str):
+    """zennit's composite for a signed preset with its VGG canonizer (the merge-batch-norm one)."""
+    return signed_composite(preset, [pytest.importorskip("zennit.torchvision").VGGCanonizer()])
 
 
 @pytest.mark.parametrize("preset", ["epsilon-plus-flat", "epsilon-gamma-box"])
@@ -67,7 +48,7 @@ def zennit_map(model: nn.Module, x: torch.Tensor, preset: str) -> torch.Tensor:
 def test_equals_zennit(preset: str, bn: bool, size: tuple[int, int]) -> None:
     model = vgg(bn)
     x = torch.randn(3, 3, *size)
-    ref = zennit_map(model, x, preset)
+    ref = zennit_map(model, x, vgg_composite(preset))
     result = LRP(model, preset=preset)(x)
     assert result.relevance.shape == (3, *size) and result.relevance.dtype == torch.float32
     assert torch.equal(result.target, model(x).argmax(1))
@@ -82,7 +63,7 @@ def test_equals_zennit_on_torchvision_vgg11_bn() -> None:
             module.running_var.uniform_(0.5, 2.0)
     x = torch.randn(2, 3, 48, 80)
     for preset in ("epsilon-plus-flat", "epsilon-gamma-box"):
-        ref = zennit_map(model, x, preset)
+        ref = zennit_map(model, x, vgg_composite(preset))
         assert (relative_error(LRP(model, preset=preset)(x).relevance, ref) <= 1e-4).all()
 
 

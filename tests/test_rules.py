@@ -8,15 +8,13 @@ the last tests cover the guards that refuse models the engine cannot explain.
 """
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
+from references import relative_error, signed_composite, zennit_map
 from torch import nn
 from zplus_reference import slow_zplus
 
 from realtime_lrp import LRP
-from realtime_lrp.lrp.engine import IMAGENET_MEAN, IMAGENET_STD, pixel_bounds
 from realtime_lrp.lrp.graph import UnsupportedModelError, canonize
 
 
@@ -67,29 +65,6 @@ def build(name: str, seed: int = 0) -> nn.Module:
     return model
 
 
-def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """max |ours - ref| / max |ref| per sample."""
-    return (ours - ref).flatten(1).abs().amax(1) / ref.flatten(1).abs().amax(1)
-
-
-def zennit_map(model: nn.Module, x: torch.Tensor, preset: str, target: torch.Tensor) -> torch.Tensor:
-    """zennit's attribution of ``logit * one_hot(target)`` (no canonizer: these models have no batch norm)."""
-    composites = pytest.importorskip("zennit.composites")
-    if preset == "epsilon-plus-flat":
-        composite = composites.EpsilonPlusFlat()
-    else:
-        low, high = pixel_bounds(IMAGENET_MEAN, IMAGENET_STD)
-        composite = composites.EpsilonGammaBox(low=low.view(1, 3, 1, 1), high=high.view(1, 3, 1, 1))
-    model = copy.deepcopy(model)
-    x = x.clone().requires_grad_()
-    with composite.context(model) as modified:
-        out = modified(x)
-        index = target.view(-1, 1)
-        grad_output = torch.zeros_like(out).scatter_(1, index, out.gather(1, index))
-        (attribution,) = torch.autograd.grad(out, x, grad_output)
-    return attribution.sum(1)
-
-
 @pytest.mark.parametrize("preset", ["epsilon-plus-flat", "epsilon-gamma-box"])
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("explicit", [False, True])
@@ -102,7 +77,7 @@ def test_signed_inputs_and_average_pools_equal_zennit(name: str, preset: str, ex
     target = (top1 + 1 + torch.arange(3)) % 5 if explicit else top1
     result = LRP(model, preset=preset)(x, target=target if explicit else None)
     assert torch.equal(result.target, target)
-    ref = zennit_map(model, x, preset, target)
+    ref = zennit_map(model, x, signed_composite(preset), target)  # no canonizer: no batch norm here
     assert (ref.flatten(1).abs().amax(1) > 0).all()
     assert (relative_error(result.relevance, ref) <= 1e-4).all()
 

@@ -1,11 +1,11 @@
 """Target modes (CLRP, SGLRP) against slow references from the papers' definitions, and without host syncs."""
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
 import torchvision
+from references import one_hot_logit, relative_error, signed_composite, zennit_relevance
 from torch import nn
 
 from realtime_lrp.lrp.engine import LRP
@@ -26,28 +26,18 @@ def vgg(seed: int = 0, classes: int = 6) -> nn.Module:
     return model.eval()
 
 
-def zennit_relevance(model: nn.Module, x: torch.Tensor, output_relevance) -> torch.Tensor:
+def zennit_vgg(model: nn.Module, x: torch.Tensor, output_relevance) -> torch.Tensor:
     """zennit's EpsilonPlusFlat maps (N, H, W) for a given relevance at the logits (a function of them)."""
-    composites = pytest.importorskip("zennit.composites")
     canonizers = pytest.importorskip("zennit.torchvision")
-    composite = composites.EpsilonPlusFlat(canonizers=[canonizers.VGGCanonizer()])
-    model = copy.deepcopy(model)
-    x = x.clone().requires_grad_()
-    with composite.context(model) as modified:
-        out = modified(x)
-        (attribution,) = torch.autograd.grad(out, x, output_relevance(out.detach()))
-    return attribution.sum(1)
-
-
-def one_hot_logit(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(out).scatter_(1, t[:, None], out.gather(1, t[:, None]))
+    return zennit_relevance(model, x, signed_composite("epsilon-plus-flat", [canonizers.VGGCanonizer()]),
+                            output_relevance)
 
 
 def clrp_reference(model, x, t) -> torch.Tensor:
     """Gu et al. 2018, CLRP1 as the authors' code starts it: R from |z_t|, R_dual from |z| of every other class;
     max(0, R/Σ|R| − R_dual/Σ|R_dual|), per sample with Python sums, then brought back to R's units (× Σ|R|)."""
-    own = zennit_relevance(model, x, lambda out: one_hot_logit(out, t).abs())
-    dual = zennit_relevance(model, x, lambda out: out.abs() * (1 - nn.functional.one_hot(t, out.shape[1])))
+    own = zennit_vgg(model, x, lambda out: one_hot_logit(out, t).abs())
+    dual = zennit_vgg(model, x, lambda out: out.abs() * (1 - nn.functional.one_hot(t, out.shape[1])))
     maps = []
     for r, d in zip(own, dual):
         total_r, total_d = float(r.abs().sum()), float(d.abs().sum())
@@ -62,11 +52,7 @@ def sglrp_reference(model, x, t) -> torch.Tensor:
         p = torch.softmax(z, dim=1)
         (grad,) = torch.autograd.grad(p.gather(1, t[:, None]).sum(), z)
         return grad
-    return zennit_relevance(model, x, relevance)
-
-
-def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    return (ours - ref).flatten(1).abs().amax(1) / ref.flatten(1).abs().amax(1)
+    return zennit_vgg(model, x, relevance)
 
 
 @pytest.mark.parametrize("explicit", [False, True])
