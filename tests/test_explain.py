@@ -5,14 +5,9 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from media import frame_for, model_file
+from media import frame_for
 
 from realtime_lrp.cli import cli
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return model_file(tmp_path_factory.mktemp("model"))
 
 
 def run(*args):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from media import frame_count, interrupt_rtlrp, model_file, read_video, rtlrp_command, run_rtlrp, write_video
+from media import frame_count, interrupt_rtlrp, read_video, rtlrp_command, run_rtlrp, write_video
 
 from realtime_lrp.media.writer import VideoWriter
 from realtime_lrp.models import imagenet as imagenet_module
@@ -27,11 +27,6 @@ from realtime_lrp.models.imagenet import ImagenetUnavailable, _imagenet_weights,
 from realtime_lrp.models.loading import load_model
 
 SHIPPED_NAME = SHIPPED_NAME
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return model_file(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ from click.testing import CliRunner
 from media import (
     ends_with_last_shown,
     interrupt_rtlrp,
-    model_file,
     read_video,
     run_rtlrp,
     spied_count,
@@ -339,11 +338,6 @@ def test_real_window_counts_as_closed_only_after_it_was_seen_open() -> None:
 
 
 # -- rtlrp webcam -----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return model_file(tmp_path_factory.mktemp("model"), channels=1)
-
-
 def shown(spy: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """The last two frames a spied run showed its recorder (the earlier one None if there was one)."""
     previous = spy / "shown_prev.npy"

@@ -15,12 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from media import frame_count, model_file, rtlrp_command, write_video
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return model_file(tmp_path_factory.mktemp("model"))
+from media import frame_count, rtlrp_command, write_video
 
 
 @pytest.fixture(scope="module")

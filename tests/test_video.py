@@ -7,17 +7,12 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from media import interrupt_rtlrp, model_file, read_video, spied_count, spy_env, tiny_card, tiny_model, write_video
+from media import interrupt_rtlrp, read_video, spied_count, spy_env, tiny_card, tiny_model, write_video
 
 from realtime_lrp.apps.video import PartialOutput, process_video
 from realtime_lrp.cli import cli
 from realtime_lrp.media.writer import VideoWriter, WriterError
 from realtime_lrp.pipeline.processor import FrameProcessor, ProcessingError
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return model_file(tmp_path_factory.mktemp("model"))
 
 
 def run(*args):

@@ -20,7 +20,6 @@ import av
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from media import model_file
 from tiny_data import torchrun_two_cpu_processes
 
 from realtime_lrp.cli import cli
@@ -28,11 +27,6 @@ from realtime_lrp.media.writer import VideoWriter, WriterError, resolve_codec
 
 VFR_MS = [0, 33, 66, 150, 200, 400, 433, 466, 700, 1000, 1040, 1300]
 AUDIO_SECONDS = 1.5
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return model_file(tmp_path_factory.mktemp("model"))
 
 
 def make_clip(path: Path, times_ms: list[int] = VFR_MS, size: tuple[int, int] = (64, 48),
