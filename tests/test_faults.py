@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from media import frame_count, interrupt_rtlrp, read_video, rtlrp_command, run_rtlrp, write_video
+from tiny_data import make_imagefolder
 
 from realtime_lrp.media.writer import VideoWriter
 from realtime_lrp.models import imagenet as imagenet_module
@@ -255,7 +256,9 @@ def test_read_only_filesystem_is_one_line_for_every_output(tmp_path: Path, weigh
     image = tmp_path / "i.png"
     cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
     ckpt = tmp_path / "run"
-    train = subprocess.run([*rtlrp_command(), "train", "--dataset", "fashion-mnist", "--width", "0.0625",
+    data = make_imagefolder(tmp_path / "data")
+    train = subprocess.run([*rtlrp_command(), "train", "--dataset", f"imagefolder:{data}", "--input-size", "32",
+                            "--width", "0.0625",
                             "--hidden", "16", "--max-steps", "1", "--batch-size", "8", "--device", "cpu",
                             "--workers", "0", "--out", str(ckpt)], capture_output=True, text=True)
     assert train.returncode == 0, train.stderr
@@ -356,7 +359,8 @@ def test_sigterm_during_training_writes_a_checkpoint(tmp_path: Path) -> None:
     from realtime_lrp.apps.train.loop import load_checkpoint
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = ["train", *TINY, "--dataset", "fashion-mnist", "--epochs", "1000", "--out", tmp_path]
+    data = make_imagefolder(tmp_path / "data")
+    args = ["train", *TINY, "--dataset", f"imagefolder:{data}", "--epochs", "1000", "--out", tmp_path]
     returncode, stderr = interrupt_rtlrp(args, tmp_path, env=env, sig=signal.SIGTERM, wait_line="rtlrp train")
     assert returncode == 143, stderr
     assert "interrupted by SIGTERM; checkpoint written to" in stderr and "Traceback" not in stderr
@@ -369,7 +373,8 @@ def test_sigterm_during_training_writes_a_checkpoint(tmp_path: Path) -> None:
 def test_resume_refuses_changed_settings_and_unfit_checkpoints(tmp_path: Path) -> None:
     from realtime_lrp.apps.train.loop import load_checkpoint
 
-    proc = run_rtlrp(["train", *TINY, "--dataset", "fashion-mnist", "--max-steps", "2", "--out", tmp_path])
+    data = make_imagefolder(tmp_path / "data")
+    proc = run_rtlrp(["train", *TINY, "--dataset", f"imagefolder:{data}", "--max-steps", "2", "--out", tmp_path])
     assert proc.returncode == 0, proc.stderr
     proc = run_rtlrp(["train", "--resume", tmp_path, "--epochs", "20"])
     line = one_line(proc.stderr)
