@@ -1,9 +1,22 @@
-"""Shared pytest set-up: tests marked ``cuda`` are skipped at collection without a GPU; one tiny model file."""
+"""Shared pytest set-up: torch's threads as the CLI sets them, tests marked ``cuda`` skipped at collection
+without a GPU, one tiny model file."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def cli_threads() -> None:
+    """torch's CPU threads as every in-process CLI call sets them (``default_threads``: one on 2 cores,
+    where two stall at OpenMP barriers whenever another process takes a core). Without this the count
+    changed at the first such call, so a test's speed depended on which tests ran before it."""
+    import torch
+
+    from realtime_lrp.cli.options import default_threads
+
+    torch.set_num_threads(default_threads())
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
