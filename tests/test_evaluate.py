@@ -299,7 +299,7 @@ def test_contrastive_modes_make_the_shipped_model_class_sensitive() -> None:
 def test_cli_end_to_end_with_json_and_plot(tmp_path) -> None:
     shipped_inputs(1)
     out_json, out_png = tmp_path / "eval" / "rows.json", tmp_path / "curves.png"
-    result = run("evaluate", "-n", 12, "--methods", "epsilon-plus-flat,zplus,random,gradient,gradient-x-input,gradcam",
+    result = run("evaluate", "-n", 6, "--methods", "epsilon-plus-flat,zplus,random,gradient,gradient-x-input,gradcam",
                  "--top-k", "0,0.05", "--draws", 1, "--device", "cpu", "--json", out_json, "--plot", out_png)
     assert result.exit_code == 0, result.output
     document = json.loads(out_json.read_text())
@@ -310,7 +310,7 @@ def test_cli_end_to_end_with_json_and_plot(tmp_path) -> None:
         "zplus k=0.05 bf16", "gradcam", "random", "gradient", "gradient-x-input"]
     for r in rows:
         assert set(REQUIRED) <= set(r) == set(ROW_KEYS)
-        assert r["images"] == 12 and r["dtype"] in ("fp32", "bf16") and r["ms_per_image"] > 0
+        assert r["images"] == 6 and r["dtype"] in ("fp32", "bf16") and r["ms_per_image"] > 0
         assert r["cam_layer"] == ("features.27" if r["kind"] == "gradcam" else None)
         assert -1 <= r["aopc_morf"] <= 1 and -1 <= r["aopc_lerf"] <= 1
         assert r["aopc_diff"] == pytest.approx(r["aopc_morf"] - r["aopc_lerf"], abs=1e-6)
