@@ -336,8 +336,8 @@ PLANTS: tuple[Plant, ...] = (
           "if (idleClosed && source && ws && ws.readyState === WebSocket.CLOSED) {", "if (false) {",
           ("tests/test_serve.py::test_a_page_closed_for_idling_reconnects_when_it_has_a_frame",)),
     Plant("serve-presets-built-on-demand", "realtime_lrp/apps/serve/worker.py",
-          "        for preset in PRESET_NAMES:\n            if preset in self._processors:",
-          "        for preset in ():\n            if preset in self._processors:",
+          "        for name in (*PRESET_NAMES, *CAM_METHODS):\n            if name in self._processors:",
+          "        for name in ():\n            if name in self._processors:",
           ("tests/test_serve_attacks.py::test_every_preset_is_built_at_start_up_and_none_on_a_switch",),
           more=(("        return self._processors[preset]",
                  "        if preset not in self._processors:\n"
@@ -457,7 +457,7 @@ PLANTS: tuple[Plant, ...] = (
           "finite = torch.ones_like(explained, dtype=torch.bool)",
           ("tests/test_fidelity_guard.py::test_the_overflowing_sample_alone_is_flagged_with_its_layer",)),
     Plant("fp16-overflow-frame-not-rerun", "realtime_lrp/pipeline/fast.py",
-          "if overflowed and self.owner.lrp.dtype", "if False and self.owner.lrp.dtype",
+          "if overflowed and self.owner.explainer.dtype", "if False and self.owner.explainer.dtype",
           ("tests/test_fidelity_guard.py::test_the_frame_pass_reruns_the_overflowing_frame_in_fp32_and_says_so_once",)),
 )
 
