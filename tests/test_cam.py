@@ -177,3 +177,33 @@ def test_video_with_a_cam_method_writes_that_methods_map(tmp_path, method, layer
                                     "--codec", "h264", "--crf", "0"]).exit_code == 0
     other, _ = read_video(lrp)
     assert np.abs(other[3].astype(int) - written[3].astype(int)).mean() > 10, "the CAM video is LRP's again"
+
+
+@pytest.mark.parametrize("command", ["video", "webcam", "serve", "explain"])
+def test_bad_method_and_cam_layer_are_one_line_on_every_live_command(tmp_path, command) -> None:
+    from media import write_video
+
+    weights = model_file(tmp_path)
+    src = tmp_path / "clip.avi"
+    write_video(src, 2, (32, 32), 25.0, fourcc="MJPG")
+    where = {"video": [str(src), "--out", str(tmp_path / "o.mp4")], "webcam": ["--camera", str(src), "--no-window"],
+             "serve": ["--port", "0"], "explain": [str(src.with_suffix(".png")), "--out", str(tmp_path / "x")]}
+    import cv2
+    from media import frame_for
+
+    cv2.imwrite(str(src.with_suffix(".png")), frame_for(0, (32, 32)))
+    base = [command, *where[command], "--weights", str(weights), "--device", "cpu"]
+    result = CliRunner().invoke(cli, [*base, "--method", "gradcam", "--cam-layer", "features.99"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "--cam-layer 'features.99' names no layer; layers with spatial output: " in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    result = CliRunner().invoke(cli, [*base, "--method", "cam"])
+    assert result.exit_code == 2 and "Invalid value for '--method'" in result.output and "gradcam++" in result.output
+
+
+def test_the_method_choices_are_the_processors() -> None:
+    from realtime_lrp.cli.options import processing_options
+    from realtime_lrp.pipeline.processor import METHODS
+
+    option = next(p for p in processing_options(lambda **kw: None).__click_params__ if p.name == "method")
+    assert tuple(option.type.choices) == METHODS
