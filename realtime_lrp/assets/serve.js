@@ -188,7 +188,7 @@
     $('device').textContent = message.device;
     fill($('method'), message.methods, METHOD_NAMES);
     fill($('preset'), message.presets);
-    fill($('cmap'), ['', ...message.cmaps], {'': 'preset default'});
+    fill($('cmap'), ['', ...message.cmaps], {'': 'default (by method)'});
     fill($('layout'), message.layouts, {compare: 'compare: LRP | CAM'});
     showSettings();
     if (message.mode === 'kiosk') {
