@@ -442,7 +442,7 @@ def test_video_webcam_serve_and_explain_run_the_one_frame_pass(tmp_path: Path, c
     webcam frame, per serve batch (two clients in one run) and per still image; evaluate's inputs
     come from the pass's own preprocessing."""
     from realtime_lrp.apps.serve.protocol import Settings
-    from realtime_lrp.apps.serve.worker import Job, Stream, Worker
+    from realtime_lrp.apps.serve.worker import Job, Stream, Worker, group_key
     from realtime_lrp.apps.stills import explain_images
     from realtime_lrp.apps.video import process_video
     from realtime_lrp.pipeline import fast, preprocess
@@ -473,7 +473,7 @@ def test_video_webcam_serve_and_explain_run_the_one_frame_pass(tmp_path: Path, c
     image = np.full((SIZE[1], SIZE[0], 3), 90, np.uint8)
     for i, stream in enumerate(streams):
         worker.submit(stream, Job(i, image, Settings(), time.monotonic(), reset=True))
-    worker._explain(("epsilon-plus-flat", 0.02, None, "overlay", 0.6, image.shape), worker._take())
+    worker._explain(group_key(Settings(), image.shape), worker._take())
     assert runs == [(2, "streams")] and all(len(r) == 1 for r in replies)
     runs.clear()
     paths = [tmp_path / "a.png", tmp_path / "b.png"]
