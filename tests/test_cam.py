@@ -114,3 +114,96 @@ def test_cam_rows_in_the_json(tmp_path) -> None:
     for r in rows:
         assert r["cam_layer"] == "features.24" and r["ms_per_image"] > 0 and r["kind"] == r["method"]
         assert 0 <= r["gini"] <= 1 and -1 <= r["sensitivity_r"] <= 1 and r["images"] == 5
+
+
+# -- --method: a CAM method live, through the frame pass ---------------------------------------------
+
+def source_frames(path) -> list[np.ndarray]:
+    """The frames of ``path`` as the pipeline decodes them (the project's reader)."""
+    from realtime_lrp.media.reader import VideoReader
+
+    with VideoReader(path) as reader:
+        return [frame.image for frame in reader.frames()]
+
+
+def reference_maps(weights, frames: list[np.ndarray], method: str, layer: str | None = None) -> np.ndarray:
+    """``lrp.cam.CAM``'s maps of the frames, on the model loaded from ``weights``, in fp32 on the CPU."""
+    from realtime_lrp.lrp.cam import CAM
+    from realtime_lrp.models.loading import load_model
+    from realtime_lrp.pipeline.preprocess import default_fit, frames_to_tensor, processing_size
+
+    model, card = load_model(str(weights), device="cpu", notify=lambda _msg: None)
+    size = processing_size(card, None)
+    x = frames_to_tensor(frames, card, size, torch.device("cpu"), torch.float32, default_fit(card))
+    return CAM(model, method, size, layer)(x).relevance.numpy()
+
+
+def stream_rendered(frames: list[np.ndarray], maps: np.ndarray, cmap: str, layout: str) -> list[np.ndarray]:
+    """The maps rendered as a stream is: one stable colour scale folded frame by frame, in order."""
+    from realtime_lrp.pipeline import render
+    from realtime_lrp.pipeline.stream import StableScale
+
+    scale = StableScale()
+    out = []
+    for frame, cam in zip(frames, maps):
+        s = float(scale.update(torch.from_numpy(cam[None]))[0])
+        out.append(render.render(frame, cam, s, cmap, layout, 0.6))
+    return out
+
+
+@pytest.mark.parametrize("method, layer", [("gradcam", None), ("layercam", "features.24")])
+def test_video_with_a_cam_method_writes_that_methods_map(tmp_path, method, layer) -> None:
+    from media import read_video, write_video
+
+    weights = model_file(tmp_path)
+    src = tmp_path / "clip.avi"
+    write_video(src, 6, (128, 96), 25.0, fourcc="MJPG")  # larger than the model's 32x32: the label takes the top
+    out = tmp_path / "cam.mkv"
+    args = ["video", str(src), "--out", str(out), "--weights", str(weights), "--method", method, "--device", "cpu",
+            "--layout", "heatmap", "--codec", "h264", "--crf", "0", "--threads", "1"]
+    result = CliRunner().invoke(cli, args + (["--cam-layer", layer] if layer else []))
+    assert result.exit_code == 0, result.output
+    written, _ = read_video(out)
+    frames = source_frames(src)
+    assert len(written) == len(frames) == 6
+    maps = reference_maps(weights, frames, method, layer)
+    expected = stream_rendered(frames, maps, "fire", "heatmap")  # CAM maps are positive: the positive map
+    for got, want in zip(written, expected):
+        error = np.abs(got.astype(int) - want.astype(int))[20:]  # below the label; what is left is the codec's
+        assert error.mean() < 2.5 and np.percentile(error, 99) <= 10, (error.mean(), error.max())
+        assert np.ptp(want[20:]) > 100  # and the map is not flat
+    lrp = tmp_path / "lrp.mkv"
+    assert CliRunner().invoke(cli, [*args[:3], str(lrp), *args[4:6], "--device", "cpu", "--layout", "heatmap",
+                                    "--codec", "h264", "--crf", "0"]).exit_code == 0
+    other, _ = read_video(lrp)
+    assert np.abs(other[3].astype(int) - written[3].astype(int)).mean() > 10, "the CAM video is LRP's again"
+
+
+@pytest.mark.parametrize("command", ["video", "webcam", "serve", "explain"])
+def test_bad_method_and_cam_layer_are_one_line_on_every_live_command(tmp_path, command) -> None:
+    from media import write_video
+
+    weights = model_file(tmp_path)
+    src = tmp_path / "clip.avi"
+    write_video(src, 2, (32, 32), 25.0, fourcc="MJPG")
+    where = {"video": [str(src), "--out", str(tmp_path / "o.mp4")], "webcam": ["--camera", str(src), "--no-window"],
+             "serve": ["--port", "0"], "explain": [str(src.with_suffix(".png")), "--out", str(tmp_path / "x")]}
+    import cv2
+    from media import frame_for
+
+    cv2.imwrite(str(src.with_suffix(".png")), frame_for(0, (32, 32)))
+    base = [command, *where[command], "--weights", str(weights), "--device", "cpu"]
+    result = CliRunner().invoke(cli, [*base, "--method", "gradcam", "--cam-layer", "features.99"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "--cam-layer 'features.99' names no layer; layers with spatial output: " in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    result = CliRunner().invoke(cli, [*base, "--method", "cam"])
+    assert result.exit_code == 2 and "Invalid value for '--method'" in result.output and "gradcam++" in result.output
+
+
+def test_the_method_choices_are_the_processors() -> None:
+    from realtime_lrp.cli.options import processing_options
+    from realtime_lrp.pipeline.processor import METHODS
+
+    option = next(p for p in processing_options(lambda **kw: None).__click_params__ if p.name == "method")
+    assert tuple(option.type.choices) == METHODS

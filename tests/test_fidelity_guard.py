@@ -93,7 +93,7 @@ def processors(monkeypatch, **options) -> tuple[FrameProcessor, FrameProcessor, 
     notices: list[str] = []
     monkeypatch.setattr(processor, "select_device", lambda *_args: (torch.device("cpu"), torch.float16))
     fp16 = FrameProcessor(overflowing_model(), CARD, notice=notices.append, **options)
-    assert fp16.lrp.dtype == torch.float16 and fp32.lrp.dtype == torch.float32
+    assert fp16.explainer.dtype == torch.float16 and fp32.explainer.dtype == torch.float32
     return fp16, fp32, notices
 
 
@@ -104,7 +104,7 @@ def overflow_notices(notices: list[str]) -> list[str]:
 def test_explain_reruns_the_overflowing_sample_in_fp32_and_says_so_once(monkeypatch) -> None:
     fp16, fp32, notices = processors(monkeypatch)
     x = frames_to_tensor(frames(), CARD, (8, 8), "cpu", torch.float16, fp16.fit)
-    plain = fp16.lrp(x)
+    plain = fp16.explainer(x)
     assert plain.finite.tolist() == [True, False]  # the case the guard is for
     maps, preds = fp16.explain(frames(), stream=False)
     reference, reference_preds = fp32.explain(frames(), stream=False)

@@ -436,7 +436,7 @@ def test_video_webcam_serve_and_explain_run_the_one_frame_pass(tmp_path: Path, c
     webcam frame, per serve batch (two clients in one run) and per still image; evaluate's inputs
     come from the pass's own preprocessing."""
     from realtime_lrp.apps.serve.protocol import Settings
-    from realtime_lrp.apps.serve.worker import Job, Stream, Worker
+    from realtime_lrp.apps.serve.worker import Job, Stream, Worker, group_key
     from realtime_lrp.apps.stills import explain_images
     from realtime_lrp.apps.video import process_video
     from realtime_lrp.pipeline import fast, preprocess
@@ -467,7 +467,7 @@ def test_video_webcam_serve_and_explain_run_the_one_frame_pass(tmp_path: Path, c
     image = np.full((SIZE[1], SIZE[0], 3), 90, np.uint8)
     for i, stream in enumerate(streams):
         worker.submit(stream, Job(i, image, Settings(), time.monotonic(), reset=True))
-    worker._explain(("epsilon-plus-flat", 0.02, None, "overlay", 0.6, image.shape), worker._take())
+    worker._explain(group_key(Settings(), image.shape), worker._take())
     assert runs == [(2, "streams")] and all(len(r) == 1 for r in replies)
     runs.clear()
     paths = [tmp_path / "a.png", tmp_path / "b.png"]
@@ -481,3 +481,32 @@ def test_video_webcam_serve_and_explain_run_the_one_frame_pass(tmp_path: Path, c
 
     x = inputs._frames_tensor([image, image[:40]], tiny_card(3), (32, 32))
     assert converted == [1, 1] and x.shape == (2, 3, 32, 32)
+
+
+def test_webcam_with_a_cam_method_shows_that_methods_map(clip: Path, weights: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``rtlrp webcam --method gradcam`` on a file camera: each frame the pass renders is Grad-CAM's map
+    of that frame (lrp.cam.CAM's, on the same model), drawn with the stream's colour scale."""
+    from test_cam import reference_maps, stream_rendered
+
+    from realtime_lrp.pipeline import fast
+
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    call = fast.DevicePass.__call__
+
+    def spy(self, frames, valid):
+        out, preds = call(self, frames, valid)
+        seen.append((frames[0].numpy().copy(), out[0].numpy().copy()))
+        return out, preds
+
+    monkeypatch.setattr(fast.DevicePass, "__call__", spy)
+    result = webcam("--camera", clip, "--weights", weights, "--device", "cpu", "--no-window", "--max-frames", 3,
+                    "--method", "gradcam", "--layout", "heatmap", "--threads", 1)
+    assert result.exit_code == 0, result.output
+    assert "3 frames processed" in result.stderr
+    frames = [frame for frame, _ in seen[1:]]  # after the warm-up on a blank frame (its state is reset)
+    assert len(frames) == 3
+    expected = stream_rendered(frames, reference_maps(weights, frames, "gradcam"), "fire", "heatmap")
+    for (_, got), want in zip(seen[1:], expected):
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    assert np.ptp(expected[0]) > 100

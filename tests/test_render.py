@@ -295,7 +295,7 @@ def test_processor_renders_labels_and_runtime_controls():
     assert proc.next_layout() == "side"
     assert proc.process(frames[:1])[0][0].shape == (45, 122, 3)
     proc.top_k = 0.1
-    assert proc.lrp.top_k == pytest.approx(0.1)
+    assert proc.explainer.top_k == pytest.approx(0.1)
     assert proc.scale_top_k(0.5) == pytest.approx(0.05)
     assert FrameProcessor(tiny_model(), tiny_card(), preset="zplus", device="cpu").cmap == "fire"
 

@@ -37,6 +37,7 @@ from realtime_lrp.apps.serve.auth import is_loopback
 from realtime_lrp.apps.serve.bench import run_load, summary_table
 from realtime_lrp.apps.serve.protocol import Limits, decode_result
 from realtime_lrp.apps.serve.server import LrpServer
+from realtime_lrp.lrp.filter import DEFAULT_TOP_K
 from realtime_lrp.pipeline import render
 from realtime_lrp.pipeline.processor import FrameProcessor
 from realtime_lrp.pipeline.stream import StableScale
@@ -160,9 +161,67 @@ def test_each_client_keeps_its_own_settings(server: LrpServer) -> None:
             assert (meta_a["preset"], meta_a["layout"], meta_a["cmap"], meta_a["top_k"]) == ("zplus", "side", "viridis", 0)
             assert image_a.shape == (32, 64, 3)
             assert (meta_b["preset"], meta_b["layout"], meta_b["cmap"], meta_b["top_k"]) == \
-                ("epsilon-gamma-box", "overlay", "signed", 0.02)
+                ("epsilon-gamma-box", "overlay", "signed", DEFAULT_TOP_K)
             assert image_b.shape == (32, 32, 3)
             assert meta_a["class"] == meta_b["class"] == "Trouser"
+
+
+def as_sent(image: np.ndarray) -> np.ndarray:
+    """``image`` through the server's JPEG encoding."""
+    return cv2.imdecode(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])[1], cv2.IMREAD_COLOR)
+
+
+def first_frame(processor: FrameProcessor, sent: np.ndarray) -> np.ndarray:
+    """What a server shows as a new stream's first frame of ``sent`` (scaled by its own map), overlaid."""
+    relevance, _ = processor.explain([sent], stream=False)
+    scale = StableScale.frame_scale(torch.from_numpy(relevance[:1])).item()
+    return render.render(sent, relevance[0], scale, processor.cmap, "overlay", 0.6)
+
+
+@pytest.fixture(scope="module")
+def gradcam() -> FrameProcessor:
+    return FrameProcessor.from_options(weights="shipped", device="cpu", method="gradcam")
+
+
+def test_a_client_picks_gradcam_and_gets_its_map(server: LrpServer, gradcam: FrameProcessor) -> None:
+    with connect(ws_url(server.url)) as ws:
+        hello = hello_of(ws)
+        assert hello["methods"] == ["lrp", "gradcam", "gradcam++", "layercam"] and "compare" in hello["layouts"]
+        ws.send(json.dumps({"type": "settings", "method": "gradcam"}))
+        meta, image = round_trip(ws, 1, item_jpeg(TROUSER))
+    assert (meta["method"], meta["preset"], meta["cmap"], meta["class"]) == ("gradcam", None, "fire", "Trouser")
+    sent = cv2.imdecode(np.frombuffer(item_jpeg(TROUSER), np.uint8), cv2.IMREAD_COLOR)
+    expected = as_sent(first_frame(gradcam, sent))
+    error = np.abs(image.astype(int) - expected.astype(int))
+    assert error.mean() < 0.5 and error.max() <= 8, f"the overlay differs from Grad-CAM's own: {error.max()}"
+    lrp = as_sent(first_frame(own_processor(), sent))
+    assert np.abs(lrp.astype(int) - expected.astype(int)).mean() > 5, "Grad-CAM's overlay is LRP's again"
+
+
+def test_the_compare_layout_puts_lrp_and_gradcam_of_one_frame_side_by_side(server: LrpServer) -> None:
+    """Three clients send the same frame: one in the compare layout, one with LRP alone, one with Grad-CAM
+    alone. The compare frame is the two single-method frames side by side."""
+    with connect(ws_url(server.url)) as both, connect(ws_url(server.url)) as lrp, \
+            connect(ws_url(server.url)) as cam:
+        for ws in (both, lrp, cam):
+            hello_of(ws)
+        both.send(json.dumps({"type": "settings", "layout": "compare", "preset": "zplus"}))
+        lrp.send(json.dumps({"type": "settings", "preset": "zplus"}))
+        cam.send(json.dumps({"type": "settings", "method": "gradcam"}))
+        for ident, index in enumerate((SNEAKER, TROUSER, SNEAKER), start=1):
+            meta, image = round_trip(both, ident, item_jpeg(index))
+            _, left = round_trip(lrp, ident, item_jpeg(index))
+            _, right = round_trip(cam, ident, item_jpeg(index))
+            assert meta["layout"] == "compare" and image.shape == (32, 64, 3) and meta["width"] == 64
+            assert [h["title"] for h in meta["halves"]] == ["LRP zplus", "Grad-CAM"]
+            assert [h["cmap"] for h in meta["halves"]] == ["fire", "fire"] and meta["class"] == CLASSES[index]
+            for half, alone in ((image[:, :32], left), (image[:, 32:], right)):
+                error = np.abs(half.astype(int) - alone.astype(int))  # each JPEG-encoded on its own
+                assert error.mean() < 0.3 and error.max() <= 14, (error.mean(), error.max())  # measured: 0.07, 11
+            assert np.abs(left.astype(int) - right.astype(int)).mean() > 5, "the two halves show one method"
+        both.send(json.dumps({"type": "settings", "method": "layercam"}))
+        meta, _ = round_trip(both, 9, item_jpeg(TROUSER))
+        assert [h["title"] for h in meta["halves"]] == ["LRP zplus", "LayerCAM"]
 
 
 BAD_MESSAGES = [
@@ -173,6 +232,9 @@ BAD_MESSAGES = [
     (json.dumps({"type": "launch"}), 1003, "unknown message type"),
     (json.dumps({"type": "settings", "top_k": 3}), 1007, "bad setting top_k"),
     (json.dumps({"type": "settings", "preset": "rm -rf"}), 1007, "bad setting preset"),
+    (json.dumps({"type": "settings", "method": "gradcam+"}), 1007, "bad setting method"),
+    (json.dumps({"type": "settings", "cam_layer": "features.20"}), 1007, "bad setting cam_layer"),
+    (json.dumps({"type": "settings", "layout": "Compare"}), 1007, "bad setting layout"),
     (frame_message(3, item_jpeg(TROUSER, (1100, 60))), 1009, "at most 1024 pixels"),
     (b"\x00" * (Limits().max_message + 1), 1009, "exceeds limit"),
 ]
@@ -669,6 +731,38 @@ def test_the_page_explains_a_fake_camera_and_a_picked_image(server: LrpServer, t
         assert (image[360:] > 200).all(axis=2).any(), "no label text in the snapshot's bar"
         assert np.ptp(image[:360, 360:].reshape(-1, 3), axis=0).max() > 60, "the snapshot's heatmap half is flat"
         browser.screenshot(tmp_path / "image.png")
+    finally:
+        browser.close()
+
+
+@needs_chromium
+def test_the_page_shows_lrp_and_gradcam_side_by_side(server: LrpServer, tmp_path: Path) -> None:
+    """The page's compare layout: LRP and Grad-CAM of each camera frame side by side, each half named.
+    With RTLRP_SCREENSHOTS=DIR the screenshot is kept as DIR/serve-compare.png (the README's)."""
+    camera = tmp_path / "camera.y4m"
+    write_y4m(camera, camera_frames(TROUSER))
+    browser = Chromium(server.url, tmp_path / "profile",
+                       ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                        f"--use-file-for-fake-video-capture={camera}"])
+    try:
+        browser.wait_for(lambda s: s.get("framesReceived", 0) >= 2, "explained camera frames")
+        browser.evaluate("(() => { const s = document.getElementById('layout'); s.value = 'compare';"
+                         " s.dispatchEvent(new Event('input')); })()")
+        state = browser.wait_for(lambda s: s.get("size") == [64, 32] and s.get("halves"), "the compare layout")
+        assert state["halves"] == ["LRP epsilon-plus-flat", "Grad-CAM"] and state["label"].startswith("Trouser")
+        assert browser.evaluate("document.getElementById('method').value") == "lrp"
+        halves = browser.evaluate("""(() => {
+            const c = document.getElementById('out'), d = c.getContext('2d').getImageData(0, 0, c.width,
+                c.height - 40).data, w = c.width, sums = [0, 0];
+            for (let i = 0; i < d.length; i += 4) sums[(i / 4) % w < w / 2 ? 0 : 1] += d[i] + d[i + 1] + d[i + 2];
+            return [c.width, c.height, ...sums]; })()""")
+        width, height, left, right = halves
+        assert (width, height) == (2 * 480, 360) and abs(left - right) > 0.05 * max(left, right), halves  # 4:3 halves
+        shot = tmp_path / "serve-compare.png"
+        browser.screenshot(shot)
+        assert cv2.imread(str(shot)).shape[1] == 1100
+        if os.environ.get("RTLRP_SCREENSHOTS"):
+            shutil.copy(shot, Path(os.environ["RTLRP_SCREENSHOTS"]) / shot.name)
     finally:
         browser.close()
 

@@ -377,6 +377,7 @@ def test_stopping_while_frames_are_being_decoded_leaves_no_traceback(slow_decodi
 def test_every_preset_is_built_at_start_up_and_none_on_a_switch(monkeypatch) -> None:
     """Building a preset's processor when a client first picks it stalled every client while it was built."""
     from realtime_lrp.apps.serve.worker import Worker
+    from realtime_lrp.lrp.cam import CAM_METHODS
     from realtime_lrp.lrp.presets import PRESET_NAMES
 
     built = []
@@ -389,7 +390,7 @@ def test_every_preset_is_built_at_start_up_and_none_on_a_switch(monkeypatch) -> 
     monkeypatch.setattr(Worker, "_make", counted)
     with own_server(max_fps=1000) as srv:
         srv.start()
-        assert srv.worker.ready() == set(PRESET_NAMES)
+        assert srv.worker.ready() == set(PRESET_NAMES) | set(CAM_METHODS)
         at_start = list(built)
         with connect(ws_url(srv.url)) as chooser, connect(ws_url(srv.url)) as other:
             hello_of(chooser), hello_of(other)
@@ -397,6 +398,9 @@ def test_every_preset_is_built_at_start_up_and_none_on_a_switch(monkeypatch) -> 
                 chooser.send(json.dumps({"type": "settings", "preset": preset}))
                 assert round_trip(chooser, ident, item_jpeg(TROUSER))[0]["preset"] == preset
                 assert round_trip(other, ident, item_jpeg(SNEAKER))[0]["class"] == "Sneaker"
+            for ident, method in enumerate(CAM_METHODS, start=100):
+                chooser.send(json.dumps({"type": "settings", "method": method, "layout": "compare"}))
+                assert round_trip(chooser, ident, item_jpeg(TROUSER))[0]["halves"][1]["title"] != ""
         assert built == at_start, "a processor was built while clients were being served"
 
 

@@ -340,6 +340,8 @@ class LiveLoop:
             self._say("paused: space resumes" if self.paused else "resumed")
         elif action == "snapshot":
             self._say(self._snapshot())
+        elif action in ("more", "less") and self.processor.method != "lrp":
+            self._say(f"top-k is LRP's: {self.processor.method} has none")
         elif action in ("more", "less"):
             value = self.processor.scale_top_k(TOP_K_STEP if action == "more" else 1 / TOP_K_STEP)
             self._say(f"top-k {100 * value:g}%")

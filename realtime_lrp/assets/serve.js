@@ -6,10 +6,11 @@
   const $ = (id) => document.getElementById(id);
   const TOP_K = [0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1];
   const RECONNECT = new Set([1001, 1006, 1011, 1012, 1013]);
+  const METHOD_NAMES = {lrp: 'LRP', gradcam: 'Grad-CAM', 'gradcam++': 'Grad-CAM++', layercam: 'LayerCAM'};
   const state = window.rtlrpState = {
     connected: false, mode: null, source: null, framesSent: 0, framesReceived: 0, skipped: 0,
     label: '', size: null, latencyMs: null, serverFps: null, clientFps: null, device: '', message: '',
-    cameraError: null, closed: null, snapshots: 0, settings: null, tokenDropped: false,
+    cameraError: null, closed: null, snapshots: 0, settings: null, tokenDropped: false, halves: null,
   };
   const token = new URLSearchParams(location.search).get('token');
   const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws` +
@@ -132,22 +133,35 @@
   }
 
   // -- showing results -------------------------------------------------------------------
+  const panels = (layout) => (layout === 'side' || layout === 'compare' ? 2 : 1);
+
   function sourceAspect(meta) {
     const el = source && source.el;
     if (el && el.videoWidth) return el.videoWidth / el.videoHeight;
     if (el && el.naturalWidth) return el.naturalWidth / el.naturalHeight;
-    return meta.width / (meta.layout === 'side' ? 2 : 1) / meta.height;
+    return meta.width / panels(meta.layout) / meta.height;
   }
 
   function draw(bitmap, meta) {
     // Sent frames are squeezed to the processing size; shown, they get the source's shape back.
     const height = Math.max(360, Math.min(540, bitmap.height));
-    const width = Math.round(height * sourceAspect(meta)) * (meta.layout === 'side' ? 2 : 1);
+    const width = Math.round(height * sourceAspect(meta)) * panels(meta.layout);
     if (out.width !== width || out.height !== height) { out.width = width; out.height = height; }
     const small = bitmap.height < 128;  // show a small model's pixels as they are
     out.classList.toggle('pixelated', small);
     outCtx.imageSmoothingEnabled = !small;
     outCtx.drawImage(bitmap, 0, 0, width, height);
+    state.halves = meta.halves ? meta.halves.map((h) => h.title) : null;
+    if (meta.halves) {  // the compare layout: name each half at its foot
+      outCtx.font = '600 17px system-ui, sans-serif';
+      meta.halves.forEach((half, i) => {
+        const x = i * width / 2 + 8;
+        outCtx.fillStyle = 'rgba(0, 0, 0, 0.6)';
+        outCtx.fillRect(x - 6, height - 30, outCtx.measureText(half.title).width + 12, 24);
+        outCtx.fillStyle = '#fff';
+        outCtx.fillText(half.title, x, height - 12);
+      });
+    }
     $('label').textContent = meta.label;
     $('snapshot').disabled = false;
   }
@@ -172,9 +186,10 @@
     state.settings = settings;
     $('model').textContent = message.model;
     $('device').textContent = message.device;
+    fill($('method'), message.methods, METHOD_NAMES);
     fill($('preset'), message.presets);
-    fill($('cmap'), ['', ...message.cmaps], {'': 'preset default'});
-    fill($('layout'), message.layouts);
+    fill($('cmap'), ['', ...message.cmaps], {'': 'default (by method)'});
+    fill($('layout'), message.layouts, {compare: 'compare: LRP | CAM'});
     showSettings();
     if (message.mode === 'kiosk') {
       $('sources').hidden = true;
@@ -195,7 +210,10 @@
   }
 
   function showSettings() {
+    $('method').value = settings.method;
     $('preset').value = settings.preset;
+    $('preset').disabled = settings.method !== 'lrp' && settings.layout !== 'compare';
+    $('top-k').disabled = $('preset').disabled;
     $('cmap').value = settings.cmap || '';
     $('layout').value = settings.layout;
     const k = TOP_K.reduce((best, v, i) => (Math.abs(v - settings.top_k) < Math.abs(TOP_K[best] - settings.top_k) ? i : best), 0);
@@ -207,7 +225,7 @@
 
   function changed() {
     settings = {
-      preset: $('preset').value, top_k: TOP_K[Number($('top-k').value)], cmap: $('cmap').value || null,
+      method: $('method').value, preset: $('preset').value, top_k: TOP_K[Number($('top-k').value)], cmap: $('cmap').value || null,
       layout: $('layout').value, alpha: Number($('alpha').value),
     };
     state.settings = settings;
@@ -216,7 +234,7 @@
     stillPending = true;
     schedule(0);
   }
-  for (const id of ['preset', 'top-k', 'cmap', 'layout', 'alpha']) $(id).addEventListener('input', changed);
+  for (const id of ['method', 'preset', 'top-k', 'cmap', 'layout', 'alpha']) $(id).addEventListener('input', changed);
 
   $('snapshot').addEventListener('click', () => {
     const bar = 34;
@@ -230,7 +248,9 @@
     ctx.drawImage(out, 0, 0);
     ctx.fillStyle = '#fff';
     ctx.font = '18px system-ui, sans-serif';
-    ctx.fillText(`${state.label}   ${settings.preset}, top-k ${settings.top_k}`, 8, out.height + 23);
+    const how = settings.method === 'lrp' || settings.layout === 'compare'
+      ? `${settings.preset}, top-k ${settings.top_k}` : METHOD_NAMES[settings.method];
+    ctx.fillText(`${state.label}   ${how}`, 8, out.height + 23);
     canvas.toBlob((blob) => {
       const link = document.createElement('a');
       link.href = URL.createObjectURL(blob);

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
 
+from realtime_lrp.lrp.filter import DEFAULT_TOP_K
 from realtime_lrp.lrp.presets import PRESET_CHOICES
 
 if TYPE_CHECKING:
@@ -119,15 +120,24 @@ def weights_option(func):
 def processing_options(func: F) -> F:
     """Options shared by ``video``, ``explain`` and ``webcam``: model, LRP method, rendering, device.
 
-    The command receives them as keyword arguments ``weights, preset, top_k, target, size,
-    fit, cmap, layout, alpha, legend, device, threads``; :func:`build_processor` sets the threads and
+    The command receives them as keyword arguments ``weights, method, cam_layer, preset, top_k,
+    target, size, fit, cmap, layout, alpha, legend, device, threads``; :func:`build_processor` sets the threads and
     hands the rest to ``FrameProcessor.from_options``.
     """
     options = [
         weights_option,
+        click.option("--method", type=click.Choice(["lrp", "gradcam", "gradcam++", "layercam"]), default="lrp",
+                     show_default=True,
+                     help="What explains the frame: LRP (--preset, --top-k) or a class activation map (Grad-CAM,"
+                          " Grad-CAM++, LayerCAM) of --cam-layer, through the same pipeline and overlay. CAM maps are"
+                          " positive (fire colour map); on CUDA they run in fp16 but eagerly, without the CUDA"
+                          " graph of LRP's pass (their backward pass is not checked capturable)."),
+        click.option("--cam-layer", default=None, metavar="NAME",
+                     help="The layer the CAM methods read (a module name with spatial output); default: the last"
+                          " conv stage. A name that does not fit is one line listing the candidates."),
         click.option("--preset", type=click.Choice(PRESET_CHOICES), default="auto", show_default=True,
                      help="LRP rule preset (see rtlrp presets); auto: cp-lrp for transformers, else epsilon-plus-flat."),
-        click.option("--top-k", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+        click.option("--top-k", type=click.FloatRange(0, 1), default=DEFAULT_TOP_K, show_default=True,
                      help="Fraction of relevance kept before each layer (filtered LRP); 0 turns the filter off."
                           " 0.05: the most faithful and steadiest filter under rtlrp evaluate (README)."),
         click.option("--target", default=None, metavar="CLASS",
@@ -254,7 +264,7 @@ def run_settings(options: dict[str, Any], codec: str | None, crf: int | None) ->
         from realtime_lrp.models.files import sha256_file
 
         weights = f"sha256:{sha256_file(Path(weights))}"
-    keys = ("preset", "top_k", "target", "size", "cmap", "layout", "alpha", "smooth")
+    keys = ("method", "cam_layer", "preset", "top_k", "target", "size", "cmap", "layout", "alpha", "smooth")
     return "rtlrp " + json.dumps({"version": __version__, "weights": weights, "codec": codec, "crf": crf,
                                   **{k: options.get(k) for k in keys}}, sort_keys=True)
 

@@ -69,9 +69,7 @@ def spatial_layers(model: nn.Module, x: Tensor) -> list[str]:
 
 def cam_layer(model: nn.Module, x: Tensor, name: str | None = None) -> str:
     """The layer CAM reads: ``name`` if it has spatial output, else the last conv stage; one-line errors."""
-    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        raise CAMLayerError(f"{type(model).__name__} has no convolutional stage: the CAM methods need one "
-                              "(a token grid is not reshaped into an image here)")
+    in_channels(model)  # a model without a conv stage: one line
     candidates = spatial_layers(model, x)
     if name is None:
         if not candidates:
@@ -84,24 +82,35 @@ def cam_layer(model: nn.Module, x: Tensor, name: str | None = None) -> str:
     return name
 
 
-def cam_maps(model: nn.Module, layer: str, x: Tensor, target: Tensor, method: str) -> Tensor:
-    """``method``'s maps (N, H, W) in [0, 1] for ``target`` (N,), from the activations of ``layer``."""
+def _activations_and_gradients(model: nn.Module, layer: str, x: Tensor,
+                               target: Target) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One forward and one backward pass: the activations of ``layer``, the gradient of the explained
+    logit with respect to them, the logits and the explained class (``target`` as the engine takes it).
+
+    The backward pass stops at the layer: its output enters what follows as a new leaf, so the layers
+    before it get no gradient (nor do the weights: the model's ``requires_grad`` does not matter).
+    """
     module = dict(model.named_modules())[layer]
     seen: list[Tensor] = []
 
     def keep(_module: nn.Module, _inp: object, out: Tensor) -> Tensor:
-        seen.append(out)
-        return out.clone()  # what follows gets a copy: an in-place op after the layer cannot change its values
+        seen.append(out.detach().requires_grad_(True))
+        return seen[-1].clone()  # what follows gets a copy: an in-place op after the layer cannot change its values
 
     handle = module.register_forward_hook(keep)
     try:
         with torch.enable_grad():
-            logits = model(x.detach().requires_grad_(False))
-            acts = seen[-1]
-            grads, = torch.autograd.grad(logits.gather(1, target.view(-1, 1)).sum(), acts)
+            logits = model(x.detach())
+            _, explained = initial_relevance(logits.detach(), target)
+            grads, = torch.autograd.grad(logits.gather(1, explained.view(-1, 1)).sum(), seen[-1])
     finally:
         handle.remove()
-    acts, grads = acts.detach().float(), grads.float()
+    return seen[-1].detach(), grads, logits.detach(), explained
+
+
+def _combine(acts: Tensor, grads: Tensor, method: str, size: tuple[int, int]) -> Tensor:
+    """``method``'s maps (N, H, W) in [0, 1] at ``size`` from a layer's activations and gradients."""
+    acts, grads = acts.float(), grads.float()
     if method == "gradcam":
         cam = (grads.mean((2, 3), keepdim=True) * acts).sum(1)
     elif method == "gradcam++":
@@ -113,35 +122,62 @@ def cam_maps(model: nn.Module, layer: str, x: Tensor, target: Tensor, method: st
         cam = (grads.clamp(min=0) * acts).sum(1)
     else:
         raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
-    cam = F.interpolate(cam.clamp(min=0)[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    cam = F.interpolate(cam.clamp(min=0)[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     low = cam.flatten(1).min(1).values.view(-1, 1, 1)
     cam = cam - low
     return cam / (cam.flatten(1).max(1).values.view(-1, 1, 1) + 1e-7)
 
 
+def cam_maps(model: nn.Module, layer: str, x: Tensor, target: Tensor, method: str) -> Tensor:
+    """``method``'s maps (N, H, W) in [0, 1] for ``target`` (N,), from the activations of ``layer``."""
+    if method not in CAM_METHODS:
+        raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
+    acts, grads, _, _ = _activations_and_gradients(model, layer, x, target)
+    return _combine(acts, grads, method, x.shape[-2:])
+
+
+def in_channels(model: nn.Module) -> int:
+    """The input channels of the model's first convolution; :class:`CAMLayerError` if it has none."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None:
+        raise CAMLayerError(f"{type(model).__name__} has no convolutional stage: the CAM methods need one "
+                            "(a token grid is not reshaped into an image here)")
+    return first.in_channels
+
+
 class CAM:
     """A CAM method with the engine's interface: ``cam(x, target)`` gives an :class:`LRPResult`.
 
-    ``model`` runs as it is (on ``x``'s device and dtype); ``layer`` None reads the last conv
-    stage of an input of ``probe``'s shape. The maps are positive ([0, 1]); ``top_k`` is kept
-    for the callers that set it, and has no effect.
+    ``model`` runs as it is, on its own device and dtype (``x`` must match); ``layer`` None reads
+    the last conv stage of an input of ``size`` (H, W). The maps are positive ([0, 1]); ``top_k``
+    is kept for the callers that set it, and has no effect. One forward and one backward pass a
+    call (``torch.autograd.grad`` from the explained logit to the layer). ``finite`` flags each
+    sample whose logits and map are finite; there are no steps to name (``step_name`` is None).
     """
 
     signed = False
 
-    def __init__(self, model: nn.Module, method: str, probe: Tensor, layer: Union[str, None] = None):
+    def __init__(self, model: nn.Module, method: str, size: tuple[int, int], layer: Union[str, None] = None):
         if method not in CAM_METHODS:
             raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
         self.model, self.method = model, method
+        self.in_channels = in_channels(model)
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        probe = torch.zeros(1, self.in_channels, *size, device=self.device, dtype=self.dtype)
         self.layer = cam_layer(model, probe, layer)
         self.top_k = 0.0
+
+    def step_name(self, step: int) -> None:
+        """No steps: a CAM map is not propagated layer by layer."""
+        return None
 
     def __call__(self, x: Tensor, target: Target = None) -> LRPResult:
         """The maps of ``target`` (None: the top-1 class; an int, list or per-sample tensor)."""
         if isinstance(target, str):
             raise ValueError(f"target {target!r} has no CAM map: give a class, or none for the top-1 class")
-        with torch.no_grad():
-            logits = self.model(x).float()
-        _, explained = initial_relevance(logits, target)
-        maps = cam_maps(self.model, self.layer, x, explained, self.method)
-        return LRPResult(maps, logits, explained)
+        acts, grads, logits, explained = _activations_and_gradients(self.model, self.layer, x, target)
+        maps = _combine(acts, grads, self.method, x.shape[-2:])
+        logits = logits.float()
+        finite = torch.isfinite(logits).all(1) & torch.isfinite(maps).flatten(1).all(1)
+        return LRPResult(maps, logits, explained, finite)

@@ -97,7 +97,8 @@ class LRP:
     ``dtype=torch.float16`` rather than a model already cast to fp16. ``mean``/``std`` give
     the pixel bounds of the z^B rule (ImageNet's by default for 3-channel models, [0, 1]
     unnormalised otherwise). ``top_k`` in (0, 1) keeps that fraction of relevance before
-    each node whose op is filtered (conv, linear, pools); 0 or 1 turn it off. ``preset="auto"``
+    each node whose op is filtered (conv, linear, pools); 0 (the default here: plain LRP) or 1 turn it
+    off; the commands use :data:`~realtime_lrp.lrp.filter.DEFAULT_TOP_K`. ``preset="auto"``
     takes ``cp-lrp`` for a model with attention and ``epsilon-plus-flat`` otherwise, and says so
     in ``chosen`` (None when the preset was named). ``target_mode``
     (:mod:`realtime_lrp.lrp.targets`): ``plain``, ``contrastive`` (CLRP) or ``softmax-gradient``

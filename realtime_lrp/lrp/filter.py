@@ -31,6 +31,11 @@ FilterMode = Literal["signed", "magnitude"]
 SelectMethod = Literal["auto", "topk", "radix", "sample"]
 SELECT_METHODS: tuple[str, ...] = ("auto", "topk", "radix", "sample")
 
+DEFAULT_TOP_K = 0.05
+"""The top-k of the commands, the frame processor and the serve page: the most faithful and steadiest
+filter under ``rtlrp evaluate`` (README). The library's :class:`~realtime_lrp.lrp.engine.LRP` keeps
+0 (no filter) unless asked: plain LRP is what zennit and the references compute."""
+
 _DIGIT_BITS = 16
 _BINS = 1 << _DIGIT_BITS
 

@@ -2,15 +2,18 @@
 
 Per input shape and setting, :class:`FastProcessor` builds one pass: frames are copied into
 a static host buffer (pinned on CUDA), uploaded with a non-blocking copy, converted, fitted
-and normalised (:func:`realtime_lrp.pipeline.preprocess.to_input`), explained by the engine
-(fp16 and channels_last on CUDA), their maps smoothed and scaled by the stream's state
+and normalised (:func:`realtime_lrp.pipeline.preprocess.to_input`), explained by the processor's
+explainer (the LRP engine or a CAM method; fp16 and channels_last on CUDA), their maps smoothed and scaled by the stream's state
 (:mod:`realtime_lrp.pipeline.stream`), coloured and blended over the frame
 (:func:`realtime_lrp.pipeline.render.compose`), and downloaded into a pinned host buffer.
 On CUDA the pass is captured once in a CUDA graph (:class:`CapturedCall`; all passes share one
 memory pool) and replayed per batch, so a frame costs one host-to-device copy, one graph
 launch and one device-to-host copy. On the CPU the same code runs eagerly. If the copies
 cannot be captured, the graph holds the device part alone and the copies run around it; if
-nothing can be captured the pass runs eagerly. ``notice`` says which.
+nothing can be captured the pass runs eagerly. ``notice`` says which. The CAM methods run eagerly
+on CUDA too, and say so once: their pass holds a backward pass (``torch.autograd.grad``), which the
+fake-CUDA checks of ``tests/test_capturable.py`` cannot run (autograd needs a real CUDA context),
+so its capture is unchecked.
 
 A batch smaller than a pass already captured for its shape (the last one of a video) runs in
 that pass, padded; the padding is left out of the stream's state and discarded. The label
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from realtime_lrp.lrp.cam import CAM
 from realtime_lrp.lrp.engine import LRP
 from realtime_lrp.pipeline import render
 from realtime_lrp.pipeline.preprocess import Fit, as_frame, card_stats, to_input
@@ -137,14 +141,14 @@ class DevicePass:
     Conversion, fitting and normalisation, the LRP call, smoothing and the colour scale
     (``state``, per ``mode``), colour map and blend are device work only, with no host
     synchronisation, so a CUDA graph can hold them. ``fit`` is the frames' geometry;
-    ``target`` what the engine gets (a device tensor for a class index, see
-    :meth:`FastProcessor.static_target`); ``enlarge`` repeats the shown frame's pixels k times.
+    ``target`` what the explainer (the engine or a CAM method) gets (a device tensor for a class
+    index, see :meth:`FastProcessor.static_target`); ``enlarge`` repeats the shown frame's pixels k times.
     """
 
-    def __init__(self, lrp: LRP, fit: Fit, mean: Sequence[float], std: Sequence[float], state: StreamState,
+    def __init__(self, explainer: LRP | CAM, fit: Fit, mean: Sequence[float], std: Sequence[float], state: StreamState,
                  cmap: str, layout: str, alpha: float, target: Any, mode: str = "stream", enlarge: int = 1) -> None:
         device = state.scale.value.device
-        self.lrp = lrp
+        self.explainer = explainer
         self.fit = fit
         self.mean, self.std = card_stats({"mean": mean, "std": std}, device)
         self.state = state
@@ -159,12 +163,12 @@ class DevicePass:
 
     def preprocess(self, frames: Tensor) -> Tensor:
         """uint8 frames (N, H, W, C) → the model's normalised input (channels_last on CUDA)."""
-        x = to_input(frames, self.lrp.in_channels, self.fit, self.mean, self.std, self.lrp.dtype)
+        x = to_input(frames, self.explainer.in_channels, self.fit, self.mean, self.std, self.explainer.dtype)
         return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x.contiguous()
 
     @torch.no_grad()
     def __call__(self, frame: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        result = self.lrp(self.preprocess(frame), target=self.target)
+        result = self.explainer(self.preprocess(frame), target=self.target)
         relevance = torch.nan_to_num(result.relevance.float(), nan=0.0, posinf=0.0, neginf=0.0)
         if self.mode == "stills":
             scale = StableScale.frame_scale(relevance, self.state.scale.percentile)
@@ -202,7 +206,7 @@ class _FramePass:
         self.dev_valid = torch.zeros(n, dtype=torch.bool, device=device)
         self.state = StreamState(owner.state.smoother.alpha, p.size, device, n) if mode == "streams" else owner.state
         self.owner, self.mode, self.layout, self.enlarge = owner, mode, layout, enlarge
-        self._compute = DevicePass(owner.lrp, Fit.of(p.fit, (h, w), p.size), p.card["mean"], p.card["std"],
+        self._compute = DevicePass(owner.explainer, Fit.of(p.fit, (h, w), p.size), p.card["mean"], p.card["std"],
                                    self.state, p.cmap, layout, p.alpha, owner.static_target(n), mode, enlarge)
         saved = self.state.state()  # capture warms up on these (blank) buffers: keep the stream's state
         self._build(owner.graph, owner.notice, f"{n}x{w}x{h} frame pass")
@@ -257,7 +261,7 @@ class _FramePass:
         rendered = [out[i].copy() for i in range(k)]
         raw = [(int(pred[0, i]), float(pred[1, i]), int(pred[2, i])) for i in range(k)]
         overflowed = [i for i in range(k) if pred[3, i] == 0.0]
-        if overflowed and self.owner.lrp.dtype in (torch.float16, torch.bfloat16):
+        if overflowed and self.owner.explainer.dtype in (torch.float16, torch.bfloat16):
             self._rescue(frames, overflowed, [int(pred[4, i]) for i in overflowed], rendered, raw)
         return rendered, raw
 
@@ -270,8 +274,8 @@ class _FramePass:
         were after the batch); the stream's state itself keeps the batch's pass (it saw the frame blank).
         """
         owner, p = self.owner, self.owner.processor
-        p.say_overflow(len(rows), {owner.lrp.step_name(s) for s in steps} - {None})
-        lrp = p.fp32_lrp()
+        p.say_overflow(len(rows), {owner.explainer.step_name(s) for s in steps} - {None})
+        explainer = p.fp32_explainer()
         for i in rows:
             row = i if self.mode == "streams" else 0
             state = StreamState(self.state.smoother.alpha, p.size, owner.device, 1, self.state.scale.percentile,
@@ -279,7 +283,7 @@ class _FramePass:
             for mine, theirs in ((state.scale, self.state.scale), (state.smoother, self.state.smoother)):
                 mine.value[0].copy_(theirs.value[row])
                 mine.seen[0].copy_(theirs.seen[row])
-            device_pass = DevicePass(lrp, self._compute.fit, p.card["mean"], p.card["std"], state, p.cmap,
+            device_pass = DevicePass(explainer, self._compute.fit, p.card["mean"], p.card["std"], state, p.cmap,
                                      self.layout, p.alpha, owner.static_target(1), self.mode, self.enlarge)
             frame = torch.from_numpy(np.ascontiguousarray(frames[i]))[None].to(owner.device)
             out, pred = device_pass(frame, torch.ones(1, dtype=torch.bool, device=owner.device))
@@ -290,19 +294,22 @@ class _FramePass:
 
 class FastProcessor:
     """The frame pass of one :class:`~realtime_lrp.pipeline.processor.FrameProcessor`: its settings
-    (model, preset, top-k, target, fit, colour map, layout, alpha) run through cached per-shape passes.
+    (model, method, preset, top-k, target, fit, colour map, layout, alpha) run through cached per-shape passes.
 
     Settings are read when a pass is built; a change builds a new pass (passes are kept for
     the ``cache`` most recent settings and shapes). ``graph=None`` captures CUDA graphs on
-    CUDA; the CPU always runs eagerly. ``state`` is the stream's colour scale and smoothed map.
+    CUDA for LRP (the CAM methods run eagerly there, and say so); the CPU always runs eagerly. ``state`` is the stream's colour scale and smoothed map.
     """
 
     def __init__(self, processor: "FrameProcessor", graph: bool | None = None, cache: int = 4,
                  notice: Notice | None = None, percentile: float = 99.5, momentum: float = 0.1) -> None:
         self.processor = processor
-        self.lrp = processor.lrp
+        self.explainer = processor.explainer
         self.device = processor.device
-        self.graph = self.device.type == "cuda" if graph is None else graph
+        self.graph = self.device.type == "cuda" and isinstance(self.explainer, LRP) if graph is None else graph
+        if graph is None and self.device.type == "cuda" and not self.graph and notice is not None:
+            notice(f"{processor.method} runs eagerly on CUDA (no CUDA graph: its backward pass is not checked"
+                   " capturable)")
         self.notice = notice
         self.cache = cache
         self.state = StreamState(processor.smooth, processor.size, self.device, 1, percentile, momentum)
@@ -311,8 +318,8 @@ class FastProcessor:
         self._top_k = processor.top_k
         self.runs = 0  # passes run, for the tests and the benchmarks
         self._described: set[tuple] = set()
-        if self.device.type == "cuda":
-            channels_last_weights(self.lrp)
+        if self.device.type == "cuda" and isinstance(self.explainer, LRP):
+            channels_last_weights(self.explainer)
 
     @property
     def scale(self) -> StableScale:

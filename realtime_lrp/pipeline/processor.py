@@ -8,6 +8,11 @@ with a one-line notice), holds the settings, and runs frames through its
 which keeps one stable colour scale per stream and turns running out of memory into a
 one-line :class:`ProcessingError`.
 
+The explainer is a constructor choice (``method``): the LRP engine, or one of the CAM family
+(:class:`~realtime_lrp.lrp.cam.CAM`, with the engine's call interface) read at ``cam_layer``;
+:func:`build_explainer` is the one place that builds either. The CAM maps are positive, so they
+get the colour map of the positive-only presets.
+
 Run-time controls (for the live view's keys) are plain attributes or small methods:
 ``top_k`` (property, 0 turns the filter off), ``cmap`` (property; ``None`` means the
 preset's default), ``layout`` and ``alpha`` (attributes), :meth:`scale_top_k`,
@@ -16,12 +21,16 @@ preset's default), ``layout`` and ``alpha`` (attributes), :meth:`scale_top_k`,
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Mapping, Sequence
+import weakref
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 import torch
 
+from realtime_lrp.lrp.cam import CAM, CAM_METHODS, in_channels
+from realtime_lrp.lrp.cam import cam_layer as find_cam_layer
 from realtime_lrp.lrp.engine import LRP, LRPResult
+from realtime_lrp.lrp.filter import DEFAULT_TOP_K
 from realtime_lrp.lrp.presets import auto_preset
 from realtime_lrp.models.sizes import check_input_size
 from realtime_lrp.pipeline import render
@@ -29,9 +38,16 @@ from realtime_lrp.pipeline.fast import FastProcessor
 from realtime_lrp.pipeline.preprocess import check_fit, default_fit, frames_to_tensor, processing_size
 from realtime_lrp.pipeline.results import Prediction, ProcessingError, out_of_memory
 
-__all__ = ["CMAP_CYCLE", "FrameProcessor", "Prediction", "ProcessingError", "parse_target", "select_device"]
+__all__ = ["CMAP_CYCLE", "METHODS", "FrameProcessor", "Prediction", "ProcessingError", "build_explainer",
+           "parse_target", "select_device"]
 
 Notice = Callable[[str], None]
+
+Explainer = Union[LRP, CAM]
+
+METHODS: tuple[str, ...] = ("lrp", *CAM_METHODS)
+
+_DEVICE_COPIES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, torch.nn.Module]]" = weakref.WeakKeyDictionary()
 
 CMAP_CYCLE: tuple[str, ...] = ("fire", "signed", "hot", "diverging", "inferno", "turbo", "viridis", "jet")
 
@@ -46,6 +62,34 @@ def select_device(requested: str = "auto", notice: Notice | None = None) -> tupl
     if requested != "cpu" and notice is not None:
         notice("CUDA is not available: running on the CPU in fp32 (slow)")
     return torch.device("cpu"), torch.float32
+
+
+def device_model(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """``model`` itself if it is on ``device`` in ``dtype``, else one eval-mode copy there (channels_last
+    on CUDA, no parameter gradients), shared by every caller for the same model, device and dtype."""
+    param = next(model.parameters())
+    if param.device == device and param.dtype == dtype:
+        return model
+    copies = _DEVICE_COPIES.setdefault(model, {})
+    key = (str(device), dtype)
+    if key not in copies:
+        moved = copy.deepcopy(model).eval().to(device, dtype).requires_grad_(False)
+        copies[key] = moved.to(memory_format=torch.channels_last) if device.type == "cuda" else moved
+    return copies[key]
+
+
+def build_explainer(model: torch.nn.Module, method: str, *, card: Mapping[str, Any], size: tuple[int, int],
+                    dtype: torch.dtype, device: torch.device, preset: str = "auto", top_k: float = DEFAULT_TOP_K,
+                    cam_layer: str | None = None) -> Explainer:
+    """The explainer of ``method``: the LRP engine (``preset``, ``top_k``) or a CAM method at ``cam_layer``
+    (default: the last conv stage at ``size``) on a copy of ``model`` in ``dtype`` on ``device``."""
+    if method == "lrp":
+        return LRP(model, preset=preset, top_k=top_k, mean=card["mean"], std=card["std"], dtype=dtype, device=device)
+    if method not in CAM_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    explainer = CAM(device_model(model, device, dtype), method, size, cam_layer)
+    explainer.top_k = top_k
+    return explainer
 
 
 def parse_target(value: str | int | None, classes: Sequence[str]) -> int | str | None:
@@ -77,8 +121,11 @@ class FrameProcessor:
     """Explain and render BGR frames with one model; keeps a stable colour scale per stream.
 
     ``model`` is an eval-mode model (any device; never moved or cast: the engine canonises it
-    from its own weights and runs in the selected device and dtype) and ``card`` its model
-    card. ``size`` is the processing (H, W), default the card's input size; ``fit`` how a
+    from its own weights and runs in the selected device and dtype, a CAM method runs a copy there)
+    and ``card`` its model card. ``method`` is ``lrp`` (with ``preset`` and ``top_k``) or a CAM
+    method of :data:`METHODS` (``top_k`` has no effect on it); ``cam_layer`` names the layer the
+    CAM methods read (checked for every method, as a server shows CAM beside LRP; default: the
+    last conv stage). ``size`` is the processing (H, W), default the card's input size; ``fit`` how a
     frame meets it (``crop``, ``squash`` or ``pad``; default :func:`default_fit` of the card).
     ``cmap=None`` picks the preset's default map. ``smooth`` in [0, 1) is the weight of the
     previous map in an exponential moving average of a stream's maps (0 is off). ``legend``
@@ -87,10 +134,13 @@ class FrameProcessor:
     """
 
     def __init__(self, model: torch.nn.Module, card: Mapping[str, Any], *, preset: str = "auto",
-                 top_k: float = 0.02, target: str | int | None = None, size: tuple[int, int] | None = None,
+                 top_k: float = DEFAULT_TOP_K, target: str | int | None = None, size: tuple[int, int] | None = None,
                  cmap: str | None = None, layout: str = "overlay", alpha: float = 0.6,
                  smooth: float = 0.0, device: str = "auto", notice: Notice | None = None,
-                 fit: str | None = None, legend: bool = False, graph: bool | None = None) -> None:
+                 fit: str | None = None, legend: bool = False, graph: bool | None = None, method: str = "lrp",
+                 cam_layer: str | None = None) -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         if layout not in render.LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(render.LAYOUTS)}")
         if not 0.0 <= alpha <= 1.0:
@@ -107,14 +157,23 @@ class FrameProcessor:
         self.device, self.dtype = select_device(device, notice)
         self.model = model if not model.training else copy.deepcopy(model).eval()  # the caller's stays as it is
         check_input_size(self.model, card, self.size)
-        self.lrp = LRP(self.model, preset=preset, top_k=top_k, mean=card["mean"], std=card["std"], dtype=self.dtype,
-                       device=self.device)
-        self.preset = self.lrp.preset.name  # "auto" resolved
+        self.method = method
+        self.explainer = build_explainer(self.model, method, card=card, size=self.size, dtype=self.dtype,
+                                         device=self.device, preset=preset, top_k=top_k, cam_layer=cam_layer)
+        if isinstance(self.explainer, LRP):
+            self.preset = self.explainer.preset.name  # "auto" resolved
+            param = next(self.model.parameters())
+            probe = torch.zeros(1, in_channels(self.model), *self.size, device=param.device, dtype=param.dtype)
+            self.cam_layer = None if cam_layer is None else find_cam_layer(self.model, probe, cam_layer)
+        else:
+            self.preset = preset
+            self.cam_layer = self.explainer.layer
         self.notice = notice
-        self._fp32: LRP | None = None
+        self._fp32: Explainer | None = None
         self._overflow_said = False
-        if self.lrp.chosen and self.preset != auto_preset(())[0] and notice is not None:
-            notice(self.lrp.chosen)  # a CNN keeps the preset it always had: nothing new to say
+        chosen = getattr(self.explainer, "chosen", None)
+        if chosen and self.preset != auto_preset(())[0] and notice is not None:
+            notice(chosen)  # a CNN keeps the preset it always had: nothing new to say
         self._cmap: str | None = None
         self.cmap = cmap
         self.layout = layout
@@ -123,13 +182,13 @@ class FrameProcessor:
         self.legend = legend
         self.passes = FastProcessor(self, graph=graph, notice=notice)
 
-    def fp32_lrp(self) -> LRP:
-        """An fp32 engine on the same device, model and settings, built on first use: it explains
-        again the samples whose relevance overflowed fp16 (the fidelity guard)."""
+    def fp32_explainer(self) -> Explainer:
+        """An fp32 explainer of the same method on the same device, model and settings, built on first
+        use: it explains again the samples whose map overflowed fp16 (the fidelity guard)."""
         if self._fp32 is None:
-            self._fp32 = LRP(self.model, preset=self.preset, mean=self.card["mean"], std=self.card["std"],
-                             dtype=torch.float32, device=self.device)
-        self._fp32.top_k = self.lrp.top_k
+            self._fp32 = build_explainer(self.model, self.method, card=self.card, size=self.size, dtype=torch.float32,
+                                         device=self.device, preset=self.preset, cam_layer=self.cam_layer)
+        self._fp32.top_k = self.explainer.top_k
         return self._fp32
 
     def say_overflow(self, count: int, layers: set[str]) -> None:
@@ -157,17 +216,17 @@ class FrameProcessor:
 
     @property
     def signed(self) -> bool:
-        """Whether the preset's relevance is signed."""
-        return self.lrp.signed
+        """Whether the maps are signed (the preset's relevance; CAM maps are positive)."""
+        return self.explainer.signed
 
     @property
     def top_k(self) -> float:
         """Fraction of relevance kept before each layer (0 = unfiltered); settable at run time."""
-        return self.lrp.top_k
+        return self.explainer.top_k
 
     @top_k.setter
     def top_k(self, value: float) -> None:
-        self.lrp.top_k = min(1.0, max(0.0, float(value)))
+        self.explainer.top_k = min(1.0, max(0.0, float(value)))
         self.reset()
 
     @property
@@ -181,7 +240,7 @@ class FrameProcessor:
 
     def scale_top_k(self, factor: float) -> float:
         """Multiply ``top_k`` by ``factor`` (keys + and −), kept within [0.001, 1]; the new value."""
-        current = self.top_k if self.top_k > 0 else 0.02
+        current = self.top_k if self.top_k > 0 else DEFAULT_TOP_K
         self.top_k = min(1.0, max(0.001, current * factor))
         return self.top_k
 
@@ -207,7 +266,7 @@ class FrameProcessor:
         """
         try:
             x = frames_to_tensor(frames, self.card, self.size, self.device, self.dtype, self.fit)
-            result = self.lrp(x, target=self.passes.static_target(len(frames)))
+            result = self.explainer(x, target=self.passes.static_target(len(frames)))
             if self.dtype in (torch.float16, torch.bfloat16):
                 result = self._guarded(frames, result)
             top_p, top_i = torch.softmax(result.logits.float(), dim=1).max(dim=1)
@@ -236,11 +295,12 @@ class FrameProcessor:
         bad = (~result.finite).nonzero().flatten()
         if not len(bad):
             return result
-        self.say_overflow(len(bad), {self.lrp.step_name(int(s)) for s in result.first_bad[bad]} - {None})
+        steps = result.first_bad[bad].tolist() if result.first_bad is not None else []
+        self.say_overflow(len(bad), {self.explainer.step_name(int(s)) for s in steps} - {None})
         x = frames_to_tensor([frames[i] for i in bad.tolist()], self.card, self.size, self.device, torch.float32,
                              self.fit)
         target = self.passes.static_target(len(frames))
-        again = self.fp32_lrp()(x, target=target[bad] if torch.is_tensor(target) else target)
+        again = self.fp32_explainer()(x, target=target[bad] if torch.is_tensor(target) else target)
         return LRPResult(*(mine.index_copy(0, bad, theirs.to(mine.dtype)) for mine, theirs in
                            ((result.relevance, again.relevance), (result.logits.float(), again.logits),
                             (result.target, again.target), (result.finite, again.finite))))

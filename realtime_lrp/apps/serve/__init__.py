@@ -13,8 +13,12 @@ The protocol on ``/ws`` (numbers are big-endian):
   limits); ``skipped`` (``id``, ``reason``) for a frame that was not explained because a
   newer one replaced it or the client was over its frame rate; ``error`` (``message``).
 * client → server, binary: a 4-byte frame id, then one JPEG image.
-* client → server, text JSON: ``{"type": "settings", "preset", "top_k", "cmap", "layout",
-  "alpha"}`` (any subset) and ``{"type": "reset"}`` (a new stream: forget the colour scale).
+* client → server, text JSON: ``{"type": "settings", "method", "preset", "top_k", "cmap",
+  "layout", "alpha"}`` (any subset) and ``{"type": "reset"}`` (a new stream: forget the colour
+  scale). ``method`` is ``lrp`` or a CAM method (``gradcam``, ``gradcam++``, ``layercam``, read
+  at the server's ``--cam-layer``); the ``compare`` layout shows LRP (``preset``) and a CAM
+  method (``method``'s, Grad-CAM for ``lrp``) of the same frame side by side, each half exactly
+  what that method alone shows, and names them in the result's ``halves``.
 * server → client, binary: a 4-byte length L, L bytes of UTF-8 JSON (``id``, ``label``,
   ``server_fps``, ...), then the rendered frame as JPEG.
 
@@ -22,7 +26,7 @@ Flow control: the page keeps one frame in flight, so a slow link drops frames in
 queueing them. The server keeps only the newest unexplained frame of each client and
 only the newest unsent reply (a client that stops reading loses replies, nobody else
 waits). One :class:`~realtime_lrp.apps.serve.worker.Worker` thread owns the processor and explains the newest frame of
-every client in one batch per (preset, top-k) group. A message that breaks the protocol
+every client in one batch per (explainer, top-k, ...) group. A message that breaks the protocol
 closes that client's connection with a WebSocket close code and a reason; the others go on.
 Each client's messages are taken by a task that only checks them (ids, rates) and keeps
 the newest frame in one slot; another task decodes it, if the client is still there and

@@ -18,6 +18,8 @@ from realtime_lrp.apps.serve.protocol import (
     CLOSE_POLICY,
     CLOSE_TRY_LATER,
     CLOSE_UNSUPPORTED,
+    LAYOUTS,
+    METHODS,
     DecodeBudget,
     Limits,
     ProtocolError,
@@ -224,12 +226,12 @@ class Hub:
         })
 
     def hello(self) -> dict[str, Any]:
-        """What a page needs to know first: mode, processing size, device, settings and limits."""
+        """What a page needs to know first: mode, processing size, device, settings, their choices and limits."""
         return {
             "type": "hello", "mode": "kiosk" if self.kiosk else "camera", "source": self.source,
             "size": list(self.size), "device": self.device, "model": self.model,
-            "settings": asdict(self.settings), "presets": list(PRESET_NAMES),
-            "cmaps": list(render.colormaps()), "layouts": list(render.LAYOUTS),
+            "settings": asdict(self.settings), "presets": list(PRESET_NAMES), "methods": list(METHODS),
+            "cmaps": list(render.colormaps()), "layouts": list(LAYOUTS),
             "max_fps": self.limits.max_fps, "max_side": self.limits.max_side,
             "max_message": self.limits.max_message,
         }

@@ -10,8 +10,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from realtime_lrp.apps.serve.jpeg import JpegError, inspect
+from realtime_lrp.lrp.filter import DEFAULT_TOP_K
 from realtime_lrp.lrp.presets import PRESET_NAMES
 from realtime_lrp.pipeline import render
+from realtime_lrp.pipeline.processor import METHODS
 
 CLOSE_IDLE = 1000         # a client that sent nothing for a while (a normal closure)
 
@@ -41,6 +43,12 @@ MAX_TEXT = 4096           # characters of a text message
 
 
 MAX_DIGITS = 15           # digits of an integer in a text message (no setting needs more)
+
+
+COMPARE = "compare"       # the layout that shows LRP and a CAM method of the same frame side by side
+
+
+LAYOUTS: tuple[str, ...] = (*render.LAYOUTS, COMPARE)
 
 
 class ProtocolError(Exception):
@@ -73,13 +81,30 @@ class Limits:
 
 @dataclass(frozen=True)
 class Settings:
-    """How a stream is explained and shown; ``cmap=None`` is the preset's default map."""
+    """How a stream is explained and shown; ``cmap=None`` is the method's default map.
+
+    ``method`` is ``lrp`` (with ``preset`` and ``top_k``) or a CAM method. The ``compare`` layout
+    shows two overlays of the frame side by side: LRP with ``preset`` on the left, and on the right
+    the CAM method of ``method`` (Grad-CAM when ``method`` is ``lrp``), each with its default
+    colour map unless ``cmap`` is set.
+    """
 
     preset: str = "epsilon-plus-flat"
-    top_k: float = 0.02
+    top_k: float = DEFAULT_TOP_K
     cmap: str | None = None
     layout: str = "overlay"
     alpha: float = 0.6
+    method: str = "lrp"
+
+    @property
+    def explainer(self) -> str:
+        """The name of the explainer of a single-method layout: the preset for LRP, else the CAM method."""
+        return self.preset if self.method == "lrp" else self.method
+
+    @property
+    def compared(self) -> str:
+        """The CAM method on the right of the ``compare`` layout."""
+        return "gradcam" if self.method == "lrp" else self.method
 
     def updated(self, message: Mapping[str, Any]) -> "Settings":
         """These settings with the fields of a ``settings`` message; bad values raise ProtocolError."""
@@ -94,7 +119,9 @@ class Settings:
                 changes[key] = number
             elif key == "cmap" and (value is None or (isinstance(value, str) and value.lower() in render.colormaps())):
                 changes[key] = None if value is None else value.lower()
-            elif key == "layout" and isinstance(value, str) and value in render.LAYOUTS:
+            elif key == "layout" and isinstance(value, str) and value in LAYOUTS:
+                changes[key] = value
+            elif key == "method" and isinstance(value, str) and value in METHODS:
                 changes[key] = value
             else:
                 raise ProtocolError(CLOSE_INVALID, f"bad setting {key[:40]}={shown(value)}")

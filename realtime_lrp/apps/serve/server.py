@@ -14,6 +14,7 @@ from realtime_lrp.apps.serve.auth import is_loopback, new_token
 from realtime_lrp.apps.serve.kiosk import Kiosk
 from realtime_lrp.apps.serve.protocol import Limits, Settings
 from realtime_lrp.apps.serve.worker import Notice, Worker, device_name
+from realtime_lrp.lrp.presets import PRESET_NAMES
 from realtime_lrp.media.capture import CameraError, CameraSpec
 from realtime_lrp.pipeline import render
 from realtime_lrp.pipeline.processor import FrameProcessor
@@ -104,7 +105,8 @@ class LrpServer:
         self.socket = bind(host, port)
         self.port = self.socket.getsockname()[1]
         own_cmap = processor.cmap if processor.cmap != render.default_cmap(processor.signed) else None
-        settings = Settings(processor.preset, processor.top_k, own_cmap, processor.layout, processor.alpha)
+        preset = processor.preset if processor.preset in PRESET_NAMES else Settings.preset  # a CAM method's "auto"
+        settings = Settings(preset, processor.top_k, own_cmap, processor.layout, processor.alpha, processor.method)
         self.worker = Worker(processor, batch=batch, notice=notice)
         self.device = device_name(processor)
         self.hub = Hub(self.worker, settings, limits, self.token, tls is not None, self.device,
