@@ -459,6 +459,13 @@ PLANTS: tuple[Plant, ...] = (
     Plant("fp16-overflow-frame-not-rerun", "realtime_lrp/pipeline/fast.py",
           "if overflowed and self.owner.lrp.dtype", "if False and self.owner.lrp.dtype",
           ("tests/test_fidelity_guard.py::test_the_frame_pass_reruns_the_overflowing_frame_in_fp32_and_says_so_once",)),
+    Plant("bench-cuda-unchecked", "realtime_lrp/cli/bench.py",
+          '@click.option("--device", default="auto", show_default=True, callback=check_device,',
+          '@click.option("--device", default="auto", show_default=True,',
+          ("tests/test_reliability.py::test_bench_evaluate_and_train_refuse_cuda_without_it_and_auto_says_it_falls_back",)),
+    Plant("train-auto-falls-back-silently", "realtime_lrp/cli/train.py",
+          'if fallback and os.environ.get("RANK", "0") == "0":', 'if False:',
+          ("tests/test_reliability.py::test_bench_evaluate_and_train_refuse_cuda_without_it_and_auto_says_it_falls_back",)),
 )
 
 

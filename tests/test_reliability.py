@@ -557,6 +557,36 @@ def test_an_explicit_cuda_device_without_cuda_is_one_line_and_exit_2(tmp_path: P
     assert result.exit_code == 0 and "CUDA is not available: running on the CPU" in result.output, result.output
 
 
+def test_bench_evaluate_and_train_refuse_cuda_without_it_and_auto_says_it_falls_back(tmp_path: Path,
+                                                                                     weights: Path) -> None:
+    import cv2
+    import numpy as np
+    from media import run_rtlrp
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no CUDA, also on a machine that has it
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((32, 32), 60 + 50 * i, np.uint8))
+    commands = {
+        "bench": (["bench", "--weights", weights, "--sizes", "32", "--top-k", "0", "--repeats", "1", "--warmup", "0",
+                   "--no-zennit", "--no-autolrp", "--no-frame-pass"], "benchmarking on the CPU"),
+        "evaluate": (["evaluate", folder, "--weights", weights, "-n", "2", "--methods", "random", "--top-k", "0",
+                      "--dtypes", "fp32", "--draws", "1", "--no-road", "--no-class-r"], "evaluating on the CPU"),
+        "train": (["train", "--dataset", "fashion-mnist", "--width", "0.0625", "--hidden", "16", "--max-steps", "1",
+                   "--batch-size", "8", "--workers", "0", "--out", tmp_path / "run"], "training on the CPU"),
+    }
+    for name, (args, said) in commands.items():
+        for device in ("cuda", "cuda:0"):
+            proc = run_rtlrp([*args, "--device", device], env=env)
+            assert proc.returncode == 2, (name, proc.stderr)
+            assert f"--device {device}: CUDA is not available here" in only_line(proc.stderr), name
+        assert not (tmp_path / "run").exists(), "a refused train left a run folder"
+        proc = run_rtlrp([*args, "--device", "auto"], env=env)
+        assert proc.returncode == 0, (name, proc.stderr)
+        assert f"CUDA is not available: {said}" in proc.stderr, (name, proc.stderr)
+
+
 def test_crf_is_checked_against_the_codecs_own_range(tmp_path: Path, clip: Path) -> None:
     import numpy as np
     from click.testing import CliRunner

@@ -7,7 +7,16 @@ import click
 
 from realtime_lrp.apps.evaluate.methods import METHOD_NAMES
 from realtime_lrp.cli.group import cli
-from realtime_lrp.cli.options import WEIGHTS_HELP, check_size, comma_list, default_threads, load_weights, stderr_console
+from realtime_lrp.cli.options import (
+    WEIGHTS_HELP,
+    check_device,
+    check_size,
+    comma_list,
+    cpu_fallback_notice,
+    default_threads,
+    load_weights,
+    stderr_console,
+)
 
 
 @cli.command("evaluate")
@@ -52,7 +61,9 @@ from realtime_lrp.cli.options import WEIGHTS_HELP, check_size, comma_list, defau
 @click.option("--smooth", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Video input: average maps over frames as rtlrp video --smooth does.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the noise, tie order and random maps.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", show_default=True, callback=check_device,
+              help="auto, cpu, cuda or cuda:N; auto falls back to the CPU (and says so), an explicit cuda"
+                   " without CUDA is an error.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch; default as for video: all cores but two, at least one.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -80,6 +91,9 @@ def evaluate_command(source: str | None, weights: str, images: int, methods: lis
     console = stderr_console()
     out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)  # the table, on stdout
     torch.set_num_threads(threads or default_threads())
+    fallback = cpu_fallback_notice(device, "evaluating")
+    if fallback:
+        console.print(fallback, style="yellow")
     try:
         config = EvalConfig(
             methods=methods, top_ks=top_k, target_modes=target_modes,
