@@ -466,6 +466,12 @@ PLANTS: tuple[Plant, ...] = (
     Plant("train-auto-falls-back-silently", "realtime_lrp/cli/train.py",
           'if fallback and os.environ.get("RANK", "0") == "0":', 'if False:',
           ("tests/test_reliability.py::test_bench_evaluate_and_train_refuse_cuda_without_it_and_auto_says_it_falls_back",)),
+    Plant("headless-ignores-q", "realtime_lrp/media/display.py",
+          "return self.keys.poll() if self.keys is not None else None", "return None",
+          ("tests/test_reliability.py::test_headless_webcam_stops_on_q_and_enter_and_reads_only_a_terminal_or_a_pipe",)),
+    Plant("keys-read-from-dev-null", "realtime_lrp/media/display.py",
+          "return fd if os.isatty(fd) or stat.S_ISFIFO(mode) else None", "return fd",
+          ("tests/test_reliability.py::test_headless_webcam_stops_on_q_and_enter_and_reads_only_a_terminal_or_a_pipe",)),
 )
 
 

@@ -627,7 +627,58 @@ def test_webcam_looks_for_the_camera_before_loading_the_model(tmp_path: Path) ->
     from realtime_lrp.cli import cli
 
     helped = CliRunner().invoke(cli, ["webcam", "--help"])
-    assert "headless (--no-window), stop with Ctrl-C" in " ".join(helped.output.split())
+    assert "headless (--no-window), q and Enter quit (or Ctrl-C)" in " ".join(helped.output.split())
+
+
+def test_headless_webcam_stops_on_q_and_enter_and_reads_only_a_terminal_or_a_pipe(tmp_path: Path,
+                                                                                   weights: Path) -> None:
+    from realtime_lrp.media.display import StdinKeys
+
+    src = tmp_path / "long.mp4"
+    write_video(src, 600, (80, 60), 30.0)  # 20 s at its own pace: q must end it long before
+    args = [*rtlrp_command(), "webcam", "--camera", str(src), "--weights", str(weights), "--device", "cpu",
+            "--size", "64", "--no-window"]
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if "frames " in line and ("LIVE" in line or "PAUSED" in line):  # the loop runs: now type q
+                proc.stdin.write("q\n")
+                proc.stdin.flush()
+                break
+        started = time.monotonic()
+        rest = proc.communicate(timeout=60)[1]
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = "".join(lines) + rest
+    assert proc.returncode == 0, stderr
+    assert "headless: type q and Enter to stop" in stderr
+    done = [line for line in stderr.splitlines() if "frames processed in" in line]
+    assert len(done) == 1 and done[0].endswith("ended: quit."), stderr
+    assert int(done[0].split()[0]) < 600 and took < 15, f"q took {took:.1f} s to stop the run"
+    with open(os.devnull) as null:  # /dev/null: no keys, no thread, no prompt
+        assert not StdinKeys(null).active
+    proc = subprocess.run([*args, "--max-frames", "3"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "ended: max frames." in proc.stderr, proc.stderr
+    assert "type q" not in proc.stderr
+    regular = tmp_path / "keys.txt"
+    regular.write_text("q\n")
+    with regular.open() as plain:
+        assert not StdinKeys(plain).active, "a regular file is not read as keys"
+    read, write = os.pipe()
+    with os.fdopen(read) as pipe_in, os.fdopen(write, "w") as pipe_out:
+        keys = StdinKeys(pipe_in)
+        pipe_out.write("x\nquit\n")
+        pipe_out.flush()
+        deadline = time.monotonic() + 5
+        key = None
+        while key is None and time.monotonic() < deadline:
+            key, _ = keys.poll(), time.sleep(0.01)
+        assert keys.active and key == ord("q") and keys.poll() is None
 
 
 # -- install what you use ----------------------------------------------------------------------------
