@@ -472,6 +472,9 @@ PLANTS: tuple[Plant, ...] = (
     Plant("keys-read-from-dev-null", "realtime_lrp/media/display.py",
           "return fd if os.isatty(fd) or stat.S_ISFIFO(mode) else None", "return fd",
           ("tests/test_reliability.py::test_headless_webcam_stops_on_q_and_enter_and_reads_only_a_terminal_or_a_pipe",)),
+    Plant("jpeg-walk-ignores-the-end", "realtime_lrp/apps/serve/jpeg.py",
+          "            if p > bits:\n", "            if False:\n",
+          ("tests/test_serve_attacks.py::test_a_jpeg_cut_by_a_few_blocks_with_an_end_marker_added_is_refused",)),
 )
 
 
