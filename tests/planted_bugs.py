@@ -475,6 +475,14 @@ PLANTS: tuple[Plant, ...] = (
     Plant("jpeg-walk-ignores-the-end", "realtime_lrp/apps/serve/jpeg.py",
           "            if p > bits:\n", "            if False:\n",
           ("tests/test_serve_attacks.py::test_a_jpeg_cut_by_a_few_blocks_with_an_end_marker_added_is_refused",)),
+    Plant("fp16-rerun-keeps-the-blank-fold", "realtime_lrp/pipeline/fast.py",
+          'if before is not None and self.mode == "stream":\n            self.state.restore(before)',
+          'if False:\n            self.state.restore(before)',
+          ("tests/test_fidelity_guard.py::test_the_streams_colour_scale_and_smoothed_map_fold_in_the_fp32_rerun_not_the_blank_map",)),
+    Plant("fp16-rerun-state-thrown-away", "realtime_lrp/pipeline/fast.py",
+          "            if before is not None:\n                for mine, theirs in",
+          "            if False:\n                for mine, theirs in",
+          ("tests/test_fidelity_guard.py::test_the_streams_colour_scale_and_smoothed_map_fold_in_the_fp32_rerun_not_the_blank_map",)),
 )
 
 
