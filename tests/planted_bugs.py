@@ -483,6 +483,9 @@ PLANTS: tuple[Plant, ...] = (
           "            if before is not None:\n                for mine, theirs in",
           "            if False:\n                for mine, theirs in",
           ("tests/test_fidelity_guard.py::test_the_streams_colour_scale_and_smoothed_map_fold_in_the_fp32_rerun_not_the_blank_map",)),
+    Plant("serve-source-lying-on-its-side", "realtime_lrp/media/capture.py",
+          "capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)", "capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 0)",
+          ("tests/test_reliability.py::test_serve_source_sends_a_rotated_clips_frames_upright",)),
 )
 
 

@@ -267,6 +267,40 @@ def test_rotated_clips_are_explained_and_written_upright(tmp_path: Path, weights
     assert agree > 0.75 and agree > (red(written[0]) == red(np.rot90(upright, 2))).mean() + 0.2  # not upside down
 
 
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_serve_source_sends_a_rotated_clips_frames_upright(tmp_path: Path, rotation: int) -> None:
+    import cv2
+    import numpy as np
+    from media import tiny_card, tiny_model
+    from test_serve import hello_of, ws_url
+    from websockets.sync.client import connect
+
+    from realtime_lrp.apps.serve.protocol import decode_result
+    from realtime_lrp.apps.serve.server import LrpServer
+    from realtime_lrp.media.capture import parse_camera
+    from realtime_lrp.pipeline.processor import FrameProcessor
+
+    coded = moving(10, (96, 48))
+    for image in coded:
+        image[16:, :40] = (0, 0, 255)  # a red block at the coded bottom-left
+    src = tmp_path / f"phone{rotation}.mp4"
+    encode(src, coded, rotation=rotation)
+    upright = played(src)[0][0]
+    assert upright.shape[:2] == ((96, 48) if rotation != 180 else (48, 96))
+    processor = FrameProcessor(tiny_model(), tiny_card(), device="cpu", alpha=0.0)  # the frame as it is, labelled
+    with LrpServer(processor, port=0, source=parse_camera(str(src))) as server:
+        server.start()
+        with connect(ws_url(server.url)) as ws:
+            assert hello_of(ws)["mode"] == "kiosk"
+            while not isinstance(reply := ws.recv(timeout=60), bytes):
+                pass
+    sent = cv2.imdecode(np.frombuffer(decode_result(reply)[1], np.uint8), cv2.IMREAD_COLOR)
+    assert sent.shape == upright.shape
+    red = lambda im: (im[..., 2].astype(int) - im[..., 1]) > 100  # noqa: E731
+    agree = (red(sent) == red(upright)).mean()  # the label drawn over the frame differs a little
+    assert agree > 0.75 and agree > (red(sent) == red(np.rot90(upright, 2))).mean() + 0.2  # not upside down
+
+
 def test_a_size_change_mid_stream_is_letterboxed_and_said_once(tmp_path: Path, weights: Path) -> None:
     from media import run_rtlrp
 
