@@ -486,6 +486,9 @@ PLANTS: tuple[Plant, ...] = (
     Plant("serve-source-lying-on-its-side", "realtime_lrp/media/capture.py",
           "capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)", "capture.set(cv2.CAP_PROP_ORIENTATION_AUTO, 0)",
           ("tests/test_reliability.py::test_serve_source_sends_a_rotated_clips_frames_upright",)),
+    Plant("jpeg-libjpeg-check-passes-all", "realtime_lrp/apps/serve/jpeg.py",
+          "return bool((grey[rows:, :mcu_w] != 128).any())", "return True",
+          ("tests/test_serve_attacks.py::test_a_jpeg_cut_by_a_few_blocks_with_an_end_marker_added_is_refused",)),
 )
 
 

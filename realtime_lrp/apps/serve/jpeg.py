@@ -6,9 +6,11 @@ it: progressive and other non-baseline kinds, more than :data:`MAX_SCANS` scans 
 thousands of tiny scans takes seconds to decode), sizes over the limit (decompression
 bombs), and data that ends before the size its header claims (truncated, or a header patched
 to a larger size, also when an end marker was added after the cut: libjpeg would fill the
-missing blocks and only warn). The last is exact: each scan's entropy-coded data is walked
-code by code with its Huffman tables (no coefficient is computed) and must hold every block
-its header promises; with restart markers, every interval must.
+missing blocks and only warn). The last is exact and, for the one-scan JPEGs browsers send,
+cheap: Pillow's libjpeg decodes the luma with the header patched to one more row of MCUs,
+whose first MCU stays grey only if the data ran out before it. Only then (or for several
+scans, or restart markers) the scan's entropy-coded data is walked code by code with its
+Huffman tables, in Python, and must hold every block its header promises.
 """
 from __future__ import annotations
 
@@ -71,6 +73,8 @@ def inspect(data: bytes, max_side: int) -> JpegInfo:
     restart = 0
     scans = 0
     scanned: set[int] = set()
+    walks: list[tuple[int, int, list[int], list[tuple[bytes, bytes]]]] = []  # each scan's data and codes
+    height_at = 0
     pos, end = 2, len(data)
     while True:
         while pos < end and data[pos] == 0xFF and pos + 1 < end and data[pos + 1] == 0xFF:
@@ -98,6 +102,7 @@ def inspect(data: bytes, max_side: int) -> JpegInfo:
             if size is not None:
                 raise JpegError("has more than one frame header")
             size, components = _frame(segment, max_side)
+            height_at = pos - length + 3
         elif marker == 0xC4:
             _huffman(segment, tables)
         elif marker == 0xDD:
@@ -114,13 +119,45 @@ def inspect(data: bytes, max_side: int) -> JpegInfo:
             scanned.update(ids)
             found = _NEXT_MARKER.search(data, pos)
             stop = found.start() if found else end
-            _walk(data[pos:stop], coding, _units(ids, components, size), restart, size)
+            walks.append((pos, stop, ids, coding))
             pos = stop
     if size is None or scans == 0:
         raise JpegError("has no image data")
     if scanned != set(components):
         raise JpegError("leaves components out of its scans")
+    if scans > 1 or restart or not _ends_after_its_blocks(data, height_at, size, components):
+        for start, stop, ids, coding in walks:
+            _walk(data[start:stop], coding, _units(ids, components, size), restart, size)
     return JpegInfo(size[1], size[0], len(components), scans)
+
+
+def _ends_after_its_blocks(data: bytes, height_at: int, size: tuple[int, int],
+                           components: dict[int, _Component]) -> bool:
+    """The cheap check of a one-scan JPEG: True if libjpeg finds every block's data before the end.
+
+    The header is patched to one more row of MCUs, which has no data: libjpeg decodes the
+    first of them from the padding bits (and zeros), but leaves it grey (128) when the data
+    ran out before, inside the real blocks. So False means truncated, or a last block that
+    happens to decode to 128 there too: the exact walk decides.
+    """
+    import io
+
+    from PIL import Image
+
+    one = len(components) == 1
+    mcu_h = 8 if one else 8 * max(c.v for c in components.values())
+    mcu_w = 8 if one else 8 * max(c.h for c in components.values())
+    rows = math.ceil(size[0] / mcu_h) * mcu_h
+    patched = data[:height_at] + (rows + mcu_h).to_bytes(2, "big") + data[height_at + 2:]
+    try:  # Pillow's libjpeg, whose warnings go nowhere (OpenCV's print to stderr)
+        with Image.open(io.BytesIO(patched)) as image:
+            image.draft("L", image.size)  # the luma alone: no colour conversion
+            grey = np.asarray(image)
+    except (OSError, ValueError, SyntaxError):
+        return False
+    if grey.ndim != 2 or grey.shape[0] != rows + mcu_h:
+        return False
+    return bool((grey[rows:, :mcu_w] != 128).any())
 
 
 def _frame(segment: bytes, max_side: int) -> tuple[tuple[int, int], dict[int, _Component]]:
@@ -183,10 +220,12 @@ def _lookup(table: bytes, ac: bool) -> list[int]:
     return out.tolist()
 
 
-def _walk(coded: bytes, coding: list[tuple[list[int], list[int]]], units: int, restart: int,
+def _walk(coded: bytes, tables: list[tuple[bytes, bytes]], units: int, restart: int,
           size: tuple[int, int]) -> None:
-    """Walk the codes of ``units`` MCUs (blocks ``coding``: DC and AC lookups) through the scan's data;
-    JpegError if the data, or one restart interval of it, ends first or holds a code no table has."""
+    """Walk the codes of ``units`` MCUs (blocks with ``tables``: DC and AC) through the scan's data;
+    JpegError if the data, or one restart interval of it, ends first or holds a code no table has.
+    Exact, and in Python: about a microsecond a code."""
+    coding = [(_lookup(dc, False), _lookup(ac, True)) for dc, ac in tables]
     parts = _RESTART.split(coded) if restart else [coded]
     intervals = math.ceil(units / restart) if restart else 1
     if len(parts) < intervals:
@@ -214,8 +253,8 @@ def _walk(coded: bytes, coding: list[tuple[list[int], list[int]]], units: int, r
 
 
 def _scan(segment: bytes, components: dict[int, _Component], size: tuple[int, int],
-          tables: dict[tuple[int, int], bytes]) -> tuple[list[int], list[tuple[list[int], list[int]]]]:
-    """The components of a scan, and the DC and AC lookups of each block of one of its MCUs."""
+          tables: dict[tuple[int, int], bytes]) -> tuple[list[int], list[tuple[bytes, bytes]]]:
+    """The components of a scan, and the DC and AC tables of each block of one of its MCUs."""
     count = segment[0] if segment else 0
     if not 1 <= count <= len(components) or len(segment) != 4 + 2 * count:
         raise JpegError("has a broken scan header")
@@ -231,7 +270,7 @@ def _scan(segment: bytes, components: dict[int, _Component], size: tuple[int, in
             raise JpegError("uses a Huffman table it does not define")
         ids.append(ident)
         c = components[ident]
-        coding += [(_lookup(tables[0, dc], False), _lookup(tables[1, ac], True))] * (c.h * c.v if count > 1 else 1)
+        coding += [(tables[0, dc], tables[1, ac])] * (c.h * c.v if count > 1 else 1)
     return ids, coding
 
 
