@@ -19,7 +19,8 @@ that pass, padded; the padding is left out of the stream's state and discarded. 
 Fidelity guard: in fp16 a rule's denominator can overflow and blank a frame's map. The pass
 downloads the engine's per-frame ``finite`` flag with the predictions; after the sync, the
 frames flagged (rare) are explained again in fp32, eagerly, outside the graph, and the run
-says so once (:meth:`~realtime_lrp.pipeline.processor.FrameProcessor.say_overflow`).
+says so once (:meth:`~realtime_lrp.pipeline.processor.FrameProcessor.say_overflow`). The
+stream's colour scale and smoothed map then fold in the fp32 map, not the blank one.
 
 Three modes: ``stream`` (one stream, frames folded into its state in order: video, webcam),
 ``streams`` (frame i belongs to stream i, each with its own state: serve) and ``stills``
