@@ -84,8 +84,7 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
             check_writable(json_path)
         except OutputError as exc:
             raise click.ClickException(str(exc)) from None
-    if device == "auto" and not torch.cuda.is_available():
-        notice("CUDA is not available: benchmarking on the CPU in fp32")
+    fallback = device == "auto" and not torch.cuda.is_available()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_num_threads(threads or default_threads())
@@ -98,6 +97,8 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
             model, card = build_model(arch, 1000, 3).eval(), bench.imagenet_card(sizes[0])
         except WeightsError as exc:
             raise click.ClickException(str(exc)) from None
+    if fallback:
+        notice("CUDA is not available: benchmarking on the CPU in fp32")
     env = bench.environment()
     try:
         if video is not None:

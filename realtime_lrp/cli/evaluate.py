@@ -12,7 +12,6 @@ from realtime_lrp.cli.options import (
     check_device,
     check_size,
     comma_list,
-    cpu_fallback_notice,
     default_threads,
     load_weights,
     stderr_console,
@@ -91,9 +90,6 @@ def evaluate_command(source: str | None, weights: str, images: int, methods: lis
     console = stderr_console()
     out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)  # the table, on stdout
     torch.set_num_threads(threads or default_threads())
-    fallback = cpu_fallback_notice(device, "evaluating")
-    if fallback:
-        console.print(fallback, style="yellow")
     try:
         config = EvalConfig(
             methods=methods, top_ks=top_k, target_modes=target_modes,

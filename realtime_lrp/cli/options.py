@@ -43,15 +43,6 @@ def check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return text
 
 
-def cpu_fallback_notice(device: str, doing: str) -> str | None:
-    """What ``--device auto`` says when it falls back to the CPU (``doing``: e.g. "training"), else None."""
-    import torch
-
-    if device == "auto" and not torch.cuda.is_available():
-        return f"CUDA is not available: {doing} on the CPU"
-    return None
-
-
 def size_pair(text: str) -> list[int]:
     """``32`` → [32, 32]; ``64x48`` (width x height) → [48, 64]."""
     parts = text.lower().split("x")

@@ -1,14 +1,13 @@
 """``rtlrp train`` and ``rtlrp export``: training recipes and weights for the runtime."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import click
 
 from realtime_lrp.cli.group import cli
-from realtime_lrp.cli.options import check_device, command_line, cpu_fallback_notice, size_pair
+from realtime_lrp.cli.options import check_device, command_line, size_pair
 
 # realtime_lrp.models.architectures.ALL_ARCHS, spelled out so that --help does not import torch (a test checks
 # they agree).
@@ -79,9 +78,6 @@ def train_command(ctx: click.Context, **options: object) -> None:
     config = TrainConfig(**options, command=command_line(ctx))
     explicit = [p.name for p in ctx.command.params
                 if ctx.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
-    fallback = cpu_fallback_notice(str(options["device"]), "training")
-    if fallback and os.environ.get("RANK", "0") == "0":
-        click.secho(fallback, fg="yellow", err=True)
     try:
         main(config, explicit)
     except TrainingInterrupted as exc:
