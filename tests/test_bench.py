@@ -152,7 +152,7 @@ def test_cli_table_and_json(tmp_path) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback when CUDA is missing")
 def test_cli_without_cuda_falls_back_to_the_cpu(tmp_path) -> None:
     weights = model_file(tmp_path, channels=1)
-    result = run("bench", "--weights", weights, "--device", "cuda", "--sizes", "32", "--top-k", "0",
+    result = run("bench", "--weights", weights, "--device", "auto", "--sizes", "32", "--top-k", "0",
                  "--repeats", "1", "--warmup", "0", "--no-zennit", "--no-frame-pass")
     assert result.exit_code == 0, result.output
     assert "CUDA is not available" in result.output and "fp32" in result.output

@@ -130,3 +130,33 @@ def test_the_frame_pass_reruns_the_overflowing_frame_in_fp32_and_says_so_once(mo
     fp16.process(frames(), stable=stable)
     said = overflow_notices(notices)
     assert len(said) == 1 and "layer 0" in said[0]
+
+
+def test_the_streams_colour_scale_and_smoothed_map_fold_in_the_fp32_rerun_not_the_blank_map(monkeypatch) -> None:
+    """In stream mode the re-run frame's fp32 map, not the blank fp16 one, updates the stable colour scale
+    and the smoothed map, for the frames after it too; in serve's per-stream mode, its own stream's."""
+    from realtime_lrp.pipeline.stream import StreamState
+
+    fp16, fp32, _ = processors(monkeypatch, smooth=0.5)
+    dim, bright = frames()
+    batch = [dim, bright, dim]
+    rendered, _ = fp16.process(batch)
+    reference, _ = fp32.process(batch)
+    assert fp16.scale.seen.all() and fp32.scale.seen.all()
+    scale16, scale32 = float(fp16.scale.value[0]), float(fp32.scale.value[0])
+    assert scale16 == pytest.approx(scale32, rel=1e-3), (scale16, scale32)
+    smooth16, smooth32 = fp16.smoother.value[0].numpy(), fp32.smoother.value[0].numpy()
+    np.testing.assert_allclose(smooth16, smooth32, rtol=1e-3, atol=1e-3 * np.abs(smooth32).max())
+    for mine, theirs in zip(rendered, reference):  # each frame drawn with the scale fp32 gives it
+        assert np.abs(mine.astype(int) - theirs.astype(int)).max() <= 2
+    fp16.reset()
+    fp32.reset()
+    streams16 = [StreamState(0.5, fp16.size) for _ in range(2)]
+    streams32 = [StreamState(0.5, fp32.size) for _ in range(2)]
+    for _ in range(2):
+        fp16.passes.process([dim, bright], streams=streams16)
+        fp32.passes.process([dim, bright], streams=streams32)
+    for mine, theirs in zip(streams16, streams32):
+        assert float(mine.scale.value[0]) == pytest.approx(float(theirs.scale.value[0]), rel=1e-3)
+        np.testing.assert_allclose(mine.smoother.value[0].numpy(), theirs.smoother.value[0].numpy(), rtol=1e-3,
+                                   atol=1e-3 * float(theirs.smoother.value[0].abs().max()))

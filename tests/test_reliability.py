@@ -268,6 +268,40 @@ def test_rotated_clips_are_explained_and_written_upright(tmp_path: Path, weights
     assert agree > 0.75 and agree > (red(written[0]) == red(np.rot90(upright, 2))).mean() + 0.2  # not upside down
 
 
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_serve_source_sends_a_rotated_clips_frames_upright(tmp_path: Path, rotation: int) -> None:
+    import cv2
+    import numpy as np
+    from media import tiny_card, tiny_model
+    from test_serve import hello_of, ws_url
+    from websockets.sync.client import connect
+
+    from realtime_lrp.apps.serve.protocol import decode_result
+    from realtime_lrp.apps.serve.server import LrpServer
+    from realtime_lrp.media.capture import parse_camera
+    from realtime_lrp.pipeline.processor import FrameProcessor
+
+    coded = moving(10, (96, 48))
+    for image in coded:
+        image[16:, :40] = (0, 0, 255)  # a red block at the coded bottom-left
+    src = tmp_path / f"phone{rotation}.mp4"
+    encode(src, coded, rotation=rotation)
+    upright = played(src)[0][0]
+    assert upright.shape[:2] == ((96, 48) if rotation != 180 else (48, 96))
+    processor = FrameProcessor(tiny_model(), tiny_card(), device="cpu", alpha=0.0)  # the frame as it is, labelled
+    with LrpServer(processor, port=0, source=parse_camera(str(src))) as server:
+        server.start()
+        with connect(ws_url(server.url)) as ws:
+            assert hello_of(ws)["mode"] == "kiosk"
+            while not isinstance(reply := ws.recv(timeout=60), bytes):
+                pass
+    sent = cv2.imdecode(np.frombuffer(decode_result(reply)[1], np.uint8), cv2.IMREAD_COLOR)
+    assert sent.shape == upright.shape
+    red = lambda im: (im[..., 2].astype(int) - im[..., 1]) > 100  # noqa: E731
+    agree = (red(sent) == red(upright)).mean()  # the label drawn over the frame differs a little
+    assert agree > 0.75 and agree > (red(sent) == red(np.rot90(upright, 2))).mean() + 0.2  # not upside down
+
+
 def test_a_size_change_mid_stream_is_letterboxed_and_said_once(tmp_path: Path, weights: Path) -> None:
     from media import run_rtlrp
 
@@ -558,6 +592,36 @@ def test_an_explicit_cuda_device_without_cuda_is_one_line_and_exit_2(tmp_path: P
     assert result.exit_code == 0 and "CUDA is not available: running on the CPU" in result.output, result.output
 
 
+def test_bench_evaluate_and_train_refuse_cuda_without_it_and_auto_says_it_falls_back(tmp_path: Path,
+                                                                                     weights: Path) -> None:
+    import cv2
+    import numpy as np
+    from media import run_rtlrp
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # no CUDA, also on a machine that has it
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((32, 32), 60 + 50 * i, np.uint8))
+    commands = {
+        "bench": (["bench", "--weights", weights, "--sizes", "32", "--top-k", "0", "--repeats", "1", "--warmup", "0",
+                   "--no-zennit", "--no-autolrp", "--no-frame-pass"], "benchmarking on the CPU"),
+        "evaluate": (["evaluate", folder, "--weights", weights, "-n", "2", "--methods", "random", "--top-k", "0",
+                      "--dtypes", "fp32", "--draws", "1", "--no-road", "--no-class-r"], "evaluating on the CPU"),
+        "train": (["train", "--dataset", "fashion-mnist", "--width", "0.0625", "--hidden", "16", "--max-steps", "1",
+                   "--batch-size", "8", "--workers", "0", "--out", tmp_path / "run"], "training on the CPU"),
+    }
+    for name, (args, said) in commands.items():
+        for device in ("cuda", "cuda:0"):
+            proc = run_rtlrp([*args, "--device", device], env=env)
+            assert proc.returncode == 2, (name, proc.stderr)
+            assert f"--device {device}: CUDA is not available here" in only_line(proc.stderr), name
+        assert not (tmp_path / "run").exists(), "a refused train left a run folder"
+        proc = run_rtlrp([*args, "--device", "auto"], env=env)
+        assert proc.returncode == 0, (name, proc.stderr)
+        assert f"CUDA is not available: {said}" in proc.stderr, (name, proc.stderr)
+
+
 def test_crf_is_checked_against_the_codecs_own_range(tmp_path: Path, clip: Path) -> None:
     import numpy as np
     from click.testing import CliRunner
@@ -598,7 +662,58 @@ def test_webcam_looks_for_the_camera_before_loading_the_model(tmp_path: Path) ->
     from realtime_lrp.cli import cli
 
     helped = CliRunner().invoke(cli, ["webcam", "--help"])
-    assert "headless (--no-window), stop with Ctrl-C" in " ".join(helped.output.split())
+    assert "headless (--no-window), q and Enter quit (or Ctrl-C)" in " ".join(helped.output.split())
+
+
+def test_headless_webcam_stops_on_q_and_enter_and_reads_only_a_terminal_or_a_pipe(tmp_path: Path,
+                                                                                   weights: Path) -> None:
+    from realtime_lrp.media.display import StdinKeys
+
+    src = tmp_path / "long.mp4"
+    write_video(src, 600, (80, 60), 30.0)  # 20 s at its own pace: q must end it long before
+    args = [*rtlrp_command(), "webcam", "--camera", str(src), "--weights", str(weights), "--device", "cpu",
+            "--size", "64", "--no-window"]
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if "frames " in line and ("LIVE" in line or "PAUSED" in line):  # the loop runs: now type q
+                proc.stdin.write("q\n")
+                proc.stdin.flush()
+                break
+        started = time.monotonic()
+        rest = proc.communicate(timeout=60)[1]
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = "".join(lines) + rest
+    assert proc.returncode == 0, stderr
+    assert "headless: type q and Enter to stop" in stderr
+    done = [line for line in stderr.splitlines() if "frames processed in" in line]
+    assert len(done) == 1 and done[0].endswith("ended: quit."), stderr
+    assert int(done[0].split()[0]) < 600 and took < 15, f"q took {took:.1f} s to stop the run"
+    with open(os.devnull) as null:  # /dev/null: no keys, no thread, no prompt
+        assert not StdinKeys(null).active
+    proc = subprocess.run([*args, "--max-frames", "3"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "ended: max frames." in proc.stderr, proc.stderr
+    assert "type q" not in proc.stderr
+    regular = tmp_path / "keys.txt"
+    regular.write_text("q\n")
+    with regular.open() as plain:
+        assert not StdinKeys(plain).active, "a regular file is not read as keys"
+    read, write = os.pipe()
+    with os.fdopen(read) as pipe_in, os.fdopen(write, "w") as pipe_out:
+        keys = StdinKeys(pipe_in)
+        pipe_out.write("x\nquit\n")
+        pipe_out.flush()
+        deadline = time.monotonic() + 5
+        key = None
+        while key is None and time.monotonic() < deadline:
+            key, _ = keys.poll(), time.sleep(0.01)
+        assert keys.active and key == ord("q") and keys.poll() is None
 
 
 # -- install what you use ----------------------------------------------------------------------------

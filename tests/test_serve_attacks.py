@@ -145,11 +145,42 @@ def test_truncated_and_size_patched_jpegs_are_refused() -> None:
     assert decode_frame(frame_message(1, smooth), LIMITS).shape == (64, 64, 3)
 
 
+def test_a_jpeg_cut_by_a_few_blocks_with_an_end_marker_added_is_refused() -> None:
+    image = cv2.GaussianBlur(noise(240, 320), (0, 0), 2)
+    for options in ({"quality": 90}, {"quality": 100, "subsampling": 0}, {"quality": 50, "optimize": True}):
+        jpeg = jpeg_of(image, **options)
+        assert inspect(jpeg, LIMITS.max_side).scans == 1
+        assert decode_frame(frame_message(1, jpeg), LIMITS).shape == (240, 320, 3)
+        for cut in (1, 2, 3, 5, 8, 13, 21, 34, 55):  # from one byte to several 4:2:0 MCUs of data
+            bad = jpeg[:-2 - cut] + b"\xff\xd9"
+            assert cv2.imdecode(np.frombuffer(bad, np.uint8), cv2.IMREAD_COLOR) is not None  # libjpeg fills it
+            error = refused(bad)
+            assert error.code == 1007 and "less data than its 320x240 header" in error.reason, (options, cut)
+    grey = cv2.imencode(".jpg", image[:, :, 0], [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    assert inspect(grey, 1024).components == 1 and refused(grey[:-3] + b"\xff\xd9").code == 1007
+
+
+def test_the_page_s_jpegs_are_checked_without_the_python_walk_and_without_a_word(monkeypatch, capfd) -> None:
+    import realtime_lrp.apps.serve.jpeg as jpeg_module
+
+    walked = []
+    walk = jpeg_module._walk
+    monkeypatch.setattr(jpeg_module, "_walk", lambda *args: (walked.append(args), walk(*args))[1])
+    image = cv2.GaussianBlur(noise(224, 224), (0, 0), 1.5)
+    for options in ({"quality": 92}, {"quality": 75, "subsampling": 2}, {"quality": 92, "subsampling": 0}):
+        assert decode_frame(frame_message(1, jpeg_of(image, **options)), LIMITS).shape == (224, 224, 3)
+    assert walked == [], "the libjpeg check alone passed the page's frames"
+    assert capfd.readouterr().err == "", "libjpeg's warnings are not printed for every frame"
+    cut = jpeg_of(image, quality=92)
+    assert refused(cut[:-10] + b"\xff\xd9").code == 1007 and len(walked) == 1  # the walk confirms
+
+
 def test_restart_markers_are_counted_exactly() -> None:
     image = cv2.GaussianBlur(noise(64, 64), (0, 0), 3)
     jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_RST_INTERVAL, 1])[1].tobytes()
     assert inspect(jpeg, 1024).scans == 1
     assert refused(patched_size(jpeg, 80, 64)).code == 1007  # 16 more rows: 4 more MCUs, without their markers
+    assert refused(jpeg[:-3] + b"\xff\xd9").code == 1007  # the last interval cut by one byte
 
 
 def test_decompression_bomb_headers_are_too_big_not_broken() -> None:

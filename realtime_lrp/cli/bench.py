@@ -7,13 +7,14 @@ from pathlib import Path
 import click
 
 from realtime_lrp.cli.group import cli
-from realtime_lrp.cli.options import comma_list, default_threads, load_weights, stderr_console
+from realtime_lrp.cli.options import check_device, comma_list, default_threads, load_weights, stderr_console
 from realtime_lrp.lrp.presets import PRESET_NAMES
 
 
 @cli.command("bench")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto: CUDA if available, else the CPU (with a notice).")
+@click.option("--device", default="auto", show_default=True, callback=check_device,
+              help="auto, cpu, cuda or cuda:N; auto falls back to the CPU (with a notice), an explicit cuda"
+                   " without CUDA is an error.")
 @click.option("--sizes", default="224", show_default=True, callback=comma_list(int), metavar="N,N,...",
               help="Square input sizes, e.g. 224,448,640.")
 @click.option("--batch", default="1", show_default=True, callback=comma_list(int), metavar="N,N,...",
@@ -81,9 +82,7 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
             check_writable(json_path)
         except OutputError as exc:
             raise click.ClickException(str(exc)) from None
-    if device == "cuda" and not torch.cuda.is_available():
-        notice("CUDA is not available: benchmarking on the CPU in fp32")
-        device = "cpu"
+    fallback = device == "auto" and not torch.cuda.is_available()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_num_threads(threads or default_threads())
@@ -96,6 +95,8 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
             model, card = build_model(arch, 1000, 3).eval(), bench.imagenet_card(sizes[0])
         except WeightsError as exc:
             raise click.ClickException(str(exc)) from None
+    if fallback:
+        notice("CUDA is not available: benchmarking on the CPU in fp32")
     env = bench.environment()
     try:
         if video is not None:

@@ -7,7 +7,15 @@ import click
 
 from realtime_lrp.apps.evaluate.methods import METHOD_NAMES
 from realtime_lrp.cli.group import cli
-from realtime_lrp.cli.options import WEIGHTS_HELP, check_size, comma_list, default_threads, load_weights, stderr_console
+from realtime_lrp.cli.options import (
+    WEIGHTS_HELP,
+    check_device,
+    check_size,
+    comma_list,
+    default_threads,
+    load_weights,
+    stderr_console,
+)
 
 
 @cli.command("evaluate")
@@ -52,7 +60,9 @@ from realtime_lrp.cli.options import WEIGHTS_HELP, check_size, comma_list, defau
 @click.option("--smooth", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Video input: average maps over frames as rtlrp video --smooth does.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the noise, tie order and random maps.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", show_default=True, callback=check_device,
+              help="auto, cpu, cuda or cuda:N; auto falls back to the CPU (and says so), an explicit cuda"
+                   " without CUDA is an error.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch; default as for video: all cores but two, at least one.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,

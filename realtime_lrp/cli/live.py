@@ -22,8 +22,8 @@ from realtime_lrp.cli.options import (
               help="Camera index, device path (/dev/video0), video file or stream URL (rtsp://, http://).")
 @click.option("--record", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Record what is shown, in real time (the same writer as rtlrp video; see --codec).")
-@click.option("--no-window", is_flag=True, help="Run headless: live stats in the terminal, no window and no keys; stop with Ctrl-C"
-                   " (or --max-frames).")
+@click.option("--no-window", is_flag=True, help="Run headless: live stats in the terminal, no window; stop with q"
+                   " and Enter (when stdin is a terminal or a pipe), Ctrl-C or --max-frames.")
 @click.option("--snapshot-dir", default="snapshots", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Where key s saves PNG snapshots.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None,
@@ -37,7 +37,7 @@ def webcam_command(camera: str, record: Path | None, no_window: bool, snapshot_d
                    max_frames: int | None, pace: bool, codec: str | None, crf: int | None,
                    **options: object) -> None:
     """Live LRP heatmaps from a camera. In the window, keys q/ESC quit, space pause, s snapshot, +/- top-k,
-    c colours, l layout; headless (--no-window), stop with Ctrl-C."""
+    c colours, l layout; headless (--no-window), q and Enter quit (or Ctrl-C)."""
     import numpy as np
 
     from realtime_lrp.apps.live import LiveLoop

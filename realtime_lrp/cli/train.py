@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from realtime_lrp.cli.group import cli
-from realtime_lrp.cli.options import command_line, size_pair
+from realtime_lrp.cli.options import check_device, command_line, size_pair
 
 # realtime_lrp.models.architectures.ALL_ARCHS, spelled out so that --help does not import torch (a test checks
 # they agree).
@@ -55,7 +55,9 @@ TRAIN_ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "v
               type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
 @click.option("--resume", type=click.Path(exists=True, path_type=Path), default=None,
               help="Checkpoint file or run directory to continue from.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", show_default=True, callback=check_device,
+              help="auto, cpu, cuda or cuda:N; auto falls back to the CPU (and says so), an explicit cuda"
+                   " without CUDA is an error.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--max-steps", default=None, type=click.IntRange(min=1),
               help="Stop after this many optimizer steps in total (quick runs).")

@@ -8,8 +8,12 @@ process must manage to open a window before this process tries.
 from __future__ import annotations
 
 import os
+import queue
+import select
+import stat
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -152,15 +156,64 @@ def stats_text(stats: LiveStats) -> Text:
     return text
 
 
+def _key_source(stream: object) -> int | None:
+    """The file descriptor of ``stream`` if it is a terminal or a pipe (not /dev/null, a file or closed)."""
+    try:
+        fd = stream.fileno()  # type: ignore[attr-defined]
+        mode = os.fstat(fd).st_mode
+    except (AttributeError, OSError, ValueError):
+        return None
+    return fd if os.isatty(fd) or stat.S_ISFIFO(mode) else None
+
+
+class StdinKeys:
+    """Lines typed on stdin, read by a daemon thread: ``q`` (or ``quit``) and Enter is the key q.
+
+    Only a terminal or a pipe is read; a terminal only while this process is in its foreground,
+    so a run started with ``&`` is not stopped by SIGTTIN.
+    """
+
+    def __init__(self, stream: object | None = None) -> None:
+        self._keys: queue.SimpleQueue[int] = queue.SimpleQueue()
+        fd = _key_source(sys.stdin if stream is None else stream)
+        self.active = fd is not None
+        if fd is not None:
+            threading.Thread(target=self._read, args=(fd,), name="rtlrp-stdin-keys", daemon=True).start()
+
+    def _read(self, fd: int) -> None:
+        tty, pending = os.isatty(fd), b""
+        while True:
+            try:
+                if not select.select([fd], [], [], 0.5)[0] or (tty and os.tcgetpgrp(fd) != os.getpgrp()):
+                    continue
+                chunk = os.read(fd, 256)
+            except OSError:
+                return
+            if not chunk:
+                return
+            *lines, pending = (pending + chunk).split(b"\n")
+            if any(line.strip().lower() in (b"q", b"quit") for line in lines):
+                self._keys.put(ord("q"))
+
+    def poll(self) -> int | None:
+        """The next key typed, if any."""
+        try:
+            return self._keys.get_nowait()
+        except queue.Empty:
+            return None
+
+
 class HeadlessDisplay:
-    """No window: live stats in the terminal (one updating line), or a line every ``interval`` s in a log."""
+    """No window: live stats in the terminal (one updating line), or a line every ``interval`` s in a log;
+    with ``keys``, q and Enter on stdin quit."""
 
     closed = False
     interactive = False
 
-    def __init__(self, console: Console | None = None, interval: float = 2.0) -> None:
+    def __init__(self, console: Console | None = None, interval: float = 2.0, keys: StdinKeys | None = None) -> None:
         self.console = console or Console()
         self.interval = interval
+        self.keys = keys
         self._live: Live | None = None
         self._last_print = -float("inf")
 
@@ -179,8 +232,8 @@ class HeadlessDisplay:
             self.console.print(stats_text(stats), soft_wrap=True)
 
     def poll_key(self, wait_ms: int = 1) -> int | None:
-        """No keys without a window (Ctrl-C stops the program)."""
-        return None
+        """q once a line ``q`` was typed on stdin (with ``keys``), else None; Ctrl-C stops the program too."""
+        return self.keys.poll() if self.keys is not None else None
 
     def close(self) -> None:
         """Leave the last stats line on screen."""
@@ -196,4 +249,7 @@ def open_display(title: str, window: bool, console: Console, notice: Callable[[s
         if problem is None:
             return WindowDisplay(title)
         notice(f"{problem}: running headless with live stats in the terminal")
-    return HeadlessDisplay(console)
+    keys = StdinKeys()
+    if keys.active:
+        console.print("headless: type q and Enter to stop (or Ctrl-C)")
+    return HeadlessDisplay(console, keys=keys)

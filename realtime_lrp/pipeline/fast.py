@@ -22,7 +22,8 @@ that pass, padded; the padding is left out of the stream's state and discarded. 
 Fidelity guard: in fp16 a rule's denominator can overflow and blank a frame's map. The pass
 downloads the engine's per-frame ``finite`` flag with the predictions; after the sync, the
 frames flagged (rare) are explained again in fp32, eagerly, outside the graph, and the run
-says so once (:meth:`~realtime_lrp.pipeline.processor.FrameProcessor.say_overflow`).
+says so once (:meth:`~realtime_lrp.pipeline.processor.FrameProcessor.say_overflow`). The
+stream's colour scale and smoothed map then fold in the fp32 map, not the blank one.
 
 Three modes: ``stream`` (one stream, frames folded into its state in order: video, webcam),
 ``streams`` (frame i belongs to stream i, each with its own state: serve) and ``stills``
@@ -247,13 +248,13 @@ class _FramePass:
         self.host_valid.numpy()[...] = np.arange(self.n) < k
         if streams is not None:
             self.state.load_rows(streams)
+        guarded = self.owner.explainer.dtype in (torch.float16, torch.bfloat16) and self.mode != "stills"
+        before = self.state.state() if guarded else None  # device copies: a re-run folds in from here
         if self.copies_outside:
             self._upload(self.host_in, self.host_valid)
             self._download(*self.call())
         else:
             self.call()
-        if streams is not None:
-            self.state.store_rows(streams)
         if self.dev_in.is_cuda:
             torch.cuda.current_stream().synchronize()
         out = self.host_out.numpy()
@@ -262,31 +263,44 @@ class _FramePass:
         raw = [(int(pred[0, i]), float(pred[1, i]), int(pred[2, i])) for i in range(k)]
         overflowed = [i for i in range(k) if pred[3, i] == 0.0]
         if overflowed and self.owner.explainer.dtype in (torch.float16, torch.bfloat16):
-            self._rescue(frames, overflowed, [int(pred[4, i]) for i in overflowed], rendered, raw)
+            self._rescue(frames, overflowed, [int(pred[4, i]) for i in overflowed], rendered, raw, before)
+        if streams is not None:
+            self.state.store_rows(streams)
         return rendered, raw
 
     def _rescue(self, frames: Sequence[np.ndarray], rows: list[int], steps: list[int],
-                rendered: list[np.ndarray], raw: list[tuple[int, float, int]]) -> None:
+                rendered: list[np.ndarray], raw: list[tuple[int, float, int]], before: tuple | None) -> None:
         """Explain again in fp32, eagerly and outside the captured pass, the frames whose relevance
         overflowed the engine's dtype, replacing their rendered frames and predictions.
 
-        Each is drawn with a throwaway copy of its stream's colour scale and smoothed map (as they
-        were after the batch); the stream's state itself keeps the batch's pass (it saw the frame blank).
+        The colour scale and smoothed map fold in the fp32 maps, not the blank ones: from the
+        state ``before`` the batch, a stream's frames are drawn again in order (the others in the
+        engine's dtype), and a row of ``streams`` mode again alone.
         """
         owner, p = self.owner, self.owner.processor
         p.say_overflow(len(rows), {owner.explainer.step_name(s) for s in steps} - {None})
         explainer = p.fp32_explainer()
-        for i in rows:
+        if before is not None and self.mode == "stream":
+            self.state.restore(before)
+        redo = range(len(frames)) if self.mode == "stream" else rows
+        for i in redo:
             row = i if self.mode == "streams" else 0
             state = StreamState(self.state.smoother.alpha, p.size, owner.device, 1, self.state.scale.percentile,
                                 self.state.scale.momentum)
-            for mine, theirs in ((state.scale, self.state.scale), (state.smoother, self.state.smoother)):
-                mine.value[0].copy_(theirs.value[row])
-                mine.seen[0].copy_(theirs.seen[row])
-            device_pass = DevicePass(explainer, self._compute.fit, p.card["mean"], p.card["std"], state, p.cmap,
-                                     self.layout, p.alpha, owner.static_target(1), self.mode, self.enlarge)
+            sources = (before if before is not None and self.mode == "streams"
+                       else (self.state.scale.state(), self.state.smoother.state()))
+            for mine, (value, seen) in zip((state.scale, state.smoother), sources):
+                mine.value[0].copy_(value[row])
+                mine.seen[0].copy_(seen[row])
+            device_pass = DevicePass(explainer if i in rows else owner.explainer, self._compute.fit, p.card["mean"],
+                                     p.card["std"], state, p.cmap, self.layout, p.alpha, owner.static_target(1),
+                                     self.mode, self.enlarge)
             frame = torch.from_numpy(np.ascontiguousarray(frames[i]))[None].to(owner.device)
             out, pred = device_pass(frame, torch.ones(1, dtype=torch.bool, device=owner.device))
+            if before is not None:
+                for mine, theirs in ((state.scale, self.state.scale), (state.smoother, self.state.smoother)):
+                    theirs.value[row].copy_(mine.value[0])
+                    theirs.seen[row].copy_(mine.seen[0])
             rendered[i] = out[0].cpu().numpy()
             pred = pred[:, 0].cpu()
             raw[i] = (int(pred[0]), float(pred[1]), int(pred[2]))

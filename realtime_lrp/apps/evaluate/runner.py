@@ -258,6 +258,8 @@ def run(source: str | None, model: nn.Module, card: Mapping[str, Any], config: E
         _cam_layer(model.float().eval(), probe, config.cam_layer)
     start = time.perf_counter()
     inputs = load_inputs(source, card, count, size, notice)
+    if device.lower() == "auto" and dev.type == "cpu":
+        notice("CUDA is not available: evaluating on the CPU")
     acc = accuracy(model, inputs, dev)
     rows = evaluate(model, card, inputs, config, dev, progress, notice)
     frame_r = input_frame_r(inputs)

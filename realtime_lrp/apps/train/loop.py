@@ -493,6 +493,8 @@ def main(config: TrainConfig, explicit: Iterable[str] = ()) -> dict[str, Any]:
     stop = state.stop = Deferred().__enter__()
     progress = _progress(console) if env.main else None
     line: dict[str, Any] = {}
+    if env.main and config.device == "auto" and env.device.type == "cpu":
+        console.print("CUDA is not available: training on the CPU", style="yellow")
     if env.main:
         console.print(f"[bold]rtlrp train[/] {config.arch} on {info.name}: {len(train_set)} images, "
                       f"{steps_per_epoch} steps/epoch x {config.epochs} epochs, "
