@@ -56,8 +56,8 @@ def test_a_sample_that_misleads_falls_back_to_the_whole_row(monkeypatch: pytest.
 
 def test_auto_takes_the_sampled_select_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    sampled = filter_module._sampled_kth_largest
-    monkeypatch.setattr(filter_module, "_sampled_kth_largest", lambda v, k: calls.append(k) or sampled(v, k))
+    sampled = filter_module._sampled_rows
+    monkeypatch.setattr(filter_module, "_sampled_rows", lambda v, k: calls.append(k) or sampled(v, k))
     x = _values("normal", 1, 50_000, 0)
     RelevanceFilter(0.02)(x)
     kth_largest(x, 7, "topk")
