@@ -42,8 +42,8 @@ class Plant:
 
 PLANTS: tuple[Plant, ...] = (
     Plant("filter-keeps-random", "realtime_lrp/lrp/filter.py",
-          "return (flat * (key >= threshold)).view_as(relevance)",
-          "return (flat * (torch.rand_like(flat).argsort(1).argsort(1) < k)).view_as(relevance)",
+          "torch.threshold(row, cut, 0.0, out=dst)",
+          "dst.copy_(row * (torch.rand_like(row).argsort().argsort() < max(1, int(0.02 * len(row)))))",
           ("tests/test_engine.py::test_filter_changes_map_and_keeps_top_values",)),
     Plant("filter-all-drops-smallest", "realtime_lrp/lrp/filter.py",
           "k = max(1, int(self.top_k * flat.shape[1]))",
@@ -444,7 +444,7 @@ PLANTS: tuple[Plant, ...] = (
           """_hinted(f"no LRP rule for node '{fx_node.name}' ({what})")""",
           ("tests/test_cnn_index.py::test_a_refused_function_names_the_module_that_calls_it",)),
     Plant("sampled-select-never-falls-back", "realtime_lrp/lrp/filter.py",
-          "row[keep] if count >= k else row", "row[keep] if count >= 0 else row",
+          "        if count < k:\n", "        if count < 0:\n",
           ("tests/test_filter.py::test_a_sample_that_misleads_falls_back_to_the_whole_row",)),
     Plant("densenet-keys-not-renamed", "realtime_lrp/models/imagenet.py",
           "        state = _torchvision_keys(arch, safe_load(cached))", "        state = safe_load(cached)",
@@ -459,6 +459,20 @@ PLANTS: tuple[Plant, ...] = (
     Plant("fp16-overflow-frame-not-rerun", "realtime_lrp/pipeline/fast.py",
           "if overflowed and self.owner.lrp.dtype", "if False and self.owner.lrp.dtype",
           ("tests/test_fidelity_guard.py::test_the_frame_pass_reruns_the_overflowing_frame_in_fp32_and_says_so_once",)),
+    Plant("filter-mask-keeps-random", "realtime_lrp/lrp/filter.py",
+          "return (flat * (key >= threshold)).view_as(relevance)",
+          "return (flat * (torch.rand_like(flat.float()).argsort(1).argsort(1) < k)).view_as(relevance)",
+          ("tests/test_filter.py::test_a_row_that_keeps_everything_is_passed_on_and_fp16_takes_the_mask",)),
+    Plant("filter-tie-at-bound-keeps-the-row", "realtime_lrp/lrp/filter.py",
+          "rows.append((bound, count == m))", "rows.append((bound, True))",
+          ("tests/test_filter.py::test_cpu_filter_keeps_what_the_mask_of_topk_keeps",)),
+    Plant("filter-drops-ties-at-threshold", "realtime_lrp/lrp/filter.py",
+          "below = torch.nextafter(torch.tensor([t for t, _ in rows]), torch.tensor(-math.inf)).tolist()",
+          "below = [t for t, _ in rows]",
+          ("tests/test_filter.py::test_cpu_filter_keeps_what_the_mask_of_topk_keeps",)),
+    Plant("stills-captures-every-size", "realtime_lrp/apps/stills.py",
+          "sizes[frame.shape] == 1", "False",
+          ("tests/test_stills.py::test_a_size_seen_once_runs_eagerly_and_a_repeated_size_is_captured_once",)),
 )
 
 

@@ -77,16 +77,22 @@ def _radix_kth_largest(values: Tensor, k: int) -> Tensor:
 
 
 _SAMPLE = 8192  # values sampled per row
+_SMALL_SAMPLE = 2048  # values sampled per row of fewer than _LARGE (its fixed cost dominates there)
+_LARGE = 1 << 18
 _SPREAD = 6.0  # standard deviations of the sample's rank error below the k-th largest the bound allows
-_WHOLE = 2 * _SAMPLE  # rows up to this length are selected whole: sampling them saves nothing
+_WHOLE = 8 * _SMALL_SAMPLE  # rows up to this length are selected whole: sampling them saves nothing
 _TIES = 2  # more than this many times k values at or above the bound: look for a tie at the bound
+
+
+def _sample_size(m: int) -> int:
+    return _SAMPLE if m >= _LARGE else _SMALL_SAMPLE
 
 
 @lru_cache(maxsize=64)
 def _sample_index(m: int, device: torch.device) -> Tensor:
-    """``_SAMPLE`` positions spread over ``m`` by Knuth's multiplicative hash (no stride
-    that could alias with a feature map's rows or channels)."""
-    return ((torch.arange(_SAMPLE, dtype=torch.int64) * 2654435761) % m).to(device)
+    """:func:`_sample_size` positions spread over ``m`` by Knuth's multiplicative hash (no
+    stride that could alias with a feature map's rows or channels)."""
+    return ((torch.arange(_sample_size(m), dtype=torch.int64) * 2654435761) % m).to(device)
 
 
 def _topk_kth_largest(values: Tensor, k: int) -> Tensor:
@@ -95,8 +101,8 @@ def _topk_kth_largest(values: Tensor, k: int) -> Tensor:
 
 def _sample_rank(m: int, k: int) -> int:
     """The rank in the sample whose value bounds the k-th largest of ``m`` values from below."""
-    q = k / m
-    return math.ceil(q * _SAMPLE + _SPREAD * math.sqrt(_SAMPLE * q * (1 - q))) + 1
+    q, size = k / m, _sample_size(m)
+    return math.ceil(q * size + _SPREAD * math.sqrt(size * q * (1 - q))) + 1
 
 
 def _sampled_rows(values: Tensor, k: int) -> list[tuple[float, bool]]:
@@ -115,7 +121,7 @@ def _sampled_rows(values: Tensor, k: int) -> list[tuple[float, bool]]:
     """
     n, m = values.shape
     j = _sample_rank(m, k)
-    if m <= _WHOLE or j >= _SAMPLE // 2:
+    if m <= _WHOLE or j >= _sample_size(m) // 2:
         return [(t, False) for t in _topk_kth_largest(values, k).view(-1).tolist()]
     bounds = _topk_kth_largest(values.index_select(1, _sample_index(m, values.device)), j).view(-1).tolist()
     rows = []
