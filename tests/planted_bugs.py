@@ -473,6 +473,13 @@ PLANTS: tuple[Plant, ...] = (
     Plant("stills-captures-every-size", "realtime_lrp/apps/stills.py",
           "sizes[frame.shape] == 1", "False",
           ("tests/test_stills.py::test_a_size_seen_once_runs_eagerly_and_a_repeated_size_is_captured_once",)),
+    Plant("overlay-faint-on-light-frames", "realtime_lrp/pipeline/render.py",
+          "weight = ((v * alpha)[..., None] * (1.0 + LIGHT_BOOST * light)).clamp(max=1.0)",
+          "weight = (v * alpha)[..., None]",
+          ("tests/test_render.py::test_half_relevance_stands_out_on_a_pale_item_as_on_a_dark_one",)),
+    Plant("overlay-light-pixels-not-darkened", "realtime_lrp/pipeline/render.py",
+          "ff = ff * (1.0 - DARKEN / 255.0 * weight * ff)", "ff = ff * 1.0",
+          ("tests/test_render.py::test_half_relevance_stands_out_on_a_pale_item_as_on_a_dark_one",)),
 )
 
 
