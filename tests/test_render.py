@@ -33,11 +33,13 @@ def hot_lut() -> np.ndarray:
 
 
 def overlay_reference(frame: np.ndarray, r: np.ndarray, scale: float, cmap: str, alpha: float) -> np.ndarray:
-    """The overlay's definition, per pixel: v = min(|R| / scale, 1), w = alpha v; the pixel pulled
-    towards [30, 225] by w; then moved by w towards the map's colour at sign(R) (1 + v) / 2 (its strong half)."""
+    """The overlay's definition, per pixel: v = min(|R| / scale, 1), w = min(alpha v (1 + b), 1) with
+    b the pixel's mean brightness (of 1); the pixel pulled towards [30, 225] by w, then darkened by w
+    times its brightness; then moved by w towards the map's colour at sign(R) (1 + v) / 2 (its strong half)."""
     v = np.minimum(np.abs(r) / scale, 1.0)[:, :, None]
-    w = alpha * v
+    w = np.minimum(alpha * v * (1.0 + frame.astype(np.float64).mean(2, keepdims=True) / 255.0), 1.0)
     pulled = frame.astype(np.float64) + w * (30.0 - 60.0 / 255.0 * frame)
+    pulled = pulled * (1.0 - w * pulled / 255.0)
     strong = render.colorize((np.sign(r) * (0.5 + 0.5 * v[:, :, 0])).astype(np.float32), 1.0, cmap).astype(np.float64)
     return np.floor(pulled + w * (strong - pulled) + 0.5).astype(np.uint8)
 
@@ -143,11 +145,15 @@ def test_layouts_sizes_and_label():
     overlay = render.render(frame, r, 2.0, "hot", "overlay", alpha=0.6)
     assert overlay.shape == (27, 33, 3)
     full, half_strong = hot_lut()[255], hot_lut()[191]
-    pulled = 90 + 0.6 * (30 - 60 / 255 * 90)
-    assert (np.abs(overlay[bands[0]].astype(int) - (pulled + 0.6 * (full - pulled))) <= 1).all()
+    w = 0.6 * (1 + 90 / 255)  # alpha, grown by the grey's brightness
+    pulled = 90 + w * (30 - 60 / 255 * 90)
+    pulled *= 1 - w * pulled / 255  # darkened by its brightness
+    assert (np.abs(overlay[bands[0]].astype(int) - (pulled + w * (full - pulled))) <= 1).all()
     assert (overlay[bands[1]] == 90).all()
-    pulled = 90 + 0.3 * (30 - 60 / 255 * 90)
-    assert np.abs(overlay[bands[2]].astype(int) - (pulled + 0.3 * (half_strong - pulled))).max() <= 3
+    w /= 2
+    pulled = 90 + w * (30 - 60 / 255 * 90)
+    pulled *= 1 - w * pulled / 255
+    assert np.abs(overlay[bands[2]].astype(int) - (pulled + w * (half_strong - pulled))).max() <= 3
     side = render.render(frame, r, 2.0, "hot", "side")
     assert side.shape == (27, 66, 3)
     np.testing.assert_array_equal(side[:, :33], frame)
@@ -237,6 +243,21 @@ def test_default_overlays_stand_out_on_white_and_on_black():
             for sign in (1.0, -1.0) if signed else (1.0,):
                 out = render.render(frame, np.full((2, 2), sign, np.float32), 1.0, cmap)
                 assert np.linalg.norm(out.astype(float) - level, axis=2).min() >= 100, (cmap, level, sign)
+
+
+def test_half_relevance_stands_out_on_a_pale_item_as_on_a_dark_one():
+    """At half the scale the default maps move a pale pixel (230, a light dress) by a colour
+    distance of at least 180 and a black one by at least 70: the colour's weight grows with the
+    pixel's brightness and light pixels are darkened under heat, so a pale item's heat is at
+    least as visible as a dark one's (with neither, 94 and 81 for fire; darkening alone, 158)."""
+    for signed in (False, True):
+        cmap = render.default_cmap(signed)
+        for level, least in ((230, 180), (255, 180), (0, 70), (20, 60)):
+            frame = np.full((2, 2, 3), level, np.uint8)
+            for sign in (0.5, -0.5) if signed else (0.5,):
+                out = render.render(frame, np.full((2, 2), sign, np.float32), 1.0, cmap)
+                moved = np.linalg.norm(out.astype(float) - level, axis=2).min()
+                assert moved >= least, (cmap, level, sign, moved)
 
 
 def test_preprocess_whole_frame_gray_and_rgb():

@@ -8,9 +8,11 @@ what was reported written is complete.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -53,23 +55,38 @@ def enlargement(frame: np.ndarray, display_size: int) -> int:
     return math.ceil(display_size / short)
 
 
+@contextmanager
+def _eager(passes: Any, eager: bool) -> Iterator[None]:
+    """Build the frame pass of this call without a CUDA graph when ``eager`` (no effect on the CPU)."""
+    graph = passes.graph
+    passes.graph = graph and not eager
+    try:
+        yield
+    finally:
+        passes.graph = graph
+
+
 def explain_images(paths: Sequence[Path], frames: Sequence[np.ndarray], processor: FrameProcessor, out: Path,
                    display_size: int = 256, sheet: Path | None = None, stop: Deferred | None = None,
                    report: Callable[[Path, str, list[Path]], None] | None = None) -> StillsResult:
     """Explain ``frames`` (read from ``paths``) one by one into PNGs in ``out``.
 
     Each image takes one run of the frame pass, on its own colour scale, that renders the
-    overlay, the heatmap and the frame side by side; the PNGs are its panels.
+    overlay, the heatmap and the frame side by side; the PNGs are its panels. On CUDA an image
+    whose size no other image has runs eagerly: a CUDA graph is captured only for a size seen
+    again, so a folder of pictures of many sizes does not capture (and warm up) a graph each.
     """
     layouts = ["overlay", "heatmap"] + (["side"] if processor.layout == "side" else [])
     result = StillsResult()
     overlays, stems = [], set()
+    sizes = Counter(frame.shape for frame in frames)
     for i, (path, frame) in enumerate(zip(paths, frames)):
         if stop is not None and stop.requested:
             result.signum = stop.signum
             return result
-        rendered, preds = processor.passes.process([frame], stable=False, label=False, layout=PANELS,
-                                                   enlarge=enlargement(frame, display_size))
+        with _eager(processor.passes, sizes[frame.shape] == 1):
+            rendered, preds = processor.passes.process([frame], stable=False, label=False, layout=PANELS,
+                                                       enlarge=enlargement(frame, display_size))
         w = rendered[0].shape[1] // 3
         overlay, heatmap, shown = (np.ascontiguousarray(rendered[0][:, j * w:(j + 1) * w]) for j in range(3))
         pictures = {"overlay": overlay, "heatmap": heatmap, "side": np.concatenate([shown, heatmap], axis=1)}

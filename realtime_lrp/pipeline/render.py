@@ -139,6 +139,8 @@ def frame_map(relevance: Tensor, fit: Fit) -> Tensor:
 
 
 FRAME_MARGIN = 30.0  # under full weight the frame spans [30, 225]: no white or black for colours to vanish on
+DARKEN = 1.0  # under weight w a pixel of brightness b (of 1) is darkened by DARKEN * w * b: heat stays saturated on light items
+LIGHT_BOOST = 1.0  # the colour's weight grows by this times the pixel's mean brightness (of 1): pale items show weak heat too
 OUTSIDE_DIM = 0.5  # what the model did not see (outside a crop) is shown at half brightness
 PANELS = "panels"  # overlay, heatmap and frame side by side: what ``rtlrp explain`` writes
 
@@ -148,10 +150,12 @@ def compose(frames: Tensor, relevance: Tensor, scale: Tensor, lut: Tensor, cente
     """The rendered frames: uint8 BGR (N, H, W, 3) frames and their maps (N, h, w) → (N, H, W', 3).
 
     The map is shown over the region the model saw (:func:`frame_map`). Layouts: ``overlay``
-    moves each pixel towards its colour by ``alpha * v``, ``v = min(|R| / scale, 1)``, so irrelevant
+    moves each pixel towards its colour by ``w = min(alpha * v * (1 + LIGHT_BOOST * b), 1)``,
+    ``v = min(|R| / scale, 1)``, ``b`` the pixel's mean brightness (of 1), so irrelevant
     areas keep the picture; the colour is the map's at ``(1 + v) / 2`` of its strong half (of
-    either sign), and the pixel's range is pulled in by ``alpha * v`` * :data:`FRAME_MARGIN` first, so the
-    colour contrasts with light and dark frames alike; ``side`` puts the frame left of the map; ``heatmap`` is the map
+    either sign), and the pixel's range is pulled in by ``w`` * :data:`FRAME_MARGIN` first, then
+    darkened by ``w`` * :data:`DARKEN` times its brightness (light pixels most, black not at all),
+    so the colour contrasts with light and dark frames alike; ``side`` puts the frame left of the map; ``heatmap`` is the map
     alone; :data:`PANELS` is overlay, heatmap and frame side by side. Outside a crop the
     frame is dimmed and the map has the colour of zero. Pure device work, no host sync.
     """
@@ -169,10 +173,12 @@ def compose(frames: Tensor, relevance: Tensor, scale: Tensor, lut: Tensor, cente
     parts = []
     if layout in ("overlay", PANELS):
         v = (r.abs() / scale.float().clamp_min(1e-30).view(-1, 1, 1)).clamp(0, 1)
-        weight = (v * alpha)[..., None]
-        strong = colour(r.sign() * (0.5 + 0.5 * v), torch.ones_like(scale), lut, centered)
         ff = f.float()
+        light = ff.mean(-1, keepdim=True) / 255.0
+        weight = ((v * alpha)[..., None] * (1.0 + LIGHT_BOOST * light)).clamp(max=1.0)
+        strong = colour(r.sign() * (0.5 + 0.5 * v), torch.ones_like(scale), lut, centered)
         ff = ff + weight * (FRAME_MARGIN - 2 * FRAME_MARGIN / 255.0 * ff)  # relevant pixels: no white or black
+        ff = ff * (1.0 - DARKEN / 255.0 * weight * ff)  # light ones darker, so a colour over them stays saturated
         parts.append((ff + weight * (strong.float() - ff) + 0.5).clamp(0, 255).to(torch.uint8))
     if layout == "side":
         parts.append(f)
