@@ -459,6 +459,14 @@ PLANTS: tuple[Plant, ...] = (
     Plant("fp16-overflow-frame-not-rerun", "realtime_lrp/pipeline/fast.py",
           "if overflowed and self.owner.lrp.dtype", "if False and self.owner.lrp.dtype",
           ("tests/test_fidelity_guard.py::test_the_frame_pass_reruns_the_overflowing_frame_in_fp32_and_says_so_once",)),
+    Plant("depthwise-transpose-kernel-unflipped", "realtime_lrp/lrp/rules/linear.py",
+          "return F.conv2d(s, weight.flip(2, 3), None, 1, reach, dilation, groups)",
+          "return F.conv2d(s, weight, None, 1, reach, dilation, groups)",
+          ("tests/test_cnn_act.py::test_families_equal_zennit_with_the_canonizers_of_pahde_et_al",)),
+    Plant("zplus-split-denominator-not-halved", "realtime_lrp/lrp/rules/linear.py",
+          "return self.node.forward(a.abs(), weight, bias)[0].add_(out).mul_(0.5)",
+          "return self.node.forward(a.abs(), weight, bias)[0].add_(out)",
+          ("tests/test_rules.py::test_signed_inputs_and_average_pools_equal_zennit",)),
 )
 
 
