@@ -545,6 +545,14 @@ PLANTS: tuple[Plant, ...] = (
     Plant("overlay-light-pixels-not-darkened", "realtime_lrp/pipeline/render.py",
           "ff = ff * (1.0 - DARKEN / 255.0 * weight * ff)", "ff = ff * 1.0",
           ("tests/test_render.py::test_half_relevance_stands_out_on_a_pale_item_as_on_a_dark_one",)),
+    Plant("depthwise-transpose-kernel-unflipped", "realtime_lrp/lrp/rules/linear.py",
+          "return F.conv2d(s, weight.flip(2, 3), None, 1, reach, dilation, groups)",
+          "return F.conv2d(s, weight, None, 1, reach, dilation, groups)",
+          ("tests/test_cnn_act.py::test_families_equal_zennit_with_the_canonizers_of_pahde_et_al",)),
+    Plant("zplus-split-denominator-not-halved", "realtime_lrp/lrp/rules/linear.py",
+          "return self.node.forward(a.abs(), weight, bias)[0].add_(out).mul_(0.5)",
+          "return self.node.forward(a.abs(), weight, bias)[0].add_(out)",
+          ("tests/test_rules.py::test_signed_inputs_and_average_pools_equal_zennit",)),
 )
 
 

@@ -189,6 +189,31 @@ def test_densenet121_fp16_has_no_host_sync(fake_densenet, preset: str, top_k: fl
     assert result.relevance.shape == (2, 64, 48) and result.relevance.device == CUDA
 
 
+@pytest.fixture(scope="module")
+def fake_convnext() -> tuple[FakeTensorMode, nn.Module]:
+    torch.manual_seed(0)
+    mode = FakeTensorMode()
+    return mode, fake_cuda(torchvision.models.convnext_tiny(num_classes=10), mode, torch.float16)
+
+
+@pytest.mark.parametrize("preset, top_k", [("epsilon-plus-flat", 0.02), ("epsilon-gamma-box", 0.0)])
+def test_convnext_tiny_fp16_has_no_host_sync(fake_convnext, preset: str, top_k: float) -> None:
+    """ConvNeXt-Tiny (depthwise 7x7 convs, LayerNorm over channels through permutes, Linear layers on
+    NHWC maps, layer scale) in fp16: building the engine and a call stay on the device, with no host sync.
+    (zplus binds no LayerNorm rule, so it refuses ConvNeXt when built.)"""
+    mode, model = fake_convnext
+    with mode:
+        lrp = LRP(model, preset=preset, top_k=top_k)
+        channels_last_weights(lrp)
+        target = torch.tensor([3, 7], device=CUDA)
+    assert {"layernorm", "permute", "scale", "linear"} <= {step.node.kind for step in lrp.steps}
+    x = fake_input(mode, 2, 64, 48)
+    result, audit = audited(mode, lambda: lrp(x, target=target))
+    assert audit.off_device == []
+    assert result.relevance.shape == (2, 64, 48) and result.relevance.device == CUDA
+    assert result.relevance.dtype == torch.float32
+
+
 def test_the_webcam_loops_own_pass_has_no_host_sync_on_fake_cuda_fp16(fake_models, tmp_path, monkeypatch) -> None:
     """The pass the real webcam loop builds (run here on the CPU over a file camera, with a class
     target, smoothing and a crop) replayed on fake CUDA in fp16 with VGG16-BN: device work only."""

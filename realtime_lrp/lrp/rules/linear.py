@@ -7,10 +7,12 @@ denominator ``z = sum(input @ weight + bias)`` and contributes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Callable, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.modules.utils import _pair
 
 from realtime_lrp.lrp.nodes import Node
 from realtime_lrp.lrp.rules.base import TINY, Propagator, Rule, RuleContext, pow2, stabilise
@@ -51,7 +53,7 @@ class _ZPropagator:
     """
 
     def __init__(self, node: Node, groups: list[tuple[list[_Term], Union[str, None]]], eps: float, signed: bool,
-                 dtype: torch.dtype, z_is_output: bool = False):
+                 dtype: torch.dtype, z_is_output: bool = False, split_sign: bool = False):
         self.node = node
         self.z_is_output = z_is_output
         self.eps = eps
@@ -74,6 +76,13 @@ class _ZPropagator:
             bound = torch.stack([_column_bound(t.weight) for terms, _ in groups for t in terms]).amax()
             self.log_target = torch.floor(torch.log2(2.0**14 / bound.clamp_min(TINY))).clamp(max=14).to(torch.int32)
         self.bias_shape = (1, -1, 1, 1) if node.kind == "conv" else (1, -1)
+        self.transpose = _transposer(node)
+        self.abs_forward = None
+        if split_sign and not self.scaled:  # z from the output: one product instead of two (_split_denominator)
+            kept = groups[0][0][0].bias  # the bias z keeps (b+, or none), the output has all of b
+            bias = node.weight.new_full(node.weight.shape[:1], 2 * eps)
+            bias = bias if kept is None else bias + 2 * kept
+            self.abs_forward = (node.weight.abs(), bias if node.bias is None else bias - node.bias)
 
     def _cast(self, weight: Tensor) -> Tensor:
         return self.node.weight_in(self.dtype) if weight is self.node.weight else weight.to(self.dtype)
@@ -91,10 +100,13 @@ class _ZPropagator:
             return torch.ones_like(a)
         raise ValueError(f"unknown term input {source!r}")
 
-    def _transpose(self, s: Tensor, weight: Tensor, shape: torch.Size) -> Tensor:
-        if self.node.kind == "conv":
-            return torch.nn.grad.conv2d_input(shape, weight, s, **self.node.conv_args)
-        return s @ weight
+    def _split_denominator(self, inputs: dict, a: Tensor, out: Tensor) -> Tensor:
+        """z+ on a signed input, ``a+ W+ + a- W- + c + eps`` (c: b+ or 0), from the output ``a W + b`` and one
+        product: ``(a W + |a| |W|) / 2 = a+ W+ + a- W-`` (the cross terms cancel), so z is
+        ``(out + |a| |W| + 2c - b + 2 eps) / 2``, ``2c - b = |b|`` where c is b+."""
+        inputs["pos"], inputs["neg"] = a.clamp(min=0), a.clamp(max=0)
+        weight, bias = self.abs_forward
+        return self.node.forward(a.abs(), weight, bias)[0].add_(out).mul_(0.5)
 
     def _denominator(self, group: _Group, inputs: dict, a: Tensor) -> Tensor:
         z = None
@@ -114,6 +126,8 @@ class _ZPropagator:
             if self.z_is_output:
                 inputs["id"] = a
                 s = R / stabilise(out.float(), self.eps, self.signed)
+            elif self.abs_forward is not None:
+                s = R / self._split_denominator(inputs, a, out)
             else:
                 s = R / self._denominator(group, inputs, a)
             if group.mask == "pos":
@@ -131,9 +145,45 @@ class _ZPropagator:
         r_in = None
         for group, s in zip(self.groups, quotients):
             for t in group.terms:
-                contribution = inputs[t.key].float() * self._transpose(s, t.weight, a.shape).float()
-                r_in = contribution if r_in is None else r_in + contribution
+                back = self.transpose(s, t.weight, a.shape).float()
+                r_in = inputs[t.key].float() * back if r_in is None else r_in.addcmul_(inputs[t.key].float(), back)
         return r_in, log_scale
+
+
+def _transposer(node: Node) -> Callable[[Tensor, Tensor, torch.Size], Tensor]:
+    """``(s, W, input shape) -> W^T s``, the transposed product of a conv or linear node; on the CPU by the
+    cheapest call: a matrix product for a 1x1 conv; a depthwise conv's as a forward depthwise conv
+    of the flipped kernel over ``s`` spread by the stride (torch's transposed depthwise conv is up to
+    10x slower on the CPU at stride 2); any other conv's by ``conv_transpose2d``."""
+    if node.kind != "conv":
+        return lambda s, weight, shape: s @ weight
+    args = node.conv_args
+    if isinstance(args.get("padding", 0), str) or node.weight.device.type != "cpu":  # cuDNN's own is fast
+        return lambda s, weight, shape: torch.nn.grad.conv2d_input(shape, weight, s, **args)
+    groups = args.get("groups", 1)
+    stride, padding, dilation = (_pair(args.get(k, d)) for k, d in (("stride", 1), ("padding", 0), ("dilation", 1)))
+    out_channels, width, *kernel = node.weight.shape
+    if tuple(kernel) == (1, 1) and stride == (1, 1) and padding == (0, 0) and groups == 1:
+        return lambda s, weight, shape: torch.matmul(weight.reshape(out_channels, -1).t(), s.flatten(2)).view(shape)
+    reach = tuple(d * (k - 1) - p for d, k, p in zip(dilation, kernel, padding))  # the flipped conv's padding
+    if groups == out_channels and width == 1 and min(reach) >= 0:
+        def depthwise(s: Tensor, weight: Tensor, shape: torch.Size) -> Tensor:
+            if stride != (1, 1):  # s at every stride-th position of a zero map, the input's size less the reach
+                spread = s.new_zeros(s.shape[:2] + tuple(i + 2 * p - d * (k - 1) for i, p, d, k in
+                                                         zip(shape[2:], padding, dilation, kernel)))
+                (oh, ow), (sh, sw) = s.shape[2:], stride
+                spread[:, :, :(oh - 1) * sh + 1:sh, :(ow - 1) * sw + 1:sw] = s
+                s = spread
+            return F.conv2d(s, weight.flip(2, 3), None, 1, reach, dilation, groups)
+
+        return depthwise
+
+    def transpose(s: Tensor, weight: Tensor, shape: torch.Size) -> Tensor:
+        extra = tuple(i - ((o - 1) * st - 2 * p + d * (k - 1) + 1)
+                      for i, o, st, p, d, k in zip(shape[2:], s.shape[2:], stride, padding, dilation, kernel))
+        return F.conv_transpose2d(s, weight, None, stride, padding, extra, groups, dilation)
+
+    return transpose
 
 
 def _column_bound(weight: Tensor) -> Tensor:
@@ -189,7 +239,8 @@ class ZPlus(Rule):
             terms = [_Term("id", w_pos, bias)]
         else:
             terms = [_Term("pos", w_pos, bias), _Term("neg", w_neg, None)]
-        return _ZPropagator(node, [(terms, None)], self.stabilizer, False, dtype)
+        return _ZPropagator(node, [(terms, None)], self.stabilizer, False, dtype,
+                            split_sign=len(terms) == 2)
 
 
 class Gamma(Rule):
