@@ -262,8 +262,36 @@ def _basic_index(reader: Any, fx_node: Any, index: Any) -> tuple:
     return items
 
 
+def _exact(reader: Any, arg: Any) -> Any:
+    """A constant argument as the model holds it (a buffer keeps its dtype: an index stays an integer)."""
+    if isinstance(arg, torch.fx.Node) and arg.op == "get_attr":
+        value = reader.traced
+        for part in arg.target.split("."):
+            value = getattr(value, part)
+        return value.detach()
+    return reader.constants[arg]
+
+
+def _folded(reader: Any, fx_node: Any) -> bool:
+    """An index op whose tensor inputs are all constants (MaxViT's relative position bias, gathered from
+    its table by a buffer of indices), computed once when read: a constant, not a node. True if it was."""
+    tensors: list[Any] = []
+    torch.fx.node.map_arg((fx_node.args, fx_node.kwargs), tensors.append)
+    if not tensors or any(t not in reader.constants for t in tensors):
+        return False
+    args, kwargs = torch.fx.node.map_arg((fx_node.args, fx_node.kwargs), lambda t: _exact(reader, t))
+    if fx_node.op == "call_method":
+        value = getattr(args[0], fx_node.target)(*args[1:], **kwargs)
+    else:
+        value = fx_node.target(*args, **kwargs)
+    reader.constants[fx_node] = value.float() if value.is_floating_point() else value
+    return True
+
+
 def _read_getitem(reader: Any, op: Op, fx_node: Any, module: None) -> None:
     """``parts[k]`` of a chunk/split, or ``x[...]`` of a tensor: a slice of the input."""
+    if _folded(reader, fx_node):
+        return
     container, key = fx_node.args
     part = reader.part_of(container)
     if part is not None:
@@ -279,6 +307,8 @@ def _read_getitem(reader: Any, op: Op, fx_node: Any, module: None) -> None:
 
 def _read_view(reader: Any, op: Op, fx_node: Any, module: None) -> None:
     """``x.view(...)``, ``x.reshape(...)``, ``torch.reshape(x, shape)``: sizes may be read from shapes at run time."""
+    if _folded(reader, fx_node):
+        return
     source = reader.producer(fx_node, fx_node.args[0])
     sizes = fx_node.args[1:] or (fx_node.kwargs.get("shape", ()),)
     if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
@@ -289,6 +319,8 @@ def _read_view(reader: Any, op: Op, fx_node: Any, module: None) -> None:
 
 def _read_unsqueeze(reader: Any, op: Op, fx_node: Any, module: None) -> None:
     """``unsqueeze(x, d)``/``squeeze(x[, d])``: a reshape with dims fixed when read."""
+    if _folded(reader, fx_node):
+        return
     source = reader.producer(fx_node, fx_node.args[0])
     name = fx_node.target if isinstance(fx_node.target, str) else fx_node.target.__name__
     dim = _dim_arg(reader, fx_node, 1, "dim", None if name == "squeeze" else 0)
@@ -296,11 +328,14 @@ def _read_unsqueeze(reader: Any, op: Op, fx_node: Any, module: None) -> None:
 
 
 def _read_permute(reader: Any, op: Op, fx_node: Any, module: None) -> None:
-    """``transpose(x, d0, d1)`` and ``permute(x, dims)`` (methods or functions)."""
+    """``transpose(x, d0, d1)`` (``swapaxes``, ``swapdims``) and ``permute(x, dims)`` (methods or functions)."""
+    if _folded(reader, fx_node):
+        return
     source = reader.producer(fx_node, fx_node.args[0])
     name = fx_node.target if isinstance(fx_node.target, str) else fx_node.target.__name__
-    if name == "transpose":
-        d0, d1 = _dim_arg(reader, fx_node, 1, "dim0", None), _dim_arg(reader, fx_node, 2, "dim1", None)
+    if name in ("transpose", "swapaxes", "swapdims"):
+        first, second = ("axis0", "axis1") if name == "swapaxes" else ("dim0", "dim1")
+        d0, d1 = _dim_arg(reader, fx_node, 1, first, None), _dim_arg(reader, fx_node, 2, second, None)
 
         def order(ndim: int) -> list[int]:
             dims = list(range(ndim))
@@ -319,6 +354,8 @@ def _read_permute(reader: Any, op: Op, fx_node: Any, module: None) -> None:
 
 def _read_contiguous(reader: Any, op: Op, fx_node: Any, module: None) -> None:
     """``x.contiguous()``/``x.clone()``: the same values, so the node is its input."""
+    if _folded(reader, fx_node):
+        return
     reader.alias(fx_node, reader.producer(fx_node, fx_node.args[0]))
 
 
@@ -387,8 +424,9 @@ VIEW = Op("view", _read_view, _view, functions=(torch.reshape,), methods=("view"
           relevance=rule("View"))
 UNSQUEEZE = Op("unsqueeze", _read_unsqueeze, _unsqueeze, functions=(torch.unsqueeze, torch.squeeze),
                methods=("unsqueeze", "squeeze"), sign="keep", relevance=rule("View"))
-PERMUTE = Op("permute", _read_permute, _permute, functions=(torch.transpose, torch.permute),
-             methods=("transpose", "permute"), sign="keep", relevance=rule("Permute"))
+PERMUTE = Op("permute", _read_permute, _permute, functions=(torch.transpose, torch.permute, torch.swapaxes,
+                                                           torch.swapdims),
+             methods=("transpose", "permute", "swapaxes", "swapdims"), sign="keep", relevance=rule("Permute"))
 CONTIGUOUS = Op("contiguous", _read_contiguous, methods=("contiguous", "clone"))
 
 _INDEX_OPS: tuple[Op, ...] = (CAT, PARTS, SELECT, VIEW, UNSQUEEZE, PERMUTE, CONTIGUOUS, CHANNEL_AFFINE,
@@ -496,18 +534,65 @@ def _read_matmul(reader: Any, op: Op, fx_node: Any, module: None) -> None:
     reader.add(fx_node, op, tuple(reader.producer(fx_node, arg) for arg in fx_node.args))
 
 
+EINSUM_FORM = "a batched matrix product of two activations ('bij,bjk->bik', any index order, one batch index or more)"
+
+
+def _einsum_terms(equation: str) -> Union[tuple[str, str, str], None]:
+    """``(a, b, out)`` of a two-operand einsum equation, spaces removed; None without ``->`` or with ``...``."""
+    equation = equation.replace(" ", "")
+    if "->" not in equation or "." in equation:
+        return None
+    inputs, out = equation.split("->")
+    terms = inputs.split(",")
+    return (terms[0], terms[1], out) if len(terms) == 2 else None
+
+
+def _read_einsum(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``torch.einsum(eq, a, b)`` of two activations that is a batched matrix product (MaxViT's
+    ``Q K^T`` and ``P V``): read as permutes of the operands to (batch, i, j) and (batch, j, k), a
+    matmul, and a permute to the output's order, so the matmul's rules apply unchanged."""
+    equation, *operands = fx_node.args
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = list(operands[0])
+    terms = _einsum_terms(equation) if isinstance(equation, str) and len(operands) == 2 else None
+    if terms is None or fx_node.kwargs:
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} {equation!r}: only {EINSUM_FORM}")
+    a, b, out = terms
+    batch = [c for c in out if c in a and c in b]
+    contracted = [c for c in a if c in b and c not in out]
+    free_a, free_b = [c for c in a if c not in b], [c for c in b if c not in a]
+    if any(len(set(t)) != len(t) for t in terms) or len(contracted) != 1 or len(free_a) != 1 \
+            or len(free_b) != 1 or not batch or sorted(out) != sorted(batch + free_a + free_b) \
+            or set(a) | set(b) != set(out) | set(contracted):
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} {equation!r}: only {EINSUM_FORM}")
+    left = _permuted(reader, fx_node, reader.producer(fx_node, operands[0]), a, batch + free_a + contracted)
+    right = _permuted(reader, fx_node, reader.producer(fx_node, operands[1]), b, batch + contracted + free_b)
+    reader.add(fx_node, MATMUL, (left, right))
+    _permuted(reader, fx_node, len(reader.nodes) - 1, "".join(batch + free_a + free_b), list(out))
+
+
+def _permuted(reader: Any, fx_node: Any, source: int, have: str, want: list[str]) -> int:
+    """Node ``source`` with indices ``have`` permuted to ``want``: a permute node, or ``source`` if the order is the same."""
+    order = tuple(have.index(c) for c in want)
+    if order == tuple(range(len(order))):
+        return source
+    reader.add(fx_node, PERMUTE, (source,), attrs={"order": lambda ndim: list(order)})
+    return len(reader.nodes) - 1
+
+
 def _matmul(node: Node, a: tuple[Tensor, Tensor], weight: None, bias: None) -> tuple[Tensor, None]:
     return torch.matmul(*a), None
 
 
 def _read_softmax(reader: Any, op: Op, fx_node: Any, module: Union[nn.Module, None]) -> None:
-    """``softmax(x, dim)`` as a module, function or method (no dtype argument)."""
+    """``softmax(x, dim)`` as a module, function or method (no dtype argument; fx gives ``F.softmax`` its defaults)."""
     if module is not None:
         dim = module.dim
         source = _one_input(reader, fx_node, module)
     else:
         dim = fx_node.kwargs.get("dim", fx_node.args[1] if len(fx_node.args) > 1 else None)
-        if not isinstance(dim, int) or set(fx_node.kwargs) - {"dim"} or len(fx_node.args) > 2:
+        kwargs = {k: v for k, v in fx_node.kwargs.items() if not (k == "_stacklevel" or k == "dtype" and v is None)}
+        if not isinstance(dim, int) or set(kwargs) - {"dim"} or len(fx_node.args) > 2:
             raise reader.unsupported(fx_node, f"{reader.what(fx_node)} without an int dim, or with a dtype")
         source = reader.producer(fx_node, fx_node.args[0])
     reader.add(fx_node, op, (source,), module, {"dim": dim})
@@ -660,6 +745,8 @@ as functions (``F.multi_head_attention_forward``), not as modules, so LXT's reci
 Gradient x Input while zennit's rules go to the Linear modules; presets bind them apart."""
 HEADS = Op("heads", _internal, _heads, sign="keep", relevance=rule("Heads"))
 MATMUL = Op("matmul", _read_matmul, _matmul, functions=(operator.matmul, torch.matmul), methods=("matmul",))
+EINSUM = Op("einsum", _read_einsum, functions=(torch.einsum,))
+"""Read as permutes and a ``matmul`` node (:func:`_read_einsum`)."""
 SOFTMAX = Op("softmax", _read_softmax, _softmax, modules=(nn.Softmax,), functions=(torch.softmax, F.softmax),
              methods=("softmax",), sign="nonneg")
 
@@ -677,7 +764,7 @@ PATCH_MERGING = Op("patch_merging", _read_patch_merging_pad, _patch_merging_pad,
                    relevance=rule("PatchPhases"),
                    function_names=("torchvision.models.swin_transformer._patch_merging_pad",))
 
-_TRANSFORMER_OPS: tuple[Op, ...] = (RELATIVE_BIAS, WINDOW_ATTENTION, WINDOWS, ATTENTION_BIAS, PATCH_MERGING, LAYERNORM, ADD_CONSTANT, ATTENTION, PROJECTION, HEADS, MATMUL, SOFTMAX, EXPAND, ASSERT)
+_TRANSFORMER_OPS: tuple[Op, ...] = (RELATIVE_BIAS, WINDOW_ATTENTION, WINDOWS, ATTENTION_BIAS, PATCH_MERGING, LAYERNORM, ADD_CONSTANT, ATTENTION, PROJECTION, HEADS, MATMUL, EINSUM, SOFTMAX, EXPAND, ASSERT)
 
 
 # -- activations, gates and functional forms -------------------------------------------------

@@ -1,0 +1,169 @@
+"""MaxViT (block and grid attention, einsum, relative position bias, MBConv with squeeze-excitation)
+and Swin V2: no library has them, so each preset is checked against Gradient x Input under the
+same held constants, written here and sharing no code with the engine.
+
+With LRP-0 everywhere (every epsilon 1e-12: the presets' rules then have no stabiliser that counts),
+each rule is a gradient rule: the epsilon rule on an affine map is its gradient, the identity on an
+activation ``f`` is the gradient ``f(x) / x``, a gate that takes no relevance is a detached gate,
+LayerNorm with its standard deviation held constant is a detached std, CP-LRP's attention is a
+detached softmax, AttnLRP's softmax rule (Prop. 3.1) is the softmax's own gradient, and its uniform
+rule for a product of two activations (Prop. 3.3) halves the product's gradient to each operand.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from realtime_lrp import LRP
+from realtime_lrp.lrp import presets
+
+EPS_ARG = {"Epsilon": "epsilon", "Norm": "stabilizer", "LayerNormCentred": "epsilon", "UniformProduct": "epsilon",
+           "AttentionValues": "epsilon", "ShareWithConstant": "epsilon"}
+
+
+def rel_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    """max|ours - ref| / max|ref| over each sample, the worst sample."""
+    n = ref.shape[0]
+    diff = (ours.double() - ref.double()).reshape(n, -1).abs().amax(1)
+    return float((diff / ref.double().reshape(n, -1).abs().amax(1)).max())
+
+
+@pytest.fixture
+def lrp0(monkeypatch: pytest.MonkeyPatch):
+    """``lrp0("cp-lrp")``: the preset's name with every stabiliser set to 1e-12 (registered for the test)."""
+    def make(name: str) -> str:
+        base = presets.PRESETS[name]
+        rules = {kind: presets.rule(spec.name, **{**dict(spec.args), EPS_ARG[spec.name]: 1e-12})
+                 if spec.name in EPS_ARG else spec for kind, spec in base.rules.items()}
+        monkeypatch.setitem(presets.PRESETS, f"{name}-0", dataclasses.replace(base, name=f"{name}-0", rules=rules))
+        return f"{name}-0"
+    return make
+
+
+@contextlib.contextmanager
+def gradient_rules(preset: str) -> Iterator[None]:
+    """Gradient x Input under the rules' held constants (module docstring), undone after."""
+    from torchvision.ops.misc import SqueezeExcitation
+
+    saved = [(nn.LayerNorm, "forward", nn.LayerNorm.forward), (nn.GELU, "forward", nn.GELU.forward),
+             (nn.Tanh, "forward", nn.Tanh.forward), (SqueezeExcitation, "forward", SqueezeExcitation.forward),
+             (F, "softmax", F.softmax), (torch, "einsum", torch.einsum), (torch, "matmul", torch.matmul)]
+    softmax, einsum, matmul = F.softmax, torch.einsum, torch.matmul
+
+    def layer_norm(self: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+        std = (x.var(-1, unbiased=False, keepdim=True) + self.eps).sqrt().detach()
+        y = (x - x.mean(-1, keepdim=True)) / std
+        return y * self.weight + self.bias if self.weight is not None else y
+
+    def identity_of(fn):
+        return lambda self, x: x * (fn(x) / x).detach()
+
+    def halved(product):
+        def call(*args, **kwargs):
+            z = product(*args, **kwargs)
+            return 0.5 * z + 0.5 * z.detach()
+        return call
+
+    try:
+        nn.LayerNorm.forward = layer_norm
+        nn.GELU.forward = identity_of(F.gelu)
+        nn.Tanh.forward = identity_of(torch.tanh)
+        SqueezeExcitation.forward = lambda self, x: self._scale(x).detach() * x
+        if preset == "cp-lrp":
+            F.softmax = lambda *args, **kwargs: softmax(*args, **kwargs).detach()
+        else:
+            torch.einsum, torch.matmul = halved(einsum), halved(matmul)
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
+def reference(model: nn.Module, x: torch.Tensor, target: torch.Tensor, preset: str) -> torch.Tensor:
+    """The preset's map as Gradient x Input under :func:`gradient_rules`, summed over channels."""
+    x = x.clone().requires_grad_()
+    with gradient_rules(preset):
+        out = model(x)
+        (grad,) = torch.autograd.grad(out.gather(1, target.view(-1, 1)).sum(), x)
+    return (x * grad).detach().sum(1)
+
+
+def randomised(model: nn.Module, seed: int, biases: bool = True) -> nn.Module:
+    """Random weights everywhere (torchvision starts norms at 1 and 0, biases at 0), random batch-norm
+    statistics; with ``biases=False`` every bias, shift and mean is 0 (for conservation)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, (1 / p[0].numel()) ** 0.5)
+            elif name.endswith("weight"):
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.3 if biases else 0.0)
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.normal_(0.0, 0.3 if biases else 0.0)
+            elif name.endswith("running_var"):
+                b.uniform_(0.5, 1.5)
+        for name, p in model.named_parameters():
+            if "relative_position_bias_table" in name:
+                p.normal_(0.0, 0.5)
+    return model.eval()
+
+
+# -- MaxViT ------------------------------------------------------------------------------------------
+
+def random_maxvit(size: tuple[int, int], seed: int = 0, biases: bool = True) -> nn.Module:
+    """torchvision's MaxVit, small: stem 8, blocks of 8 and 16 channels, partitions of 2, heads of 4."""
+    from torchvision.models.maxvit import MaxVit
+
+    torch.manual_seed(seed)
+    return randomised(MaxVit(size, 8, 2, [8, 16], [1, 1], 4, 0.1, num_classes=5), seed, biases)
+
+
+@pytest.mark.parametrize("preset", ["cp-lrp", "attnlrp"])
+@pytest.mark.parametrize("size", [(32, 32), (48, 48)])  # torchvision's grid attention needs a square
+def test_maxvit_equals_gradient_x_input_under_its_rules(preset: str, size: tuple[int, int], lrp0) -> None:
+    """Window and grid attention (partitions, swapped axes, einsum, the relative position bias gathered from
+    its table), MBConv (pre-norm batch norm, depthwise conv, squeeze-excitation gate), stochastic depth."""
+    model = random_maxvit(size)
+    torch.manual_seed(9)
+    x, target = torch.randn(2, 3, *size), torch.tensor([1, 4])
+    ref = reference(model, x, target, preset)
+    result = LRP(model, preset=lrp0(preset))(x, target=target)
+    assert torch.allclose(result.logits, model(x), atol=1e-5)
+    assert ref.abs().amax() > 0
+    assert rel_error(result.relevance, ref) <= 1e-4
+    assert torch.isfinite(LRP(model, preset=preset)(x, target=target).relevance).all()  # epsilon 1e-6 as shipped
+
+
+def _blocks(model: nn.Module) -> list[tuple[str, nn.Module, int]]:
+    """MaxViT's first layer as its three blocks: (name, block, its input channels)."""
+    layer = model.blocks[0].layers[0].layers
+    return [("MBconv", layer.MBconv, 8), ("window_attention", layer.window_attention, 8),
+            ("grid_attention", layer.grid_attention, 8)]
+
+
+@pytest.mark.parametrize("block", ["MBconv", "window_attention", "grid_attention", "whole"])
+def test_maxvit_cp_lrp_conserves_per_block_without_biases(block: str) -> None:
+    """cp-lrp without biases, shifts or means: every rule on the way conserves (the held softmax's rows
+    sum to 1, LayerNorm's centring sums to its output, the gate takes nothing), so each block's input
+    relevance sums to the relevance at its output (a flattened output element explained)."""
+    model = random_maxvit((32, 32), seed=3, biases=False)
+    torch.manual_seed(10)
+    if block == "whole":
+        net, x = model, torch.randn(2, 3, 32, 32)
+    else:
+        inner, channels = {name: (b, c) for name, b, c in _blocks(model)}[block]
+        lift = nn.Conv2d(3, channels, 1, bias=False)  # the engine takes images of 3 channels
+        net, x = nn.Sequential(lift, inner, nn.Flatten()).eval(), torch.randn(2, 3, 8, 8)
+    result = LRP(net, preset="cp-lrp")(x)
+    explained = result.logits.gather(1, result.target.view(-1, 1)).squeeze(1)
+    assert explained.abs().min() > 1e-3
+    torch.testing.assert_close(result.relevance.sum((1, 2)), explained, rtol=1e-4, atol=0.0)
