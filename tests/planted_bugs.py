@@ -459,6 +459,14 @@ PLANTS: tuple[Plant, ...] = (
     Plant("fp16-overflow-frame-not-rerun", "realtime_lrp/pipeline/fast.py",
           "if overflowed and self.owner.lrp.dtype", "if False and self.owner.lrp.dtype",
           ("tests/test_fidelity_guard.py::test_the_frame_pass_reruns_the_overflowing_frame_in_fp32_and_says_so_once",)),
+    Plant("einsum-free-indices-swapped", "realtime_lrp/lrp/ops.py",
+          '"".join(batch + free_a + free_b), list(out))', '"".join(batch + free_b + free_a), list(out))',
+          ("tests/test_maxvit_swin_v2.py::test_maxvit_equals_gradient_x_input_under_its_rules",)),
+    Plant("folded-bias-drops-its-index", "realtime_lrp/lrp/ops.py",
+          "    args, kwargs = torch.fx.node.map_arg((fx_node.args, fx_node.kwargs), lambda t: _exact(reader, t))",
+          "    args, kwargs = torch.fx.node.map_arg((fx_node.args, fx_node.kwargs), lambda t: _exact(reader, t))\n"
+          "    args = (args[0], args[1].sort().values) if fx_node.target is operator.getitem else args",
+          ("tests/test_maxvit_swin_v2.py::test_maxvit_equals_gradient_x_input_under_its_rules",)),
 )
 
 
