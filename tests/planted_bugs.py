@@ -467,6 +467,12 @@ PLANTS: tuple[Plant, ...] = (
           "    args, kwargs = torch.fx.node.map_arg((fx_node.args, fx_node.kwargs), lambda t: _exact(reader, t))\n"
           "    args = (args[0], args[1].sort().values) if fx_node.target is operator.getitem else args",
           ("tests/test_maxvit_swin_v2.py::test_maxvit_equals_gradient_x_input_under_its_rules",)),
+    Plant("swin-v2-logit-scale-unclamped", "realtime_lrp/lrp/ops.py",
+          "logit_scale.clamp(max=math.log(100.0)).exp()", "logit_scale.exp()",
+          ("tests/test_maxvit_swin_v2.py::test_swin_v2_equals_gradient_x_input_under_its_rules",)),
+    Plant("swin-v2-keys-normalised-over-tokens", "realtime_lrp/lrp/ops.py",
+          'attrs={"dim": -1 if part == 0 else -2}', 'attrs={"dim": -1}',
+          ("tests/test_maxvit_swin_v2.py::test_swin_v2_equals_gradient_x_input_under_its_rules",)),
 )
 
 

@@ -6,8 +6,9 @@ With LRP-0 everywhere (every epsilon 1e-12: the presets' rules then have no stab
 each rule is a gradient rule: the epsilon rule on an affine map is its gradient, the identity on an
 activation ``f`` is the gradient ``f(x) / x``, a gate that takes no relevance is a detached gate,
 LayerNorm with its standard deviation held constant is a detached std, CP-LRP's attention is a
-detached softmax, AttnLRP's softmax rule (Prop. 3.1) is the softmax's own gradient, and its uniform
-rule for a product of two activations (Prop. 3.3) halves the product's gradient to each operand.
+detached softmax, AttnLRP's softmax rule (Prop. 3.1) is the softmax's own gradient, its uniform
+rule for a product of two activations (Prop. 3.3) halves the product's gradient to each operand,
+and Swin V2's L2 normalisation with its norm held constant is a detached norm.
 """
 from __future__ import annotations
 
@@ -53,8 +54,9 @@ def gradient_rules(preset: str) -> Iterator[None]:
 
     saved = [(nn.LayerNorm, "forward", nn.LayerNorm.forward), (nn.GELU, "forward", nn.GELU.forward),
              (nn.Tanh, "forward", nn.Tanh.forward), (SqueezeExcitation, "forward", SqueezeExcitation.forward),
-             (F, "softmax", F.softmax), (torch, "einsum", torch.einsum), (torch, "matmul", torch.matmul)]
-    softmax, einsum, matmul = F.softmax, torch.einsum, torch.matmul
+             (F, "softmax", F.softmax), (F, "normalize", F.normalize), (torch, "einsum", torch.einsum),
+             (torch.Tensor, "matmul", torch.Tensor.matmul), (torch.Tensor, "__matmul__", torch.Tensor.__matmul__)]
+    softmax, einsum, matmul, matmul_operator = F.softmax, torch.einsum, torch.Tensor.matmul, torch.Tensor.__matmul__
 
     def layer_norm(self: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
         std = (x.var(-1, unbiased=False, keepdim=True) + self.eps).sqrt().detach()
@@ -75,10 +77,12 @@ def gradient_rules(preset: str) -> Iterator[None]:
         nn.GELU.forward = identity_of(F.gelu)
         nn.Tanh.forward = identity_of(torch.tanh)
         SqueezeExcitation.forward = lambda self, x: self._scale(x).detach() * x
+        F.normalize = lambda x, p=2.0, dim=1, eps=1e-12: x / x.norm(p, dim, keepdim=True).clamp_min(eps).detach()
         if preset == "cp-lrp":
             F.softmax = lambda *args, **kwargs: softmax(*args, **kwargs).detach()
         else:
-            torch.einsum, torch.matmul = halved(einsum), halved(matmul)
+            torch.einsum, torch.Tensor.matmul, torch.Tensor.__matmul__ = (halved(einsum), halved(matmul),
+                                                                          halved(matmul_operator))
         yield
     finally:
         for owner, name, value in saved:
@@ -163,6 +167,60 @@ def test_maxvit_cp_lrp_conserves_per_block_without_biases(block: str) -> None:
         inner, channels = {name: (b, c) for name, b, c in _blocks(model)}[block]
         lift = nn.Conv2d(3, channels, 1, bias=False)  # the engine takes images of 3 channels
         net, x = nn.Sequential(lift, inner, nn.Flatten()).eval(), torch.randn(2, 3, 8, 8)
+    result = LRP(net, preset="cp-lrp")(x)
+    explained = result.logits.gather(1, result.target.view(-1, 1)).squeeze(1)
+    assert explained.abs().min() > 1e-3
+    torch.testing.assert_close(result.relevance.sum((1, 2)), explained, rtol=1e-4, atol=0.0)
+
+
+# -- Swin V2 -----------------------------------------------------------------------------------------
+
+def random_swin_v2(seed: int = 0, biases: bool = True) -> nn.Module:
+    """torchvision's SwinTransformer with V2 blocks and patch merging, small; logit scales around log 10,
+    one head's above log 100 (where torchvision clamps it)."""
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
+
+    torch.manual_seed(seed)
+    model = randomised(SwinTransformer([4, 4], 16, [2, 2], [2, 4], [4, 4], num_classes=5,
+                                       block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2), seed, biases)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("logit_scale"):
+                p.copy_(2.3 + 0.5 * torch.randn_like(p))
+                p[0] = 5.0
+    return model
+
+
+@pytest.mark.parametrize("preset", ["cp-lrp", "attnlrp"])
+@pytest.mark.parametrize("size", [(32, 32), (40, 56)])
+def test_swin_v2_equals_gradient_x_input_under_its_rules(preset: str, size: tuple[int, int], lrp0) -> None:
+    """Cosine attention (q and k normalised, the clamped logit scale), the continuous position bias
+    (an MLP of constants, so a constant), post-norm blocks, V2 patch merging; shifted windows with the
+    mask and padding to whole windows (40 x 56: 10 x 14 tokens for windows of 4)."""
+    model = random_swin_v2()
+    torch.manual_seed(11)
+    x, target = torch.randn(2, 3, *size), torch.tensor([0, 3])
+    ref = reference(model, x, target, preset)
+    result = LRP(model, preset=lrp0(preset))(x, target=target)
+    assert torch.allclose(result.logits, model(x), atol=1e-5)
+    assert ref.abs().amax() > 0
+    assert rel_error(result.relevance, ref) <= 1e-4
+    assert torch.isfinite(LRP(model, preset=preset)(x, target=target).relevance).all()
+
+
+@pytest.mark.parametrize("block", ["block", "whole"])
+def test_swin_v2_cp_lrp_conserves_per_block_without_biases(block: str) -> None:
+    """cp-lrp without biases: a V2 block (attention, post-norms, MLP, residual sums) and the whole model conserve."""
+    from torchvision.ops.misc import Permute
+
+    model = random_swin_v2(seed=4, biases=False)
+    torch.manual_seed(12)
+    if block == "whole":
+        net, x = model, torch.randn(2, 3, 32, 32)
+    else:
+        inner = model.features[1][1]  # the shifted one
+        net = nn.Sequential(nn.Conv2d(3, 16, 1, bias=False), Permute([0, 2, 3, 1]), inner, nn.Flatten()).eval()
+        x = torch.randn(2, 3, 8, 8)
     result = LRP(net, preset="cp-lrp")(x)
     explained = result.logits.gather(1, result.target.view(-1, 1)).squeeze(1)
     assert explained.abs().min() > 1e-3

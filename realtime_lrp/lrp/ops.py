@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import operator
 import re
 from dataclasses import dataclass
@@ -263,35 +264,40 @@ def _basic_index(reader: Any, fx_node: Any, index: Any) -> tuple:
 
 
 def _exact(reader: Any, arg: Any) -> Any:
-    """A constant argument as the model holds it (a buffer keeps its dtype: an index stays an integer)."""
+    """A copy of a constant argument as the model holds it (a buffer keeps its dtype: an index stays an
+    integer; a copy: an in-place call, Swin V2's ``ReLU(inplace=True)``, changes no other constant)."""
     if isinstance(arg, torch.fx.Node) and arg.op == "get_attr":
         value = reader.traced
         for part in arg.target.split("."):
             value = getattr(value, part)
-        return value.detach()
-    return reader.constants[arg]
+        return value.detach().clone()
+    return reader.constants[arg].clone()
 
 
-def _folded(reader: Any, fx_node: Any) -> bool:
-    """An index op whose tensor inputs are all constants (MaxViT's relative position bias, gathered from
-    its table by a buffer of indices), computed once when read: a constant, not a node. True if it was."""
+def folded(reader: Any, fx_node: Any) -> bool:
+    """A call whose tensor inputs are all constants, computed once when read: a constant of the graph, not a
+    node (MaxViT's relative position bias gathered from its table, Swin V2's from its MLP). True if it was."""
     tensors: list[Any] = []
     torch.fx.node.map_arg((fx_node.args, fx_node.kwargs), tensors.append)
-    if not tensors or any(t not in reader.constants for t in tensors):
+    if fx_node.op not in ("call_function", "call_method", "call_module") or not tensors \
+            or any(t not in reader.constants for t in tensors):
         return False
     args, kwargs = torch.fx.node.map_arg((fx_node.args, fx_node.kwargs), lambda t: _exact(reader, t))
-    if fx_node.op == "call_method":
-        value = getattr(args[0], fx_node.target)(*args[1:], **kwargs)
-    else:
-        value = fx_node.target(*args, **kwargs)
+    with torch.no_grad():
+        if fx_node.op == "call_method":
+            value = getattr(args[0], fx_node.target)(*args[1:], **kwargs)
+        elif fx_node.op == "call_module":
+            value = reader.traced.get_submodule(fx_node.target)(*args, **kwargs)
+        else:
+            value = fx_node.target(*args, **kwargs)
+    if not isinstance(value, Tensor):
+        return False
     reader.constants[fx_node] = value.float() if value.is_floating_point() else value
     return True
 
 
 def _read_getitem(reader: Any, op: Op, fx_node: Any, module: None) -> None:
     """``parts[k]`` of a chunk/split, or ``x[...]`` of a tensor: a slice of the input."""
-    if _folded(reader, fx_node):
-        return
     container, key = fx_node.args
     part = reader.part_of(container)
     if part is not None:
@@ -307,8 +313,6 @@ def _read_getitem(reader: Any, op: Op, fx_node: Any, module: None) -> None:
 
 def _read_view(reader: Any, op: Op, fx_node: Any, module: None) -> None:
     """``x.view(...)``, ``x.reshape(...)``, ``torch.reshape(x, shape)``: sizes may be read from shapes at run time."""
-    if _folded(reader, fx_node):
-        return
     source = reader.producer(fx_node, fx_node.args[0])
     sizes = fx_node.args[1:] or (fx_node.kwargs.get("shape", ()),)
     if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
@@ -319,8 +323,6 @@ def _read_view(reader: Any, op: Op, fx_node: Any, module: None) -> None:
 
 def _read_unsqueeze(reader: Any, op: Op, fx_node: Any, module: None) -> None:
     """``unsqueeze(x, d)``/``squeeze(x[, d])``: a reshape with dims fixed when read."""
-    if _folded(reader, fx_node):
-        return
     source = reader.producer(fx_node, fx_node.args[0])
     name = fx_node.target if isinstance(fx_node.target, str) else fx_node.target.__name__
     dim = _dim_arg(reader, fx_node, 1, "dim", None if name == "squeeze" else 0)
@@ -329,8 +331,6 @@ def _read_unsqueeze(reader: Any, op: Op, fx_node: Any, module: None) -> None:
 
 def _read_permute(reader: Any, op: Op, fx_node: Any, module: None) -> None:
     """``transpose(x, d0, d1)`` (``swapaxes``, ``swapdims``) and ``permute(x, dims)`` (methods or functions)."""
-    if _folded(reader, fx_node):
-        return
     source = reader.producer(fx_node, fx_node.args[0])
     name = fx_node.target if isinstance(fx_node.target, str) else fx_node.target.__name__
     if name in ("transpose", "swapaxes", "swapdims"):
@@ -354,8 +354,6 @@ def _read_permute(reader: Any, op: Op, fx_node: Any, module: None) -> None:
 
 def _read_contiguous(reader: Any, op: Op, fx_node: Any, module: None) -> None:
     """``x.contiguous()``/``x.clone()``: the same values, so the node is its input."""
-    if _folded(reader, fx_node):
-        return
     reader.alias(fx_node, reader.producer(fx_node, fx_node.args[0]))
 
 
@@ -664,35 +662,47 @@ def _read_relative_bias(reader: Any, op: Op, fx_node: Any, module: None) -> None
 
 
 def _read_window_attention(reader: Any, op: Op, fx_node: Any, module: None) -> None:
-    """Swin's ``shifted_window_attention`` (V1), read as windows, q/k/v projections, heads, Q K^T plus
-    the relative position bias and shift mask, softmax, P V, merge, output projection, windows reversed."""
+    """Swin's ``shifted_window_attention``, read as windows, q/k/v projections, heads, Q K^T plus the
+    relative position bias and shift mask, softmax, P V, merge, output projection, windows reversed.
+    Swin V2's cosine attention (``logit_scale`` given): q and k L2-normalised (:data:`NORMALIZE`), the
+    key bias zeroed as torchvision zeroes it, and Q K^T times ``exp(min(logit_scale, log 100))``, a
+    product with a constant (:data:`SCALE`); its relative position bias, from an MLP of constants, is a constant."""
     names = ("input", "qkv_weight", "proj_weight", "relative_position_bias", "window_size", "num_heads",
              "shift_size", "attention_dropout", "dropout", "qkv_bias", "proj_bias", "logit_scale", "training")
     args = dict(zip(names, fx_node.args), **fx_node.kwargs)
-    if args.get("logit_scale") is not None or args.get("training", True):
-        raise reader.unsupported(fx_node, "shifted_window_attention with cosine attention (Swin V2) or in training")
+    if args.get("training", True):
+        raise reader.unsupported(fx_node, "shifted_window_attention in training (explain the model in eval mode)")
     x = reader.producer(fx_node, args["input"])
     w, pw, bias = (reader.constant(args.get(k)) for k in ("qkv_weight", "proj_weight", "relative_position_bias"))
-    if w is None or pw is None or bias is None:
+    logit_scale = reader.constant(args.get("logit_scale"))
+    if w is None or pw is None or bias is None or (logit_scale is None) != (args.get("logit_scale") is None):
         raise reader.unsupported(fx_node, "shifted_window_attention with weights computed at run time")
     b = reader.constant(args.get("qkv_bias"))
     pb = reader.constant(args.get("proj_bias"))
     window, heads = tuple(args["window_size"]), args["num_heads"]
     shift = tuple(args.get("shift_size", (0, 0)))
     e = w.shape[1]
-    b = torch.zeros(3 * e) if b is None else b
+    b = torch.zeros(3 * e) if b is None else b.clone()
+    cosine = logit_scale is not None
+    if cosine:
+        b[e:2 * e] = 0.0
     geometry = {"window": window, "shift": shift}
     windows = reader.add(fx_node, WINDOWS, (x,), attrs={**geometry, "reverse": False})
     source = reader.nodes.index(windows)
     split = []
-    for part, factor in zip(range(3), ((e // heads) ** -0.5, 1.0, 1.0)):
+    for part, factor in zip(range(3), ((1.0 if cosine else (e // heads) ** -0.5), 1.0, 1.0)):
         node = reader.add(fx_node, PROJECTION, (source,))
         node.name = args["qkv_weight"].target.rsplit(".", 1)[0]  # the Linear module whose weight it is
         node.weight, node.bias = w[part * e:(part + 1) * e] * factor, b[part * e:(part + 1) * e] * factor
         split.append(reader.add(fx_node, HEADS, (len(reader.nodes) - 1,),
                                 attrs={"heads": heads, "batch_first": True, "keys": part == 1, "merge": False}))
+        if cosine and part < 2:  # keys are (N, heads, d, T): normalised over d
+            split[-1] = reader.add(fx_node, NORMALIZE, (len(reader.nodes) - 1,), attrs={"dim": -1 if part == 0 else -2})
     q, k, v = (reader.nodes.index(n) for n in split)
     reader.add(fx_node, MATMUL, (q, k))
+    if cosine:
+        scale = reader.add(fx_node, SCALE, (len(reader.nodes) - 1,))
+        scale.weight = logit_scale.clamp(max=math.log(100.0)).exp()
     scores = reader.add(fx_node, ATTENTION_BIAS, (len(reader.nodes) - 1, x), attrs=geometry)
     scores.weight = bias
     reader.add(fx_node, SOFTMAX, (len(reader.nodes) - 1,), attrs={"dim": -1})
@@ -720,6 +730,10 @@ def _attention_bias(node: Node, a: tuple[Tensor, Tensor], weight: Tensor, bias: 
         n, h, t, _ = out.shape
         out = (out.view(n // mask.shape[0], mask.shape[0], h, t, t) + mask.unsqueeze(0)).view(n, h, t, t)
     return out, None
+
+
+def _normalize(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
+    return F.normalize(a, dim=node.attrs["dim"]), None
 
 
 def _read_patch_merging_pad(reader: Any, op: Op, fx_node: Any, module: None) -> None:
@@ -760,11 +774,14 @@ WINDOW_ATTENTION = Op("window_attention", _read_window_attention,
                       function_names=("torchvision.models.swin_transformer.shifted_window_attention",))
 WINDOWS = Op("windows", _internal, _windows, sign="keep", relevance=rule("Windows"))
 ATTENTION_BIAS = Op("attention_bias", _internal, _attention_bias, relevance=rule("ShareWithConstant"))
+NORMALIZE = Op("normalize", _internal, _normalize, relevance=rule("Pass"))
+"""``x / ||x||`` (Swin V2's cosine attention): the norm held constant, as LayerNorm's standard deviation,
+so a product with a constant: the identity rule."""
 PATCH_MERGING = Op("patch_merging", _read_patch_merging_pad, _patch_merging_pad, sign="keep",
                    relevance=rule("PatchPhases"),
                    function_names=("torchvision.models.swin_transformer._patch_merging_pad",))
 
-_TRANSFORMER_OPS: tuple[Op, ...] = (RELATIVE_BIAS, WINDOW_ATTENTION, WINDOWS, ATTENTION_BIAS, PATCH_MERGING, LAYERNORM, ADD_CONSTANT, ATTENTION, PROJECTION, HEADS, MATMUL, EINSUM, SOFTMAX, EXPAND, ASSERT)
+_TRANSFORMER_OPS: tuple[Op, ...] = (RELATIVE_BIAS, WINDOW_ATTENTION, WINDOWS, NORMALIZE, ATTENTION_BIAS, PATCH_MERGING, LAYERNORM, ADD_CONSTANT, ATTENTION, PROJECTION, HEADS, MATMUL, EINSUM, SOFTMAX, EXPAND, ASSERT)
 
 
 # -- activations, gates and functional forms -------------------------------------------------
