@@ -225,3 +225,40 @@ def test_swin_v2_cp_lrp_conserves_per_block_without_biases(block: str) -> None:
     explained = result.logits.gather(1, result.target.view(-1, 1)).squeeze(1)
     assert explained.abs().min() > 1e-3
     torch.testing.assert_close(result.relevance.sum((1, 2)), explained, rtol=1e-4, atol=0.0)
+
+
+# -- refusals ----------------------------------------------------------------------------------------
+
+class _FusedAttention(nn.Module):
+    """A timm-style block: attention as one ``F.scaled_dot_product_attention`` call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.qkv, self.head = nn.Conv2d(3, 8, 4, 4), nn.Linear(8, 24), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        q, k, v = self.qkv(t).chunk(3, -1)
+        return self.head(F.scaled_dot_product_attention(q, k, v).mean(1))
+
+
+class _OuterEinsum(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Conv2d(3, 4, 4, 4), nn.Linear(256, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(1)
+        return self.head(torch.einsum("bi,bj->bij", t, t).flatten(1))
+
+
+def test_a_fused_attention_is_refused_in_one_line_naming_the_supported_forms() -> None:
+    from realtime_lrp.lrp.nodes import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError) as refused:
+        LRP(_FusedAttention())
+    message = str(refused.value)
+    assert "\n" not in message and "scaled_dot_product_attention" in message
+    assert "nearest supported forms: nn.MultiheadAttention called as attn(x, x, x)" in message
+    with pytest.raises(UnsupportedModelError, match=r"einsum.*'bi,bj->bij': only a batched matrix product"):
+        LRP(_OuterEinsum())

@@ -774,6 +774,19 @@ WINDOW_ATTENTION = Op("window_attention", _read_window_attention,
                       function_names=("torchvision.models.swin_transformer.shifted_window_attention",))
 WINDOWS = Op("windows", _internal, _windows, sign="keep", relevance=rule("Windows"))
 ATTENTION_BIAS = Op("attention_bias", _internal, _attention_bias, relevance=rule("ShareWithConstant"))
+ATTENTION_FORMS = ("nn.MultiheadAttention called as attn(x, x, x), torchvision's shifted_window_attention, or "
+                   "softmax(q @ k.transpose(-2, -1) * scale + bias) @ v written out (matmul or einsum, softmax)")
+"""The forms of attention the registry reads, named where a fused one is refused."""
+
+
+def _read_fused_attention(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    raise reader.unsupported(fx_node, f"{reader.what(fx_node)}, attention fused into one call; the nearest "
+                                      f"supported forms: {ATTENTION_FORMS}")
+
+
+FUSED_ATTENTION = Op("fused_attention", _read_fused_attention,
+                     functions=(F.scaled_dot_product_attention, F.multi_head_attention_forward))
+"""Attention as one call (timm's and Hugging Face's models call ``F.scaled_dot_product_attention``): refused."""
 NORMALIZE = Op("normalize", _internal, _normalize, relevance=rule("Pass"))
 """``x / ||x||`` (Swin V2's cosine attention): the norm held constant, as LayerNorm's standard deviation,
 so a product with a constant: the identity rule."""
@@ -781,7 +794,7 @@ PATCH_MERGING = Op("patch_merging", _read_patch_merging_pad, _patch_merging_pad,
                    relevance=rule("PatchPhases"),
                    function_names=("torchvision.models.swin_transformer._patch_merging_pad",))
 
-_TRANSFORMER_OPS: tuple[Op, ...] = (RELATIVE_BIAS, WINDOW_ATTENTION, WINDOWS, NORMALIZE, ATTENTION_BIAS, PATCH_MERGING, LAYERNORM, ADD_CONSTANT, ATTENTION, PROJECTION, HEADS, MATMUL, EINSUM, SOFTMAX, EXPAND, ASSERT)
+_TRANSFORMER_OPS: tuple[Op, ...] = (RELATIVE_BIAS, WINDOW_ATTENTION, WINDOWS, NORMALIZE, FUSED_ATTENTION, ATTENTION_BIAS, PATCH_MERGING, LAYERNORM, ADD_CONSTANT, ATTENTION, PROJECTION, HEADS, MATMUL, EINSUM, SOFTMAX, EXPAND, ASSERT)
 
 
 # -- activations, gates and functional forms -------------------------------------------------
