@@ -262,3 +262,30 @@ def test_a_fused_attention_is_refused_in_one_line_naming_the_supported_forms() -
     assert "nearest supported forms: nn.MultiheadAttention called as attn(x, x, x)" in message
     with pytest.raises(UnsupportedModelError, match=r"einsum.*'bi,bj->bij': only a batched matrix product"):
         LRP(_OuterEinsum())
+
+
+# -- ImageNet weights of transformers: the safe loader ---------------------------------------------
+
+@pytest.mark.parametrize("arch", ["vit_b_16", "swin_t", "maxvit_t"])
+def test_imagenet_transformer_loads_planted_weights_through_the_safe_loader(
+        monkeypatch: pytest.MonkeyPatch, tmp_path, arch: str) -> None:
+    """``imagenet:ARCH`` of a transformer: a file in torchvision's cache layout (its name carrying its
+    hash prefix), read by ``safe_load`` (weights_only) and nothing downloaded; the card names its size."""
+    import torchvision
+
+    from realtime_lrp.models import imagenet as imagenet_module
+    from realtime_lrp.models.cards import validate_card
+    from realtime_lrp.models.imagenet import imagenet_cache_file
+    from realtime_lrp.models.loading import load_model
+    from tests.test_models import _plant_imagenet
+
+    state = _plant_imagenet(monkeypatch, tmp_path, arch)
+    loads = []
+    safe = imagenet_module.safe_load
+    monkeypatch.setattr(imagenet_module, "safe_load", lambda path: loads.append(path) or safe(path))
+    model, card = load_model(f"imagenet:{arch}")
+    assert loads == [imagenet_cache_file(arch)]
+    loaded = model.state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    assert card["arch"] == arch and card["input_size"] == [224, 224] and validate_card(card) == card
+    assert card["weights"] == str(torchvision.models.get_model_weights(arch).DEFAULT)
