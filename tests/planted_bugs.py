@@ -473,6 +473,12 @@ PLANTS: tuple[Plant, ...] = (
     Plant("swin-v2-keys-normalised-over-tokens", "realtime_lrp/lrp/ops.py",
           'attrs={"dim": -1 if part == 0 else -2}', 'attrs={"dim": -1}',
           ("tests/test_maxvit_swin_v2.py::test_swin_v2_equals_gradient_x_input_under_its_rules",)),
+    Plant("fixed-size-model-told-to-grow", "realtime_lrp/models/sizes.py",
+          "if least is None and len(built) == 2", "if False and len(built) == 2",
+          ("tests/test_maxvit_swin_v2.py::test_explain_with_imagenet_maxvit_runs_and_another_size_is_one_line_naming_its_size",)),
+    Plant("fused-attention-read-silently", "realtime_lrp/lrp/ops.py",
+          "functions=(F.scaled_dot_product_attention, F.multi_head_attention_forward))", "functions=())",
+          ("tests/test_maxvit_swin_v2.py::test_a_fused_attention_is_refused_in_one_line_naming_the_supported_forms",)),
 )
 
 

@@ -289,3 +289,26 @@ def test_imagenet_transformer_loads_planted_weights_through_the_safe_loader(
     assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
     assert card["arch"] == arch and card["input_size"] == [224, 224] and validate_card(card) == card
     assert card["weights"] == str(torchvision.models.get_model_weights(arch).DEFAULT)
+
+
+def test_explain_with_imagenet_maxvit_runs_and_another_size_is_one_line_naming_its_size(
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """``rtlrp explain --weights imagenet:maxvit_t`` (planted random weights): a map at its 224 px, and
+    ``--size 256`` one line saying the size it takes (MaxViT, like torchvision's ViT, takes one size only)."""
+    import cv2
+    import numpy as np
+    from click.testing import CliRunner
+
+    from realtime_lrp.cli.group import cli
+    from tests.test_models import _plant_imagenet
+
+    _plant_imagenet(monkeypatch, tmp_path, "maxvit_t")
+    image = tmp_path / "x.png"
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 255, (240, 300, 3), dtype=np.uint8))
+    base = ["explain", str(image), "--weights", "imagenet:maxvit_t", "--device", "cpu"]
+    result = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "ok")])
+    assert result.exit_code == 0, result.output
+    assert any((tmp_path / "ok").iterdir())
+    result = CliRunner().invoke(cli, [*base, "--size", "256", "--out", str(tmp_path / "bad")])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "Error: size 256x256 does not fit maxvit_t: it takes 224x224, the size it was built for"
