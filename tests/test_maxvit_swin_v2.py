@@ -312,3 +312,24 @@ def test_explain_with_imagenet_maxvit_runs_and_another_size_is_one_line_naming_i
     result = CliRunner().invoke(cli, [*base, "--size", "256", "--out", str(tmp_path / "bad")])
     assert result.exit_code == 1
     assert result.stderr.strip() == "Error: size 256x256 does not fit maxvit_t: it takes 224x224, the size it was built for"
+
+
+# -- the bench's LXT column --------------------------------------------------------------------------
+
+def test_bench_lxt_call_is_lxt_s_cp_lrp_and_leaves_the_classes_unpatched(lrp0) -> None:
+    """``rtlrp bench``'s LXT column: LXT 2.1's Gradient x Input under its vit_torch patches (LRP-0 on the
+    linear layers) equals the engine's cp-lrp with LRP-0; the patched classes are as before afterwards;
+    no column for Swin or another preset."""
+    pytest.importorskip("lxt")
+    from realtime_lrp.apps import bench
+    from tests.test_transformers import VIT_SIZES, random_swin, random_vit
+
+    model = random_vit(*VIT_SIZES["wide"])
+    forwards = (nn.LayerNorm.forward, nn.GELU.forward, nn.MultiheadAttention.forward)
+    call = bench.lxt_call(model, "cp-lrp")
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(13))
+    ours = LRP(model, preset=lrp0("cp-lrp"))(x)
+    assert rel_error(call(x), ours.relevance) <= 1e-4
+    assert (nn.LayerNorm.forward, nn.GELU.forward, nn.MultiheadAttention.forward) == forwards
+    assert "original_forward" not in nn.GELU.__dict__
+    assert bench.lxt_call(model, "attnlrp") is None and bench.lxt_call(random_swin(), "cp-lrp") is None
