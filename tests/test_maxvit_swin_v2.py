@@ -333,3 +333,15 @@ def test_bench_lxt_call_is_lxt_s_cp_lrp_and_leaves_the_classes_unpatched(lrp0) -
     assert (nn.LayerNorm.forward, nn.GELU.forward, nn.MultiheadAttention.forward) == forwards
     assert "original_forward" not in nn.GELU.__dict__
     assert bench.lxt_call(model, "attnlrp") is None and bench.lxt_call(random_swin(), "cp-lrp") is None
+
+
+@pytest.mark.parametrize("arch, name", [("vit_b_32", "VisionTransformer"), ("maxvit_t", "MaxVit")])
+def test_bench_of_a_transformer_at_another_size_is_one_line_naming_its_size(arch: str, name: str) -> None:
+    from click.testing import CliRunner
+
+    from realtime_lrp.cli.group import cli
+
+    result = CliRunner().invoke(cli, ["bench", "--arch", arch, "--preset", "cp-lrp", "--sizes", "256", "--top-k", "0",
+                                      "--threads", "1"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: size 256x256 does not fit {name}: it takes 224x224, the size it was built for"

@@ -323,9 +323,22 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b <= 0 else a / b
 
 
+class InputSizeError(ValueError):
+    """A size of the bench the model does not take (one line naming what it takes)."""
+
+
 def bench_model(model: nn.Module, card: Mapping[str, Any], config: BenchConfig,
                 notice: Notice | None = None, on_row: Callable[[dict], None] | None = None) -> list[dict]:
-    """Measure every row of ``config`` for ``model`` (moved to the device and dtype in place)."""
+    """Measure every row of ``config`` for ``model`` (moved to the device and dtype in place); a size the
+    model does not take raises :class:`InputSizeError` before anything is timed."""
+    from realtime_lrp.models.sizes import check_input_size
+
+    for size in config.sizes:
+        try:
+            named = dict(card, arch=type(model).__name__) if card.get("arch") == "random" else dict(card)
+            check_input_size(model, named, (size, size))
+        except ValueError as exc:
+            raise InputSizeError(str(exc)) from None
     device, dtype, graph, repeats, warmup = config.resolved()
     model = model.to(device, dtype).eval()
     if device.type == "cuda":

@@ -67,7 +67,7 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
     from rich.console import Console
 
     from realtime_lrp.apps import bench
-    from realtime_lrp.models.architectures import build_model
+    from realtime_lrp.models.architectures import TRANSFORMER_ARCHS, build_model
     from realtime_lrp.models.errors import WeightsError
     from realtime_lrp.util.atomic import OutputError, check_writable, write_text
 
@@ -100,6 +100,10 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
     else:
         try:
             model, card = build_model(arch, 1000, 3).eval(), bench.imagenet_card(sizes[0])
+            if arch in TRANSFORMER_ARCHS:  # the size check names the size a ViT or MaxViT was built for
+                from torchvision.models import get_model_weights
+
+                card["input_size"] = list(get_model_weights(arch).DEFAULT.meta["min_size"])
         except WeightsError as exc:
             raise click.ClickException(str(exc)) from None
     env = bench.environment()
@@ -122,6 +126,8 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
             payload = {"environment": env, "rows": rows, "video": None}
     except torch.cuda.OutOfMemoryError:
         raise click.ClickException("CUDA out of memory: try smaller --sizes or --batch") from None
+    except bench.InputSizeError as exc:
+        raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt as exc:
         from realtime_lrp.util.signals import exit_code
 

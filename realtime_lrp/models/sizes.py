@@ -56,7 +56,8 @@ def check_input_size(model: nn.Module, card: dict[str, Any], size: tuple[int, in
     channels = int(card["input_channels"])
     if not accepts_size(model, channels, (h, w)):
         least = smallest_size(model, channels)
-        built = tuple(card.get("input_size") or ())
+        fixed = getattr(model, "image_size", None)  # torchvision's ViT says its size; MaxViT's card does
+        built = (fixed, fixed) if isinstance(fixed, int) else tuple(card.get("input_size") or ())
         if least is None and len(built) == 2 and accepts_size(model, channels, built):  # ViT, MaxViT: one size
             raise ValueError(f"size {w}x{h} does not fit {card['arch']}: it takes {built[1]}x{built[0]}, the size "
                              "it was built for")
