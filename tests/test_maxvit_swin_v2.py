@@ -294,7 +294,8 @@ def test_imagenet_transformer_loads_planted_weights_through_the_safe_loader(
 def test_explain_with_imagenet_maxvit_runs_and_another_size_is_one_line_naming_its_size(
         monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """``rtlrp explain --weights imagenet:maxvit_t`` (planted random weights): a map at its 224 px, and
-    ``--size 256`` one line saying the size it takes (MaxViT, like torchvision's ViT, takes one size only)."""
+    ``--size 256`` one line saying the size it takes (MaxViT, like torchvision's ViT, takes one size only),
+    in ``explain`` and ``evaluate`` (video, webcam and serve build the same processor as explain)."""
     import cv2
     import numpy as np
     from click.testing import CliRunner
@@ -310,6 +311,10 @@ def test_explain_with_imagenet_maxvit_runs_and_another_size_is_one_line_naming_i
     assert result.exit_code == 0, result.output
     assert any((tmp_path / "ok").iterdir())
     result = CliRunner().invoke(cli, [*base, "--size", "256", "--out", str(tmp_path / "bad")])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "Error: size 256x256 does not fit maxvit_t: it takes 224x224, the size it was built for"
+    result = CliRunner().invoke(cli, ["evaluate", str(image), "--weights", "imagenet:maxvit_t", "--size", "256",
+                                      "--device", "cpu"])
     assert result.exit_code == 1
     assert result.stderr.strip() == "Error: size 256x256 does not fit maxvit_t: it takes 224x224, the size it was built for"
 
