@@ -487,6 +487,12 @@ PLANTS: tuple[Plant, ...] = (
           "        for cls, patch in patch_map.items():\n            patch(cls)",
           "        for cls, patch in patch_map.items():\n            pass",
           ("tests/test_maxvit_swin_v2.py::test_bench_lxt_call_is_lxt_s_cp_lrp_and_leaves_the_classes_unpatched",)),
+    Plant("evaluate-size-unchecked", "realtime_lrp/apps/evaluate/runner.py",
+          "        check_input_size(model.float().eval(), dict(card), processing_size(card, size))", "        pass",
+          ("tests/test_maxvit_swin_v2.py::test_explain_with_imagenet_maxvit_runs_and_another_size_is_one_line_naming_its_size",)),
+    Plant("bench-size-unchecked", "realtime_lrp/apps/bench.py",
+          "            check_input_size(model, named, (size, size))", "            pass",
+          ("tests/test_maxvit_swin_v2.py::test_bench_of_a_transformer_at_another_size_is_one_line_naming_its_size",)),
 )
 
 
