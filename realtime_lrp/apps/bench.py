@@ -1,4 +1,4 @@
-"""``rtlrp bench``: how fast the engine is, against the floor, zennit and autoLRP, in one run.
+"""``rtlrp bench``: how fast the engine is, against the floor, zennit, autoLRP and LXT, in one run.
 
 For every combination of size, batch, top-k and preset one row is measured:
 
@@ -11,6 +11,8 @@ For every combination of size, batch, top-k and preset one row is measured:
 - ``autolrp_ms``: autoLRP's nearest configuration (it rewrites nothing and has no flat rule:
   z+ on convolutions and epsilon on dense layers for ``epsilon-plus-flat``, z+ on both for
   ``zplus``), eager, or None where it is missing, has no equivalent or fails on the model;
+- ``lxt_ms``: LXT 2.1's CP-LRP for torchvision's ViT (Gradient x Input under its own patches),
+  eager, for ``cp-lrp`` on a ``VisionTransformer``; None otherwise or where LXT is missing;
 - ``pass_ms``: the whole per-frame pass of :class:`realtime_lrp.pipeline.fast.FastProcessor`
   (upload, preprocess, LRP, colour map and blend, download) on frames of that size;
 - ``peak_mem_mib``: the peak GPU memory of the engine call (None on the CPU).
@@ -43,7 +45,7 @@ DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, 
 ROW_KEYS: tuple[str, ...] = (
     "size", "batch", "dtype", "top_k", "preset", "device", "graph", "engine_ms", "floor_ms", "zennit_ms",
     "autolrp_ms", "pass_ms", "peak_mem_mib", "engine_fps", "engine_over_floor", "zennit_over_engine",
-    "autolrp_over_engine",
+    "autolrp_over_engine", "lxt_ms", "lxt_over_engine",
 )
 
 
@@ -182,6 +184,74 @@ def autolrp_call(model: nn.Module, preset: str) -> Callable[[torch.Tensor], torc
     return call
 
 
+def _lxt_recipe() -> dict | None:
+    """LXT 2.1's ``cp_LRP`` patch map for torchvision's ViT, from its own file, or None without LXT.
+    ``lxt.efficient`` imports its model map, which imports ``transformers`` (not a dependency): a
+    stub ``lxt.efficient.models`` goes into ``sys.modules`` first, and the ViT recipe is loaded by path."""
+    import importlib.util
+    import sys
+    import types
+
+    if importlib.util.find_spec("lxt") is None:
+        return None
+    if "lxt.efficient.models" not in sys.modules:
+        stub = types.ModuleType("lxt.efficient.models")
+        stub.get_default_map = lambda module: {}
+        sys.modules["lxt.efficient.models"] = stub
+    try:
+        import lxt.efficient.patches as patches
+
+        path = Path(patches.__file__).parent / "models" / "vit_torch.py"
+        spec = importlib.util.spec_from_file_location("lxt_vit_torch", path)
+        recipe = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(recipe)
+        return dict(recipe.cp_LRP)
+    except Exception:  # another LXT version, laid out otherwise
+        return None
+
+
+@contextlib.contextmanager
+def _patched(patch_map: Mapping[type, Callable[[type], Any]]) -> Any:
+    """An LXT patch map applied to its classes, which are as before afterwards (LXT patches classes
+    for the whole process: the other calls of a row must run unpatched)."""
+    names = ("forward", "original_forward")
+    saved = {cls: {k: cls.__dict__[k] for k in names if k in cls.__dict__} for cls in patch_map}
+    try:
+        for cls, patch in patch_map.items():
+            patch(cls)
+        yield
+    finally:
+        for cls, kept in saved.items():
+            for k in names:
+                if k in kept:
+                    setattr(cls, k, kept[k])
+                elif k in cls.__dict__:
+                    delattr(cls, k)
+
+
+def lxt_call(model: nn.Module, preset: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """LXT 2.1's CP-LRP for ``preset`` ``cp-lrp`` on a torchvision ``VisionTransformer``, as
+    ``x -> relevance (N, H, W)`` of each sample's top-1 logit: Gradient x Input under LXT's patches
+    (its ``vit_torch.cp_LRP``; LRP-0 on conv and Linear, where the engine's preset has epsilon 1e-6:
+    the same cost), applied for the call and undone after. None otherwise (LXT has no Swin, no MaxViT)."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    if preset != "cp-lrp" or not isinstance(model, VisionTransformer):
+        return None
+    recipe = _lxt_recipe()
+    if recipe is None:
+        return None
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().requires_grad_(True)
+        with _patched(recipe), torch.enable_grad():
+            out = model(x)
+            (grad,) = torch.autograd.grad(out.gather(1, out.argmax(1, keepdim=True)).sum(), x)
+        return (x * grad).detach().sum(1)
+
+    return call
+
+
 def _runs(name: str, fn: Callable[[], Any], notice: Notice | None) -> bool:
     """Whether a reference library's call runs on this model; if not, say why once."""
     try:
@@ -231,6 +301,7 @@ class BenchConfig:
     frame_pass: bool = True
     select: str = "auto"
     autolrp: bool = True
+    lxt: bool = True
 
     def resolved(self) -> tuple[torch.device, torch.dtype, bool, int, int]:
         """(device, dtype, graph, repeats, warmup) with defaults per device: fp16, graphs and
@@ -252,9 +323,22 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b <= 0 else a / b
 
 
+class InputSizeError(ValueError):
+    """A size of the bench the model does not take (one line naming what it takes)."""
+
+
 def bench_model(model: nn.Module, card: Mapping[str, Any], config: BenchConfig,
                 notice: Notice | None = None, on_row: Callable[[dict], None] | None = None) -> list[dict]:
-    """Measure every row of ``config`` for ``model`` (moved to the device and dtype in place)."""
+    """Measure every row of ``config`` for ``model`` (moved to the device and dtype in place); a size the
+    model does not take raises :class:`InputSizeError` before anything is timed."""
+    from realtime_lrp.models.sizes import check_input_size
+
+    for size in config.sizes:
+        try:
+            named = dict(card, arch=type(model).__name__) if card.get("arch") == "random" else dict(card)
+            check_input_size(model, named, (size, size))
+        except ValueError as exc:
+            raise InputSizeError(str(exc)) from None
     device, dtype, graph, repeats, warmup = config.resolved()
     model = model.to(device, dtype).eval()
     if device.type == "cuda":
@@ -265,6 +349,7 @@ def bench_model(model: nn.Module, card: Mapping[str, Any], config: BenchConfig,
     for preset in config.presets:
         zennit = zennit_call(model, preset, card["mean"], card["std"]) if config.zennit else None
         autolrp = autolrp_call(model, preset) if config.autolrp else None
+        lxt = lxt_call(model, preset) if config.lxt else None
         for size in config.sizes:
             for batch in config.batches:
                 generator = torch.Generator().manual_seed(size * 1000 + batch)
@@ -285,6 +370,8 @@ def bench_model(model: nn.Module, card: Mapping[str, Any], config: BenchConfig,
                                                              graph, notice)
                 if autolrp is not None and _runs("autoLRP", lambda: autolrp(x), notice):
                     calls["autolrp"] = lambda: autolrp(x)
+                if lxt is not None and _runs("LXT", lambda: lxt(x), notice):
+                    calls["lxt"] = lambda: lxt(x)
                 with contextlib.ExitStack() as stack:
                     def enter_and_call() -> Any:  # canonizing can fail as well as the call
                         zennit.modified = stack.enter_context(zennit.context())
@@ -304,6 +391,7 @@ def bench_model(model: nn.Module, card: Mapping[str, Any], config: BenchConfig,
                         "engine_over_floor": _ratio(engine_ms, ms["floor"]),
                         "zennit_over_engine": _ratio(ms.get("zennit"), engine_ms),
                         "autolrp_over_engine": _ratio(ms.get("autolrp"), engine_ms),
+                        "lxt_ms": ms.get("lxt"), "lxt_over_engine": _ratio(ms.get("lxt"), engine_ms),
                     }
                     rows.append(row)
                     if on_row is not None:
@@ -426,8 +514,8 @@ def rows_table(rows: Iterable[Mapping[str, Any]], title: str = "rtlrp bench") ->
     """The bench rows as rich tables that fit 80 columns: one per preset and dtype, times in
     ms, the engine over the floor, and (with ``--json``) everything else.
 
-    ``pass`` is the whole frame pass. The engine's frames/s and the ratios to zennit and
-    autoLRP follow from these columns and are left to the JSON rows; peak memory is shown
+    ``pass`` is the whole frame pass; a table with LXT times shows them in zennit's place (zennit has
+    no transformer preset). The engine's frames/s and the ratios to zennit, autoLRP and LXT follow from these columns and are left to the JSON rows; peak memory is shown
     where it was measured (CUDA).
     """
     from rich import box
@@ -442,15 +530,16 @@ def rows_table(rows: Iterable[Mapping[str, Any]], title: str = "rtlrp bench") ->
     tables: list[Any] = [Text(title, style="bold")]
     for (preset, dtype, device), members in groups.items():
         peak = any(r["peak_mem_mib"] is not None for r in members)
+        lxt = any(r.get("lxt_ms") is not None for r in members)
         table = Table(title=f"{preset}, {dtype}, {device}: times in ms", title_justify="left",
                       box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False)
-        names = ["size", "N", "top-k", "LRP", "floor", "LRP/floor", "zennit", "autoLRP", "pass"]
+        names = ["size", "N", "top-k", "LRP", "floor", "LRP/floor", "LXT" if lxt else "zennit", "autoLRP", "pass"]
         for name in names + (["peak MiB"] if peak else []):
             table.add_column(name, justify="right")
         for r in members:
             cells = [str(r["size"]), str(r["batch"]), f"{r['top_k']:g}", _ms(r["engine_ms"]), _ms(r["floor_ms"]),
-                     _fmt(r["engine_over_floor"]), _ms(r["zennit_ms"]), _ms(r.get("autolrp_ms")),
-                     _ms(r["pass_ms"])]
+                     _fmt(r["engine_over_floor"]), _ms(r.get("lxt_ms") if lxt else r["zennit_ms"]),
+                     _ms(r.get("autolrp_ms")), _ms(r["pass_ms"])]
             table.add_row(*cells, *([_fmt(r["peak_mem_mib"], 0)] if peak else []))
         tables.append(table)
     return Group(*tables)

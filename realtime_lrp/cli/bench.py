@@ -1,4 +1,4 @@
-"""``rtlrp bench``: the engine's speed beside the floor, zennit and autoLRP, and the video path's stages."""
+"""``rtlrp bench``: the engine's speed beside the floor, zennit, autoLRP and LXT, and the video path's stages."""
 from __future__ import annotations
 
 import sys
@@ -29,7 +29,9 @@ from realtime_lrp.lrp.presets import PRESET_NAMES
               help="Architecture with random weights (speed does not depend on the weights): vgg11 ... "
                    "vgg19_bn, resnet18 ... resnet152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, "
                    "wide_resnet50_2, wide_resnet101_2, alexnet, mobilenet_v3_small, mobilenet_v3_large, "
-                   "efficientnet_b0, regnet_y_400mf, regnet_y_800mf, convnext_tiny or densenet121.")
+                   "efficientnet_b0, regnet_y_400mf, regnet_y_800mf, convnext_tiny, densenet121, or a transformer: "
+                   "vit_b_16, vit_b_32, vit_l_16, vit_l_32, swin_t, swin_s, swin_b, swin_v2_t, swin_v2_s, "
+                   "swin_v2_b, maxvit_t (with --preset cp-lrp or attnlrp).")
 @click.option("--weights", default=None, metavar="imagenet[:ARCH]|shipped|PATH",
               help="Benchmark this model instead of a random --arch.")
 @click.option("--repeats", type=click.IntRange(min=1), default=None,
@@ -40,6 +42,8 @@ from realtime_lrp.lrp.presets import PRESET_NAMES
               help="Also time zennit's equivalent preset (when installed).")
 @click.option("--autolrp/--no-autolrp", default=True, show_default=True,
               help="Also time autoLRP's nearest configuration (when installed: pip install '.[bench]').")
+@click.option("--lxt/--no-lxt", default=True, show_default=True,
+              help="Also time LXT 2.1's CP-LRP (cp-lrp on a torchvision ViT, when LXT is installed).")
 @click.option("--frame-pass/--no-frame-pass", default=True, show_default=True,
               help="Also time the fast path's whole frame pass (upload to download).")
 @click.option("--select", type=click.Choice(["auto", "topk", "radix", "sample"]), default="auto", show_default=True,
@@ -55,14 +59,14 @@ from realtime_lrp.lrp.presets import PRESET_NAMES
               help="CPU threads for torch; default as for video: all cores but two, at least one.")
 def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[float], preset: list[str],
                   dtype: str | None, arch: str, weights: str | None, repeats: int | None, warmup: int | None,
-                  graph: bool, zennit: bool, autolrp: bool, frame_pass: bool, select: str, json_path: Path | None,
+                  graph: bool, zennit: bool, autolrp: bool, lxt: bool, frame_pass: bool, select: str, json_path: Path | None,
                   video: Path | None, frames: int, plain: bool, threads: int | None) -> None:
-    """Time the LRP engine against the floor (forward + input gradient), zennit and autoLRP."""
+    """Time the LRP engine against the floor (forward + input gradient), zennit, autoLRP and LXT."""
     import torch
     from rich.console import Console
 
     from realtime_lrp.apps import bench
-    from realtime_lrp.models.architectures import build_model
+    from realtime_lrp.models.architectures import TRANSFORMER_ARCHS, build_model
     from realtime_lrp.models.errors import WeightsError
     from realtime_lrp.util.atomic import OutputError, check_writable, write_json
 
@@ -93,6 +97,10 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
     else:
         try:
             model, card = build_model(arch, 1000, 3).eval(), bench.imagenet_card(sizes[0])
+            if arch in TRANSFORMER_ARCHS:  # the size check names the size a ViT or MaxViT was built for
+                from torchvision.models import get_model_weights
+
+                card["input_size"] = list(get_model_weights(arch).DEFAULT.meta["min_size"])
         except WeightsError as exc:
             raise click.ClickException(str(exc)) from None
     if fallback:
@@ -106,7 +114,7 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
             payload = {"environment": env, "rows": [], "video": result.as_dict()}
         else:
             config = bench.BenchConfig(sizes, batch, top_k, preset, device, dtype, graph, repeats, warmup,
-                                       zennit, frame_pass, select, autolrp)
+                                       zennit, frame_pass, select, autolrp, lxt)
             rows = bench.bench_model(model, card, config, notice,
                                      on_row=lambda r: console.print(
                                          f"  {r['size']}px batch {r['batch']} top-k {r['top_k']:g} {r['preset']}:"
@@ -117,6 +125,8 @@ def bench_command(device: str, sizes: list[int], batch: list[int], top_k: list[f
             payload = {"environment": env, "rows": rows, "video": None}
     except torch.cuda.OutOfMemoryError:
         raise click.ClickException("CUDA out of memory: try smaller --sizes or --batch") from None
+    except bench.InputSizeError as exc:
+        raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt as exc:
         from realtime_lrp.util.signals import exit_code
 

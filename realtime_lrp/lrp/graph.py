@@ -329,7 +329,7 @@ class _Reader:
         if fx_node.op == "output":
             self.output = self.producer(fx_node, fx_node.args[0])
             return
-        if self._symbolic(fx_node) or fx_node in self.absorbed:
+        if self._symbolic(fx_node) or fx_node in self.absorbed or ops.folded(self, fx_node):
             return
         if fx_node in self.affines:
             source, scale, shift, _ = self.affines[fx_node]

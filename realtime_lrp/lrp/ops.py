@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import operator
 import re
 from dataclasses import dataclass
@@ -262,6 +263,39 @@ def _basic_index(reader: Any, fx_node: Any, index: Any) -> tuple:
     return items
 
 
+def _exact(reader: Any, arg: Any) -> Any:
+    """A copy of a constant argument as the model holds it (a buffer keeps its dtype: an index stays an
+    integer; a copy: an in-place call, Swin V2's ``ReLU(inplace=True)``, changes no other constant)."""
+    if isinstance(arg, torch.fx.Node) and arg.op == "get_attr":
+        value = reader.traced
+        for part in arg.target.split("."):
+            value = getattr(value, part)
+        return value.detach().clone()
+    return reader.constants[arg].clone()
+
+
+def folded(reader: Any, fx_node: Any) -> bool:
+    """A call whose tensor inputs are all constants, computed once when read: a constant of the graph, not a
+    node (MaxViT's relative position bias gathered from its table, Swin V2's from its MLP). True if it was."""
+    tensors: list[Any] = []
+    torch.fx.node.map_arg((fx_node.args, fx_node.kwargs), tensors.append)
+    if fx_node.op not in ("call_function", "call_method", "call_module") or not tensors \
+            or any(t not in reader.constants for t in tensors):
+        return False
+    args, kwargs = torch.fx.node.map_arg((fx_node.args, fx_node.kwargs), lambda t: _exact(reader, t))
+    with torch.no_grad():
+        if fx_node.op == "call_method":
+            value = getattr(args[0], fx_node.target)(*args[1:], **kwargs)
+        elif fx_node.op == "call_module":
+            value = reader.traced.get_submodule(fx_node.target)(*args, **kwargs)
+        else:
+            value = fx_node.target(*args, **kwargs)
+    if not isinstance(value, Tensor):
+        return False
+    reader.constants[fx_node] = value.float() if value.is_floating_point() else value
+    return True
+
+
 def _read_getitem(reader: Any, op: Op, fx_node: Any, module: None) -> None:
     """``parts[k]`` of a chunk/split, or ``x[...]`` of a tensor: a slice of the input."""
     container, key = fx_node.args
@@ -296,11 +330,12 @@ def _read_unsqueeze(reader: Any, op: Op, fx_node: Any, module: None) -> None:
 
 
 def _read_permute(reader: Any, op: Op, fx_node: Any, module: None) -> None:
-    """``transpose(x, d0, d1)`` and ``permute(x, dims)`` (methods or functions)."""
+    """``transpose(x, d0, d1)`` (``swapaxes``, ``swapdims``) and ``permute(x, dims)`` (methods or functions)."""
     source = reader.producer(fx_node, fx_node.args[0])
     name = fx_node.target if isinstance(fx_node.target, str) else fx_node.target.__name__
-    if name == "transpose":
-        d0, d1 = _dim_arg(reader, fx_node, 1, "dim0", None), _dim_arg(reader, fx_node, 2, "dim1", None)
+    if name in ("transpose", "swapaxes", "swapdims"):
+        first, second = ("axis0", "axis1") if name == "swapaxes" else ("dim0", "dim1")
+        d0, d1 = _dim_arg(reader, fx_node, 1, first, None), _dim_arg(reader, fx_node, 2, second, None)
 
         def order(ndim: int) -> list[int]:
             dims = list(range(ndim))
@@ -387,8 +422,9 @@ VIEW = Op("view", _read_view, _view, functions=(torch.reshape,), methods=("view"
           relevance=rule("View"))
 UNSQUEEZE = Op("unsqueeze", _read_unsqueeze, _unsqueeze, functions=(torch.unsqueeze, torch.squeeze),
                methods=("unsqueeze", "squeeze"), sign="keep", relevance=rule("View"))
-PERMUTE = Op("permute", _read_permute, _permute, functions=(torch.transpose, torch.permute),
-             methods=("transpose", "permute"), sign="keep", relevance=rule("Permute"))
+PERMUTE = Op("permute", _read_permute, _permute, functions=(torch.transpose, torch.permute, torch.swapaxes,
+                                                           torch.swapdims),
+             methods=("transpose", "permute", "swapaxes", "swapdims"), sign="keep", relevance=rule("Permute"))
 CONTIGUOUS = Op("contiguous", _read_contiguous, methods=("contiguous", "clone"))
 
 _INDEX_OPS: tuple[Op, ...] = (CAT, PARTS, SELECT, VIEW, UNSQUEEZE, PERMUTE, CONTIGUOUS, CHANNEL_AFFINE,
@@ -496,18 +532,65 @@ def _read_matmul(reader: Any, op: Op, fx_node: Any, module: None) -> None:
     reader.add(fx_node, op, tuple(reader.producer(fx_node, arg) for arg in fx_node.args))
 
 
+EINSUM_FORM = "a batched matrix product of two activations ('bij,bjk->bik', any index order, one batch index or more)"
+
+
+def _einsum_terms(equation: str) -> Union[tuple[str, str, str], None]:
+    """``(a, b, out)`` of a two-operand einsum equation, spaces removed; None without ``->`` or with ``...``."""
+    equation = equation.replace(" ", "")
+    if "->" not in equation or "." in equation:
+        return None
+    inputs, out = equation.split("->")
+    terms = inputs.split(",")
+    return (terms[0], terms[1], out) if len(terms) == 2 else None
+
+
+def _read_einsum(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    """``torch.einsum(eq, a, b)`` of two activations that is a batched matrix product (MaxViT's
+    ``Q K^T`` and ``P V``): read as permutes of the operands to (batch, i, j) and (batch, j, k), a
+    matmul, and a permute to the output's order, so the matmul's rules apply unchanged."""
+    equation, *operands = fx_node.args
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = list(operands[0])
+    terms = _einsum_terms(equation) if isinstance(equation, str) and len(operands) == 2 else None
+    if terms is None or fx_node.kwargs:
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} {equation!r}: only {EINSUM_FORM}")
+    a, b, out = terms
+    batch = [c for c in out if c in a and c in b]
+    contracted = [c for c in a if c in b and c not in out]
+    free_a, free_b = [c for c in a if c not in b], [c for c in b if c not in a]
+    if any(len(set(t)) != len(t) for t in terms) or len(contracted) != 1 or len(free_a) != 1 \
+            or len(free_b) != 1 or not batch or sorted(out) != sorted(batch + free_a + free_b) \
+            or set(a) | set(b) != set(out) | set(contracted):
+        raise reader.unsupported(fx_node, f"{reader.what(fx_node)} {equation!r}: only {EINSUM_FORM}")
+    left = _permuted(reader, fx_node, reader.producer(fx_node, operands[0]), a, batch + free_a + contracted)
+    right = _permuted(reader, fx_node, reader.producer(fx_node, operands[1]), b, batch + contracted + free_b)
+    reader.add(fx_node, MATMUL, (left, right))
+    _permuted(reader, fx_node, len(reader.nodes) - 1, "".join(batch + free_a + free_b), list(out))
+
+
+def _permuted(reader: Any, fx_node: Any, source: int, have: str, want: list[str]) -> int:
+    """Node ``source`` with indices ``have`` permuted to ``want``: a permute node, or ``source`` if the order is the same."""
+    order = tuple(have.index(c) for c in want)
+    if order == tuple(range(len(order))):
+        return source
+    reader.add(fx_node, PERMUTE, (source,), attrs={"order": lambda ndim: list(order)})
+    return len(reader.nodes) - 1
+
+
 def _matmul(node: Node, a: tuple[Tensor, Tensor], weight: None, bias: None) -> tuple[Tensor, None]:
     return torch.matmul(*a), None
 
 
 def _read_softmax(reader: Any, op: Op, fx_node: Any, module: Union[nn.Module, None]) -> None:
-    """``softmax(x, dim)`` as a module, function or method (no dtype argument)."""
+    """``softmax(x, dim)`` as a module, function or method (no dtype argument; fx gives ``F.softmax`` its defaults)."""
     if module is not None:
         dim = module.dim
         source = _one_input(reader, fx_node, module)
     else:
         dim = fx_node.kwargs.get("dim", fx_node.args[1] if len(fx_node.args) > 1 else None)
-        if not isinstance(dim, int) or set(fx_node.kwargs) - {"dim"} or len(fx_node.args) > 2:
+        kwargs = {k: v for k, v in fx_node.kwargs.items() if not (k == "_stacklevel" or k == "dtype" and v is None)}
+        if not isinstance(dim, int) or set(kwargs) - {"dim"} or len(fx_node.args) > 2:
             raise reader.unsupported(fx_node, f"{reader.what(fx_node)} without an int dim, or with a dtype")
         source = reader.producer(fx_node, fx_node.args[0])
     reader.add(fx_node, op, (source,), module, {"dim": dim})
@@ -579,35 +662,47 @@ def _read_relative_bias(reader: Any, op: Op, fx_node: Any, module: None) -> None
 
 
 def _read_window_attention(reader: Any, op: Op, fx_node: Any, module: None) -> None:
-    """Swin's ``shifted_window_attention`` (V1), read as windows, q/k/v projections, heads, Q K^T plus
-    the relative position bias and shift mask, softmax, P V, merge, output projection, windows reversed."""
+    """Swin's ``shifted_window_attention``, read as windows, q/k/v projections, heads, Q K^T plus the
+    relative position bias and shift mask, softmax, P V, merge, output projection, windows reversed.
+    Swin V2's cosine attention (``logit_scale`` given): q and k L2-normalised (:data:`NORMALIZE`), the
+    key bias zeroed as torchvision zeroes it, and Q K^T times ``exp(min(logit_scale, log 100))``, a
+    product with a constant (:data:`SCALE`); its relative position bias, from an MLP of constants, is a constant."""
     names = ("input", "qkv_weight", "proj_weight", "relative_position_bias", "window_size", "num_heads",
              "shift_size", "attention_dropout", "dropout", "qkv_bias", "proj_bias", "logit_scale", "training")
     args = dict(zip(names, fx_node.args), **fx_node.kwargs)
-    if args.get("logit_scale") is not None or args.get("training", True):
-        raise reader.unsupported(fx_node, "shifted_window_attention with cosine attention (Swin V2) or in training")
+    if args.get("training", True):
+        raise reader.unsupported(fx_node, "shifted_window_attention in training (explain the model in eval mode)")
     x = reader.producer(fx_node, args["input"])
     w, pw, bias = (reader.constant(args.get(k)) for k in ("qkv_weight", "proj_weight", "relative_position_bias"))
-    if w is None or pw is None or bias is None:
+    logit_scale = reader.constant(args.get("logit_scale"))
+    if w is None or pw is None or bias is None or (logit_scale is None) != (args.get("logit_scale") is None):
         raise reader.unsupported(fx_node, "shifted_window_attention with weights computed at run time")
     b = reader.constant(args.get("qkv_bias"))
     pb = reader.constant(args.get("proj_bias"))
     window, heads = tuple(args["window_size"]), args["num_heads"]
     shift = tuple(args.get("shift_size", (0, 0)))
     e = w.shape[1]
-    b = torch.zeros(3 * e) if b is None else b
+    b = torch.zeros(3 * e) if b is None else b.clone()
+    cosine = logit_scale is not None
+    if cosine:
+        b[e:2 * e] = 0.0
     geometry = {"window": window, "shift": shift}
     windows = reader.add(fx_node, WINDOWS, (x,), attrs={**geometry, "reverse": False})
     source = reader.nodes.index(windows)
     split = []
-    for part, factor in zip(range(3), ((e // heads) ** -0.5, 1.0, 1.0)):
+    for part, factor in zip(range(3), ((1.0 if cosine else (e // heads) ** -0.5), 1.0, 1.0)):
         node = reader.add(fx_node, PROJECTION, (source,))
         node.name = args["qkv_weight"].target.rsplit(".", 1)[0]  # the Linear module whose weight it is
         node.weight, node.bias = w[part * e:(part + 1) * e] * factor, b[part * e:(part + 1) * e] * factor
         split.append(reader.add(fx_node, HEADS, (len(reader.nodes) - 1,),
                                 attrs={"heads": heads, "batch_first": True, "keys": part == 1, "merge": False}))
+        if cosine and part < 2:  # keys are (N, heads, d, T): normalised over d
+            split[-1] = reader.add(fx_node, NORMALIZE, (len(reader.nodes) - 1,), attrs={"dim": -1 if part == 0 else -2})
     q, k, v = (reader.nodes.index(n) for n in split)
     reader.add(fx_node, MATMUL, (q, k))
+    if cosine:
+        scale = reader.add(fx_node, SCALE, (len(reader.nodes) - 1,))
+        scale.weight = logit_scale.clamp(max=math.log(100.0)).exp()
     scores = reader.add(fx_node, ATTENTION_BIAS, (len(reader.nodes) - 1, x), attrs=geometry)
     scores.weight = bias
     reader.add(fx_node, SOFTMAX, (len(reader.nodes) - 1,), attrs={"dim": -1})
@@ -637,6 +732,10 @@ def _attention_bias(node: Node, a: tuple[Tensor, Tensor], weight: Tensor, bias: 
     return out, None
 
 
+def _normalize(node: Node, a: Tensor, weight: None, bias: None) -> tuple[Tensor, None]:
+    return F.normalize(a, dim=node.attrs["dim"]), None
+
+
 def _read_patch_merging_pad(reader: Any, op: Op, fx_node: Any, module: None) -> None:
     """Swin's ``_patch_merging_pad``: padded to even sizes, the four 2x2 phases concatenated on channels."""
     reader.add(fx_node, op, (reader.producer(fx_node, fx_node.args[0]),))
@@ -660,6 +759,8 @@ as functions (``F.multi_head_attention_forward``), not as modules, so LXT's reci
 Gradient x Input while zennit's rules go to the Linear modules; presets bind them apart."""
 HEADS = Op("heads", _internal, _heads, sign="keep", relevance=rule("Heads"))
 MATMUL = Op("matmul", _read_matmul, _matmul, functions=(operator.matmul, torch.matmul), methods=("matmul",))
+EINSUM = Op("einsum", _read_einsum, functions=(torch.einsum,))
+"""Read as permutes and a ``matmul`` node (:func:`_read_einsum`)."""
 SOFTMAX = Op("softmax", _read_softmax, _softmax, modules=(nn.Softmax,), functions=(torch.softmax, F.softmax),
              methods=("softmax",), sign="nonneg")
 
@@ -673,11 +774,27 @@ WINDOW_ATTENTION = Op("window_attention", _read_window_attention,
                       function_names=("torchvision.models.swin_transformer.shifted_window_attention",))
 WINDOWS = Op("windows", _internal, _windows, sign="keep", relevance=rule("Windows"))
 ATTENTION_BIAS = Op("attention_bias", _internal, _attention_bias, relevance=rule("ShareWithConstant"))
+ATTENTION_FORMS = ("nn.MultiheadAttention called as attn(x, x, x), torchvision's shifted_window_attention, or "
+                   "softmax(q @ k.transpose(-2, -1) * scale + bias) @ v written out (matmul or einsum, softmax)")
+"""The forms of attention the registry reads, named where a fused one is refused."""
+
+
+def _read_fused_attention(reader: Any, op: Op, fx_node: Any, module: None) -> None:
+    raise reader.unsupported(fx_node, f"{reader.what(fx_node)}, attention fused into one call; the nearest "
+                                      f"supported forms: {ATTENTION_FORMS}")
+
+
+FUSED_ATTENTION = Op("fused_attention", _read_fused_attention,
+                     functions=(F.scaled_dot_product_attention, F.multi_head_attention_forward))
+"""Attention as one call (timm's and Hugging Face's models call ``F.scaled_dot_product_attention``): refused."""
+NORMALIZE = Op("normalize", _internal, _normalize, relevance=rule("Pass"))
+"""``x / ||x||`` (Swin V2's cosine attention): the norm held constant, as LayerNorm's standard deviation,
+so a product with a constant: the identity rule."""
 PATCH_MERGING = Op("patch_merging", _read_patch_merging_pad, _patch_merging_pad, sign="keep",
                    relevance=rule("PatchPhases"),
                    function_names=("torchvision.models.swin_transformer._patch_merging_pad",))
 
-_TRANSFORMER_OPS: tuple[Op, ...] = (RELATIVE_BIAS, WINDOW_ATTENTION, WINDOWS, ATTENTION_BIAS, PATCH_MERGING, LAYERNORM, ADD_CONSTANT, ATTENTION, PROJECTION, HEADS, MATMUL, SOFTMAX, EXPAND, ASSERT)
+_TRANSFORMER_OPS: tuple[Op, ...] = (RELATIVE_BIAS, WINDOW_ATTENTION, WINDOWS, NORMALIZE, FUSED_ATTENTION, ATTENTION_BIAS, PATCH_MERGING, LAYERNORM, ADD_CONSTANT, ATTENTION, PROJECTION, HEADS, MATMUL, EINSUM, SOFTMAX, EXPAND, ASSERT)
 
 
 # -- activations, gates and functional forms -------------------------------------------------

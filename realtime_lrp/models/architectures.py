@@ -104,6 +104,14 @@ MODERN_ARCHS: tuple[str, ...] = (
 )
 
 
+# torchvision's transformers the engine explains (cp-lrp, attnlrp): built and loaded (``imagenet:ARCH``,
+# ``--arch`` of bench), not trained (vit_h_14 is left out: 518 px and 633 M parameters).
+TRANSFORMER_ARCHS: tuple[str, ...] = (
+    "vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s",
+    "swin_v2_b", "maxvit_t",
+)
+
+
 # What `rtlrp train`, model cards and ``imagenet:ARCH`` accept; the engine explains ENGINE_ARCHS
 # for sure, the others as far as its rules reach.
 ALL_ARCHS: tuple[str, ...] = ENGINE_ARCHS + MODERN_ARCHS
@@ -126,9 +134,14 @@ def build_model(arch: str, num_classes: int = 1000, in_channels: int = 3, small_
     """
     if arch in ARCHS:
         return build_vgg(arch, num_classes, in_channels, width, dropout=dropout)
-    if arch not in ALL_ARCHS:
-        raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(ALL_ARCHS)}")
     from torchvision import models as tv_models
+
+    if arch in TRANSFORMER_ARCHS:
+        if small_input or in_channels != 3:
+            raise WeightsError(f"{arch} is built for 3-channel images at its own size only")
+        return getattr(tv_models, arch)(weights=None, num_classes=num_classes)
+    if arch not in ALL_ARCHS:
+        raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(ALL_ARCHS + TRANSFORMER_ARCHS)}")
 
     if arch in MODERN_ARCHS:
         model = getattr(tv_models, arch)(weights=None, num_classes=num_classes)

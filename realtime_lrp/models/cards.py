@@ -8,7 +8,8 @@ from typing import Any
 
 from torch import nn
 
-from realtime_lrp.models.architectures import ALL_ARCHS, ARCHS, RESNET_ARCHS, SMALL_INPUT_ARCHS, build_model, build_vgg
+from realtime_lrp.models.architectures import (ALL_ARCHS, ARCHS, RESNET_ARCHS, SMALL_INPUT_ARCHS, TRANSFORMER_ARCHS,
+                                                build_model, build_vgg)
 from realtime_lrp.models.errors import WeightsError
 
 CARD_FORMAT = "realtime_lrp-v1"
@@ -69,7 +70,7 @@ def validate_card(card: Any, source: str = "model card") -> dict[str, Any]:
     missing = [k for k in CARD_FIELDS if k not in card]
     if missing:
         raise WeightsError(f"{source} lacks field(s): {', '.join(missing)}")
-    if not isinstance(card["arch"], str) or card["arch"] not in ALL_ARCHS:
+    if not isinstance(card["arch"], str) or card["arch"] not in ALL_ARCHS + TRANSFORMER_ARCHS:
         raise WeightsError(f"{source} has an invalid 'arch' field")
     fields = arch_fields(card["arch"])
     missing = [k for k in fields if k not in card]

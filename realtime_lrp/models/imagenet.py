@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from realtime_lrp.models.architectures import ALL_ARCHS
+from realtime_lrp.models.architectures import ALL_ARCHS, TRANSFORMER_ARCHS
 from realtime_lrp.models.cards import _TORCHVISION_FIELDS, IMAGENET_MEAN, IMAGENET_STD, arch_fields
 from realtime_lrp.models.errors import WeightsError
 from realtime_lrp.models.files import DownloadCorrupt, check_finite, download, hash_prefix, safe_load, sha256_file
@@ -35,8 +35,8 @@ def _imagenet_weights(arch: str) -> Any:
     from torchvision import models as tv_models
     from torchvision.models import get_model_weights
 
-    if arch not in ALL_ARCHS:
-        raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(ALL_ARCHS)}")
+    if arch not in ALL_ARCHS + TRANSFORMER_ARCHS:
+        raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(ALL_ARCHS + TRANSFORMER_ARCHS)}")
     if arch not in MODERN_WEIGHTS:
         return get_model_weights(arch).DEFAULT
     (enum, member), name = MODERN_WEIGHTS[arch][0].split("."), MODERN_WEIGHTS[arch][1]
@@ -138,9 +138,10 @@ def load_imagenet(arch: str = "vgg16", timeout: float = 10.0,
             "download it again", "the cached file was rejected") from None
     check_finite(model.state_dict(), str(cached))
     metric = weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
+    size = weights.meta["min_size"][0] if arch in TRANSFORMER_ARCHS else 224  # Swin V2: 256, the size it was trained at
     card = {
         "arch": arch, **{k: _TORCHVISION_FIELDS[k] for k in arch_fields(arch)}, "num_classes": 1000,
-        "classes": list(weights.meta["categories"]), "input_size": [224, 224],
+        "classes": list(weights.meta["categories"]), "input_size": [size, size],
         "input_channels": 3, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
         "dataset": "imagenet", "test_accuracy": metric / 100 if metric is not None else None,
         "command": None, "sha256": None, "format": "torchvision", "weights": str(weights),

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from realtime_lrp.models.architectures import ALL_ARCHS
+from realtime_lrp.models.architectures import ALL_ARCHS, TRANSFORMER_ARCHS
 from realtime_lrp.models.cards import SHIPPED_NAME, shipped_weights
 from realtime_lrp.models.errors import WeightsError
 from realtime_lrp.models.files import load_weights_file
@@ -47,6 +47,6 @@ def load_model(name_or_path: str | Path = "auto", device: str | torch.device = "
         model, card = load_weights_file(shipped_weights(), arch)
     else:
         model, card = load_weights_file(Path(name).expanduser(), arch)
-    if card["arch"] not in ALL_ARCHS:
+    if card["arch"] not in ALL_ARCHS + TRANSFORMER_ARCHS:
         raise WeightsError(f"unknown architecture {card['arch']!r}")
     return model.float().to(device).eval(), card

@@ -28,7 +28,7 @@ def accepts_size(model: nn.Module, channels: int, size: tuple[int, int]) -> bool
         with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
             model(torch.empty(1, channels, *size, dtype=param.dtype, device=param.device))
         return True
-    except (RuntimeError, ValueError, IndexError):
+    except (RuntimeError, ValueError, IndexError, AssertionError):  # torchvision's ViT checks its size by assert
         return False
     finally:
         log.setLevel(level)
@@ -56,5 +56,10 @@ def check_input_size(model: nn.Module, card: dict[str, Any], size: tuple[int, in
     channels = int(card["input_channels"])
     if not accepts_size(model, channels, (h, w)):
         least = smallest_size(model, channels)
+        fixed = getattr(model, "image_size", None)  # torchvision's ViT says its size; MaxViT's card does
+        built = (fixed, fixed) if isinstance(fixed, int) else tuple(card.get("input_size") or ())
+        if least is None and len(built) == 2 and accepts_size(model, channels, built):  # ViT, MaxViT: one size
+            raise ValueError(f"size {w}x{h} does not fit {card['arch']}: it takes {built[1]}x{built[0]}, the size "
+                             "it was built for")
         need = f"at least {least}x{least}" if least else "a larger input"
         raise ValueError(f"size {w}x{h} is too small for {card['arch']}: it needs {need}")

@@ -251,9 +251,14 @@ def run(source: str | None, model: nn.Module, card: Mapping[str, Any], config: E
     if config.smooth and source_kind(source, card)[0] != "video":
         raise EvaluationError(SMOOTH_NEEDS_VIDEO)
     dev = select_device(device)
-    if any(name in CAM_METHODS for name in config.methods):  # a bad --cam-layer is said before images are read
-        from realtime_lrp.pipeline.preprocess import processing_size
+    from realtime_lrp.models.sizes import check_input_size
+    from realtime_lrp.pipeline.preprocess import processing_size
 
+    try:  # a ViT or MaxViT at another size: one line naming the size it takes, before images are read
+        check_input_size(model.float().eval(), dict(card), processing_size(card, size))
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from None
+    if any(name in CAM_METHODS for name in config.methods):  # a bad --cam-layer is said before images are read
         probe = torch.zeros(1, int(card["input_channels"]), *processing_size(card, size))
         _cam_layer(model.float().eval(), probe, config.cam_layer)
     start = time.perf_counter()
