@@ -293,7 +293,7 @@ PLANTS: tuple[Plant, ...] = (
           "if scans > MAX_SCANS:", "if scans > 10 ** 9:",
           ("tests/test_serve_attacks.py::test_a_baseline_jpeg_with_too_many_scans_is_refused",)),
     Plant("serve-short-data-taken", "realtime_lrp/apps/serve/jpeg.py",
-          "if available < bits or", "if False and",
+          "if len(parts) < intervals:", "if False:",
           ("tests/test_serve_attacks.py::test_truncated_and_size_patched_jpegs_are_refused", "tests/test_serve_attacks.py::test_restart_markers_are_counted_exactly")),
     Plant("serve-bomb-header-1007", "realtime_lrp/apps/serve/jpeg.py",
           "pixels a side\", too_big=True)", "pixels a side\", too_big=False)",
