@@ -587,6 +587,9 @@ PLANTS: tuple[Plant, ...] = (
     Plant("bench-size-unchecked", "realtime_lrp/apps/bench.py",
           "            check_input_size(model, named, (size, size))", "            pass",
           ("tests/test_maxvit_swin_v2.py::test_bench_of_a_transformer_at_another_size_is_one_line_naming_its_size",)),
+    Plant("split-denominator-unclamped", "realtime_lrp/lrp/rules/linear.py",
+          ".add_(out).mul_(0.5).clamp_min_(self.eps)", ".add_(out).mul_(0.5)",
+          ("tests/test_coverage.py::test_every_cnn_gives_a_finite_map_and_conserves[convnext_base]",)),
 )
 
 

@@ -103,10 +103,12 @@ class _ZPropagator:
     def _split_denominator(self, inputs: dict, a: Tensor, out: Tensor) -> Tensor:
         """z+ on a signed input, ``a+ W+ + a- W- + c + eps`` (c: b+ or 0), from the output ``a W + b`` and one
         product: ``(a W + |a| |W|) / 2 = a+ W+ + a- W-`` (the cross terms cancel), so z is
-        ``(out + |a| |W| + 2c - b + 2 eps) / 2``, ``2c - b = |b|`` where c is b+."""
+        ``(out + |a| |W| + 2c - b + 2 eps) / 2``, ``2c - b = |b|`` where c is b+. Clamped at eps, the exact
+        sum's lower bound: the cancellation in ``out + |a| |W|`` can round it to 0 or below on deep models
+        (NaN maps on random convnext_base and efficientnet_b6 without the clamp)."""
         inputs["pos"], inputs["neg"] = a.clamp(min=0), a.clamp(max=0)
         weight, bias = self.abs_forward
-        return self.node.forward(a.abs(), weight, bias)[0].add_(out).mul_(0.5)
+        return self.node.forward(a.abs(), weight, bias)[0].add_(out).mul_(0.5).clamp_min_(self.eps)
 
     def _denominator(self, group: _Group, inputs: dict, a: Tensor) -> Tensor:
         z = None
