@@ -346,7 +346,7 @@ def test_bench_of_a_transformer_at_another_size_is_one_line_naming_its_size(arch
 
     from realtime_lrp.cli.group import cli
 
-    result = CliRunner().invoke(cli, ["bench", "--arch", arch, "--preset", "cp-lrp", "--sizes", "256", "--top-k", "0",
-                                      "--threads", "1"])
+    result = CliRunner().invoke(cli, ["bench", "--device", "cpu", "--arch", arch, "--preset", "cp-lrp",
+                                      "--sizes", "256", "--top-k", "0", "--threads", "1"])
     assert result.exit_code == 1
     assert result.stderr.strip() == f"Error: size 256x256 does not fit {name}: it takes 224x224, the size it was built for"
