@@ -713,6 +713,7 @@ def test_headless_webcam_stops_on_q_and_enter_and_reads_only_a_terminal_or_a_pip
         key = None
         while key is None and time.monotonic() < deadline:
             key, _ = keys.poll(), time.sleep(0.01)
+        keys.stop()
         assert keys.active and key == ord("q") and keys.poll() is None
 
 

@@ -177,15 +177,23 @@ class StdinKeys:
         self._keys: queue.SimpleQueue[int] = queue.SimpleQueue()
         fd = _key_source(sys.stdin if stream is None else stream)
         self.active = fd is not None
+        self._stop = threading.Event()
         if fd is not None:
             threading.Thread(target=self._read, args=(fd,), name="rtlrp-stdin-keys", daemon=True).start()
 
+    def stop(self) -> None:
+        """Stop reading (the display closed): the thread ends within half a second."""
+        self._stop.set()
+
     def _read(self, fd: int) -> None:
         tty, pending = os.isatty(fd), b""
-        while True:
+        identity = os.fstat(fd)[1:3]  # (inode, device): a closed and reused descriptor is not ours to read
+        while not self._stop.is_set():
             try:
                 if not select.select([fd], [], [], 0.5)[0] or (tty and os.tcgetpgrp(fd) != os.getpgrp()):
                     continue
+                if self._stop.is_set() or os.fstat(fd)[1:3] != identity:
+                    return
                 chunk = os.read(fd, 256)
             except OSError:
                 return
@@ -236,7 +244,9 @@ class HeadlessDisplay:
         return self.keys.poll() if self.keys is not None else None
 
     def close(self) -> None:
-        """Leave the last stats line on screen."""
+        """Leave the last stats line on screen; stop reading stdin."""
+        if self.keys is not None:
+            self.keys.stop()
         if self._live is not None:
             self._live.stop()
             self._live = None
