@@ -683,13 +683,18 @@ class Chromium:
 needs_chromium = pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 
 
-@needs_chromium
-def test_the_page_explains_a_fake_camera_and_a_picked_image(server: LrpServer, tmp_path: Path) -> None:
+def camera_page(server: LrpServer, tmp_path: Path) -> Chromium:
+    """The served page in Chromium, its camera a fake one playing a trouser (a Y4M file)."""
     camera = tmp_path / "camera.y4m"
     write_y4m(camera, camera_frames(TROUSER))
-    browser = Chromium(server.url, tmp_path / "profile",
-                       ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                        f"--use-file-for-fake-video-capture={camera}"])
+    return Chromium(server.url, tmp_path / "profile",
+                    ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                     f"--use-file-for-fake-video-capture={camera}"])
+
+
+@needs_chromium
+def test_the_page_explains_a_fake_camera_and_a_picked_image(server: LrpServer, tmp_path: Path) -> None:
+    browser = camera_page(server, tmp_path)
     try:
         state = browser.wait_for(lambda s: s.get("framesReceived", 0) >= 5, "five explained camera frames")
         assert state["source"] == "camera" and state["connected"] and state["message"] == ""
@@ -739,11 +744,7 @@ def test_the_page_explains_a_fake_camera_and_a_picked_image(server: LrpServer, t
 def test_the_page_shows_lrp_and_gradcam_side_by_side(server: LrpServer, tmp_path: Path) -> None:
     """The page's compare layout: LRP and Grad-CAM of each camera frame side by side, each half named.
     With RTLRP_SCREENSHOTS=DIR the screenshot is kept as DIR/serve-compare.png (the README's)."""
-    camera = tmp_path / "camera.y4m"
-    write_y4m(camera, camera_frames(TROUSER))
-    browser = Chromium(server.url, tmp_path / "profile",
-                       ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                        f"--use-file-for-fake-video-capture={camera}"])
+    browser = camera_page(server, tmp_path)
     try:
         browser.wait_for(lambda s: s.get("framesReceived", 0) >= 2, "explained camera frames")
         browser.evaluate("(() => { const s = document.getElementById('layout'); s.value = 'compare';"
