@@ -590,6 +590,14 @@ PLANTS: tuple[Plant, ...] = (
     Plant("split-denominator-unclamped", "realtime_lrp/lrp/rules/linear.py",
           ".add_(out).mul_(0.5).clamp_min_(self.eps)", ".add_(out).mul_(0.5)",
           ("tests/test_coverage.py::test_every_cnn_gives_a_finite_map_and_conserves[convnext_base]",)),
+    Plant("stdin-reader-identity-late", "realtime_lrp/media/display.py",
+          "        tty, pending = os.isatty(fd), b\"\"\n",
+          "        tty, pending = os.isatty(fd), b\"\"\n        identity = os.fstat(fd)[1:3]\n",
+          ("tests/test_reliability.py::test_the_stdin_reader_stops_with_the_display_and_never_reads_a_reused_descriptor",)),
+    Plant("stdin-reader-ignores-stop", "realtime_lrp/media/display.py",
+          "        while not self._stop.is_set():\n",
+          "        while True:\n",
+          ("tests/test_reliability.py::test_the_stdin_reader_stops_with_the_display_and_never_reads_a_reused_descriptor",)),
 )
 
 

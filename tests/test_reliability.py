@@ -717,6 +717,49 @@ def test_headless_webcam_stops_on_q_and_enter_and_reads_only_a_terminal_or_a_pip
         assert keys.active and key == ord("q") and keys.poll() is None
 
 
+
+def test_the_stdin_reader_stops_with_the_display_and_never_reads_a_reused_descriptor(tmp_path: Path) -> None:
+    """The reader thread holds a descriptor number: once its pipe is closed and the number reused (CI: a
+    test's next open file, which it read as keys), it must leave the new file alone; stop() ends it."""
+    import threading
+
+    from realtime_lrp.media.display import StdinKeys
+
+    def readers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "rtlrp-stdin-keys"]
+
+    before = set(readers())
+    read, write = os.pipe()
+    keys = StdinKeys(os.fdopen(read, closefd=False))
+    thread, = set(readers()) - before
+    os.close(read)
+    os.close(write)
+    reused = tmp_path / "setup.cfg"
+    reused.write_text("q\n" * 100)
+    opened = os.open(reused, os.O_RDONLY)
+    try:
+        if opened != read:
+            os.dup2(opened, read)  # the reader's number now names the file, as when the next open reuses it
+        time.sleep(1.5)  # three of the reader's half-second waits
+        assert os.lseek(read, 0, os.SEEK_CUR) == 0, "the reader read a file that reused its descriptor"
+        assert keys.poll() is None
+        thread.join(1.0)
+        assert not thread.is_alive(), "the reader went on after its descriptor was reused"
+    finally:
+        if opened != read:
+            os.close(read)
+        os.close(opened)
+    other_read, other_write = os.pipe()
+    try:
+        keys = StdinKeys(os.fdopen(other_read, closefd=False))
+        thread, = set(readers()) - before
+        keys.stop()
+        thread.join(2.0)
+        assert not thread.is_alive(), "stop() left the reader running"
+    finally:
+        os.close(other_read)
+        os.close(other_write)
+
 # -- install what you use ----------------------------------------------------------------------------
 
 def test_a_missing_extra_is_one_line_saying_what_to_install(tmp_path: Path) -> None:

@@ -179,15 +179,15 @@ class StdinKeys:
         self.active = fd is not None
         self._stop = threading.Event()
         if fd is not None:
-            threading.Thread(target=self._read, args=(fd,), name="rtlrp-stdin-keys", daemon=True).start()
+            identity = os.fstat(fd)[1:3]  # (inode, device) now: once the thread runs, the number may be reused
+            threading.Thread(target=self._read, args=(fd, identity), name="rtlrp-stdin-keys", daemon=True).start()
 
     def stop(self) -> None:
         """Stop reading (the display closed): the thread ends within half a second."""
         self._stop.set()
 
-    def _read(self, fd: int) -> None:
+    def _read(self, fd: int, identity: tuple[int, int]) -> None:
         tty, pending = os.isatty(fd), b""
-        identity = os.fstat(fd)[1:3]  # (inode, device): a closed and reused descriptor is not ours to read
         while not self._stop.is_set():
             try:
                 if not select.select([fd], [], [], 0.5)[0] or (tty and os.tcgetpgrp(fd) != os.getpgrp()):
