@@ -598,6 +598,10 @@ PLANTS: tuple[Plant, ...] = (
           "        while not self._stop.is_set():\n",
           "        while True:\n",
           ("tests/test_reliability.py::test_the_stdin_reader_stops_with_the_display_and_never_reads_a_reused_descriptor",)),
+    Plant("omp-threads-ignored", "realtime_lrp/cli/options.py",
+          'given = os.environ.get("OMP_NUM_THREADS", "").strip()',
+          'given = ""',
+          ("tests/test_reliability.py::test_omp_num_threads_sets_the_default_thread_count",)),
 )
 
 

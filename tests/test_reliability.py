@@ -721,8 +721,6 @@ def test_headless_webcam_stops_on_q_and_enter_and_reads_only_a_terminal_or_a_pip
 def test_the_stdin_reader_stops_with_the_display_and_never_reads_a_reused_descriptor(tmp_path: Path) -> None:
     """The reader thread holds a descriptor number: once its pipe is closed and the number reused (CI: a
     test's next open file, which it read as keys), it must leave the new file alone; stop() ends it."""
-    import threading
-
     from realtime_lrp.media.display import StdinKeys
 
     def readers() -> list[threading.Thread]:
@@ -759,6 +757,19 @@ def test_the_stdin_reader_stops_with_the_display_and_never_reads_a_reused_descri
     finally:
         os.close(other_read)
         os.close(other_write)
+
+
+def test_omp_num_threads_sets_the_default_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OMP_NUM_THREADS, as torch reads it, is the count when --threads is not given (how the suite runs
+    with 2 threads); an unset, empty or malformed value leaves all cores but two, at least one."""
+    from realtime_lrp.cli.options import default_threads
+
+    fallback = max(1, (os.cpu_count() or 1) - 2)
+    for value, expected in (("2", 2), ("7", 7), ("", fallback), ("0", fallback), ("two", fallback)):
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        assert default_threads() == expected, value
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert default_threads() == fallback
 
 # -- install what you use ----------------------------------------------------------------------------
 
