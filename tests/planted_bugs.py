@@ -602,6 +602,10 @@ PLANTS: tuple[Plant, ...] = (
           'given = os.environ.get("OMP_NUM_THREADS", "").strip()',
           'given = ""',
           ("tests/test_reliability.py::test_omp_num_threads_sets_the_default_thread_count",)),
+    Plant("random-vit-head-zero", "realtime_lrp/models/architectures.py",
+          "            nn.init.trunc_normal_(model.heads.head.weight, std=0.02)\n",
+          "            pass\n",
+          ("tests/test_maxvit_swin_v2.py::test_a_random_vit_from_build_model_has_nonzero_logits_and_maps",)),
 )
 
 

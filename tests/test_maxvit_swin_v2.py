@@ -351,3 +351,16 @@ def test_bench_of_a_transformer_at_another_size_is_one_line_naming_its_size(arch
                                       "--sizes", "256", "--top-k", "0", "--threads", "1"])
     assert result.exit_code == 1
     assert result.stderr.strip() == f"Error: size 256x256 does not fit {name}: it takes 224x224, the size it was built for"
+
+
+def test_a_random_vit_from_build_model_has_nonzero_logits_and_maps() -> None:
+    """torchvision zeroes a ViT's head; the random ViT the bench times (build_model) gets a random one, so
+    its logits, its map and the filter's work are not all zero."""
+    from realtime_lrp.models.architectures import build_model
+
+    torch.manual_seed(0)
+    model = build_model("vit_b_32", 10).eval()
+    x = torch.randn(1, 3, 224, 224)
+    result = LRP(model, preset="cp-lrp", top_k=0.05)(x)
+    assert result.logits.abs().amax() > 0
+    assert result.relevance.abs().amax() > 0 and bool(result.finite.all())

@@ -139,7 +139,12 @@ def build_model(arch: str, num_classes: int = 1000, in_channels: int = 3, small_
     if arch in TRANSFORMER_ARCHS:
         if small_input or in_channels != 3:
             raise WeightsError(f"{arch} is built for 3-channel images at its own size only")
-        return getattr(tv_models, arch)(weights=None, num_classes=num_classes)
+        model = getattr(tv_models, arch)(weights=None, num_classes=num_classes)
+        if isinstance(model, tv_models.VisionTransformer):
+            # torchvision zeroes a ViT's head (a fine-tuning start): every logit and every map of a random ViT is 0,
+            # which the bench would time (a filter that keeps everything) and a test would pass
+            nn.init.trunc_normal_(model.heads.head.weight, std=0.02)
+        return model
     if arch not in ALL_ARCHS:
         raise WeightsError(f"unknown architecture {arch!r}; choose one of {', '.join(ALL_ARCHS + TRANSFORMER_ARCHS)}")
 
