@@ -606,6 +606,13 @@ PLANTS: tuple[Plant, ...] = (
           "            nn.init.trunc_normal_(model.heads.head.weight, std=0.02)\n",
           "            pass\n",
           ("tests/test_maxvit_swin_v2.py::test_a_random_vit_from_build_model_has_nonzero_logits_and_maps",)),
+    Plant("patch-transpose-axes-swapped", "realtime_lrp/lrp/rules/linear.py",
+          "permute(0, 1, 4, 2, 5, 3)", "permute(0, 1, 2, 4, 3, 5)",
+          ("tests/test_rules.py::test_each_cpu_transposed_product_equals_the_input_gradient_of_its_conv",)),
+    Plant("patch-transpose-pads-the-wrong-side", "realtime_lrp/lrp/rules/linear.py",
+          "F.pad(back, (0, shape[3] - ow * kw, 0, shape[2] - oh * kh))",
+          "F.pad(back, (shape[3] - ow * kw, 0, shape[2] - oh * kh, 0))",
+          ("tests/test_rules.py::test_each_cpu_transposed_product_equals_the_input_gradient_of_its_conv",)),
 )
 
 

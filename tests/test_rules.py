@@ -168,3 +168,26 @@ _UNMERGEABLE = "follows no Conv2d and leads to no Conv2d or Linear (through a Re
 ])
 def test_batch_norms_that_cannot_be_folded_are_refused(model, message: str) -> None:
     assert one_line_refusal(model()) == message
+
+
+@pytest.mark.parametrize("conv, side", [
+    (dict(in_channels=3, out_channels=8, kernel_size=16, stride=16), 40),   # a patch conv, 8 rows and columns uncovered
+    (dict(in_channels=5, out_channels=6, kernel_size=(2, 4), stride=(2, 4)), 17),  # rectangular patches
+    (dict(in_channels=4, out_channels=7, kernel_size=1), 9),                 # 1x1: a matrix product
+    (dict(in_channels=6, out_channels=6, kernel_size=3, stride=2, padding=1, groups=6), 15),  # depthwise, flipped
+    (dict(in_channels=3, out_channels=5, kernel_size=3, stride=2, padding=1), 16),  # conv_transpose2d
+])
+def test_each_cpu_transposed_product_equals_the_input_gradient_of_its_conv(conv: dict, side: int) -> None:
+    """The engine's cheaper CPU forms of ``W^T s`` (rules/linear.py) equal torch's input gradient of the
+    conv, which is the transposed product by definition, at a batch of 2."""
+    from realtime_lrp.lrp.rules.linear import _transposer
+
+    torch.manual_seed(0)
+    layer = nn.Conv2d(**conv).eval()
+    node = next(n for n in canonize(nn.Sequential(layer)).nodes if n.kind == "conv")
+    x = torch.randn(2, conv["in_channels"], side, side)
+    s = torch.randn_like(layer(x))
+    expected = torch.nn.grad.conv2d_input(x.shape, layer.weight, s, **node.conv_args)
+    got = _transposer(node)(s, node.weight, x.shape)
+    assert got.shape == x.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -154,9 +154,12 @@ class _ZPropagator:
 
 def _transposer(node: Node) -> Callable[[Tensor, Tensor, torch.Size], Tensor]:
     """``(s, W, input shape) -> W^T s``, the transposed product of a conv or linear node; on the CPU by the
-    cheapest call: a matrix product for a 1x1 conv; a depthwise conv's as a forward depthwise conv
-    of the flipped kernel over ``s`` spread by the stride (torch's transposed depthwise conv is up to
-    10x slower on the CPU at stride 2); any other conv's by ``conv_transpose2d``."""
+    cheapest call: a matrix product for a 1x1 conv; for a patch conv (stride = kernel, no padding: the
+    stems and downsamplers of ViT, Swin and ConvNeXt) a matrix product whose columns are laid back as
+    patches (``conv_transpose2d`` took 34-68 ms of ViT-B/16's call, the product 3); a depthwise conv's
+    as a forward depthwise conv of the flipped kernel over ``s`` spread by the stride (torch's
+    transposed depthwise conv is up to 10x slower on the CPU at stride 2); any other conv's by
+    ``conv_transpose2d``."""
     if node.kind != "conv":
         return lambda s, weight, shape: s @ weight
     args = node.conv_args
@@ -167,6 +170,16 @@ def _transposer(node: Node) -> Callable[[Tensor, Tensor, torch.Size], Tensor]:
     out_channels, width, *kernel = node.weight.shape
     if tuple(kernel) == (1, 1) and stride == (1, 1) and padding == (0, 0) and groups == 1:
         return lambda s, weight, shape: torch.matmul(weight.reshape(out_channels, -1).t(), s.flatten(2)).view(shape)
+    if tuple(kernel) == stride and padding == (0, 0) and dilation == (1, 1) and groups == 1:
+        kh, kw = kernel
+
+        def patches(s: Tensor, weight: Tensor, shape: torch.Size) -> Tensor:
+            n, _, oh, ow = s.shape
+            cols = torch.matmul(weight.reshape(out_channels, -1).t(), s.flatten(2))  # (N, C_in*kh*kw, oh*ow)
+            back = cols.view(n, width, kh, kw, oh, ow).permute(0, 1, 4, 2, 5, 3).reshape(n, width, oh * kh, ow * kw)
+            return F.pad(back, (0, shape[3] - ow * kw, 0, shape[2] - oh * kh))  # rows and columns no patch covers
+
+        return patches
     reach = tuple(d * (k - 1) - p for d, k, p in zip(dilation, kernel, padding))  # the flipped conv's padding
     if groups == out_channels and width == 1 and min(reach) >= 0:
         def depthwise(s: Tensor, weight: Tensor, shape: torch.Size) -> Tensor:
