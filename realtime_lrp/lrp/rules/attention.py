@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from realtime_lrp.lrp.nodes import Node
-from realtime_lrp.lrp.rules.base import Propagator, Rule, RuleContext, stabilise
+from realtime_lrp.lrp.rules.base import Propagator, Rule, RuleContext, divide
 
 
 def split_heads(x: Tensor, heads: int, batch_first: bool, keys: bool) -> Tensor:
@@ -196,7 +196,7 @@ class AttentionValues(Rule):
         def propagate(a: tuple[Tensor, Tensor], out: Tensor, aux: Union[Tensor, None],
                       R: Tensor) -> tuple[tuple[None, Tensor], None]:
             p, v = a[0].float(), a[1].float()
-            s = R.float() / stabilise(out.float(), eps, True)
+            s = divide(R.float(), out.float(), eps, True)
             return (None, v * (p.transpose(-1, -2) @ s)), None
 
         return propagate
@@ -217,7 +217,7 @@ class UniformProduct(Rule):
         def propagate(a: tuple[Tensor, Tensor], out: Tensor, aux: Union[Tensor, None],
                       R: Tensor) -> tuple[tuple[Tensor, Tensor], None]:
             x, y = a[0].float(), a[1].float()
-            s = R.float() / stabilise(2 * out.float(), eps, True)
+            s = divide(R.float(), 2 * out.float(), eps, True)
             return (x * (s @ y.transpose(-1, -2)), y * (x.transpose(-1, -2) @ s)), None
 
         return propagate

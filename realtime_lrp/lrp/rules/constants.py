@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from realtime_lrp.lrp.nodes import Node
-from realtime_lrp.lrp.rules.base import Propagator, Rule, RuleContext, stabilise
+from realtime_lrp.lrp.rules.base import Propagator, Rule, RuleContext, divide
 
 
 class ShareWithConstant(Rule):
@@ -32,7 +32,7 @@ class ShareWithConstant(Rule):
 
         def propagate(a: Any, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Any, None]:
             x = a[0] if isinstance(a, tuple) else a  # Swin's bias and mask: (scores, a shape reference)
-            r = x.float() * (R.float() / stabilise(out.float(), eps, True))
+            r = x.float() * divide(R.float(), out.float(), eps, True)
             return ((r,) if isinstance(a, tuple) else r), None
 
         return propagate

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from realtime_lrp.lrp.nodes import Node
-from realtime_lrp.lrp.rules.base import Propagator, Rule, RuleContext, stabilise
+from realtime_lrp.lrp.rules.base import Propagator, Rule, RuleContext, divide
 
 
 class LayerNormCentred(Rule):
@@ -35,7 +35,7 @@ class LayerNormCentred(Rule):
 
         def propagate(a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, None]:
             x = a.float()
-            s = R.float() / stabilise(out.float(), eps, True)
+            s = divide(R.float(), out.float(), eps, True)
             if gamma is not None:
                 s = s * gamma
             std = (x.var(dim, unbiased=False, keepdim=True) + ln_eps).sqrt()

@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.nn.modules.utils import _pair
 
 from realtime_lrp.lrp.nodes import Node
-from realtime_lrp.lrp.rules.base import TINY, Propagator, Rule, RuleContext, pow2, stabilise
+from realtime_lrp.lrp.rules.base import TINY, Propagator, Rule, RuleContext, divide, pow2, quotient, stabilise, times
 
 
 @dataclass
@@ -127,11 +127,11 @@ class _ZPropagator:
         for group in self.groups:
             if self.z_is_output:
                 inputs["id"] = a
-                s = R / stabilise(out.float(), self.eps, self.signed)
+                s = divide(R, out.float(), self.eps, self.signed)
             elif self.abs_forward is not None:
-                s = R / self._split_denominator(inputs, a, out)
+                s = quotient(R, self._split_denominator(inputs, a, out))
             else:
-                s = R / self._denominator(group, inputs, a)
+                s = quotient(R, self._denominator(group, inputs, a))
             if group.mask == "pos":
                 s = s * (out > 0)
             elif group.mask == "neg":
@@ -148,7 +148,8 @@ class _ZPropagator:
         for group, s in zip(self.groups, quotients):
             for t in group.terms:
                 back = self.transpose(s, t.weight, a.shape).float()
-                r_in = inputs[t.key].float() * back if r_in is None else r_in.addcmul_(inputs[t.key].float(), back)
+                x = inputs[t.key].float()
+                r_in = times(x, back) if r_in is None else r_in.addcmul_(x, back)
         return r_in, log_scale
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from realtime_lrp.lrp.nodes import Node
-from realtime_lrp.lrp.rules.base import Propagator, Rule, RuleContext, stabilise
+from realtime_lrp.lrp.rules.base import Propagator, Rule, RuleContext, divide
 from realtime_lrp.lrp.rules.pools import pool_window
 
 
@@ -37,7 +37,7 @@ class Norm(Rule):
 
         def propagate(a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, None]:
             a32 = a.float()
-            s = R / stabilise(out.float(), eps, signed)
+            s = divide(R, out.float(), eps, signed)
             if node.kind == "adaptive_avgpool":
                 return a32 * torch.ops.aten._adaptive_avg_pool2d_backward(s, a32), None
             m = node.module
@@ -69,7 +69,7 @@ def _sum_propagator(eps: float, signed: bool, positive: bool) -> Propagator:
     def propagate(a: tuple[Tensor, ...], out: Tensor, aux: None, R: Tensor) -> tuple[tuple[Tensor, ...], None]:
         parts = tuple(x.float().clamp(min=0) if positive else x.float() for x in a)
         z = out if out.dtype == torch.float32 and not positive else sum(parts[1:], parts[0])  # sum in fp32
-        s = R / stabilise(z, eps, signed)
+        s = divide(R, z, eps, signed)
         return tuple(p * s for p in parts), None
 
     return propagate

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from realtime_lrp.lrp.nodes import Node, UnsupportedModelError
-from realtime_lrp.lrp.rules.base import Propagator, Rule, RuleContext, stabilise
+from realtime_lrp.lrp.rules.base import Propagator, Rule, RuleContext, divide
 
 
 class WinnerTakeAll(Rule):
@@ -59,7 +59,7 @@ class AvgPoolZ(Rule):
         def propagate(a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, None]:
             a32 = a.float()
             z = F.avg_pool2d(a32, kernel, stride, pad, ceil, True)
-            s = R / stabilise(z, eps, False)
+            s = divide(R, z, eps, False)
             return a32 * torch.ops.aten.avg_pool2d_backward(s, a32, kernel, stride, pad, ceil, True, None), None
 
         return propagate
