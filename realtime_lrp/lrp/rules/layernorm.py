@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from realtime_lrp.lrp.nodes import Node
-from realtime_lrp.lrp.rules.base import Propagator, Rule, RuleContext, divide
+from realtime_lrp.lrp.rules.base import Propagator, Rule, RuleContext, divide, times
 
 
 class LayerNormCentred(Rule):
@@ -35,10 +35,11 @@ class LayerNormCentred(Rule):
 
         def propagate(a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, None]:
             x = a.float()
-            s = divide(R.float(), out.float(), eps, True)
+            s = divide(R.float(), out.float(), eps, True)  # fresh: the steps below write into it
             if gamma is not None:
-                s = s * gamma
+                s = times(gamma, s)
             std = (x.var(dim, unbiased=False, keepdim=True) + ln_eps).sqrt()
-            return x * (s - s.mean(dim, keepdim=True)) / std, None
+            centred = s.sub_(s.mean(dim, keepdim=True))
+            return times(x, centred).div_(std), None
 
         return propagate
