@@ -613,6 +613,14 @@ PLANTS: tuple[Plant, ...] = (
           "F.pad(back, (0, shape[3] - ow * kw, 0, shape[2] - oh * kh))",
           "F.pad(back, (shape[3] - ow * kw, 0, shape[2] - oh * kh, 0))",
           ("tests/test_rules.py::test_each_cpu_transposed_product_equals_the_input_gradient_of_its_conv",)),
+    Plant("heartbeat-ignores-work", "realtime_lrp/apps/video.py",
+          "                    if done == last:\n                        continue\n",
+          "",
+          ("tests/test_reliability.py::test_a_rank_whose_work_hangs_is_given_up_although_its_heartbeat_thread_lives",)),
+    Plant("video-never-watches-its-work", "realtime_lrp/cli/video.py",
+          "                ranks.watch(lambda: sum(task.completed for task in progress.tasks))",
+          "                pass",
+          ("tests/test_reliability.py::test_a_rank_whose_work_hangs_is_given_up_although_its_heartbeat_thread_lives",)),
 )
 
 

@@ -6,6 +6,7 @@ made with PyAV that rotate, lack timestamps, carry edit lists or change size mid
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -349,9 +350,14 @@ def test_frames_of_a_size_that_is_not_handled_keep_the_frames_done(tmp_path: Pat
 
 DRIVER = '''\
 """rtlrp with faults planted by input name: OOM (a ProcessingError) in the first batch of any input
-whose name starts with "oom"; with RTLRP_TEST_BROKEN_RANK=N, rank N cannot build its processor."""
+whose name starts with "oom"; with RTLRP_TEST_BROKEN_RANK=N, rank N cannot build its processor; with
+RTLRP_TEST_HUNG_RANK=N, rank N's first batch never returns; with RTLRP_TEST_PID_DIR, each process
+leaves its pid there (torchrun starts its workers in sessions of their own)."""
 import os
 import sys
+
+if os.environ.get("RTLRP_TEST_PID_DIR"):
+    open(os.path.join(os.environ["RTLRP_TEST_PID_DIR"], str(os.getpid())), "w").close()
 
 from realtime_lrp.apps import video
 from realtime_lrp.cli import main
@@ -368,6 +374,9 @@ def process_video(src, *args, **kwargs):
 
 
 def failing_process(self, frames, stable=True):
+    if os.environ.get("RANK", "0") == os.environ.get("RTLRP_TEST_HUNG_RANK", "none"):
+        import time
+        time.sleep(3600)  # the work is stuck, as in a hung kernel; the heartbeat thread lives on
     if current["src"].startswith("oom"):
         raise ProcessingError("the model ran out of memory on 1 frame(s) at 32x32 (simulated)")
     return process(self, frames, stable)
@@ -441,6 +450,54 @@ def test_a_failing_rank_reports_and_no_rank_waits(tmp_path: Path, weights: Path,
     assert "failed" in rows[str(inputs[1])] and " done " in rows[str(inputs[0])] and " done " in rows[str(inputs[2])]
     why = "ran out of memory" if fault == "oom-input" else "rank 1: CUDA error"
     assert why in rows[str(inputs[1])] and why in proc.stderr
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a_lrp.mp4", "c_lrp.mp4"]
+
+
+@pytest.mark.slow
+def test_a_rank_whose_work_hangs_is_given_up_although_its_heartbeat_thread_lives(tmp_path: Path,
+                                                                                  weights: Path) -> None:
+    """Rank 1 stuck in its first batch (as in a hung kernel): its frames stop moving, so its heartbeat
+    stops, and rank 0 lists its share as lost after RTLRP_RANK_TIMEOUT and reports, instead of waiting
+    for ever. The hung rank itself is killed by the test (nothing can unstick a hung kernel)."""
+    import sys
+
+    inputs = [tmp_path / name for name in ("a.mp4", "b.mp4", "c.mp4")]
+    for path in inputs:
+        write_video(path, 6, (48, 40), 25.0)
+    out_dir = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(driver(tmp_path)), "video", *map(str, inputs), "--out-dir", str(out_dir), "--weights", str(weights),
+           "--device", "cpu"]
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RTLRP_TEST_HUNG_RANK": "1", "RTLRP_RANK_TIMEOUT": "6",
+           "RTLRP_TEST_PID_DIR": str(pids)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+
+    def kill_all() -> None:  # torchrun, then its workers, which hold the pipe open in sessions of their own
+        os.killpg(proc.pid, signal.SIGKILL)
+        for pid in pids.iterdir():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid.name), signal.SIGKILL)
+
+    lines: list[str] = []
+    killer = threading.Timer(120, kill_all)
+    killer.start()
+    try:
+        for line in proc.stdout:  # until rank 0's table has a row for each input
+            lines.append(line)
+            if all(any(str(src) in seen and (" done " in seen or "failed" in seen) for seen in lines) for src in inputs):
+                break
+    finally:
+        killer.cancel()
+        kill_all()
+        proc.wait(30)
+    out = "".join(lines)
+    rows = {line.split()[1]: line for line in lines if ".mp4" in line and len(line.split()) > 1}
+    assert str(inputs[1]) in rows, out
+    assert "rank 1 stopped answering for 6 s" in rows[str(inputs[1])], out
+    assert " done " in rows[str(inputs[0])] and " done " in rows[str(inputs[2])], out
     assert sorted(p.name for p in out_dir.iterdir()) == ["a_lrp.mp4", "c_lrp.mp4"]
 
 

@@ -346,10 +346,13 @@ class Ranks:
     """The processes of a ``torchrun`` run, joined at the start and gathered at the end, never forever.
 
     :meth:`start` joins the process group (gloo, bounded by ``timeout``) and starts a heartbeat
-    thread that counts up a key in the rendezvous store every second. :meth:`gather` posts this
-    rank's outcomes to the store; rank 0 waits for every other rank's, as long as its heartbeat
-    goes on (a long file is not a hang), and gives up on a rank silent for ``timeout`` seconds,
-    listing its share as lost. No collective waits on a rank that failed or died.
+    thread that counts up a key in the rendezvous store every second; once :meth:`watch` gives it a
+    count of work done, it beats only in seconds in which that count moved, so a rank whose work
+    is stuck (a hung kernel, a dead device) falls silent although its heartbeat thread lives.
+    :meth:`gather` posts this rank's outcomes to the store; rank 0 waits for every other rank's, as
+    long as its heartbeat goes on (a long file is not a hang), and gives up on a rank silent for
+    ``timeout`` seconds, listing its share as lost. No collective waits on a rank that failed,
+    died or hung.
     """
 
     def __init__(self, rank: int, world: int, timeout: float = RANK_TIMEOUT_S) -> None:
@@ -357,6 +360,7 @@ class Ranks:
         self.store: Any = None
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
+        self._work: Callable[[], float] | None = None
 
     def start(self) -> "Ranks":
         from datetime import timedelta
@@ -375,9 +379,20 @@ class Ranks:
         self._beat.start()
         return self
 
+    def watch(self, work: Callable[[], float]) -> None:
+        """From now on beat only while ``work()`` (frames done, say) changes from one second to the next."""
+        self._work = work
+
     def _heartbeat(self) -> None:
+        last = None
         try:
             while not self._stop.wait(1.0):
+                work = self._work
+                if work is not None:
+                    done = work()
+                    if done == last:
+                        continue
+                    last = done
                 self.store.add(f"beat/{self.rank}", 1)
         except Exception:  # the store went away with rank 0: nothing left to tell
             return

@@ -120,6 +120,7 @@ def _video_many(sources: list[Path], out_dir: Path, batch: int, codec: str | Non
         try:
             processor = _video_processor(options, console)
             with video_progress(console) as progress:
+                ranks.watch(lambda: sum(task.completed for task in progress.tasks))  # frames done: a hang is silence
                 outcomes = process_videos(sources, out_dir, processor, settings, batch, progress, notice, stop,
                                           codec, crf, rank, world)
         except Exception as exc:  # this rank cannot work: its share is its report
