@@ -621,6 +621,14 @@ PLANTS: tuple[Plant, ...] = (
           "                ranks.watch(lambda: sum(task.completed for task in progress.tasks))",
           "                pass",
           ("tests/test_reliability.py::test_a_rank_whose_work_hangs_is_given_up_although_its_heartbeat_thread_lives",)),
+    Plant("serve-ignores-its-weights", "realtime_lrp/cli/serve.py",
+          "    processor = build_processor(options, console)",
+          "    processor = build_processor({**options, \"weights\": \"shipped\"}, console)",
+          ("tests/test_maxvit_swin_v2.py::test_imagenet_vit_runs_in_video_webcam_and_serve",)),
+    Plant("webcam-ignores-its-weights", "realtime_lrp/cli/live.py",
+          "        processor = build_processor(options, console)",
+          "        processor = build_processor({**options, \"weights\": \"shipped\"}, console)",
+          ("tests/test_maxvit_swin_v2.py::test_imagenet_vit_runs_in_video_webcam_and_serve",)),
 )
 
 

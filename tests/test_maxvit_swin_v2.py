@@ -321,6 +321,93 @@ def test_explain_with_imagenet_maxvit_runs_and_another_size_is_one_line_naming_i
     assert result.stderr.strip() == "Error: size 256x256 does not fit maxvit_t: it takes 224x224, the size it was built for"
 
 
+PLANTED_IMAGENET = '''\
+"""rtlrp with imagenet:ARCH's file already in TORCH_HOME under argv[1], its name (as _plant_imagenet
+leaves it): the card is torchvision's, nothing is downloaded."""
+import sys
+
+import torchvision
+
+from realtime_lrp.models import imagenet
+
+name = sys.argv.pop(1)
+
+
+def planted(arch):
+    real = torchvision.models.get_model_weights(arch).DEFAULT
+    return type("Weights", (), {"url": f"https://example.invalid/{name}", "meta": real.meta,
+                                "__str__": lambda self: str(real)})()
+
+
+def no_download(*args, **kwargs):
+    raise SystemExit("nothing may be downloaded")
+
+
+imagenet._imagenet_weights, imagenet.download = planted, no_download
+from realtime_lrp.cli import main  # noqa: E402
+
+main(sys.argv[1:])
+'''
+
+
+@pytest.mark.slow
+def test_imagenet_vit_runs_in_video_webcam_and_serve(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """``--weights imagenet:vit_b_16`` (planted random weights) in the three live commands: ``video``
+    writes every frame, ``webcam`` on a file camera explains its frames, and ``serve``, in a process of its
+    own, answers a page's frame over its WebSocket with an explained frame of the frame's size."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import cv2
+    from click.testing import CliRunner
+    from media import frame_count, write_video
+    from test_serve import hello_of, round_trip, ws_url
+    from websockets.sync.client import connect
+
+    from realtime_lrp.cli.group import cli
+    from realtime_lrp.models.imagenet import imagenet_cache_file
+    from tests.test_models import _plant_imagenet
+
+    _plant_imagenet(monkeypatch, tmp_path, "vit_b_16")
+    clip = tmp_path / "clip.mp4"
+    frames = write_video(clip, 3, (160, 120), 25.0)
+    common = ["--weights", "imagenet:vit_b_16", "--device", "cpu", "--threads", "1"]
+    result = CliRunner().invoke(cli, ["video", str(clip), "--out", str(tmp_path / "out.mp4"), *common])
+    assert result.exit_code == 0, result.output
+    assert "cp-lrp" in result.output and frame_count(tmp_path / "out.mp4") == 3
+    result = CliRunner().invoke(cli, ["webcam", "--camera", str(clip), "--no-window", "--max-frames", "2", *common])
+    assert result.exit_code == 0, result.output
+    assert "2 frames processed" in result.output and "cp-lrp" in result.output, result.output
+
+    driver = tmp_path / "planted_rtlrp.py"
+    driver.write_text(PLANTED_IMAGENET)
+    err = tmp_path / "serve.err"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, str(driver), imagenet_cache_file("vit_b_16").name, "serve", "--port", "0",
+                             *common], stdout=subprocess.DEVNULL, stderr=err.open("w"), env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not (found := re.search(r"open (https?://\S+)", err.read_text())):
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
+            time.sleep(0.2)
+        with connect(ws_url(found.group(1))) as ws:
+            hello_of(ws)
+            meta, shown = round_trip(ws, 1, cv2.imencode(".jpg", frames[0])[1].tobytes())
+        assert meta["class"] and shown.shape == frames[0].shape, meta
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 128 + signal.SIGTERM, err.read_text()
+        assert "vit_b_16" in err.read_text() and "Traceback" not in err.read_text(), err.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
 # -- the bench's LXT column --------------------------------------------------------------------------
 
 def test_bench_lxt_call_is_lxt_s_cp_lrp_and_leaves_the_classes_unpatched(lrp0) -> None:
