@@ -374,13 +374,13 @@ PLANTS: tuple[Plant, ...] = (
           "scale, shift = bn.weight, bn.bias",
           ("tests/test_cnn_index.py::test_batch_norm_of_zero_scale_is_merged_exactly",)),
     Plant("layernorm-not-centred", "realtime_lrp/lrp/rules/layernorm.py",
-          "return x * (s - s.mean(dim, keepdim=True)) / std, None", "return x * s / std, None",
+          "centred = s.sub_(s.mean(dim, keepdim=True))", "centred = s",
           ("tests/test_transformers.py::test_layernorm_rule_equals_lxt_layer_norm_grad_fn",)),
     Plant("softmax-rule-drops-its-sum", "realtime_lrp/lrp/rules/attention.py",
           "return x * (R - out.float() * R.sum(dim, keepdim=True)), None", "return x * R, None",
           ("tests/test_transformers.py::test_softmax_rule_equals_lxt_softmax_fn_with_masked_inputs",)),
     Plant("uniform-product-not-halved", "realtime_lrp/lrp/rules/attention.py",
-          "s = R.float() / stabilise(2 * out.float(), eps, True)", "s = R.float() / stabilise(out.float(), eps, True)",
+          "s = divide(R.float(), 2 * out.float(), eps, True)", "s = divide(R.float(), out.float(), eps, True)",
           ("tests/test_transformers.py::test_attnlrp_equals_a_slow_reference_of_its_rules_on_torchvision_vits",)),
     Plant("cp-lrp-through-queries", "realtime_lrp/lrp/presets.py",
           '"matmul": rule("AttentionValues", epsilon=_LRP0), "softmax": rule("HeldConstant")',
@@ -390,7 +390,7 @@ PLANTS: tuple[Plant, ...] = (
           "x = x.transpose(1, 2).reshape(n, t, h * d)", "x = x.reshape(n, t, h * d)",
           ("tests/test_transformers.py::test_cp_lrp_equals_lxt_on_torchvision_vits",)),
     Plant("position-embedding-absorbs-nothing", "realtime_lrp/lrp/rules/constants.py",
-          "r = x.float() * (R.float() / stabilise(out.float(), eps, True))", "r = R.float()",
+          "r = x.float() * divide(R.float(), out.float(), eps, True)", "r = R.float()",
           ("tests/test_transformers.py::test_cp_lrp_equals_lxt_on_torchvision_vits",)),
     Plant("vit-size-unchecked", "realtime_lrp/lrp/ops.py",
           'if not all(node.attrs["check"](shapes)):', "if False:",
@@ -629,6 +629,9 @@ PLANTS: tuple[Plant, ...] = (
           "        processor = build_processor(options, console)",
           "        processor = build_processor({**options, \"weights\": \"shipped\"}, console)",
           ("tests/test_maxvit_swin_v2.py::test_imagenet_vit_runs_in_video_webcam_and_serve",)),
+    Plant("plant-text-counted-loosely", "tests/planted_bugs.py",
+          "        if text.count(old) != 1:\n            raise", "        if text.count(old) == 0:\n            raise",
+          ("tests/test_planted_bugs.py::test_a_text_that_moved_or_repeats_is_refused_not_planted_twice",)),
 )
 
 
@@ -642,18 +645,26 @@ def _copy_tree(dest: Path) -> None:
             shutil.copy2(source, dest / name)
 
 
+def planted(plant: Plant, text: str) -> str:
+    """``text`` (the file at ``plant.path``) with the bug planted; ValueError if a text to replace does
+    not occur exactly once (the code moved on and the plant must follow it)."""
+    for old, new in ((plant.old, plant.new), *plant.more):
+        if text.count(old) != 1:
+            raise ValueError(f"the text to replace occurs {text.count(old)} times in {plant.path}")
+        text = text.replace(old, new)
+    return text
+
+
 def run_plant(plant: Plant) -> tuple[str, str]:
     """Plant the bug in a copy and run its tests: (verdict, the first failure or summary line)."""
     with tempfile.TemporaryDirectory(prefix=f"plant-{plant.name}-") as tmp:
         copy = Path(tmp)
         _copy_tree(copy)
         target = copy / plant.path
-        text = target.read_text()
-        for old, new in ((plant.old, plant.new), *plant.more):
-            if text.count(old) != 1:
-                return "STALE", f"the text to replace occurs {text.count(old)} times in {plant.path}"
-            text = text.replace(old, new)
-        target.write_text(text)
+        try:
+            target.write_text(planted(plant, target.read_text()))
+        except ValueError as exc:
+            return "STALE", str(exc)
         env = dict(os.environ, PYTHONPATH=str(copy))
         result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *plant.tests],
                                 cwd=copy, env=env, capture_output=True, text=True)
