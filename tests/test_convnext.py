@@ -107,8 +107,10 @@ def test_small_convnext_equals_lxt_gradient_x_input(preset: str, size: tuple[int
 def test_convnext_tiny_equals_lxt_gradient_x_input() -> None:
     """torchvision's initialisation (small weights), random biases, LayerNorm affines and layer scales.
 
-    18 blocks deep, fp32 Gradient x Input is itself only good to ~2e-4 here (LXT in fp32 against
-    LXT in fp64), so the map is compared with LXT in fp64, within 1e-4 plus twice LXT's own fp32 error."""
+    18 blocks deep, fp32 is itself only good to a few 1e-4 here, by an amount that depends on the CPU's
+    kernels (against LXT in fp64: LXT in fp32 1.2e-4 / 2.4e-4, the engine in fp32 4.7e-4 / 3.0e-4 with
+    ATEN_CPU_CAPABILITY default / avx512, 2026-12-04). So the rules are compared in fp64, both sides
+    (the engine 9e-6 off), within 1e-4, and the fp32 map is bounded by fp32's reach, 2e-3."""
     torch.manual_seed(2)
     model = torchvision.models.convnext_tiny(num_classes=10)
     with torch.no_grad():
@@ -123,11 +125,12 @@ def test_convnext_tiny_equals_lxt_gradient_x_input() -> None:
     model.eval()
     torch.manual_seed(3)
     x, target = torch.randn(2, 3, 64, 48), torch.tensor([1, 8])
-    ours = LRP(model, preset="epsilon-plus-flat")(x, target=target).relevance
-    ref = lxt_map(model, x, "epsilon-plus-flat", target)
-    exact = lxt_map(copy.deepcopy(model).double(), x.double(), "epsilon-plus-flat", target)
-    floor = relative_error(ref.double(), exact)
-    assert (relative_error(ours.double(), exact) <= 1e-4 + 2 * floor).all(), (relative_error(ours.double(), exact), floor)
+    double = copy.deepcopy(model).double()
+    exact = lxt_map(double, x.double(), "epsilon-plus-flat", target)
+    ours = LRP(double, preset="epsilon-plus-flat", dtype=torch.float64)(x.double(), target=target).relevance
+    assert (relative_error(ours, exact) <= 1e-4).all(), relative_error(ours, exact)
+    ours32 = LRP(model, preset="epsilon-plus-flat")(x, target=target).relevance
+    assert (relative_error(ours32.double(), exact) <= 2e-3).all(), relative_error(ours32.double(), exact)
 
 
 def test_layer_scale_and_stochastic_depth_are_the_identity() -> None:

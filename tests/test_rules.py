@@ -191,3 +191,27 @@ def test_each_cpu_transposed_product_equals_the_input_gradient_of_its_conv(conv:
     got = _transposer(node)(s, node.weight, x.shape)
     assert got.shape == x.shape
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_the_epsilon_rule_divides_by_the_forward_output_it_is_given(dtype: torch.dtype) -> None:
+    """Epsilon takes z as the node's output from the forward, not recomputed from a and W (in half
+    precision a recomputed z amplifies rounding wherever z cancels): given twice the output, the
+    relevance it passes down is half, up to the stabiliser (in fp16/bf16 through its power-of-two
+    scale). Exact algebra, so no CPU kernel's rounding enters the bound."""
+    from realtime_lrp.lrp import rules
+    from realtime_lrp.lrp.rules.base import RuleContext
+
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 8).eval()
+    node = next(n for n in canonize(nn.Sequential(layer)).nodes if n.kind == "linear")
+    propagate = rules.Epsilon(epsilon=1e-6).bind(node, dtype, RuleContext((torch.zeros(3), torch.ones(3))))
+    a = torch.randn(2, 16).to(dtype)
+    out = layer(a.float()).to(dtype)
+    R = torch.randn(2, 8)
+
+    def relevance(z: torch.Tensor) -> torch.Tensor:
+        r, log_scale = propagate(a, z, None, R)
+        return r.double() * (1.0 if log_scale is None else torch.exp2(log_scale.double()).view(-1, 1))
+
+    torch.testing.assert_close(relevance(2 * out), relevance(out) / 2, rtol=1e-4, atol=0)

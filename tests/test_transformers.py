@@ -315,7 +315,13 @@ def test_a_vit_given_another_size_is_told_the_size_it_needs() -> None:
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_maps_equal_fp32_maps_up_to_rounding(preset: str, dtype: torch.dtype) -> None:
     """fp16/bf16 run the forward and the linear rules' products in half precision with the engine's
-    per-sample power-of-two scaling, the other rules in fp32; the maps stay close to fp32's."""
+    per-sample power-of-two scaling, the other rules in fp32; the maps stay close to fp32's.
+
+    How close depends on the CPU's half-precision kernels: over seeds 7-9, with ATEN_CPU_CAPABILITY
+    default and avx512 (2026-12-04), the relative L2 error was 0.002-0.014 in fp16 and 0.017-0.045 in
+    bf16 (LXT's own bf16 map is ~0.05 off by its max), 1 - cosine at most 1e-4 and 1e-3. The bounds
+    leave twice that; that z is the forward's output, which a recomputed z would break at the
+    percent level, is checked exactly in test_rules.py."""
     from realtime_lrp import LRP
 
     model = random_vit(*VIT_SIZES["wide"])
@@ -324,9 +330,10 @@ def test_half_precision_maps_equal_fp32_maps_up_to_rounding(preset: str, dtype: 
     ref = LRP(model, preset=preset)(x, target=target).relevance
     half = LRP(model, preset=preset, dtype=dtype)(x.to(dtype), target=target).relevance
     assert half.dtype == torch.float32 and torch.isfinite(half).all()
-    assert rel_error(half, ref) <= (0.02 if dtype == torch.float16 else 0.05)  # LXT's own bf16 map: 0.05 off
+    l2 = (half - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1)
+    assert (l2 <= (0.03 if dtype == torch.float16 else 0.09)).all(), l2
     cos = torch.nn.functional.cosine_similarity(half.flatten(1), ref.flatten(1))
-    assert (cos > 0.999).all(), cos
+    assert (cos > (0.9998 if dtype == torch.float16 else 0.998)).all(), cos
 
 
 # -- Swin: no library has it; Gradient x Input under the same held constants is the reference --------
