@@ -775,14 +775,26 @@ def test_headless_webcam_stops_on_q_and_enter_and_reads_only_a_terminal_or_a_pip
 
 
 
-def test_the_stdin_reader_stops_with_the_display_and_never_reads_a_reused_descriptor(tmp_path: Path) -> None:
+def test_the_stdin_reader_stops_with_the_display_and_never_reads_a_reused_descriptor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The reader thread holds a descriptor number: once its pipe is closed and the number reused (CI: a
-    test's next open file, which it read as keys), it must leave the new file alone; stop() ends it."""
+    test's next open file, which it read as keys), it must leave the new file alone; stop() ends it.
+    The thread's first call waits until the number is reused, so that the reuse comes before the
+    thread does anything, whatever the scheduler does."""
     from realtime_lrp.media.display import StdinKeys
 
     def readers() -> list[threading.Thread]:
         return [t for t in threading.enumerate() if t.name == "rtlrp-stdin-keys"]
 
+    reused_now = threading.Event()
+    isatty = os.isatty
+
+    def isatty_once_reused(fd: int) -> bool:
+        if threading.current_thread().name == "rtlrp-stdin-keys":
+            reused_now.wait(10)
+        return isatty(fd)
+
+    monkeypatch.setattr(os, "isatty", isatty_once_reused)
     before = set(readers())
     read, write = os.pipe()
     keys = StdinKeys(os.fdopen(read, closefd=False))
@@ -795,6 +807,7 @@ def test_the_stdin_reader_stops_with_the_display_and_never_reads_a_reused_descri
     try:
         if opened != read:
             os.dup2(opened, read)  # the reader's number now names the file, as when the next open reuses it
+        reused_now.set()
         time.sleep(1.5)  # three of the reader's half-second waits
         assert os.lseek(read, 0, os.SEEK_CUR) == 0, "the reader read a file that reused its descriptor"
         assert keys.poll() is None
