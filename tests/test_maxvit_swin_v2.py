@@ -326,24 +326,17 @@ PLANTED_IMAGENET = '''\
 leaves it): the card is torchvision's, nothing is downloaded."""
 import sys
 
-import torchvision
-
 from realtime_lrp.models import imagenet
+from tests.test_models import planted_weights
 
 name = sys.argv.pop(1)
-
-
-def planted(arch):
-    real = torchvision.models.get_model_weights(arch).DEFAULT
-    return type("Weights", (), {"url": f"https://example.invalid/{name}", "meta": real.meta,
-                                "__str__": lambda self: str(real)})()
 
 
 def no_download(*args, **kwargs):
     raise SystemExit("nothing may be downloaded")
 
 
-imagenet._imagenet_weights, imagenet.download = planted, no_download
+imagenet._imagenet_weights, imagenet.download = (lambda arch: planted_weights(arch, name)), no_download
 from realtime_lrp.cli import main  # noqa: E402
 
 main(sys.argv[1:])
@@ -355,18 +348,13 @@ def test_imagenet_vit_runs_in_video_webcam_and_serve(monkeypatch: pytest.MonkeyP
     """``--weights imagenet:vit_b_16`` (planted random weights) in the three live commands: ``video``
     writes every frame, ``webcam`` on a file camera explains its frames, and ``serve``, in a process of its
     own, answers a page's frame over its WebSocket with an explained frame of the frame's size."""
-    import os
-    import re
     import signal
-    import subprocess
     import sys
-    import time
-    from pathlib import Path
 
     import cv2
     from click.testing import CliRunner
     from media import frame_count, write_video
-    from test_serve import hello_of, round_trip, ws_url
+    from test_serve import ServeProcess, hello_of, round_trip, ws_url
     from websockets.sync.client import connect
 
     from realtime_lrp.cli.group import cli
@@ -386,26 +374,17 @@ def test_imagenet_vit_runs_in_video_webcam_and_serve(monkeypatch: pytest.MonkeyP
 
     driver = tmp_path / "planted_rtlrp.py"
     driver.write_text(PLANTED_IMAGENET)
-    err = tmp_path / "serve.err"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, str(driver), imagenet_cache_file("vit_b_16").name, "serve", "--port", "0",
-                             *common], stdout=subprocess.DEVNULL, stderr=err.open("w"), env=env)
+    served = ServeProcess(common[2:], tmp_path, weights="imagenet:vit_b_16",
+                          command=[sys.executable, str(driver), imagenet_cache_file("vit_b_16").name])
     try:
-        deadline = time.monotonic() + 240
-        while not (found := re.search(r"open (https?://\S+)", err.read_text())):
-            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
-            time.sleep(0.2)
-        with connect(ws_url(found.group(1))) as ws:
+        with connect(ws_url(served.local())) as ws:
             hello_of(ws)
             meta, shown = round_trip(ws, 1, cv2.imencode(".jpg", frames[0])[1].tobytes())
         assert meta["class"] and shown.shape == frames[0].shape, meta
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 128 + signal.SIGTERM, err.read_text()
-        assert "vit_b_16" in err.read_text() and "Traceback" not in err.read_text(), err.read_text()
+        assert served.stop() == 128 + signal.SIGTERM, served.stderr
+        assert "vit_b_16" in served.stderr and "Traceback" not in served.stderr, served.stderr
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
+        served.kill()
 
 
 # -- the bench's LXT column --------------------------------------------------------------------------

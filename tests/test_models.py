@@ -324,6 +324,14 @@ def _published_densenet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.
             if not k.endswith("num_batches_tracked")}
 
 
+def planted_weights(arch: str, name: str) -> object:
+    """torchvision's weights entry for ``arch`` (its card), with a URL that names ``name``: a file planted
+    in the torch hub cache."""
+    real = _imagenet_weights(arch)
+    return type("Weights", (), {"url": f"https://example.invalid/{name}", "meta": real.meta,
+                                "__str__": lambda self: str(real)})()
+
+
 def _plant_imagenet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, arch: str) -> dict[str, torch.Tensor]:
     """A random torchvision ``arch`` state dict in a temporary torch hub cache, under a name
     whose hash prefix is the file's own, as ``_imagenet_weights(arch)``'s URL names it (a
@@ -333,9 +341,7 @@ def _plant_imagenet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, arch: str) 
     staging = tmp_path / "staging.pth"
     torch.save(_published_densenet_keys(state) if arch.startswith("densenet") else state, staging)
     name = f"{arch}-{sha256_file(staging)[:8]}.pth"
-    real = _imagenet_weights(arch)
-    fake = type("Weights", (), {"url": f"https://example.invalid/{name}", "meta": real.meta,
-                                "__str__": lambda self: str(real)})()
+    fake = planted_weights(arch, name)
     monkeypatch.setattr(imagenet_module, "_imagenet_weights", lambda wanted: fake)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(imagenet_module, "download", lambda *args, **kwargs: pytest.fail("nothing may be downloaded"))

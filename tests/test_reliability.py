@@ -421,12 +421,17 @@ def test_out_of_memory_on_one_input_is_its_row_and_the_others_go_on(tmp_path: Pa
     assert frame_count(out_dir / "a_lrp.mp4") == frame_count(out_dir / "c_lrp.mp4") == 6
 
 
-def torchrun(args: list[str], env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Two CPU processes under torchrun (gloo, one thread each), however they end."""
+def torchrun_command(args: list[str], env: dict | None = None) -> tuple[list[str], dict]:
+    """The command and environment of two CPU processes under torchrun (gloo, one thread each)."""
     import sys
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return cmd, {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+
+
+def torchrun(args: list[str], env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Two CPU processes under torchrun, however they end."""
+    cmd, env = torchrun_command(args, env)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -459,19 +464,15 @@ def test_a_rank_whose_work_hangs_is_given_up_although_its_heartbeat_thread_lives
     """Rank 1 stuck in its first batch (as in a hung kernel): its frames stop moving, so its heartbeat
     stops, and rank 0 lists its share as lost after RTLRP_RANK_TIMEOUT and reports, instead of waiting
     for ever. The hung rank itself is killed by the test (nothing can unstick a hung kernel)."""
-    import sys
-
     inputs = [tmp_path / name for name in ("a.mp4", "b.mp4", "c.mp4")]
     for path in inputs:
         write_video(path, 6, (48, 40), 25.0)
     out_dir = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(driver(tmp_path)), "video", *map(str, inputs), "--out-dir", str(out_dir), "--weights", str(weights),
-           "--device", "cpu"]
     pids = tmp_path / "pids"
     pids.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RTLRP_TEST_HUNG_RANK": "1", "RTLRP_RANK_TIMEOUT": "6",
-           "RTLRP_TEST_PID_DIR": str(pids)}
+    cmd, env = torchrun_command([str(driver(tmp_path)), "video", *map(str, inputs), "--out-dir", str(out_dir),
+                                 "--weights", str(weights), "--device", "cpu"],
+                                {"RTLRP_TEST_HUNG_RANK": "1", "RTLRP_RANK_TIMEOUT": "6", "RTLRP_TEST_PID_DIR": str(pids)})
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             start_new_session=True)
 

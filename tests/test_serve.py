@@ -354,13 +354,15 @@ def test_a_stalled_client_does_not_slow_another(server: LrpServer) -> None:
 # -- the command: token, signals, port in use, TLS, kiosk -------------------------------------
 
 class ServeProcess:
-    """``rtlrp serve ARGS`` in a subprocess; ``url`` is what its start-up line says to open."""
+    """``rtlrp serve ARGS`` in a subprocess (``command``, when given, starts rtlrp instead); ``url`` is
+    what its start-up line says to open."""
 
-    def __init__(self, args: list[str], tmp_path: Path) -> None:
+    def __init__(self, args: list[str], tmp_path: Path, weights: str = "shipped",
+                 command: list[str] | None = None) -> None:
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
         self.stderr_path = tmp_path / f"serve-{time.monotonic_ns()}.err"
-        self.proc = subprocess.Popen([*rtlrp_command(), "serve", "--weights", "shipped", "--port", "0", *args],
-                                     stdout=subprocess.DEVNULL, stderr=self.stderr_path.open("w"), env=env)
+        self.proc = subprocess.Popen([*(command or rtlrp_command()), "serve", "--weights", weights, "--port", "0",
+                                      *args], stdout=subprocess.DEVNULL, stderr=self.stderr_path.open("w"), env=env)
         self.url = self._wait_for_url()
 
     @property
