@@ -332,6 +332,21 @@ def bn_first() -> nn.Module:
     return model
 
 
+def bn_first_signs() -> nn.Module:
+    """``bn_first`` whose thresholded ReLUs have channels of every sign: never negative (scale > 0,
+    floor >= 0), never positive (scale < 0, floor <= 0) and mixed, one of six and one of four, so z+
+    takes one product on the known channels and one more on the mixed (``_known_sign_terms``)."""
+    model = bn_first()
+    for bn, scale, shift in ((model.bn1, [1.0, -1.0, 0.7, -0.8, 1.2, 0.9], [-0.1, -0.2, -0.05, -0.3, 0.1, 0.0]),
+                             (model.bn3, [1.0, -1.0, 1.1, 0.8], [-0.1, 0.0, 0.2, -0.3])):
+        bn.weight.data, bn.bias.data = torch.tensor(scale), torch.tensor(shift)
+        bn.running_mean.zero_()  # a floor is then -shift * sigma / scale: of the sign the values above give
+    return model
+
+
+BN_FIRST = {"bn_first": bn_first, "bn_first_signs": bn_first_signs}
+
+
 class BNFirstMerged(nn.Module):
     """BNFirst canonised by hand (the reference's canonizer)."""
 
@@ -372,12 +387,70 @@ def test_batch_norm_of_zero_scale_is_merged_exactly() -> None:
 
 
 @pytest.mark.parametrize("preset", SIGNED)
-def test_batch_norm_merged_right_equals_zennit(preset: str) -> None:
-    model = bn_first()
+@pytest.mark.parametrize("build", sorted(BN_FIRST))
+def test_batch_norm_merged_right_equals_zennit(build: str, preset: str) -> None:
+    model = BN_FIRST[build]()
     x = torch.randn(2, 3, 13, 11)
     target = torch.tensor([4, 1])
     ref = zennit_map(BNFirstMerged(model), x, signed_composite(preset), target)
     assert (relative_error(LRP(model, preset=preset)(x, target=target).relevance, ref) <= 1e-4).all()
+
+
+@pytest.mark.parametrize("preset", ("epsilon-plus-flat", "zplus"))
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_thresholded_relu_of_known_signs_in_half_precision(dtype: torch.dtype, preset: str) -> None:
+    """The known-sign terms in fp16/bf16 (scaled quotients, the mixed channels' term among them) follow fp32."""
+    model, x = bn_first_signs(), torch.randn(2, 3, 13, 11)
+    ref = LRP(model, preset=preset)(x).relevance
+    low = LRP(model, preset=preset, dtype=dtype)(x.to(dtype)).relevance
+    assert torch.isfinite(low).all()
+    for i in range(2):
+        assert torch.nn.functional.cosine_similarity(low[i].flatten(), ref[i].flatten(), 0) >= 0.999
+
+
+def test_thresholded_relu_channels_are_read_by_sign() -> None:
+    signs = [n.input_signs.tolist() for n in canonize(bn_first_signs()).nodes if n.input_signs is not None]
+    assert signs == [[1, -1, 1, -1, 0, 1], [s for s in (1, -1, 0, 1) for _ in range(6)]]
+
+
+class _Dense(nn.Module):
+    """Conv -> ReLU -> (BN -> ReLU, or nothing) -> 1x1 conv -> pool -> linear: DenseNet's bottleneck."""
+
+    def __init__(self, norm: bool) -> None:
+        super().__init__()
+        self.conv0, self.conv1, self.fc = nn.Conv2d(3, 32, 3), nn.Conv2d(32, 16, 1), nn.Linear(16, 5)
+        self.norm = nn.Sequential(nn.BatchNorm2d(32), nn.ReLU()) if norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(self.norm(torch.relu(self.conv0(x))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(torch.relu(y), 1), 1))
+
+
+@pytest.mark.parametrize("preset", ("epsilon-plus-flat", "zplus"))
+def test_thresholded_relu_of_known_signs_costs_no_more_than_a_relu(preset: str) -> None:
+    """z+ after BN -> ReLU merged right: as many multiply-adds as after a plain ReLU where every channel's
+    sign is known (torchvision's BN at its initial values: a ReLU), one extra channel's worth per mixed
+    channel, and the split's (a third more on the 1x1 conv) where most are mixed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(model: nn.Module) -> int:
+        torch.manual_seed(0)
+        lrp, x = LRP(model.eval(), preset=preset), torch.randn(1, 3, 20, 20)
+        with FlopCounterMode(display=False) as counter:
+            lrp(x)
+        return counter.get_total_flops()
+
+    torch.manual_seed(0)
+    plain, normed = _Dense(False), _Dense(True)
+    normed.load_state_dict(plain.state_dict(), strict=False)
+    relu = flops(plain)
+    assert flops(normed) == relu
+    bn = normed.norm[0]
+    bn.bias.data[:4] = 0.5  # four channels of 32 whose floor is below 0: mixed
+    one_by_one = 2 * 32 * 16 * 18 * 18  # the 1x1 conv's flops on a full input, per product
+    assert flops(normed) == relu + 2 * one_by_one * 4 // 32
+    bn.bias.data[:] = 0.5
+    assert flops(normed) == relu + one_by_one
 
 
 # -- the CNN families -------------------------------------------------------------------------------

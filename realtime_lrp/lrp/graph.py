@@ -428,9 +428,12 @@ def _merge_right(nodes: list[Node], output: int) -> tuple[list[Node], int]:
         if chain and nodes[chain[0]].kind == "relu":
             relu = nodes[chain[0]]
             floor = torch.where(zero, bn.bias.clamp(min=0), -shift / scale)
-            nodes[chain[0]] = Node(relu.name, ops.SHIFTED_RELU, relu.inputs, relu.module,
-                                   weight=torch.where(zero, 0.0, torch.sign(scale)), bias=floor)
+            sign = torch.where(zero, 0.0, torch.sign(scale))
+            nodes[chain[0]] = Node(relu.name, ops.SHIFTED_RELU, relu.inputs, relu.module, weight=sign, bias=floor)
             alias[b] = bn.inputs[0]
+            grouped = layer.kind == "conv" and layer.conv_args.get("groups", 1) != 1
+            if floor.device.type == "cpu" and not grouped:  # no host sync; a model on a GPU keeps the general z+
+                layer.input_signs = _threshold_signs(sign, floor).repeat_interleave(layer.weight.shape[1] // channels)
         else:  # the identity, but a zero-scale channel is its constant
             nodes[b] = Node(bn.name, ops.CHANNEL_AFFINE, bn.inputs, bn.module, weight=(~zero).float(),
                             bias=torch.where(zero, bn.bias, 0.0))
@@ -451,6 +454,16 @@ def _merge_right(nodes: list[Node], output: int) -> tuple[list[Node], int]:
         index[i] = len(merged)
         merged.append(node)
     return merged, index[output]
+
+
+def _threshold_signs(sign: Tensor, floor: Tensor) -> Tensor:
+    """The sign of each channel of a thresholded ReLU ``x where sign (x - floor) > 0, else floor`` (with
+    ``sign`` 0: the constant ``floor``): its output lies on the floor's side that ``sign`` points to, so it
+    is never negative where ``sign >= 0`` and ``floor >= 0``, never positive where ``sign < 0`` and
+    ``floor <= 0`` (+1 and -1), and of either sign elsewhere (0). The border a padded conv is given is the
+    floor, on the same side."""
+    up, down = (sign >= 0) & (floor >= 0), (sign < 0) & (floor <= 0)
+    return up.to(torch.int8) - down.to(torch.int8)
 
 
 def _pair2(padding: Any) -> tuple[int, int]:

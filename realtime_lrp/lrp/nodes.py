@@ -31,6 +31,8 @@ class Node:
     has two. ``weight``/``bias`` are fp32 copies (batch norm folded in), so callers can
     derive rule weights from them and cast to any dtype. ``attrs`` holds what the op's
     forward needs besides them (a conv's stride and padding, a flatten's dims, ...).
+    ``input_signs``: where the graph can tell, the sign of each input channel (a Linear's
+    input feature) over every input: +1 never negative, -1 never positive, 0 either.
     """
 
     name: str
@@ -43,6 +45,7 @@ class Node:
     weight: Union[Tensor, None] = None
     bias: Union[Tensor, None] = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    input_signs: Union[Tensor, None] = None
     _casts: dict = field(default_factory=dict, repr=False)
 
     @property

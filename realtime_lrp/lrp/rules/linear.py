@@ -20,14 +20,18 @@ from realtime_lrp.lrp.rules.base import TINY, Propagator, Rule, RuleContext, div
 
 @dataclass
 class _Term:
+    """``(input, weight, bias)``; ``channels``: the input channels the term reads (all if None)."""
+
     source: Union[str, Tensor]
     weight: Tensor
     bias: Union[Tensor, None]
+    channels: Union[Tensor, None] = None
 
     @property
-    def key(self) -> Union[str, int]:
+    def key(self) -> Union[str, int, tuple]:
         """Identifies the term's input, so terms on the same input share it."""
-        return self.source if isinstance(self.source, str) else id(self.source)
+        key = self.source if isinstance(self.source, str) else id(self.source)
+        return key if self.channels is None else (key, id(self.channels))
 
 
 @dataclass
@@ -62,8 +66,8 @@ class _ZPropagator:
         self.scaled = dtype != torch.float32
         self.groups = []
         for terms, mask in groups:
-            cast = [_Term(t.source if isinstance(t.source, str) else t.source.to(dtype), self._cast(t.weight), None)
-                    for t in terms]
+            cast = [_Term(t.source if isinstance(t.source, str) else t.source.to(dtype), self._cast(t.weight), None,
+                          t.channels) for t in terms]
             biases = [t.bias for t in terms if t.bias is not None]
             bias = sum(biases[1:], biases[0]) if biases else None
             if self.scaled:
@@ -87,7 +91,9 @@ class _ZPropagator:
     def _cast(self, weight: Tensor) -> Tensor:
         return self.node.weight_in(self.dtype) if weight is self.node.weight else weight.to(self.dtype)
 
-    def _input(self, source: Union[str, Tensor], a: Tensor) -> Tensor:
+    def _input(self, source: Union[str, Tensor], a: Tensor, channels: Union[Tensor, None]) -> Tensor:
+        if channels is not None:
+            a = a.index_select(1, channels)
         if isinstance(source, Tensor):
             return source.expand_as(a)
         if source == "id":
@@ -114,12 +120,15 @@ class _ZPropagator:
         z = None
         for i, t in enumerate(group.terms):
             if t.key not in inputs:
-                inputs[t.key] = self._input(t.source, a)
+                inputs[t.key] = self._input(t.source, a, t.channels)
             zt = self.node.forward(inputs[t.key], t.weight, group.conv_bias if i == 0 else None)[0].float()
-            z = zt if z is None else z + zt
+            z = zt if z is None else z.add_(zt)
         if group.bias is not None:
             z = z + group.bias.view(self.bias_shape)
-        return z if group.conv_bias is not None and not self.signed else stabilise(z, self.eps, self.signed)
+        z = z if group.conv_bias is not None and not self.signed else stabilise(z, self.eps, self.signed)
+        if any(t.channels is not None for t in group.terms):  # terms of both signs: the sum's bound, as in split
+            z = z.clamp_min_(self.eps)
+        return z
 
     def __call__(self, a: Tensor, out: Tensor, aux: Union[Tensor, None], R: Tensor) -> tuple[Tensor, Union[Tensor, None]]:
         inputs: dict = {}
@@ -147,9 +156,13 @@ class _ZPropagator:
         r_in = None
         for group, s in zip(self.groups, quotients):
             for t in group.terms:
-                back = self.transpose(s, t.weight, a.shape).float()
-                x = inputs[t.key].float()
-                r_in = times(x, back) if r_in is None else r_in.addcmul_(x, back)
+                x = inputs[t.key]
+                back = self.transpose(s, t.weight, x.shape).float()
+                x = x.float()
+                if t.channels is not None:
+                    r_in.index_add_(1, t.channels, x * back)
+                else:
+                    r_in = times(x, back) if r_in is None else r_in.addcmul_(x, back)
         return r_in, log_scale
 
 
@@ -177,7 +190,8 @@ def _transposer(node: Node) -> Callable[[Tensor, Tensor, torch.Size], Tensor]:
         def patches(s: Tensor, weight: Tensor, shape: torch.Size) -> Tensor:
             n, _, oh, ow = s.shape
             cols = torch.matmul(weight.reshape(out_channels, -1).t(), s.flatten(2))  # (N, C_in*kh*kw, oh*ow)
-            back = cols.view(n, width, kh, kw, oh, ow).permute(0, 1, 4, 2, 5, 3).reshape(n, width, oh * kh, ow * kw)
+            back = cols.view(n, shape[1], kh, kw, oh, ow).permute(0, 1, 4, 2, 5, 3)
+            back = back.reshape(n, shape[1], oh * kh, ow * kw)
             return F.pad(back, (0, shape[3] - ow * kw, 0, shape[2] - oh * kh))  # rows and columns no patch covers
 
         return patches
@@ -254,9 +268,31 @@ class ZPlus(Rule):
         elif node.nonneg_input:
             terms = [_Term("id", w_pos, bias)]
         else:
-            terms = [_Term("pos", w_pos, bias), _Term("neg", w_neg, None)]
+            terms = _known_sign_terms(node, w_pos, w_neg, bias) or [_Term("pos", w_pos, bias), _Term("neg", w_neg, None)]
         return _ZPropagator(node, [(terms, None)], self.stabilizer, False, dtype,
-                            split_sign=len(terms) == 2)
+                            split_sign=terms[0].source == "pos")
+
+
+def _known_sign_terms(node: Node, w_pos: Tensor, w_neg: Tensor, bias: Union[Tensor, None]) -> Union[list[_Term], None]:
+    """z+ on a signed input whose channels' signs the graph knows (``node.input_signs``: DenseNet's
+    thresholded ReLUs), in fewer products than the split of every channel: a channel never negative
+    takes ``W+``, one never positive ``W-``, so ``a+ W+ + a- W-`` is one product ``a W'`` over them;
+    a channel of either sign takes ``W+`` there and the term ``a- (-|W|)`` on its own
+    (``a W+ - a- |W| = a+ W+ + a- W-``). That is ``C + C_mixed`` input channels for z and as many for
+    the transposed product, against ``C`` and ``2 C`` split (z from the output): None, the split,
+    where at least half the channels are mixed."""
+    signs = node.input_signs
+    if signs is None:
+        return None
+    mixed = torch.nonzero(signs == 0).flatten()
+    if 2 * mixed.numel() >= signs.numel():
+        return None
+    view = (1, -1) + (1,) * (node.weight.dim() - 2)
+    terms = [_Term("id", torch.where(signs.to(node.weight.device).view(view) < 0, w_neg, w_pos), bias)]
+    if mixed.numel():
+        mixed = mixed.to(node.weight.device)
+        terms.append(_Term("neg", -node.weight.abs().index_select(1, mixed), None, mixed))
+    return terms
 
 
 class Gamma(Rule):
