@@ -9,7 +9,7 @@ skipped, so the table always comes out):
 1. ``pytest -m cuda``: the CUDA tests;
 2. bench: the engine, the floor and the whole frame pass at 224 and 640, batch 1 and 32,
    top-k 0 and 0.02, for vgg16, resnet50 and every other family the engine explains
-   (random weights: speed does not depend on them, and nothing is downloaded);
+   (random weights, so nothing is downloaded; speed depends on them only through DenseNet's batch norms);
 3. fp16 against fp32 per family: the cosine similarity of the maps, top-1 agreement, all finite;
 4. the webcam loop (``rtlrp webcam``'s :class:`LiveLoop`) on a file source, frames per second;
 5. ``rtlrp serve`` in-process, under serve-bench's load with 1, 4 and 8 clients;

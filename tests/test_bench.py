@@ -94,6 +94,29 @@ def test_rows_have_the_keys_and_consistent_ratios(monkeypatch) -> None:
     json.dumps(rows)
 
 
+def test_the_engine_is_built_from_the_callers_weights_as_the_pipeline_builds_it(monkeypatch) -> None:
+    """bf16 rows time an engine canonised from the fp32 model (which reads DenseNet's batch-norm signs,
+    on the CPU, before the cast), and the caller's model is not cast in place; the floor runs in bf16."""
+    built, floors = [], []
+    real_lrp, real_floor = bench.LRP, bench.floor_call
+
+    def lrp(model, **kwargs):
+        built.append((next(model.parameters()).dtype, kwargs["dtype"]))
+        return real_lrp(model, **kwargs)
+
+    def floor_call(model, *args, **kwargs):
+        floors.append(next(model.parameters()).dtype)
+        return real_floor(model, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "LRP", lrp)
+    monkeypatch.setattr(bench, "floor_call", floor_call)
+    model = tiny_model(3)
+    bench.bench_model(model, tiny_card(3), quick(dtype="bf16", top_ks=(0.0,), frame_pass=False, zennit=False,
+                                                 autolrp=False))
+    assert built == [(torch.float32, torch.bfloat16)] and floors == [torch.bfloat16]
+    assert next(model.parameters()).dtype == torch.float32
+
+
 def test_zennit_is_null_without_an_equivalent_or_without_zennit(monkeypatch) -> None:
     rows = bench.bench_model(tiny_model(3), tiny_card(3), quick(presets=("zplus",), top_ks=(0.0,),
                                                                   frame_pass=False))

@@ -50,7 +50,7 @@ ROW_KEYS: tuple[str, ...] = (
 
 
 def imagenet_card(size: int, classes: int = 1000) -> dict[str, Any]:
-    """A model card for a randomly initialised ImageNet-shaped model (speed does not depend on weights)."""
+    """A model card for a randomly initialised ImageNet-shaped model."""
     return {"arch": "random", "classes": [f"class {i}" for i in range(classes)], "input_size": [size, size],
             "input_channels": 3, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "dataset": "none",
             "test_accuracy": None}
@@ -329,8 +329,10 @@ class InputSizeError(ValueError):
 
 def bench_model(model: nn.Module, card: Mapping[str, Any], config: BenchConfig,
                 notice: Notice | None = None, on_row: Callable[[dict], None] | None = None) -> list[dict]:
-    """Measure every row of ``config`` for ``model`` (moved to the device and dtype in place); a size the
-    model does not take raises :class:`InputSizeError` before anything is timed."""
+    """Measure every row of ``config`` for ``model``; a size the model does not take raises
+    :class:`InputSizeError` before anything is timed. The floor and the libraries run on a copy moved to
+    the device and dtype; the engine is built from ``model``'s own weights, as the pipeline builds it
+    (canonised in fp32 where they are, then cast and moved)."""
     from realtime_lrp.models.sizes import check_input_size
 
     for size in config.sizes:
@@ -340,7 +342,8 @@ def bench_model(model: nn.Module, card: Mapping[str, Any], config: BenchConfig,
         except ValueError as exc:
             raise InputSizeError(str(exc)) from None
     device, dtype, graph, repeats, warmup = config.resolved()
-    model = model.to(device, dtype).eval()
+    source, param = model.eval(), next(model.parameters())
+    model = (model if (param.device, param.dtype) == (device, dtype) else copy.deepcopy(model)).to(device, dtype)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     channels = int(card["input_channels"])
@@ -356,7 +359,8 @@ def bench_model(model: nn.Module, card: Mapping[str, Any], config: BenchConfig,
                 x = torch.randn(batch, channels, size, size, generator=generator).to(device, dtype)
                 engines = {}
                 for top_k in config.top_ks:
-                    lrp = LRP(model, preset=preset, top_k=top_k, mean=card["mean"], std=card["std"])
+                    lrp = LRP(source, preset=preset, top_k=top_k, mean=card["mean"], std=card["std"], dtype=dtype,
+                              device=device)
                     lrp.filter.method = config.select
                     if device.type == "cuda":
                         channels_last_weights(lrp)
@@ -366,7 +370,7 @@ def bench_model(model: nn.Module, card: Mapping[str, Any], config: BenchConfig,
                 for top_k, lrp in engines.items():
                     calls[f"engine {top_k}"] = engine_call(lrp, x, graph, notice)
                     if config.frame_pass and dtype == pipeline_dtype:
-                        calls[f"pass {top_k}"] = _frame_pass(model, card, preset, top_k, size, batch, device,
+                        calls[f"pass {top_k}"] = _frame_pass(source, card, preset, top_k, size, batch, device,
                                                              graph, notice)
                 if autolrp is not None and _runs("autoLRP", lambda: autolrp(x), notice):
                     calls["autolrp"] = lambda: autolrp(x)

@@ -26,7 +26,8 @@ from realtime_lrp.lrp.presets import PRESET_NAMES
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
               help="Default: fp16 on CUDA, fp32 on the CPU.")
 @click.option("--arch", default="vgg16", show_default=True,
-              help="Architecture with random weights (speed does not depend on the weights): vgg11 ... "
+              help="Architecture with torchvision's random initialisation (speed does not depend on the "
+                   "weights, but for DenseNet's batch norms: README, rtlrp bench): vgg11 ... "
                    "vgg19_bn, resnet18 ... resnet152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, "
                    "wide_resnet50_2, wide_resnet101_2, alexnet, mobilenet_v3_small, mobilenet_v3_large, "
                    "efficientnet_b0, regnet_y_400mf, regnet_y_800mf, convnext_tiny, densenet121, or a transformer: "
