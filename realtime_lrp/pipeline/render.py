@@ -163,7 +163,6 @@ def compose(frames: Tensor, relevance: Tensor, scale: Tensor, lut: Tensor, cente
     if layout not in LAYOUTS + (PANELS,):
         raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     r = frame_map(relevance, fit)
-    heat = colour(r, scale, lut, centered) if layout != "overlay" else None
     f = frames
     if fit.region != (0, fit.frame[0], 0, fit.frame[1]):
         y0, y1, x0, x1 = fit.region
@@ -184,7 +183,7 @@ def compose(frames: Tensor, relevance: Tensor, scale: Tensor, lut: Tensor, cente
     if layout == "side":
         parts.append(f)
     if layout in ("side", "heatmap", PANELS):
-        parts.append(heat)
+        parts.append(colour(r, scale, lut, centered))
     if layout == PANELS:
         parts.append(f)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
